@@ -1,0 +1,54 @@
+"""ecard device protocol v1, sans-IO. Imports nothing of ecard's and does no I/O.
+
+The normative description is docs/protocol.md.
+"""
+
+from .codes import (
+    DECISION_FLAG_DUPLICATE,
+    NO_ITEM_INDEX,
+    TXN_FLAG_ADVICE,
+    DenyReason,
+    DeviceKind,
+    Direction,
+    MessageType,
+    NakReason,
+    Outcome,
+)
+from .connection import (
+    CLOSED,
+    NEED_DATA,
+    Connection,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    Retransmit,
+    crc16,
+    encode_frame,
+    next_seq,
+)
+from .events import (
+    EVENT_TYPES,
+    BalanceQuery,
+    CardPresented,
+    Decision,
+    DurableAck,
+    Event,
+    Heartbeat,
+    Hello,
+    HelloAck,
+    Item,
+    Nak,
+    Passage,
+    PayloadError,
+    Purchase,
+    TopupCash,
+)
+from .state import Role, State
+
+__all__ = [
+    "BalanceQuery", "CLOSED", "CardPresented", "Connection", "DECISION_FLAG_DUPLICATE", "Decision",
+    "DenyReason", "DeviceKind", "Direction", "DurableAck", "EVENT_TYPES", "Event", "Heartbeat", "Hello",
+    "HelloAck", "Item", "LocalProtocolError", "MessageType", "NEED_DATA", "NO_ITEM_INDEX", "Nak",
+    "NakReason", "Outcome", "Passage", "PayloadError", "ProtocolError", "Purchase", "RemoteProtocolError",
+    "Retransmit", "Role", "State", "TXN_FLAG_ADVICE", "TopupCash", "crc16", "encode_frame", "next_seq",
+]

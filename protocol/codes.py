@@ -1,0 +1,98 @@
+"""Numeric codes of protocol v1: message types, device kinds, reasons.
+
+Every name here is used verbatim in docs/protocol.md, in metric labels and as
+the key of the Russian display template the device shows.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class MessageType(enum.IntEnum):
+    HELLO = 0x01
+    HELLO_ACK = 0x02
+    HEARTBEAT = 0x03
+    CARD_PRESENTED = 0x10
+    PASSAGE = 0x11
+    PURCHASE = 0x12
+    TOPUP_CASH = 0x13
+    BALANCE_QUERY = 0x14
+    DECISION = 0x20
+    DURABLE_ACK = 0x21
+    NAK = 0x7F
+
+
+class DeviceKind(enum.IntEnum):
+    TURNSTILE = 1
+    TILL = 2
+    FIRE_PANEL = 3
+
+
+class Direction(enum.IntEnum):
+    IN = 1
+    OUT = 2
+
+
+class Outcome(enum.IntEnum):
+    DENY = 0
+    ACCEPT = 1
+
+
+class DenyReason(enum.IntEnum):
+    """Why a well-formed request was answered with DENY (or ACCEPT for OK).
+
+    The rule set stays open: new reasons take new numbers, old ones never
+    change meaning (a device shows its template for the number it got).
+    """
+
+    OK = 0
+    UNKNOWN_CARD = 1
+    CARD_BLOCKED = 2
+    ACCOUNT_BLOCKED = 3
+    WRONG_SCHOOL = 4
+    WRONG_DEVICE_KIND = 5
+    INSUFFICIENT_FUNDS = 6
+    DAILY_LIMIT_EXCEEDED = 7
+    AMOUNT_INVALID = 8
+    TRY_AGAIN_LATER = 9
+    TXN_TOO_OLD = 10
+
+
+class NakReason(enum.IntEnum):
+    """Why a frame was refused at the protocol level (not a business decision)."""
+
+    BAD_START_BYTE = 1
+    UNSUPPORTED_VERSION = 2
+    FRAME_TOO_LARGE = 3
+    BAD_CRC = 4
+    UNSUPPORTED_FLAGS = 5
+    UNKNOWN_MESSAGE = 6
+    MALFORMED_PAYLOAD = 7
+    OUT_OF_STATE = 8
+    BAD_SEQUENCE = 9
+    SEQUENCE_REUSED = 10
+    DEVICE_MISMATCH = 11
+    UNKNOWN_DEVICE = 12
+    AUTH_FAILED = 13
+    TXN_OUT_OF_ORDER = 14
+    TOO_MANY_PENDING = 15
+    BUFFER_OVERFLOW = 16
+    SERVER_BUSY = 17
+
+
+# Flags of the frame header (byte 2).
+FLAG_REPLY = 0x01  # set on every frame the gateway sends (like OSDP's address bit 7)
+FLAG_SECURE_BLOCK = 0x02  # reserved for the authenticated channel; must be 0 in v1
+FLAG_MAC = 0x04  # reserved for the per-frame MAC; must be 0 in v1
+FLAGS_KNOWN = FLAG_REPLY
+
+# Flags inside transaction payloads (CARD_PRESENTED, PASSAGE, PURCHASE, TOPUP_CASH).
+TXN_FLAG_ADVICE = 0x01  # already happened (offline or accepted earlier): never declined
+TXN_FLAGS_KNOWN = TXN_FLAG_ADVICE
+
+# Flags inside DECISION.
+DECISION_FLAG_DUPLICATE = 0x01  # this txn was decided before; the stored result is repeated
+DECISION_FLAGS_KNOWN = DECISION_FLAG_DUPLICATE
+
+NO_ITEM_INDEX = 0xFF  # DECISION.item_index when no single item is to blame

@@ -1,0 +1,310 @@
+"""Sans-IO connection of protocol v1: bytes in, events out; events in, bytes out.
+
+    conn = Connection(Role.GATEWAY)
+    conn.receive_data(data)          # b"" means the peer closed
+    event = conn.next_event()        # an Event, NEED_DATA, CLOSED, or a Retransmit
+    data = conn.send(reply_event)    # bytes to write
+
+No asyncio, no socket, no clock: the caller owns the I/O and the time.
+
+Errors: a frame the peer got wrong raises ``RemoteProtocolError`` from
+``next_event`` with the NAK reason to answer with. If framing is lost (bad start
+byte, unsupported version, oversized length, flood) the error is fatal and the
+connection is in ERROR for good; otherwise the bad frame has been consumed and
+the connection goes on. Misuse by our own side raises ``LocalProtocolError``.
+"""
+
+from __future__ import annotations
+
+import struct
+from binascii import crc_hqx
+from typing import Final
+
+from .codes import FLAG_REPLY, FLAGS_KNOWN, NakReason
+from .events import EVENT_TYPES, DurableAck, Event, Hello, Nak, PayloadError
+from .limits import (
+    CRC_BYTES,
+    HEADER_BYTES,
+    PAYLOAD_BYTES_MAX,
+    PROTOCOL_VERSION,
+    RECEIVE_BUFFER_BYTES_MAX,
+    SEQ_MAX,
+    START_BYTE,
+)
+from .state import TRANSITIONS, Direction, Role, State
+
+HEADER: Final = struct.Struct("<BBBHIIB")  # start, version, flags, length, device id, seq, type
+_CRC: Final = struct.Struct("<H")
+CRC_INIT: Final = 0x1D0F  # CRC-16/AUG-CCITT as OSDP: poly 0x1021, init 0x1D0F, no reflection
+assert HEADER.size == HEADER_BYTES
+
+
+class _Sentinel:
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+NEED_DATA: Final = _Sentinel("NEED_DATA")
+CLOSED: Final = _Sentinel("CLOSED")
+_DROPPED: Final = _Sentinel("DROPPED")  # internal: a frame consumed without an event
+
+
+class Retransmit:
+    """The peer sent its last request again (same sequence, same bytes).
+
+    ``reply`` holds the exact bytes of the reply already sent; write them again
+    and decide nothing (OSDP: "send your last reply again").
+    """
+
+    __slots__ = ("reply",)
+
+    def __init__(self, reply: bytes) -> None:
+        self.reply = reply
+
+    def __repr__(self) -> str:
+        return f"Retransmit({self.reply.hex()})"
+
+
+class ProtocolError(Exception):
+    pass
+
+
+class LocalProtocolError(ProtocolError):
+    """Our own side tried something the state table does not allow."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """The peer sent something wrong; answer with ``Nak(reason)``."""
+
+    def __init__(self, reason: NakReason, detail: str, *, fatal: bool, seq: int) -> None:
+        super().__init__(f"{reason.name}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.fatal = fatal
+        self.seq = seq
+
+    def nak(self) -> Nak:
+        return Nak(int(self.reason), self.detail[:64])
+
+
+def crc16(data: bytes) -> int:
+    return crc_hqx(data, CRC_INIT)
+
+
+def encode_frame(device_id: int, seq: int, event: Event, *, reply: bool) -> bytes:
+    """The whole frame for ``event``: header, payload, CRC."""
+    payload = event.encode_payload()
+    head = HEADER.pack(
+        START_BYTE,
+        PROTOCOL_VERSION,
+        FLAG_REPLY if reply else 0,
+        len(payload),
+        device_id,
+        seq,
+        event.message_type,
+    )
+    body = head + payload
+    return body + _CRC.pack(crc_hqx(body, CRC_INIT))
+
+
+def next_seq(seq: int) -> int:
+    """The sequence number after ``seq``; 0 is kept for HELLO, so SEQ_MAX wraps to 1."""
+    return 1 if seq >= SEQ_MAX else seq + 1
+
+
+class Connection:
+    """One side of one device session."""
+
+    def __init__(self, role: Role, device_id: int = 0) -> None:
+        self.role = role
+        self.state = State.IDLE
+        self.device_id = device_id  # the gateway learns it from HELLO
+        self._buffer = bytearray()
+        self._eof = False
+        self._error: RemoteProtocolError | None = None
+        self._last_seq = 0  # gateway: last request seq taken; device: last request seq sent
+        self._pending_seq = 0  # seq of the frame in flight that the next reply answers
+        self._nak_seq = 0  # seq to put on a NAK for a frame that took no seq
+        self._last_request = b""  # gateway: frame of the last request taken; device: last frame sent
+        self._last_reply = b""  # gateway: frame of the reply to it (the retransmit cache)
+        self._accept_flag = FLAG_REPLY if role is Role.DEVICE else 0
+
+    # ------------------------------------------------------------------ input
+
+    def receive_data(self, data: bytes) -> None:
+        if not data:
+            self._eof = True
+            return
+        self._buffer += data
+
+    @property
+    def buffered_bytes(self) -> int:
+        return len(self._buffer)
+
+    def next_event(self) -> Event | Retransmit | _Sentinel:
+        event = self._next_frame_event()
+        while event is _DROPPED:
+            event = self._next_frame_event()
+        return event
+
+    def _next_frame_event(self) -> Event | Retransmit | _Sentinel:
+        if self._error is not None:
+            raise self._error
+        buf = self._buffer
+        if len(buf) > RECEIVE_BUFFER_BYTES_MAX:
+            self._fail(NakReason.BUFFER_OVERFLOW, f"more than {RECEIVE_BUFFER_BYTES_MAX} bytes buffered", 0)
+        if len(buf) < HEADER_BYTES:
+            if buf and buf[0] != START_BYTE:
+                self._fail(NakReason.BAD_START_BYTE, f"byte 0x{buf[0]:02x} where a frame must start", 0)
+            return CLOSED if self._eof else NEED_DATA
+        start, version, flags, length, device_id, seq, mtype = HEADER.unpack_from(buf, 0)
+        if start != START_BYTE:
+            self._fail(NakReason.BAD_START_BYTE, f"byte 0x{start:02x} where a frame must start", seq)
+        if version != PROTOCOL_VERSION:
+            self._fail(NakReason.UNSUPPORTED_VERSION, f"version {version}, this peer speaks {PROTOCOL_VERSION}", seq)
+        if length > PAYLOAD_BYTES_MAX:
+            self._fail(NakReason.FRAME_TOO_LARGE, f"payload of {length} bytes, at most {PAYLOAD_BYTES_MAX}", seq)
+        end = HEADER_BYTES + length + CRC_BYTES
+        if len(buf) < end:
+            return CLOSED if self._eof else NEED_DATA
+        frame = bytes(buf[:end])
+        del buf[:end]
+        if _CRC.unpack_from(frame, end - CRC_BYTES)[0] != crc_hqx(frame[: end - CRC_BYTES], CRC_INIT):
+            raise self._reject(NakReason.BAD_CRC, "CRC mismatch", seq)
+        if flags != self._accept_flag:
+            raise self._reject(NakReason.UNSUPPORTED_FLAGS, f"flags 0x{flags:02x}", seq)
+        cls = EVENT_TYPES.get(mtype)
+        if cls is None:
+            raise self._reject(NakReason.UNKNOWN_MESSAGE, f"message type 0x{mtype:02x}", seq)
+        if self.role is Role.GATEWAY:
+            return self._gateway_receive(cls, frame, device_id, seq)
+        return self._device_receive(cls, frame, device_id, seq)
+
+    def _gateway_receive(self, cls: type[Event], frame: bytes, device_id: int, seq: int) -> Event | Retransmit:
+        state = self.state
+        if cls is Hello:
+            if seq != 0:
+                raise self._reject(NakReason.BAD_SEQUENCE, "HELLO must carry sequence 0", seq)
+            new_state = TRANSITIONS.get((Role.GATEWAY, state, Direction.RECV, Hello))
+            if new_state is None:
+                raise self._reject(NakReason.OUT_OF_STATE, f"HELLO in state {state.value}", seq)
+            event = self._decode(cls, frame, seq)
+            self.device_id = device_id
+            self._last_seq = 0
+            self._pending_seq = 0
+            self._last_request = b""
+            self._last_reply = b""
+            self.state = new_state
+            return event
+        if state is State.IDLE or state is State.CLOSED:
+            raise self._reject(NakReason.OUT_OF_STATE, "no session: send HELLO first", seq)
+        if device_id != self.device_id:
+            self._fail(NakReason.DEVICE_MISMATCH, f"device {device_id} on the session of {self.device_id}", seq)
+        if seq == self._last_seq:
+            if frame == self._last_request and self._last_reply:
+                return Retransmit(self._last_reply)
+            raise self._reject(NakReason.SEQUENCE_REUSED, f"sequence {seq} was used for another frame", seq)
+        if seq != next_seq(self._last_seq):
+            raise self._reject(NakReason.BAD_SEQUENCE, f"expected sequence {next_seq(self._last_seq)}", seq)
+        # The frame takes its sequence number: whatever we answer is cached for a retransmit.
+        self._last_seq = seq
+        self._pending_seq = seq
+        self._last_request = frame
+        self._last_reply = b""
+        new_state = TRANSITIONS.get((Role.GATEWAY, state, Direction.RECV, cls))
+        if new_state is None:
+            self.state = State.BUSY
+            raise RemoteProtocolError(NakReason.OUT_OF_STATE, f"{cls.__name__} in state {state.value}", fatal=False, seq=seq)
+        event = self._decode(cls, frame, seq, taken=True)
+        self.state = new_state
+        return event
+
+    def _device_receive(self, cls: type[Event], frame: bytes, device_id: int, seq: int) -> Event | _Sentinel:
+        if device_id != self.device_id:
+            self._fail(NakReason.DEVICE_MISMATCH, f"frame for device {device_id}", seq)
+        state = self.state
+        if cls is not DurableAck and cls is not Hello:
+            expected = 0 if state is State.HELLO else self._pending_seq
+            if state is State.READY and seq == self._pending_seq:
+                # A second copy of a reply we already have (we retransmitted while it was on its way).
+                return _DROPPED
+            if seq != expected:
+                raise self._reject(NakReason.BAD_SEQUENCE, f"reply to {seq}, expected {expected}", seq)
+        new_state = TRANSITIONS.get((Role.DEVICE, state, Direction.RECV, cls))
+        if new_state is None:
+            raise self._reject(NakReason.OUT_OF_STATE, f"{cls.__name__} in state {state.value}", seq)
+        event = self._decode(cls, frame, seq)
+        self.state = new_state
+        return event
+
+    def _decode(self, cls: type[Event], frame: bytes, seq: int, taken: bool = False) -> Event:
+        try:
+            return cls.decode_payload(frame[HEADER_BYTES:-CRC_BYTES])
+        except (PayloadError, ValueError, TypeError, OverflowError) as exc:
+            if taken:
+                self.state = State.BUSY
+                raise RemoteProtocolError(NakReason.MALFORMED_PAYLOAD, str(exc), fatal=False, seq=seq) from None
+            raise self._reject(NakReason.MALFORMED_PAYLOAD, str(exc), seq) from None
+
+    def _reject(self, reason: NakReason, detail: str, seq: int) -> RemoteProtocolError:
+        """A bad frame that took no sequence number: NAK it, keep the session."""
+        self._nak_seq = seq
+        return RemoteProtocolError(reason, detail, fatal=False, seq=seq)
+
+    def _fail(self, reason: NakReason, detail: str, seq: int) -> None:
+        """Framing is lost: the connection is over; the error is sticky."""
+        self.state = State.ERROR
+        self._nak_seq = seq
+        self._buffer.clear()
+        self._error = RemoteProtocolError(reason, detail, fatal=True, seq=seq)
+        raise self._error
+
+    # ------------------------------------------------------------------ output
+
+    def send(self, event: Event) -> bytes:
+        key = (self.role, self.state, Direction.SEND, type(event))
+        new_state = TRANSITIONS.get(key)
+        if new_state is None:
+            raise LocalProtocolError(f"cannot send {type(event).__name__} in state {self.state.value}")
+        if self.role is Role.GATEWAY:
+            data = self._gateway_send(event)
+        else:
+            data = self._device_send(event)
+        self.state = new_state
+        return data
+
+    def _gateway_send(self, event: Event) -> bytes:
+        state = self.state
+        if type(event) is DurableAck:
+            return encode_frame(self.device_id, 0, event, reply=True)
+        if state is State.BUSY:
+            data = encode_frame(self.device_id, self._pending_seq, event, reply=True)
+            self._last_reply = data
+            return data
+        if state is State.HELLO and type(event) is not Nak:
+            return encode_frame(self.device_id, 0, event, reply=True)
+        return encode_frame(self.device_id, self._nak_seq, event, reply=True)
+
+    def _device_send(self, event: Event) -> bytes:
+        if type(event) is Hello:
+            self._last_seq = 0
+            self._pending_seq = 0
+            seq = 0
+        else:
+            seq = next_seq(self._last_seq)
+            self._last_seq = seq
+            self._pending_seq = seq
+        data = encode_frame(self.device_id, seq, event, reply=False)
+        self._last_request = data
+        return data
+
+    def retransmit(self) -> bytes:
+        """Device side: the last frame sent, byte for byte (same sequence number)."""
+        if self.role is not Role.DEVICE or self.state is not State.BUSY and self.state is not State.HELLO:
+            raise LocalProtocolError("nothing in flight to retransmit")
+        return self._last_request

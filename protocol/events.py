@@ -1,0 +1,539 @@
+"""Protocol v1 messages: immutable events that validate themselves, and their payload codecs.
+
+Each event class knows its message type, how to encode its payload and how to
+decode it. Construction validates every field, so an invalid event cannot
+exist: decoding bad bytes raises ``PayloadError`` and the connection turns it
+into a NAK with reason MALFORMED_PAYLOAD.
+
+Fixed layouts use ``struct`` (little-endian); there is no padding anywhere.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import ClassVar
+
+import msgspec
+
+from .codes import (
+    DECISION_FLAGS_KNOWN,
+    NO_ITEM_INDEX,
+    TXN_FLAG_ADVICE,
+    TXN_FLAGS_KNOWN,
+    DenyReason,
+    DeviceKind,
+    Direction,
+    MessageType,
+    NakReason,
+    Outcome,
+)
+from .limits import (
+    AMOUNT_KOPECKS_MAX,
+    DISPLAY_PARAMS_MAX,
+    FIRMWARE_BYTES_MAX,
+    HELLO_MAC_BYTES,
+    HELLO_NONCE_BYTES,
+    IDENTIFIER_BYTES_MAX,
+    IDENTIFIER_BYTES_MIN,
+    ITEMS_MAX,
+    NAK_DETAIL_BYTES_MAX,
+    TXN_MAX,
+)
+
+
+class PayloadError(ValueError):
+    """The payload of a frame does not decode into a valid event."""
+
+
+_U64 = 0xFFFFFFFFFFFFFFFF
+_I64_MIN = -(1 << 63)
+_I64_MAX = (1 << 63) - 1
+_DEVICE_KINDS = frozenset(int(k) for k in DeviceKind)
+_DIRECTIONS = frozenset(int(d) for d in Direction)
+_DENY_REASONS = frozenset(int(r) for r in DenyReason)
+_NAK_REASONS = frozenset(int(r) for r in NakReason)
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise PayloadError(message)
+
+
+def _check_identifier(identifier: bytes) -> None:
+    _check(type(identifier) is bytes, "identifier must be bytes")
+    _check(
+        IDENTIFIER_BYTES_MIN <= len(identifier) <= IDENTIFIER_BYTES_MAX,
+        f"identifier must be {IDENTIFIER_BYTES_MIN}..{IDENTIFIER_BYTES_MAX} bytes",
+    )
+
+
+def _check_txn(txn: int) -> None:
+    _check(1 <= txn <= TXN_MAX, "txn must be 1..2^64-1")
+
+
+def _check_u64(value: int, name: str) -> None:
+    _check(0 <= value <= _U64, f"{name} must be a u64")
+
+
+def _read_identifier(payload: bytes, offset: int) -> tuple[bytes, int]:
+    _check(len(payload) > offset, "identifier length missing")
+    n = payload[offset]
+    end = offset + 1 + n
+    _check(len(payload) >= end, "identifier truncated")
+    return payload[offset + 1 : end], end
+
+
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """Base of all protocol events."""
+
+    message_type: ClassVar[MessageType]
+
+    def encode_payload(self) -> bytes:  # pragma: no cover - every subclass overrides
+        raise NotImplementedError
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "Event":  # pragma: no cover
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------- session
+
+
+_HELLO_HEAD = struct.Struct("<BB")  # kind, firmware length
+_HELLO_TAIL = struct.Struct(f"<QQ{HELLO_NONCE_BYTES}s{HELLO_MAC_BYTES}s")
+
+
+class Hello(Event, frozen=True, gc=False):
+    """Device -> gateway, sequence 0: opens (or restarts) a session."""
+
+    message_type: ClassVar[MessageType] = MessageType.HELLO
+    kind: int
+    firmware: str
+    durable_txn: int  # the highest DURABLE_ACK watermark the device has seen
+    device_time_ms: int
+    nonce: bytes
+    mac: bytes
+
+    def __post_init__(self) -> None:
+        _check(self.kind in _DEVICE_KINDS, "unknown device kind")
+        fw = self.firmware.encode("utf-8")
+        _check(len(fw) <= FIRMWARE_BYTES_MAX, f"firmware longer than {FIRMWARE_BYTES_MAX} bytes")
+        _check_u64(self.durable_txn, "durable_txn")
+        _check_u64(self.device_time_ms, "device_time_ms")
+        _check(type(self.nonce) is bytes and len(self.nonce) == HELLO_NONCE_BYTES, "nonce must be 16 bytes")
+        _check(type(self.mac) is bytes and len(self.mac) == HELLO_MAC_BYTES, "mac must be 16 bytes")
+
+    def signed_part(self) -> bytes:
+        """The payload bytes the MAC covers: everything before the MAC."""
+        return self.encode_payload()[:-HELLO_MAC_BYTES]
+
+    def encode_payload(self) -> bytes:
+        fw = self.firmware.encode("utf-8")
+        return _HELLO_HEAD.pack(self.kind, len(fw)) + fw + _HELLO_TAIL.pack(
+            self.durable_txn, self.device_time_ms, self.nonce, self.mac
+        )
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "Hello":
+        _check(len(payload) >= _HELLO_HEAD.size, "HELLO truncated")
+        kind, fw_len = _HELLO_HEAD.unpack_from(payload, 0)
+        fw_end = _HELLO_HEAD.size + fw_len
+        _check(len(payload) == fw_end + _HELLO_TAIL.size, "HELLO length does not match its fields")
+        try:
+            firmware = payload[_HELLO_HEAD.size : fw_end].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PayloadError("firmware is not UTF-8") from exc
+        durable_txn, device_time_ms, nonce, mac = _HELLO_TAIL.unpack_from(payload, fw_end)
+        return cls(kind, firmware, durable_txn, device_time_ms, nonce, mac)
+
+
+_HELLO_ACK = struct.Struct("<QQI")
+
+
+class HelloAck(Event, frozen=True, gc=False):
+    """Gateway -> device: the session is open."""
+
+    message_type: ClassVar[MessageType] = MessageType.HELLO_ACK
+    server_time_ms: int
+    durable_txn: int  # the gateway's durable watermark for this device
+    heartbeat_interval_ms: int
+
+    def __post_init__(self) -> None:
+        _check_u64(self.server_time_ms, "server_time_ms")
+        _check_u64(self.durable_txn, "durable_txn")
+        _check(0 < self.heartbeat_interval_ms <= 0xFFFFFFFF, "heartbeat_interval_ms must be a positive u32")
+
+    def encode_payload(self) -> bytes:
+        return _HELLO_ACK.pack(self.server_time_ms, self.durable_txn, self.heartbeat_interval_ms)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "HelloAck":
+        _check(len(payload) == _HELLO_ACK.size, "HELLO_ACK must be 20 bytes")
+        return cls(*_HELLO_ACK.unpack(payload))
+
+
+_HEARTBEAT = struct.Struct("<Q")
+
+
+class Heartbeat(Event, frozen=True, gc=False):
+    """Either way: keeps the session alive; the gateway answers with its own clock."""
+
+    message_type: ClassVar[MessageType] = MessageType.HEARTBEAT
+    time_ms: int
+
+    def __post_init__(self) -> None:
+        _check_u64(self.time_ms, "time_ms")
+
+    def encode_payload(self) -> bytes:
+        return _HEARTBEAT.pack(self.time_ms)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "Heartbeat":
+        _check(len(payload) == _HEARTBEAT.size, "HEARTBEAT must be 8 bytes")
+        return cls(_HEARTBEAT.unpack(payload)[0])
+
+
+# --------------------------------------------------------------------------- transactions
+
+
+_CARD = struct.Struct("<QBBQ")  # txn, flags, direction, reader_time_ms
+
+
+def _check_txn_flags(flags: int) -> None:
+    _check(0 <= flags <= 0xFF and flags & ~TXN_FLAGS_KNOWN == 0, "unknown transaction flags")
+
+
+class CardPresented(Event, frozen=True, gc=False):
+    """Turnstile -> gateway: a card was presented; may the holder pass?"""
+
+    message_type: ClassVar[MessageType] = MessageType.CARD_PRESENTED
+    txn: int
+    flags: int
+    direction: int
+    reader_time_ms: int
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check_txn(self.txn)
+        _check_txn_flags(self.flags)
+        _check(self.direction in _DIRECTIONS, "direction must be 1 (in) or 2 (out)")
+        _check_u64(self.reader_time_ms, "reader_time_ms")
+        _check_identifier(self.identifier)
+
+    @property
+    def advice(self) -> bool:
+        return bool(self.flags & TXN_FLAG_ADVICE)
+
+    def encode_payload(self) -> bytes:
+        ident = self.identifier
+        return _CARD.pack(self.txn, self.flags, self.direction, self.reader_time_ms) + bytes((len(ident),)) + ident
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "CardPresented":
+        _check(len(payload) >= _CARD.size + 1, "CARD_PRESENTED truncated")
+        txn, flags, direction, reader_time_ms = _CARD.unpack_from(payload, 0)
+        ident, end = _read_identifier(payload, _CARD.size)
+        _check(end == len(payload), "trailing bytes after CARD_PRESENTED")
+        return cls(txn, flags, direction, reader_time_ms, ident)
+
+
+_PASSAGE = struct.Struct("<QBBQQ")  # txn, flags, direction, reader_time_ms, granted_txn
+
+
+class Passage(Event, frozen=True, gc=False):
+    """Turnstile -> gateway: the holder of a granted card actually went through."""
+
+    message_type: ClassVar[MessageType] = MessageType.PASSAGE
+    txn: int
+    flags: int
+    direction: int
+    reader_time_ms: int
+    granted_txn: int
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check_txn(self.txn)
+        _check_txn_flags(self.flags)
+        _check(self.direction in _DIRECTIONS, "direction must be 1 (in) or 2 (out)")
+        _check_u64(self.reader_time_ms, "reader_time_ms")
+        _check_txn(self.granted_txn)
+        _check(self.granted_txn < self.txn, "granted_txn must precede txn")
+        _check_identifier(self.identifier)
+
+    @property
+    def advice(self) -> bool:
+        return True  # the passage has happened; it is never declined
+
+    def encode_payload(self) -> bytes:
+        ident = self.identifier
+        return (
+            _PASSAGE.pack(self.txn, self.flags, self.direction, self.reader_time_ms, self.granted_txn)
+            + bytes((len(ident),))
+            + ident
+        )
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "Passage":
+        _check(len(payload) >= _PASSAGE.size + 1, "PASSAGE truncated")
+        txn, flags, direction, reader_time_ms, granted_txn = _PASSAGE.unpack_from(payload, 0)
+        ident, end = _read_identifier(payload, _PASSAGE.size)
+        _check(end == len(payload), "trailing bytes after PASSAGE")
+        return cls(txn, flags, direction, reader_time_ms, granted_txn, ident)
+
+
+_ITEM = struct.Struct("<IHI")  # product_code, quantity, unit_price_kopecks
+
+
+class Item(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One line of a purchase."""
+
+    product_code: int
+    quantity: int
+    unit_price_kopecks: int
+
+    def __post_init__(self) -> None:
+        _check(0 < self.product_code <= 0xFFFFFFFF, "product_code must be a positive u32")
+        _check(0 < self.quantity <= 0xFFFF, "quantity must be 1..65535")
+        _check(0 <= self.unit_price_kopecks <= AMOUNT_KOPECKS_MAX, "unit_price_kopecks must be a u32")
+
+
+_PURCHASE = struct.Struct("<QBQI")  # txn, flags, reader_time_ms, total_kopecks
+
+
+class Purchase(Event, frozen=True, gc=False):
+    """Till -> gateway: charge this basket to the card's account (all or nothing)."""
+
+    message_type: ClassVar[MessageType] = MessageType.PURCHASE
+    txn: int
+    flags: int
+    reader_time_ms: int
+    total_kopecks: int
+    identifier: bytes
+    items: tuple[Item, ...]
+
+    def __post_init__(self) -> None:
+        _check_txn(self.txn)
+        _check_txn_flags(self.flags)
+        _check_u64(self.reader_time_ms, "reader_time_ms")
+        _check_identifier(self.identifier)
+        _check(1 <= len(self.items) <= ITEMS_MAX, f"a purchase has 1..{ITEMS_MAX} items")
+        total = 0
+        for item in self.items:
+            total += item.quantity * item.unit_price_kopecks
+        _check(total == self.total_kopecks, "total_kopecks is not the sum of quantity * unit price")
+        _check(0 < total <= AMOUNT_KOPECKS_MAX, "total_kopecks must be a positive u32")
+
+    @property
+    def advice(self) -> bool:
+        return bool(self.flags & TXN_FLAG_ADVICE)
+
+    def encode_payload(self) -> bytes:
+        ident = self.identifier
+        parts = [
+            _PURCHASE.pack(self.txn, self.flags, self.reader_time_ms, self.total_kopecks),
+            bytes((len(ident),)),
+            ident,
+            bytes((len(self.items),)),
+        ]
+        pack = _ITEM.pack
+        parts.extend(pack(i.product_code, i.quantity, i.unit_price_kopecks) for i in self.items)
+        return b"".join(parts)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "Purchase":
+        _check(len(payload) >= _PURCHASE.size + 1, "PURCHASE truncated")
+        txn, flags, reader_time_ms, total = _PURCHASE.unpack_from(payload, 0)
+        ident, offset = _read_identifier(payload, _PURCHASE.size)
+        _check(len(payload) > offset, "item count missing")
+        count = payload[offset]
+        offset += 1
+        _check(len(payload) == offset + count * _ITEM.size, "PURCHASE length does not match its item count")
+        items = tuple(Item(*fields) for fields in _ITEM.iter_unpack(payload[offset:]))
+        return cls(txn, flags, reader_time_ms, total, ident, items)
+
+
+_TOPUP = struct.Struct("<QBQII")  # txn, flags, reader_time_ms, amount_kopecks, cashier_id
+
+
+class TopupCash(Event, frozen=True, gc=False):
+    """Till -> gateway: the cashier took cash; credit it to the card's account."""
+
+    message_type: ClassVar[MessageType] = MessageType.TOPUP_CASH
+    txn: int
+    flags: int
+    reader_time_ms: int
+    amount_kopecks: int
+    cashier_id: int
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check_txn(self.txn)
+        _check_txn_flags(self.flags)
+        _check_u64(self.reader_time_ms, "reader_time_ms")
+        _check(0 < self.amount_kopecks <= AMOUNT_KOPECKS_MAX, "amount_kopecks must be a positive u32")
+        _check(0 < self.cashier_id <= 0xFFFFFFFF, "cashier_id must be a positive u32")
+        _check_identifier(self.identifier)
+
+    @property
+    def advice(self) -> bool:
+        return bool(self.flags & TXN_FLAG_ADVICE)
+
+    def encode_payload(self) -> bytes:
+        ident = self.identifier
+        return (
+            _TOPUP.pack(self.txn, self.flags, self.reader_time_ms, self.amount_kopecks, self.cashier_id)
+            + bytes((len(ident),))
+            + ident
+        )
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "TopupCash":
+        _check(len(payload) >= _TOPUP.size + 1, "TOPUP_CASH truncated")
+        txn, flags, reader_time_ms, amount, cashier = _TOPUP.unpack_from(payload, 0)
+        ident, end = _read_identifier(payload, _TOPUP.size)
+        _check(end == len(payload), "trailing bytes after TOPUP_CASH")
+        return cls(txn, flags, reader_time_ms, amount, cashier, ident)
+
+
+class BalanceQuery(Event, frozen=True, gc=False):
+    """Till -> gateway: what is the balance behind this card? Changes nothing."""
+
+    message_type: ClassVar[MessageType] = MessageType.BALANCE_QUERY
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check_identifier(self.identifier)
+
+    def encode_payload(self) -> bytes:
+        return bytes((len(self.identifier),)) + self.identifier
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "BalanceQuery":
+        ident, end = _read_identifier(payload, 0)
+        _check(end == len(payload), "trailing bytes after BALANCE_QUERY")
+        return cls(ident)
+
+
+# --------------------------------------------------------------------------- replies
+
+
+_DECISION = struct.Struct("<QBBBqBHB")  # txn, outcome, reason, flags, balance, item_index, template_id, n params
+_PARAM = struct.Struct("<q")
+
+
+class Decision(Event, frozen=True, gc=False):
+    """Gateway -> device: the answer to a transaction or a balance query."""
+
+    message_type: ClassVar[MessageType] = MessageType.DECISION
+    txn: int  # the request's txn; 0 for BALANCE_QUERY
+    outcome: int
+    reason: int
+    flags: int
+    balance_kopecks: int
+    item_index: int
+    template_id: int
+    params: tuple[int, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_u64(self.txn, "txn")
+        _check(self.outcome in (Outcome.DENY, Outcome.ACCEPT), "outcome must be 0 or 1")
+        _check(self.reason in _DENY_REASONS, "unknown reason")
+        _check((self.outcome == Outcome.ACCEPT) == (self.reason == DenyReason.OK), "ACCEPT goes with OK only")
+        _check(0 <= self.flags <= 0xFF and self.flags & ~DECISION_FLAGS_KNOWN == 0, "unknown decision flags")
+        _check(_I64_MIN <= self.balance_kopecks <= _I64_MAX, "balance_kopecks must be an i64")
+        _check(0 <= self.item_index <= NO_ITEM_INDEX, "item_index must be a u8")
+        _check(0 <= self.template_id <= 0xFFFF, "template_id must be a u16")
+        _check(len(self.params) <= DISPLAY_PARAMS_MAX, f"at most {DISPLAY_PARAMS_MAX} display params")
+        for p in self.params:
+            _check(_I64_MIN <= p <= _I64_MAX, "display params must be i64")
+
+    def encode_payload(self) -> bytes:
+        head = _DECISION.pack(
+            self.txn,
+            self.outcome,
+            self.reason,
+            self.flags,
+            self.balance_kopecks,
+            self.item_index,
+            self.template_id,
+            len(self.params),
+        )
+        if not self.params:
+            return head
+        return head + b"".join(_PARAM.pack(p) for p in self.params)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "Decision":
+        _check(len(payload) >= _DECISION.size, "DECISION truncated")
+        txn, outcome, reason, flags, balance, item_index, template_id, n = _DECISION.unpack_from(payload, 0)
+        _check(len(payload) == _DECISION.size + n * _PARAM.size, "DECISION length does not match its params")
+        params = tuple(p for (p,) in _PARAM.iter_unpack(payload[_DECISION.size :]))
+        return cls(txn, outcome, reason, flags, balance, item_index, template_id, params)
+
+
+_DURABLE = struct.Struct("<Q")
+
+
+class DurableAck(Event, frozen=True, gc=False):
+    """Gateway -> device, unsolicited: every accepted txn <= durable_txn is on disk."""
+
+    message_type: ClassVar[MessageType] = MessageType.DURABLE_ACK
+    durable_txn: int
+
+    def __post_init__(self) -> None:
+        _check_u64(self.durable_txn, "durable_txn")
+
+    def encode_payload(self) -> bytes:
+        return _DURABLE.pack(self.durable_txn)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "DurableAck":
+        _check(len(payload) == _DURABLE.size, "DURABLE_ACK must be 8 bytes")
+        return cls(_DURABLE.unpack(payload)[0])
+
+
+class Nak(Event, frozen=True, gc=False):
+    """Gateway -> device: the frame was refused at the protocol level."""
+
+    message_type: ClassVar[MessageType] = MessageType.NAK
+    reason: int
+    detail: str = ""
+
+    def __post_init__(self) -> None:
+        _check(self.reason in _NAK_REASONS, "unknown NAK reason")
+        _check(len(self.detail.encode("utf-8")) <= NAK_DETAIL_BYTES_MAX, "NAK detail too long")
+
+    def encode_payload(self) -> bytes:
+        detail = self.detail.encode("utf-8")
+        return bytes((self.reason, len(detail))) + detail
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "Nak":
+        _check(len(payload) >= 2, "NAK truncated")
+        reason, n = payload[0], payload[1]
+        _check(len(payload) == 2 + n, "NAK length does not match its detail")
+        try:
+            detail = payload[2:].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PayloadError("NAK detail is not UTF-8") from exc
+        return cls(reason, detail)
+
+
+EVENT_TYPES: dict[int, type[Event]] = {
+    cls.message_type: cls
+    for cls in (
+        Hello,
+        HelloAck,
+        Heartbeat,
+        CardPresented,
+        Passage,
+        Purchase,
+        TopupCash,
+        BalanceQuery,
+        Decision,
+        DurableAck,
+        Nak,
+    )
+}
+
+TRANSACTION_TYPES = (CardPresented, Passage, Purchase, TopupCash)

@@ -1,0 +1,56 @@
+"""Every limit of protocol v1, each with its reason. docs/protocol.md lists the same."""
+
+from __future__ import annotations
+
+PROTOCOL_VERSION = 1
+START_BYTE = 0xEC
+
+HEADER_BYTES = 14  # start, version, flags, length u16, device id u32, seq u32, type
+CRC_BYTES = 2
+
+# The largest legitimate frame is a PURCHASE of ITEMS_MAX items:
+# 14 header + 32 fixed payload + 16 identifier + 64 * 10 items + 2 CRC = 704 bytes.
+# 1024 leaves room for v1 extensions and stays well under one Ethernet MTU, so a
+# frame never needs more than one TCP segment on a quiet link (OSDP caps its
+# packets at a similar size for the same reason).
+FRAME_BYTES_MAX = 1024
+PAYLOAD_BYTES_MAX = FRAME_BYTES_MAX - HEADER_BYTES - CRC_BYTES
+
+# A school tray never holds more than a handful of dishes; 64 covers a buffet
+# basket bought for a whole group and keeps the frame under FRAME_BYTES_MAX.
+ITEMS_MAX = 64
+
+# ISO 14443 UIDs are 4, 7 or 10 bytes; the Social Card number (19 digits) fits
+# in 10 bytes of packed BCD. 16 leaves room for longer issuer formats.
+IDENTIFIER_BYTES_MIN = 4
+IDENTIFIER_BYTES_MAX = 16
+
+# Firmware strings are version labels ("turnstile-2.4.1"); 32 bytes is plenty
+# and bounds what a device can make the gateway log.
+FIRMWARE_BYTES_MAX = 32
+
+# A NAK's human-readable detail is for logs and technicians, not parsing.
+NAK_DETAIL_BYTES_MAX = 64
+
+# DECISION carries a display template id plus a few numeric parameters
+# (amount, balance, limit); the templates never need more than four.
+DISPLAY_PARAMS_MAX = 4
+
+HELLO_NONCE_BYTES = 16
+HELLO_MAC_BYTES = 16  # truncated HMAC-SHA256, as in many MAC-truncation profiles (RFC 2104 section 5)
+
+# Money on the wire: amounts are u32 kopecks (up to 42,949,672.95 rubles, far
+# above any school purchase); balances are i64 kopecks because they may go
+# negative under a grace policy and are sums.
+AMOUNT_KOPECKS_MAX = 0xFFFFFFFF
+
+# Devices send one request and wait for its reply (like OSDP). A peer that has
+# more than this many complete frames buffered is flooding, not retrying.
+PENDING_FRAMES_MAX = 16
+
+# Bytes buffered for a connection that do not yet form a frame, plus frames not
+# yet consumed: PENDING_FRAMES_MAX full frames. Anything beyond is a flood.
+RECEIVE_BUFFER_BYTES_MAX = PENDING_FRAMES_MAX * FRAME_BYTES_MAX
+
+SEQ_MAX = 0xFFFFFFFF  # after SEQ_MAX the next sequence number is 1 (0 means "new session")
+TXN_MAX = 0xFFFFFFFFFFFFFFFF
