@@ -17,8 +17,8 @@ DEMO_TURNSTILES = 4
 DEMO_TILLS = 2
 DEMO_OPENING_BALANCE_KOPECKS = 50_000  # 500 rubles per pupil at start
 
-TURNSTILE_ID_BASE = 1_000  # turnstile n (1-based) has device id 1000 + n
-TILL_ID_BASE = 2_000  # till n (1-based) has device id 2000 + n
+TURNSTILE_ID_BASE = 1_000_000  # turnstile n (1-based) has device id 1_000_000 + n
+TILL_ID_BASE = 2_000_000  # till n (1-based) has device id 2_000_000 + n
 UNKNOWN_CARD_PREFIX = b"\x08"  # no demo card starts with this byte
 
 # (code, name shown on the till, price in kopecks)
