@@ -92,6 +92,18 @@ class RemoteProtocolError(ProtocolError):
         return Nak(int(self.reason), self.detail[:64])
 
 
+# NAK reasons for a frame that took no sequence number (see docs/protocol.md, "Sequence numbers").
+SEQ_NOT_TAKEN: Final = frozenset(
+    {
+        NakReason.BAD_CRC,
+        NakReason.UNSUPPORTED_FLAGS,
+        NakReason.UNKNOWN_MESSAGE,
+        NakReason.BAD_SEQUENCE,
+        NakReason.SEQUENCE_REUSED,
+    }
+)
+
+
 def crc16(data: bytes) -> int:
     return crc_hqx(data, CRC_INIT)
 
@@ -128,6 +140,7 @@ class Connection:
         self._eof = False
         self._error: RemoteProtocolError | None = None
         self._last_seq = 0  # gateway: last request seq taken; device: last request seq sent
+        self._prev_seq = 0  # device: _last_seq before the frame in flight took its number
         self._pending_seq = 0  # seq of the frame in flight that the next reply answers
         self._nak_seq = 0  # seq to put on a NAK for a frame that took no seq
         self._last_request = b""  # gateway: frame of the last request taken; device: last frame sent
@@ -201,7 +214,8 @@ class Connection:
             self._last_reply = b""
             self.state = new_state
             return event
-        if state is State.IDLE or state is State.CLOSED:
+        if state is State.IDLE or state is State.HELLO or state is State.CLOSED:
+            # No open session (HELLO not answered yet counts): nothing takes a sequence number.
             raise self._reject(NakReason.OUT_OF_STATE, "no session: send HELLO first", seq)
         if device_id != self.device_id:
             self._fail(NakReason.DEVICE_MISMATCH, f"device {device_id} on the session of {self.device_id}", seq)
@@ -239,6 +253,9 @@ class Connection:
         if new_state is None:
             raise self._reject(NakReason.OUT_OF_STATE, f"{cls.__name__} in state {state.value}", seq)
         event = self._decode(cls, frame, seq)
+        if cls is Nak and state is State.BUSY and event.reason in SEQ_NOT_TAKEN:
+            # The gateway refused our frame before it took a sequence number: the next frame reuses it.
+            self._last_seq = self._prev_seq
         self.state = new_state
         return event
 
@@ -286,7 +303,8 @@ class Connection:
             data = encode_frame(self.device_id, self._pending_seq, event, reply=True)
             self._last_reply = data
             return data
-        if state is State.HELLO and type(event) is not Nak:
+        if state is State.HELLO:
+            # HELLO_ACK or the NAK refusing the HELLO: both answer the HELLO, sequence 0.
             return encode_frame(self.device_id, 0, event, reply=True)
         return encode_frame(self.device_id, self._nak_seq, event, reply=True)
 
@@ -297,6 +315,7 @@ class Connection:
             seq = 0
         else:
             seq = next_seq(self._last_seq)
+            self._prev_seq = self._last_seq
             self._last_seq = seq
             self._pending_seq = seq
         data = encode_frame(self.device_id, seq, event, reply=False)

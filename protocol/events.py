@@ -68,7 +68,7 @@ def _check_identifier(identifier: bytes) -> None:
 
 
 def _check_txn(txn: int) -> None:
-    _check(1 <= txn <= TXN_MAX, "txn must be 1..2^64-1")
+    _check(1 <= txn <= TXN_MAX, "txn must be 1..2^63-1")
 
 
 def _check_u64(value: int, name: str) -> None:

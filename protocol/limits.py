@@ -53,4 +53,6 @@ PENDING_FRAMES_MAX = 16
 RECEIVE_BUFFER_BYTES_MAX = PENDING_FRAMES_MAX * FRAME_BYTES_MAX
 
 SEQ_MAX = 0xFFFFFFFF  # after SEQ_MAX the next sequence number is 1 (0 means "new session")
-TXN_MAX = 0xFFFFFFFFFFFFFFFF
+# Transaction numbers are stored as PostgreSQL bigint (signed 64-bit), so the
+# top bit stays clear; 2^63-1 txns outlasts any device.
+TXN_MAX = (1 << 63) - 1

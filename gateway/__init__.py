@@ -1,0 +1,1 @@
+"""The ecard gateway: asyncio server, in-memory cache, pure authorizer, metrics."""

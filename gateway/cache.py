@@ -1,0 +1,150 @@
+"""The in-memory state the authorizer decides against.
+
+Accounts are columns (``array`` of machine integers indexed by account id):
+2 M accounts cost tens of MiB instead of the hundreds a Python object per
+account would, and an index is the fastest lookup Python has. Identifiers map
+bytes -> account id in one dict; the few non-active identifiers sit in a set.
+
+Only the gateway's event loop thread mutates this state, and only in
+``apply``; the authorizer only reads it.
+"""
+
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from protocol import Decision
+
+if TYPE_CHECKING:
+    from .server import DeviceSession
+
+DAY_MS = 86_400_000
+ACCOUNT_ACTIVE = 0
+ACCOUNT_PUPIL, ACCOUNT_REVENUE, ACCOUNT_DRAWER, ACCOUNT_OPENING = 1, 2, 3, 4
+NO_LIMIT = -1
+# HELLO nonces remembered per device: a replayed HELLO inside the clock-skew
+# window is refused. A device says HELLO a few times a day; 32 spans days.
+HELLO_NONCES_MAX = 32
+
+
+class Accounts:
+    """Columns of account state, indexed by account id (ids are dense from 1)."""
+
+    __slots__ = ("balance", "spent", "spent_day", "limit", "school", "status", "kind")
+
+    def __init__(self) -> None:
+        self.balance = array("q")  # kopecks
+        self.spent = array("q")  # kopecks spent on purchases on day spent_day
+        self.spent_day = array("l")  # school-local day number (Unix ms + offset) // DAY_MS
+        self.limit = array("q")  # daily spending limit in kopecks, NO_LIMIT for none
+        self.school = array("l")
+        self.status = array("b")
+        self.kind = array("b")
+
+    def __len__(self) -> int:
+        return len(self.balance)
+
+    def grow_to(self, size: int) -> None:
+        """Make ids < ``size`` addressable; new slots are empty (kind 0 = no account)."""
+        missing = size - len(self.balance)
+        if missing <= 0:
+            return
+        for column, fill in (
+            (self.balance, 0),
+            (self.spent, 0),
+            (self.spent_day, 0),
+            (self.limit, NO_LIMIT),
+            (self.school, 0),
+            (self.status, 0),
+            (self.kind, 0),
+        ):
+            column.extend(array(column.typecode, [fill]) * missing)
+
+    def set(self, account_id: int, kind: int, school_id: int, status: int, balance: int, limit: int) -> None:
+        if account_id >= len(self.balance):
+            self.grow_to(max(account_id + 1, len(self.balance) * 2))
+        self.kind[account_id] = kind
+        self.school[account_id] = school_id
+        self.status[account_id] = status
+        self.balance[account_id] = balance
+        self.limit[account_id] = limit
+
+    def exists(self, account_id: int) -> bool:
+        return 0 < account_id < len(self.kind) and self.kind[account_id] != 0
+
+
+class DeviceState:
+    """A registered device: its identity, its durable watermark, its decided txns."""
+
+    __slots__ = (
+        "device_id",
+        "school_id",
+        "kind",
+        "key",
+        "drawer_account_id",
+        "durable_txn",
+        "txn_high",
+        "recent",
+        "nonces",
+        "session",
+    )
+
+    def __init__(self, device_id: int, school_id: int, kind: int, key: bytes, drawer_account_id: int, durable_txn: int):
+        self.device_id = device_id
+        self.school_id = school_id
+        self.kind = kind
+        self.key = key
+        self.drawer_account_id = drawer_account_id
+        self.durable_txn = durable_txn
+        self.txn_high = durable_txn  # highest txn decided (this process) or journaled
+        self.recent: dict[int, Decision] = {}  # txn -> decision, oldest first
+        self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
+        self.session: DeviceSession | None = None
+
+    def remember(self, txn: int, decision: Decision, window: int) -> None:
+        recent = self.recent
+        recent[txn] = decision
+        if txn > self.txn_high:
+            self.txn_high = txn
+        if len(recent) > window:
+            del recent[next(iter(recent))]
+
+
+class Cache:
+    __slots__ = ("accounts", "identifiers", "blocked_identifiers", "devices", "school_offset_ms", "revenue_account")
+
+    def __init__(self) -> None:
+        self.accounts = Accounts()
+        self.identifiers: dict[bytes, int] = {}
+        self.blocked_identifiers: set[bytes] = set()
+        self.devices: dict[int, DeviceState] = {}
+        self.school_offset_ms: dict[int, int] = {}
+        self.revenue_account: dict[int, int] = {}  # school id -> canteen revenue account id
+
+    def day_of(self, school_id: int, now_ms: int) -> int:
+        return (now_ms + self.school_offset_ms.get(school_id, 0)) // DAY_MS
+
+    def spent_today(self, account_id: int, now_ms: int) -> int:
+        accounts = self.accounts
+        if accounts.spent_day[account_id] != self.day_of(accounts.school[account_id], now_ms):
+            return 0
+        return accounts.spent[account_id]
+
+    def add_account(self, row: Any) -> None:
+        account_id, kind, school_id, status, balance, limit = row
+        self.accounts.set(account_id, kind, school_id, status, balance, limit)
+        if kind == ACCOUNT_REVENUE:
+            self.revenue_account[school_id] = account_id
+
+    def add_identifier(self, identifier: bytes, account_id: int, status: int) -> None:
+        self.identifiers[identifier] = account_id
+        if status != ACCOUNT_ACTIVE:
+            self.blocked_identifiers.add(identifier)
+        else:
+            self.blocked_identifiers.discard(identifier)
+
+    def ledger_total(self) -> int:
+        """Sum of all balances: zero in a consistent double-entry ledger."""
+        return sum(self.accounts.balance)

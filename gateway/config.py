@@ -1,0 +1,125 @@
+"""The gateway's configuration: one typed object, from a TOML file plus ECARD_* variables.
+
+Validated once at start; every error names the field and says what is wrong.
+Units are the last part of every name.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+
+class ConfigError(ValueError):
+    pass
+
+
+class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    listen_host: str = "127.0.0.1"
+    listen_port: int = 7700  # 0 picks a free port (tests)
+    # A reconnect storm of ~19 k devices arrives at once; with the default backlog
+    # of 100 most SYNs are dropped and clients wait seconds for their retries. The
+    # kernel caps it at net.core.somaxconn.
+    listen_backlog: int = 20_000
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9108
+
+    pg_dsn: str = ""  # empty: the embedded PostgreSQL under data_dir
+    data_dir: str = "var"
+    demo: bool = False  # load the demo dataset into an empty database
+
+    # The process may hold 20,000 files (hard cap on this platform); keep room for
+    # the listener, PostgreSQL, the metrics server and logs.
+    connections_max: int = 19_500
+    # Three missed heartbeats: a device that said nothing for this long is gone.
+    idle_timeout_ms: int = 30_000
+    heartbeat_interval_ms: int = 10_000
+    # About a thousand DECISION frames; a device that does not read its replies
+    # must not make the gateway buffer without end: above it we stop reading it.
+    write_buffer_bytes_high: int = 64 * 1024
+
+    # Group commit: a batch leaves every flush_interval_ms or at batch_events_max
+    # entries. 5 ms keeps tap->durable well under 20 ms; 4096 rows is one COPY of
+    # about half a MiB, a few ms for PostgreSQL.
+    flush_interval_ms: int = 5
+    batch_events_max: int = 4_096
+    # How much the gateway may decide while PostgreSQL is away: about ten seconds
+    # of a whole city's morning peak. Beyond it taps are refused (TRY_AGAIN_LATER).
+    journal_queue_events_max: int = 200_000
+    # No statement may hang the writer for longer; it reconnects instead.
+    statement_timeout_ms: int = 5_000
+    retry_backoff_ms_max: int = 2_000
+
+    # Decided txns remembered per device for duplicate detection. A device replays
+    # only what was sent since its last DURABLE_ACK (a few flush intervals' worth),
+    # so 256 is far more than a replay ever needs, at ~50 KiB per device.
+    idempotency_window_txns: int = 256
+    # A HELLO whose device clock is further off than this is refused: it bounds
+    # how long a captured HELLO could be replayed (nonces are remembered too).
+    hello_clock_skew_ms_max: int = 300_000
+    # The largest cash top-up a till may take in one go (15,000 rubles).
+    topup_kopecks_max: int = 1_500_000
+
+    progress_interval_ms: int = 5_000
+    # Bounded drain at shutdown: writers flush within this, then we close anyway.
+    shutdown_grace_ms: int = 5_000
+
+    def __post_init__(self) -> None:
+        _require(0 <= self.listen_port < 65536, "listen_port", "must be 0..65535 (0 picks a free port)")
+        _require(0 <= self.metrics_port < 65536, "metrics_port", "must be 0..65535 (0 picks a free port)")
+        _require(self.listen_backlog > 0, "listen_backlog", "must be positive")
+        _require(0 < self.connections_max <= 1_000_000, "connections_max", "must be 1..1,000,000")
+        _require(self.idle_timeout_ms >= 1_000, "idle_timeout_ms", "must be at least 1000")
+        _require(0 < self.heartbeat_interval_ms < self.idle_timeout_ms, "heartbeat_interval_ms", "must be below idle_timeout_ms")
+        _require(self.write_buffer_bytes_high >= 4096, "write_buffer_bytes_high", "must be at least 4096")
+        _require(1 <= self.flush_interval_ms <= 1_000, "flush_interval_ms", "must be 1..1000")
+        _require(1 <= self.batch_events_max <= 100_000, "batch_events_max", "must be 1..100000")
+        _require(
+            self.batch_events_max <= self.journal_queue_events_max,
+            "journal_queue_events_max",
+            "must be at least batch_events_max",
+        )
+        _require(self.statement_timeout_ms >= 100, "statement_timeout_ms", "must be at least 100")
+        _require(self.retry_backoff_ms_max >= 10, "retry_backoff_ms_max", "must be at least 10")
+        _require(16 <= self.idempotency_window_txns <= 65_536, "idempotency_window_txns", "must be 16..65536")
+        _require(self.hello_clock_skew_ms_max >= 1_000, "hello_clock_skew_ms_max", "must be at least 1000")
+        _require(self.topup_kopecks_max > 0, "topup_kopecks_max", "must be positive")
+        _require(self.progress_interval_ms >= 0, "progress_interval_ms", "must be >= 0 (0 disables)")
+        _require(self.shutdown_grace_ms >= 0, "shutdown_grace_ms", "must be >= 0")
+
+
+def _require(condition: bool, field: str, message: str) -> None:
+    if not condition:
+        raise ConfigError(f"{field}: {message}")
+
+
+ENV_PREFIX = "ECARD_"
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, **overrides: Any) -> Config:
+    """TOML file (optional), then ECARD_<FIELD> environment variables, then ``overrides``."""
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                values.update(tomllib.load(f))
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+    fields = set(Config.__struct_fields__)
+    for key, value in env.items():
+        if key.startswith(ENV_PREFIX):
+            name = key[len(ENV_PREFIX) :].lower()
+            if name in fields:
+                values[name] = value
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return msgspec.convert(values, Config, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(str(exc)) from None
+    except ConfigError:
+        raise

