@@ -104,6 +104,19 @@ SEQ_NOT_TAKEN: Final = frozenset(
 )
 
 
+# NAK reasons for frames that took no sequence number (the frame could not be
+# trusted or placed); after them the device sends its next frame with the same seq.
+SEQ_NOT_TAKEN: Final = frozenset(
+    (
+        NakReason.BAD_CRC,
+        NakReason.UNSUPPORTED_FLAGS,
+        NakReason.UNKNOWN_MESSAGE,
+        NakReason.BAD_SEQUENCE,
+        NakReason.SEQUENCE_REUSED,
+    )
+)
+
+
 def crc16(data: bytes) -> int:
     return crc_hqx(data, CRC_INIT)
 
@@ -239,7 +252,8 @@ class Connection:
         return event
 
     def _device_receive(self, cls: type[Event], frame: bytes, device_id: int, seq: int) -> Event | _Sentinel:
-        if device_id != self.device_id:
+        if device_id != self.device_id and not (device_id == 0 and cls is Nak):
+            # Device id 0: a NAK from a gateway that has not decoded our HELLO (e.g. SERVER_BUSY).
             self._fail(NakReason.DEVICE_MISMATCH, f"frame for device {device_id}", seq)
         state = self.state
         if cls is not DurableAck and cls is not Hello:

@@ -74,6 +74,7 @@ TRANSITIONS: dict[tuple[Role, State, Direction, type[Event]], State] = {
     (D, State.BUSY, S, Hello): State.HELLO,  # give up on the request in flight and restart
     (D, State.HELLO, R, HelloAck): State.READY,
     (D, State.HELLO, R, Nak): State.CLOSED,
+    (D, State.IDLE, R, Nak): State.CLOSED,  # refused on connect (connection limit)
     **{(D, State.READY, S, req): State.BUSY for req in REQUESTS},
     **{(D, State.BUSY, R, rep): State.READY for rep in REPLIES},
     (D, State.READY, R, DurableAck): State.READY,

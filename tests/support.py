@@ -106,3 +106,108 @@ class GatewayProcess:
 
         with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
             return r.read().decode()
+
+
+class TcpProxy:
+    """A TCP proxy the test controls, in its own thread: cut and restore connectivity.
+
+    ``upstream`` is (host, port) or a Unix socket path (the embedded PostgreSQL
+    listens on a socket only). While cut, open connections are dropped and new
+    ones are closed as soon as they arrive.
+    """
+
+    def __init__(self, upstream: tuple[str, int] | str) -> None:
+        import threading
+
+        self.upstream = upstream
+        self.port = 0
+        self._cut = False
+        self._writers: set[asyncio.StreamWriter] = set()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> "TcpProxy":
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise TimeoutError("proxy did not start")
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+
+        async def main() -> None:
+            self._server = await asyncio.start_server(self._handle, "127.0.0.1", 0)
+            self.port = self._server.sockets[0].getsockname()[1]
+            self._ready.set()
+
+        self._loop.run_until_complete(main())
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._cut:
+            writer.transport.abort()
+            return
+        try:
+            if isinstance(self.upstream, str):
+                up_reader, up_writer = await asyncio.open_unix_connection(self.upstream)
+            else:
+                up_reader, up_writer = await asyncio.open_connection(*self.upstream)
+        except OSError:
+            writer.transport.abort()
+            return
+        self._writers.update((writer, up_writer))
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, ConnectionError):
+                pass
+            finally:
+                dst.transport.abort()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        self._writers.difference_update((writer, up_writer))
+
+    def cut(self) -> None:
+        def do() -> None:
+            self._cut = True
+            for w in list(self._writers):
+                w.transport.abort()
+            self._writers.clear()
+
+        self._loop.call_soon_threadsafe(do)
+
+    def restore(self) -> None:
+        self._loop.call_soon_threadsafe(setattr, self, "_cut", False)
+
+    def close(self) -> None:
+        def do() -> None:
+            self._server.close()
+            for w in list(self._writers):
+                w.transport.abort()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(do)
+        self._thread.join(10)
+
+
+def pg_upstream(dsn: str) -> tuple[tuple[str, int] | str, str]:
+    """Where a DSN's server listens (for TcpProxy) and its database name."""
+    from urllib.parse import parse_qs, urlsplit
+
+    parts = urlsplit(dsn)
+    host = parse_qs(parts.query).get("host", [parts.hostname or "127.0.0.1"])[0]
+    port = parts.port or 5432
+    upstream: tuple[str, int] | str = f"{host}/.s.PGSQL.{port}" if host.startswith("/") else (host, port)
+    return upstream, parts.path.lstrip("/")
+
+
+def proxied_dsn(dsn: str, proxy_port: int) -> str:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(dsn)
+    user = parts.username or "postgres"
+    return f"postgresql://{user}@127.0.0.1:{proxy_port}{parts.path}"

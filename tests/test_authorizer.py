@@ -1,0 +1,235 @@
+"""The pure authorizer: every deny reason with its nearest allow, and commit's arithmetic.
+
+No database, no sockets: a Cache built by hand, time passed in.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.authorizer import (
+    KIND_ENTRY,
+    KIND_PASSAGE,
+    KIND_PURCHASE,
+    KIND_TOPUP,
+    OK,
+    authorize_balance,
+    authorize_entry,
+    authorize_passage,
+    authorize_purchase,
+    authorize_topup,
+    commit,
+)
+from gateway.cache import ACCOUNT_DRAWER, ACCOUNT_PUPIL, ACCOUNT_REVENUE, DAY_MS, NO_LIMIT, Cache, DeviceState
+from gateway.display import render, template_names
+from protocol import BalanceQuery, CardPresented, DenyReason, Item, Passage, Purchase, TopupCash, TXN_FLAG_ADVICE
+
+NOW_MS = 1_795_550_000_000  # a fixed instant: the authorizer never reads a clock
+CARD = b"\x04\x00\x00\x00\x00\x00\x01"
+OTHER_SCHOOL_CARD = b"\x04\x00\x00\x00\x00\x00\x02"
+BLOCKED_CARD = b"\x04\x00\x00\x00\x00\x00\x03"
+BLOCKED_ACCOUNT_CARD = b"\x04\x00\x00\x00\x00\x00\x04"
+UNKNOWN = b"\x08\x00\x00\x00\x00\x00\x01"
+TOPUP_MAX = 1_500_000
+
+
+@pytest.fixture
+def cache() -> Cache:
+    c = Cache()
+    c.school_offset_ms = {1: 180 * 60_000, 2: 180 * 60_000}
+    c.add_account((1, ACCOUNT_PUPIL, 1, 0, 10_000, NO_LIMIT))
+    c.add_account((2, ACCOUNT_PUPIL, 2, 0, 10_000, NO_LIMIT))
+    c.add_account((3, ACCOUNT_PUPIL, 1, 0, 10_000, NO_LIMIT))
+    c.add_account((4, ACCOUNT_PUPIL, 1, 1, 10_000, NO_LIMIT))  # account blocked
+    c.add_account((5, ACCOUNT_REVENUE, 1, 0, 0, NO_LIMIT))
+    c.add_account((6, ACCOUNT_DRAWER, 1, 0, -40_000, NO_LIMIT))
+    c.add_identifier(CARD, 1, 0)
+    c.add_identifier(OTHER_SCHOOL_CARD, 2, 0)
+    c.add_identifier(BLOCKED_CARD, 3, 1)
+    c.add_identifier(BLOCKED_ACCOUNT_CARD, 4, 0)
+    return c
+
+
+TURNSTILE = DeviceState(1_000_001, 1, 1, b"k" * 16, 0, 0)
+TILL = DeviceState(2_000_001, 1, 2, b"k" * 16, 6, 0)
+
+
+def entry(card: bytes, flags: int = 0) -> CardPresented:
+    return CardPresented(1, flags, 1, NOW_MS, card)
+
+
+def purchase(card: bytes, price: int = 3_000, qty: int = 1, flags: int = 0) -> Purchase:
+    return Purchase(2, flags, NOW_MS, price * qty, card, (Item(3, qty, price),))
+
+
+def topup(card: bytes, amount: int = 5_000, flags: int = 0) -> TopupCash:
+    return TopupCash(3, flags, NOW_MS, amount, 7, card)
+
+
+# ---------------------------------------------------------------- entry
+
+
+def test_entry_allowed_for_active_card_of_this_school(cache):
+    v = authorize_entry(cache, TURNSTILE, entry(CARD), NOW_MS)
+    assert (v.reason, v.kind, v.account_id, v.amount_kopecks) == (OK, KIND_ENTRY, 1, 0)
+
+
+@pytest.mark.parametrize(
+    "card, reason",
+    [
+        (UNKNOWN, DenyReason.UNKNOWN_CARD),
+        (BLOCKED_CARD, DenyReason.CARD_BLOCKED),
+        (BLOCKED_ACCOUNT_CARD, DenyReason.ACCOUNT_BLOCKED),
+        (OTHER_SCHOOL_CARD, DenyReason.WRONG_SCHOOL),
+    ],
+)
+def test_entry_denied(cache, card, reason):
+    assert authorize_entry(cache, TURNSTILE, entry(card), NOW_MS).reason == reason
+
+
+def test_entry_at_a_till_is_wrong_device_kind(cache):
+    assert authorize_entry(cache, TILL, entry(CARD), NOW_MS).reason == DenyReason.WRONG_DEVICE_KIND
+
+
+def test_entry_advice_is_never_declined_even_for_a_card_blocked_since(cache):
+    v = authorize_entry(cache, TURNSTILE, entry(BLOCKED_CARD, TXN_FLAG_ADVICE), NOW_MS)
+    assert v.reason == OK and v.account_id == 3
+
+
+def test_passage_recorded_for_known_card_unknown_refused(cache):
+    assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, BLOCKED_CARD), NOW_MS).reason == OK
+    assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, UNKNOWN), NOW_MS).reason == DenyReason.UNKNOWN_CARD
+    assert (
+        authorize_passage(cache, TILL, Passage(2, 0, 1, NOW_MS, 1, CARD), NOW_MS).reason == DenyReason.WRONG_DEVICE_KIND
+    )
+    assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, CARD), NOW_MS).kind == KIND_PASSAGE
+
+
+# ---------------------------------------------------------------- purchase
+
+
+def test_purchase_allowed_moves_money_pupil_to_revenue(cache):
+    v = authorize_purchase(cache, TILL, purchase(CARD), NOW_MS)
+    assert (v.reason, v.kind, v.debit_account_id, v.credit_account_id, v.amount_kopecks) == (OK, KIND_PURCHASE, 1, 5, 3_000)
+    assert commit(cache, v, NOW_MS) == (7_000, 3_000)
+    assert cache.ledger_total() == 10_000 * 4 - 40_000
+
+
+def test_purchase_of_exactly_the_balance_is_allowed(cache):
+    assert authorize_purchase(cache, TILL, purchase(CARD, 10_000), NOW_MS).reason == OK
+
+
+def test_purchase_over_the_balance_is_insufficient_funds(cache):
+    v = authorize_purchase(cache, TILL, purchase(CARD, 10_001), NOW_MS)
+    assert v.reason == DenyReason.INSUFFICIENT_FUNDS and v.params == (10_001, 10_000)
+    assert "100,01" in render(v.reason, v.params)
+
+
+@pytest.mark.parametrize(
+    "card, reason",
+    [
+        (UNKNOWN, DenyReason.UNKNOWN_CARD),
+        (BLOCKED_CARD, DenyReason.CARD_BLOCKED),
+        (BLOCKED_ACCOUNT_CARD, DenyReason.ACCOUNT_BLOCKED),
+        (OTHER_SCHOOL_CARD, DenyReason.WRONG_SCHOOL),
+    ],
+)
+def test_purchase_denied(cache, card, reason):
+    assert authorize_purchase(cache, TILL, purchase(card), NOW_MS).reason == reason
+
+
+def test_purchase_at_a_turnstile_is_wrong_device_kind(cache):
+    assert authorize_purchase(cache, TURNSTILE, purchase(CARD), NOW_MS).reason == DenyReason.WRONG_DEVICE_KIND
+
+
+def test_daily_limit_allows_up_to_the_limit_then_denies(cache):
+    cache.accounts.limit[1] = 5_000
+    first = authorize_purchase(cache, TILL, purchase(CARD, 2_500), NOW_MS)
+    assert first.reason == OK
+    commit(cache, first, NOW_MS)
+    second = authorize_purchase(cache, TILL, purchase(CARD, 2_500), NOW_MS)
+    assert second.reason == OK  # exactly the limit
+    commit(cache, second, NOW_MS)
+    third = authorize_purchase(cache, TILL, purchase(CARD, 1), NOW_MS)
+    assert third.reason == DenyReason.DAILY_LIMIT_EXCEEDED and third.params == (5_000, 5_000)
+
+
+def test_daily_limit_resets_at_school_midnight_not_utc(cache):
+    cache.accounts.limit[1] = 3_000
+    offset = cache.school_offset_ms[1]
+    # 23:59 Moscow time and 00:01 the next Moscow day.
+    day = (NOW_MS + offset) // DAY_MS
+    before_midnight = (day + 1) * DAY_MS - offset - 60_000
+    after_midnight = before_midnight + 120_000
+    v = authorize_purchase(cache, TILL, purchase(CARD, 3_000), before_midnight)
+    commit(cache, v, before_midnight)
+    assert authorize_purchase(cache, TILL, purchase(CARD, 1), before_midnight).reason == DenyReason.DAILY_LIMIT_EXCEEDED
+    assert authorize_purchase(cache, TILL, purchase(CARD, 1), after_midnight).reason == OK
+
+
+def test_purchase_advice_is_never_declined_and_may_go_negative(cache):
+    v = authorize_purchase(cache, TILL, purchase(CARD, 20_000, flags=TXN_FLAG_ADVICE), NOW_MS)
+    assert v.reason == OK
+    assert commit(cache, v, NOW_MS)[0] == -10_000
+
+
+def test_purchase_advice_for_unknown_card_cannot_be_booked(cache):
+    v = authorize_purchase(cache, TILL, purchase(UNKNOWN, flags=TXN_FLAG_ADVICE), NOW_MS)
+    assert v.reason == DenyReason.UNKNOWN_CARD
+
+
+# ---------------------------------------------------------------- top-up and balance
+
+
+def test_topup_allowed_moves_money_drawer_to_pupil(cache):
+    v = authorize_topup(cache, TILL, topup(CARD), NOW_MS, TOPUP_MAX)
+    assert (v.reason, v.kind, v.debit_account_id, v.credit_account_id) == (OK, KIND_TOPUP, 6, 1)
+    assert commit(cache, v, NOW_MS) == (-45_000, 15_000)
+
+
+def test_topup_at_the_maximum_allowed_above_denied(cache):
+    assert authorize_topup(cache, TILL, topup(CARD, TOPUP_MAX), NOW_MS, TOPUP_MAX).reason == OK
+    v = authorize_topup(cache, TILL, topup(CARD, TOPUP_MAX + 1), NOW_MS, TOPUP_MAX)
+    assert v.reason == DenyReason.AMOUNT_INVALID
+
+
+@pytest.mark.parametrize(
+    "card, reason",
+    [
+        (UNKNOWN, DenyReason.UNKNOWN_CARD),
+        (BLOCKED_CARD, DenyReason.CARD_BLOCKED),
+        (BLOCKED_ACCOUNT_CARD, DenyReason.ACCOUNT_BLOCKED),
+        (OTHER_SCHOOL_CARD, DenyReason.WRONG_SCHOOL),
+    ],
+)
+def test_topup_denied(cache, card, reason):
+    assert authorize_topup(cache, TILL, topup(card), NOW_MS, TOPUP_MAX).reason == reason
+
+
+def test_topup_at_a_turnstile_is_wrong_device_kind(cache):
+    assert authorize_topup(cache, TURNSTILE, topup(CARD), NOW_MS, TOPUP_MAX).reason == DenyReason.WRONG_DEVICE_KIND
+
+
+def test_balance_query(cache):
+    assert authorize_balance(cache, TILL, BalanceQuery(CARD)).reason == OK
+    assert authorize_balance(cache, TILL, BalanceQuery(UNKNOWN)).reason == DenyReason.UNKNOWN_CARD
+    assert authorize_balance(cache, TURNSTILE, BalanceQuery(CARD)).reason == DenyReason.WRONG_DEVICE_KIND
+
+
+def test_authorizer_reads_only(cache):
+    before = (bytes(cache.accounts.balance), bytes(cache.accounts.spent), dict(cache.identifiers))
+    for card in (CARD, UNKNOWN, BLOCKED_CARD, OTHER_SCHOOL_CARD):
+        authorize_purchase(cache, TILL, purchase(card), NOW_MS)
+        authorize_topup(cache, TILL, topup(card), NOW_MS, TOPUP_MAX)
+        authorize_entry(cache, TURNSTILE, entry(card), NOW_MS)
+    assert before == (bytes(cache.accounts.balance), bytes(cache.accounts.spent), dict(cache.identifiers))
+
+
+def test_every_deny_reason_has_a_russian_template_of_the_same_name():
+    names = template_names()
+    for reason in DenyReason:
+        if reason is DenyReason.OK:
+            continue
+        assert names[int(reason)] == reason.name
+        text = render(int(reason), (100, 200))
+        assert any("а" <= ch <= "я" for ch in text.lower()), text
