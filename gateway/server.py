@@ -267,7 +267,7 @@ class DeviceSession(asyncio.Protocol):
             return self._nak(NakReason.TXN_OUT_OF_ORDER, f"txn {txn} after {self.last_txn}")
         if request.reader_time_ms > TXN_MAX:
             return self._nak(NakReason.MALFORMED_PAYLOAD, "reader_time_ms beyond 2^63-1")
-        self.last_txn = txn
+        previous_last_txn, self.last_txn = self.last_txn, txn
         kind = _KIND_OF[type(request)]
         metrics = core.metrics
         previous = device.recent.get(txn)
@@ -278,7 +278,9 @@ class DeviceSession(asyncio.Protocol):
             return self._deny(device, kind, txn, TXN_TOO_OLD, ())
         if not core.journal.has_room():
             if request.advice:
-                # An advice is never declined: the device keeps it and replays it later.
+                # An advice is never declined: the device keeps it and replays it later
+                # (even in this session: the txn is not counted as seen).
+                self.last_txn = previous_last_txn
                 return self._nak(NakReason.SERVER_BUSY, "journal full, replay later")
             return self._deny(device, kind, txn, TRY_AGAIN_LATER, ())
         cache = core.cache

@@ -1,0 +1,95 @@
+"""The journal under a failing database: cut PostgreSQL off through a TCP proxy, bring it back.
+
+While the database is away the gateway keeps deciding from memory as long as
+the journal queue has room, then refuses with TRY_AGAIN_LATER (an ADVICE gets
+NAK SERVER_BUSY: it is never declined). When the database returns, the writer
+reconnects by itself and everything accepted becomes durable, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from protocol import TXN_FLAG_ADVICE, Decision, DenyReason, DeviceKind, Nak, NakReason
+from tests.support import TcpProxy, async_wait_until, pg_upstream, proxied_dsn
+from tests.test_gateway import TILL, balance, device, fetch, purchase, running_gateway, wait_durable
+
+
+def test_database_outage_fills_queue_then_refuses_then_recovers(demo_dsn):
+    upstream, _ = pg_upstream(demo_dsn)
+    proxy = TcpProxy(upstream).start()
+    dsn = proxied_dsn(demo_dsn, proxy.port)
+
+    async def main():
+        async with running_gateway(
+            dsn, journal_queue_events_max=20, batch_events_max=10, statement_timeout_ms=500, retry_backoff_ms_max=50
+        ) as gw:
+            d = await device(gw, TILL, DeviceKind.TILL)
+            assert (await d.request(purchase(1, 30, price=100))).outcome == 1
+            await asyncio.wait_for(wait_durable(d, 1), 10)
+            proxy.cut()
+            accepted = 1
+            txn = 1
+            while True:
+                txn += 1
+                reply = await d.request(purchase(txn, 30, price=100))
+                if reply.outcome == 0:
+                    break
+                accepted += 1
+            assert type(reply) is Decision and reply.reason == DenyReason.TRY_AGAIN_LATER
+            assert gw.core.journal.depth == 20
+            txn += 1
+            busy = await d.request(purchase(txn, 30, price=100, flags=TXN_FLAG_ADVICE))
+            assert type(busy) is Nak and busy.reason == NakReason.SERVER_BUSY
+            assert gw.core.cache.accounts.balance[30] == 50_000 - 100 * accepted
+            proxy.restore()
+            await async_wait_until(lambda: gw.core.journal.depth == 0, 30, "the queue to drain after recovery")
+            await asyncio.wait_for(wait_durable(d, txn - 2), 10)
+            assert gw.core.journal.flush_failures > 0
+            # The advice that met a full queue is replayed and now applied.
+            later = await d.request(purchase(txn, 30, price=100, flags=TXN_FLAG_ADVICE))
+            assert later.outcome == 1
+            accepted += 1
+            await asyncio.wait_for(wait_durable(d, txn), 10)
+            return accepted
+
+    try:
+        accepted = asyncio.run(main())
+    finally:
+        proxy.close()
+
+    async def check():
+        assert await balance(demo_dsn, 30) == 50_000 - 100 * accepted
+        rows = await fetch(demo_dsn, "SELECT count(*), sum(amount_kopecks) FROM journal WHERE account_id = 30")
+        assert tuple(rows[0]) == (accepted, 100 * accepted)
+        total = await fetch(demo_dsn, "SELECT sum(balance_kopecks) FROM accounts")
+        assert total[0][0] == 0
+
+    asyncio.run(check())
+
+
+def test_gateway_starts_deciding_even_if_the_writer_connects_late(demo_dsn):
+    """Cut after start: decisions continue from memory; the writer catches up on restore."""
+    upstream, _ = pg_upstream(demo_dsn)
+    proxy = TcpProxy(upstream).start()
+    dsn = proxied_dsn(demo_dsn, proxy.port)
+
+    async def main():
+        async with running_gateway(dsn, statement_timeout_ms=500, retry_backoff_ms_max=50) as gw:
+            proxy.cut()
+            d = await device(gw, TILL, DeviceKind.TILL)
+            for txn in range(1, 31):
+                assert (await d.request(purchase(txn, 31, price=10))).outcome == 1
+            assert gw.core.journal.depth == 30
+            proxy.restore()
+            await asyncio.wait_for(wait_durable(d, 30), 30)
+
+    try:
+        asyncio.run(main())
+    finally:
+        proxy.close()
+
+    async def check():
+        assert await balance(demo_dsn, 31) == 50_000 - 300
+
+    asyncio.run(check())
