@@ -1,0 +1,125 @@
+"""Protocol v1 frames built and read fast, for load generators and the ceiling server.
+
+The sans-IO ``protocol`` package builds a validated msgspec event per message;
+a load generator sending tens of thousands of taps per second cannot afford
+that, so requests are packed here with one ``struct`` call plus the CRC, and
+replies are read from their fixed offsets. The HELLO (once per session) still
+goes through ``protocol`` so its MAC is the real one.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+from binascii import crc_hqx
+
+from protocol import Hello, MessageType, encode_frame
+from protocol.auth import sign_hello
+from protocol.codes import DeviceKind
+from protocol.connection import CRC_INIT
+from protocol.limits import CRC_BYTES, HEADER_BYTES, PROTOCOL_VERSION, START_BYTE
+
+CRC = struct.Struct("<H")
+HEADER = struct.Struct("<BBBHIIB")
+IDENT_BYTES = 7  # demo service card UIDs: 0x04 + account id as 6 big-endian bytes
+
+# Header + CARD_PRESENTED payload (txn, flags, direction, reader time, identifier) in one struct.
+CARD = struct.Struct(f"<BBBHIIBQBBQB{IDENT_BYTES}s")
+CARD_PAYLOAD = CARD.size - HEADER_BYTES
+# Header + PURCHASE payload head (txn, flags, reader time, total, identifier, item count); items follow.
+PURCHASE_HEAD = struct.Struct(f"<BBBHIIBQBQIB{IDENT_BYTES}sB")
+PURCHASE_FIXED = PURCHASE_HEAD.size - HEADER_BYTES
+ITEM = struct.Struct("<IHI")
+HEARTBEAT = struct.Struct("<BBBHIIBQ")
+
+T_HELLO = int(MessageType.HELLO)
+T_HELLO_ACK = int(MessageType.HELLO_ACK)
+T_HEARTBEAT = int(MessageType.HEARTBEAT)
+T_CARD = int(MessageType.CARD_PRESENTED)
+T_PURCHASE = int(MessageType.PURCHASE)
+T_DECISION = int(MessageType.DECISION)
+T_DURABLE_ACK = int(MessageType.DURABLE_ACK)
+T_NAK = int(MessageType.NAK)
+
+# Offsets inside a reply frame.
+OFF_LENGTH = 3
+OFF_SEQ = 9
+OFF_TYPE = 13
+OFF_OUTCOME = HEADER_BYTES + 8  # DECISION: txn u64, then outcome u8, reason u8
+OFF_REASON = HEADER_BYTES + 9
+OFF_NAK_REASON = HEADER_BYTES
+
+
+def with_crc(body: bytes) -> bytes:
+    return body + CRC.pack(crc_hqx(body, CRC_INIT))
+
+
+def card_uid(account_id: int) -> bytes:
+    """storage.demo_dataset.demo_card_uid, inlined."""
+    return b"\x04" + account_id.to_bytes(6, "big")
+
+
+def card_frame(device_id: int, seq: int, txn: int, direction: int, now_ms: int, ident: bytes) -> bytes:
+    body = CARD.pack(
+        START_BYTE, PROTOCOL_VERSION, 0, CARD_PAYLOAD, device_id, seq, T_CARD, txn, 0, direction, now_ms, IDENT_BYTES, ident
+    )
+    return body + CRC.pack(crc_hqx(body, CRC_INIT))
+
+
+def basket_bytes(items: list[tuple[int, int, int]]) -> tuple[bytes, int, int]:
+    """(packed items, item count, total kopecks) of a basket of (code, quantity, unit price)."""
+    return b"".join(ITEM.pack(*i) for i in items), len(items), sum(q * p for _, q, p in items)
+
+
+def purchase_frame(
+    device_id: int, seq: int, txn: int, now_ms: int, ident: bytes, basket: tuple[bytes, int, int]
+) -> bytes:
+    items, count, total = basket
+    body = (
+        PURCHASE_HEAD.pack(
+            START_BYTE,
+            PROTOCOL_VERSION,
+            0,
+            PURCHASE_FIXED + len(items),
+            device_id,
+            seq,
+            T_PURCHASE,
+            txn,
+            0,
+            now_ms,
+            total,
+            IDENT_BYTES,
+            ident,
+            count,
+        )
+        + items
+    )
+    return body + CRC.pack(crc_hqx(body, CRC_INIT))
+
+
+def heartbeat_frame(device_id: int, seq: int, now_ms: int) -> bytes:
+    return with_crc(HEARTBEAT.pack(START_BYTE, PROTOCOL_VERSION, 0, 8, device_id, seq, T_HEARTBEAT, now_ms))
+
+
+def hello_frame(device_id: int, kind: int, key: bytes, durable_txn: int = 0) -> bytes:
+    """A signed HELLO (sequence 0) with a fresh nonce and the current clock."""
+    hello = Hello(int(kind), "ecard-loadgen", durable_txn, time.time_ns() // 1_000_000, os.urandom(16), bytes(16))
+    return encode_frame(device_id, 0, sign_hello(key, device_id, hello), reply=False)
+
+
+def device_kind(device_id: int) -> int:
+    """The demo dataset's device kind by id range (storage.demo_dataset)."""
+    return int(DeviceKind.TILL) if device_id > 2_000_000 else int(DeviceKind.TURNSTILE)
+
+
+def frame_end(buf: bytes | bytearray) -> int:
+    """Length of the first complete frame in ``buf``, or 0 if it is not complete yet."""
+    if len(buf) < HEADER_BYTES:
+        return 0
+    end = HEADER_BYTES + (buf[OFF_LENGTH] | buf[OFF_LENGTH + 1] << 8) + CRC_BYTES
+    return end if len(buf) >= end else 0
+
+
+def crc_ok(frame: bytes) -> bool:
+    return CRC.unpack_from(frame, len(frame) - CRC_BYTES)[0] == crc_hqx(frame[:-CRC_BYTES], CRC_INIT)
