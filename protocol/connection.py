@@ -92,7 +92,9 @@ class RemoteProtocolError(ProtocolError):
         return Nak(int(self.reason), self.detail[:64])
 
 
-# NAK reasons for a frame that took no sequence number (see docs/protocol.md, "Sequence numbers").
+# NAK reasons for a frame that took no sequence number (the frame could not be trusted
+# or placed); after them the device sends its next frame with the same seq
+# (docs/protocol.md, section 7.1).
 SEQ_NOT_TAKEN: Final = frozenset(
     {
         NakReason.BAD_CRC,
@@ -101,19 +103,6 @@ SEQ_NOT_TAKEN: Final = frozenset(
         NakReason.BAD_SEQUENCE,
         NakReason.SEQUENCE_REUSED,
     }
-)
-
-
-# NAK reasons for frames that took no sequence number (the frame could not be
-# trusted or placed); after them the device sends its next frame with the same seq.
-SEQ_NOT_TAKEN: Final = frozenset(
-    (
-        NakReason.BAD_CRC,
-        NakReason.UNSUPPORTED_FLAGS,
-        NakReason.UNKNOWN_MESSAGE,
-        NakReason.BAD_SEQUENCE,
-        NakReason.SEQUENCE_REUSED,
-    )
 )
 
 

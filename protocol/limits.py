@@ -9,7 +9,7 @@ HEADER_BYTES = 14  # start, version, flags, length u16, device id u32, seq u32, 
 CRC_BYTES = 2
 
 # The largest legitimate frame is a PURCHASE of ITEMS_MAX items:
-# 14 header + 32 fixed payload + 16 identifier + 64 * 10 items + 2 CRC = 704 bytes.
+# 14 header + 23 fixed payload + 16 identifier + 64 * 10 items + 2 CRC = 695 bytes.
 # 1024 leaves room for v1 extensions and stays well under one Ethernet MTU, so a
 # frame never needs more than one TCP segment on a quiet link (OSDP caps its
 # packets at a similar size for the same reason).
