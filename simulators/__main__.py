@@ -1,0 +1,140 @@
+"""CLI: ``python -m simulators {rush,lunch,crash,verify} ...``."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shlex
+import sys
+import tempfile
+from pathlib import Path
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--pupils", type=int, default=1000, help="pupils taking part (demo accounts 1..N)")
+    p.add_argument("--seed", type=int, default=7, help="seed of everything the devices decide to send")
+    p.add_argument("--gateway", default="127.0.0.1:7700", help="gateway device port, host:port")
+    p.add_argument("--log-dir", default="var/sim", help="directory of the per-device JSON-lines logs")
+    p.add_argument("--window-s", type=float, default=30.0, help="compressed length of the scenario, seconds")
+    p.add_argument("--disconnect-rate", type=float, default=0.0, help="probability per request to drop the TCP connection")
+    p.add_argument("--progress-s", type=float, default=2.0, help="seconds between progress lines (0: none)")
+    p.add_argument("--deadline-s", type=float, default=120.0, help="give up when the gateway is unreachable this long")
+    p.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
+                   help="if set, compare the journal with the logs at the end (exit 1 on mismatch)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m simulators",
+        description="ecard device simulators: seeded turnstile/till scenarios and the crash driver.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    rush = sub.add_parser("rush", help="morning rush: pupils tap in at the turnstiles")
+    _common(rush)
+    rush.add_argument("--turnstiles", type=int, default=4)
+    rush.add_argument("--exit-rate", type=float, default=0.0, help="share of pupils who also leave later")
+    lunch = sub.add_parser("lunch", help="lunch: waves of pupils buy baskets at the tills")
+    _common(lunch)
+    lunch.add_argument("--tills", type=int, default=2)
+    lunch.add_argument("--waves", type=int, default=3)
+    crash = sub.add_parser("crash", help="SIGKILL the gateway under load, restart it, verify the journal exactly")
+    crash.add_argument("--rounds", type=int, default=10, help="SIGKILL+restart cycles")
+    crash.add_argument("--seed", type=int, default=7)
+    crash.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
+                       help="PostgreSQL server (a fresh database is created on it and dropped after)")
+    crash.add_argument("--keep-db", action="store_true", help="do not drop the database at the end")
+    crash.add_argument("--gateway-cmd", default="", help="command that runs the gateway (default: python -m gateway run)")
+    crash.add_argument("--port", type=int, default=0, help="gateway device port (default: a free one)")
+    crash.add_argument("--turnstiles", type=int, default=4)
+    crash.add_argument("--tills", type=int, default=2)
+    crash.add_argument("--pupils", type=int, default=1000)
+    crash.add_argument("--disconnect-rate", type=float, default=0.02)
+    crash.add_argument("--accepts-per-round", default="1000,3000", help="min,max accepted requests between kills")
+    crash.add_argument("--tail-accepts", type=int, default=1000, help="accepted requests after the last restart")
+    crash.add_argument("--flush-interval-ms", type=int, default=50, help="gateway group-commit interval")
+    crash.add_argument("--log-dir", default="", help="device logs (default: a fresh temporary directory)")
+    verify = sub.add_parser("verify", help="compare a database's journal with a directory of device logs")
+    verify.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""), required=False)
+    verify.add_argument("--log-dir", default="var/sim")
+    args = parser.parse_args(argv)
+    if args.command in ("rush", "lunch"):
+        return asyncio.run(_scenario(args))
+    if args.command == "crash":
+        return asyncio.run(_crash(args))
+    return asyncio.run(_verify(args.pg_dsn, Path(args.log_dir)))
+
+
+async def _verify(dsn: str, log_dir: Path) -> int:
+    from .verify import verify
+
+    if not dsn:
+        print("verify: --pg-dsn or ECARD_PG_DSN is required", file=sys.stderr)
+        return 2
+    report = await verify(dsn, log_dir)
+    print(report.verdict())
+    return 0 if report.ok else 1
+
+
+async def _scenario(args: argparse.Namespace) -> int:
+    from .scenarios import parse_gateway, run_lunch, run_rush
+
+    host, port = parse_gateway(args.gateway)
+    common = dict(
+        pupils=args.pupils, seed=args.seed, log_dir=Path(args.log_dir), window_s=args.window_s,
+        disconnect_rate=args.disconnect_rate, progress_s=args.progress_s, deadline_s=args.deadline_s,
+    )
+    if args.command == "rush":
+        stats, settled = await run_rush(host, port, turnstiles=args.turnstiles, exit_rate=args.exit_rate, **common)
+    else:
+        stats, settled = await run_lunch(host, port, tills=args.tills, waves=args.waves, **common)
+    print(f"{args.command} done (seed {args.seed}):")
+    print(stats.summary())
+    print("all accepted txns durable" if settled else "NOT SETTLED: some accepted txns never got a DURABLE_ACK")
+    code = 0 if settled else 1
+    if args.pg_dsn:
+        code = max(code, await _verify(args.pg_dsn, Path(args.log_dir)))
+    return code
+
+
+async def _crash(args: argparse.Namespace) -> int:
+    import asyncpg
+
+    from storage import database, demo, migrate
+
+    from .crash import GatewaySubprocess, free_port, run_crash
+
+    if not args.pg_dsn:
+        print("crash: --pg-dsn or ECARD_PG_DSN is required", file=sys.stderr)
+        return 2
+    dsn = await database.create_database(args.pg_dsn, "ecard_crash")
+    try:
+        await asyncio.to_thread(migrate.upgrade, dsn)
+        conn = await asyncpg.connect(dsn)
+        try:
+            await demo.load_dataset(conn, pupils=args.pupils, turnstiles=args.turnstiles, tills=args.tills)
+        finally:
+            await conn.close()
+        log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="ecard-crash-"))
+        log_dir.mkdir(parents=True, exist_ok=True)
+        port = args.port or free_port()
+        cmd = shlex.split(args.gateway_cmd) if args.gateway_cmd else None
+        env = {"ECARD_FLUSH_INTERVAL_MS": str(args.flush_interval_ms)}
+        lo, hi = (int(x) for x in args.accepts_per_round.split(","))
+        print(f"[crash] database {dsn}, gateway port {port}, logs in {log_dir}", flush=True)
+        result = await run_crash(
+            dsn,
+            lambda: GatewaySubprocess(dsn, port, log_dir / "gateway.log", cmd, **env),
+            port=port, log_dir=log_dir, seed=args.seed, rounds=args.rounds, turnstiles=args.turnstiles,
+            tills=args.tills, pupils=args.pupils, disconnect_rate=args.disconnect_rate,
+            accepts_per_round=(lo, hi), tail_accepts=args.tail_accepts,
+        )
+        print(result.verdict(), flush=True)
+        return 0 if result.ok else 1
+    finally:
+        if not args.keep_db:
+            await database.drop_database(args.pg_dsn, dsn)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
