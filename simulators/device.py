@@ -93,6 +93,7 @@ class Stats:
     reconnects: int = 0  # sessions opened after the first one of a device
     connect_failures: int = 0
     replays: int = 0  # advices replayed after a (re)connect
+    replays_applied: int = 0  # replayed advices the gateway did not have (lost in a crash): applied now
     resends: int = 0  # requests sent again after a reconnect (reply never arrived)
     retransmits: int = 0
     injected_disconnects: int = 0
@@ -129,6 +130,7 @@ class Stats:
             f"denies: {denies}\n"
             f"naks: {naks}\n"
             f"reconnects={self.reconnects} connect_failures={self.connect_failures} replays={self.replays} "
+            f"replays_applied={self.replays_applied} "
             f"resends={self.resends} retransmits={self.retransmits} "
             f"injected_disconnects={self.injected_disconnects} heartbeats={self.heartbeats}\n"
             f"latency_ms p50={self.quantile_ms(0.5):.2f} p99={self.quantile_ms(0.99):.2f} "
@@ -545,6 +547,8 @@ class Device:
             if type(reply) is not Decision:
                 raise _Dropped(f"unexpected reply {reply!r}")
             self._count(KIND_OF[type(event)], reply, replay=True)
+            if not reply.flags & DECISION_FLAG_DUPLICATE:
+                self.stats.replays_applied += 1
             if reply.outcome != Outcome.ACCEPT:
                 # Never expected: the gateway must not decline an advice. Keep it and say so.
                 raise RuntimeError(
