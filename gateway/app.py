@@ -196,7 +196,7 @@ class Gateway:
         idle_ms = self.config.idle_timeout_ms
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
-            now_ms = time.monotonic_ns() // 1_000_000
+            now_ms = core.clock_ms()
             for session in [s for s in core.sessions if now_ms - s.last_seen_ms > idle_ms]:
                 session.close("idle timeout")
 

@@ -75,6 +75,10 @@ _NOT_REMEMBERED = frozenset((TRY_AGAIN_LATER, TXN_TOO_OLD))
 _KIND_OF = {CardPresented: KIND_ENTRY, Passage: KIND_PASSAGE, Purchase: KIND_PURCHASE, TopupCash: KIND_TOPUP}
 
 
+def wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
 class GatewayCore:
     """What every session shares: the cache, the journal, the metrics, the clock."""
 
@@ -85,7 +89,8 @@ class GatewayCore:
         self.metrics = metrics
         self.sessions: set[DeviceSession] = set()
         self.window = config.idempotency_window_txns
-        self.clock_ms = lambda: time.time_ns() // 1_000_000  # replaced in tests
+        self.clock_ms = wall_clock_ms  # replaced in tests
+        self.frame_received_ns = 0  # perf_counter_ns when the frame being decided arrived
 
     def connected_by_kind(self) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -131,7 +136,7 @@ class DeviceSession(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         core = self.core
-        self.last_seen_ms = time.monotonic_ns() // 1_000_000
+        self.last_seen_ms = core.clock_ms()
         if len(core.sessions) >= core.config.connections_max:
             core.metrics.naks[NakReason.SERVER_BUSY] += 1
             transport.write(self.conn.send(Nak(NakReason.SERVER_BUSY, "connection limit")))  # type: ignore[attr-defined]
@@ -166,10 +171,11 @@ class DeviceSession(asyncio.Protocol):
         if self.closing:
             return
         core = self.core
+        core.frame_received_ns = started_ns
         conn = self.conn
         conn.receive_data(data)
         now_ms = core.clock_ms()
-        self.last_seen_ms = time.monotonic_ns() // 1_000_000
+        self.last_seen_ms = now_ms
         out: list[bytes] = []
         observe = core.metrics.latency_us.observe
         for _ in range(PENDING_FRAMES_MAX + 1):
@@ -348,7 +354,7 @@ class DeviceSession(asyncio.Protocol):
                 debit_after,
                 verdict.credit_account_id or None,
                 credit_after,
-                time.perf_counter_ns(),
+                core.frame_received_ns,
             )
         )
         core.metrics.decisions[kind][OK] += 1

@@ -148,6 +148,9 @@ class Connection:
         self._last_request = b""  # gateway: frame of the last request taken; device: last frame sent
         self._last_reply = b""  # gateway: frame of the reply to it (the retransmit cache)
         self._accept_flag = FLAG_REPLY if role is Role.DEVICE else 0
+        # This role's slice of the state table, keyed (state, event type) for speed.
+        self._recv_table = {(k[1], k[3]): v for k, v in TRANSITIONS.items() if k[0] is role and k[2] is Direction.RECV}
+        self._send_table = {(k[1], k[3]): v for k, v in TRANSITIONS.items() if k[0] is role and k[2] is Direction.SEND}
 
     # ------------------------------------------------------------------ input
 
@@ -187,8 +190,12 @@ class Connection:
         end = HEADER_BYTES + length + CRC_BYTES
         if len(buf) < end:
             return CLOSED if self._eof else NEED_DATA
-        frame = bytes(buf[:end])
-        del buf[:end]
+        if len(buf) == end:  # the common case: the read held exactly one frame
+            frame = bytes(buf)
+            buf.clear()
+        else:
+            frame = bytes(buf[:end])
+            del buf[:end]
         if _CRC.unpack_from(frame, end - CRC_BYTES)[0] != crc_hqx(frame[: end - CRC_BYTES], CRC_INIT):
             raise self._reject(NakReason.BAD_CRC, "CRC mismatch", seq)
         if flags != self._accept_flag:
@@ -205,7 +212,7 @@ class Connection:
         if cls is Hello:
             if seq != 0:
                 raise self._reject(NakReason.BAD_SEQUENCE, "HELLO must carry sequence 0", seq)
-            new_state = TRANSITIONS.get((Role.GATEWAY, state, Direction.RECV, Hello))
+            new_state = self._recv_table.get((state, Hello))
             if new_state is None:
                 raise self._reject(NakReason.OUT_OF_STATE, f"HELLO in state {state.value}", seq)
             event = self._decode(cls, frame, seq)
@@ -232,7 +239,7 @@ class Connection:
         self._pending_seq = seq
         self._last_request = frame
         self._last_reply = b""
-        new_state = TRANSITIONS.get((Role.GATEWAY, state, Direction.RECV, cls))
+        new_state = self._recv_table.get((state, cls))
         if new_state is None:
             self.state = State.BUSY
             raise RemoteProtocolError(NakReason.OUT_OF_STATE, f"{cls.__name__} in state {state.value}", fatal=False, seq=seq)
@@ -252,7 +259,7 @@ class Connection:
                 return _DROPPED
             if seq != expected:
                 raise self._reject(NakReason.BAD_SEQUENCE, f"reply to {seq}, expected {expected}", seq)
-        new_state = TRANSITIONS.get((Role.DEVICE, state, Direction.RECV, cls))
+        new_state = self._recv_table.get((state, cls))
         if new_state is None:
             raise self._reject(NakReason.OUT_OF_STATE, f"{cls.__name__} in state {state.value}", seq)
         event = self._decode(cls, frame, seq)
@@ -287,8 +294,7 @@ class Connection:
     # ------------------------------------------------------------------ output
 
     def send(self, event: Event) -> bytes:
-        key = (self.role, self.state, Direction.SEND, type(event))
-        new_state = TRANSITIONS.get(key)
+        new_state = self._send_table.get((self.state, type(event)))
         if new_state is None:
             raise LocalProtocolError(f"cannot send {type(event).__name__} in state {self.state.value}")
         if self.role is Role.GATEWAY:

@@ -51,6 +51,13 @@ _DEVICE_KINDS = frozenset(int(k) for k in DeviceKind)
 _DIRECTIONS = frozenset(int(d) for d in Direction)
 
 
+# Hot-path validation: one combined test per event; only when it fails do the
+# field-by-field checks run (``_explain``) to name what is wrong.
+_TXN_FLAG_VALUES = frozenset(f for f in range(256) if f & ~TXN_FLAGS_KNOWN == 0)
+_DECISION_FLAG_VALUES = frozenset(f for f in range(256) if f & ~DECISION_FLAGS_KNOWN == 0)
+_ID_LENGTHS = frozenset(range(IDENTIFIER_BYTES_MIN, IDENTIFIER_BYTES_MAX + 1))
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise PayloadError(message)
@@ -211,6 +218,18 @@ class CardPresented(Event, frozen=True, gc=False):
     identifier: bytes
 
     def __post_init__(self) -> None:
+        if not (
+            0 < self.txn <= TXN_MAX
+            and self.flags in _TXN_FLAG_VALUES
+            and self.direction in _DIRECTIONS
+            and 0 <= self.reader_time_ms <= _U64
+            and type(self.identifier) is bytes
+            and len(self.identifier) in _ID_LENGTHS
+        ):
+            self._explain()
+            raise PayloadError(f"invalid {type(self).__name__}")
+
+    def _explain(self) -> None:
         _check_txn(self.txn)
         _check_txn_flags(self.flags)
         _check(self.direction in _DIRECTIONS, "direction must be 1 (in) or 2 (out)")
@@ -249,6 +268,18 @@ class Passage(Event, frozen=True, gc=False):
     identifier: bytes
 
     def __post_init__(self) -> None:
+        if not (
+            0 < self.granted_txn < self.txn <= TXN_MAX
+            and self.flags in _TXN_FLAG_VALUES
+            and self.direction in _DIRECTIONS
+            and 0 <= self.reader_time_ms <= _U64
+            and type(self.identifier) is bytes
+            and len(self.identifier) in _ID_LENGTHS
+        ):
+            self._explain()
+            raise PayloadError(f"invalid {type(self).__name__}")
+
+    def _explain(self) -> None:
         _check_txn(self.txn)
         _check_txn_flags(self.flags)
         _check(self.direction in _DIRECTIONS, "direction must be 1 (in) or 2 (out)")
@@ -289,6 +320,15 @@ class Item(msgspec.Struct, frozen=True, gc=False, array_like=True):
     unit_price_kopecks: int
 
     def __post_init__(self) -> None:
+        if not (
+            0 < self.product_code <= 0xFFFFFFFF
+            and 0 < self.quantity <= 0xFFFF
+            and 0 <= self.unit_price_kopecks <= AMOUNT_KOPECKS_MAX
+        ):
+            self._explain()
+            raise PayloadError(f"invalid {type(self).__name__}")
+
+    def _explain(self) -> None:
         _check(0 < self.product_code <= 0xFFFFFFFF, "product_code must be a positive u32")
         _check(0 < self.quantity <= 0xFFFF, "quantity must be 1..65535")
         _check(0 <= self.unit_price_kopecks <= AMOUNT_KOPECKS_MAX, "unit_price_kopecks must be a u32")
@@ -309,6 +349,21 @@ class Purchase(Event, frozen=True, gc=False):
     items: tuple[Item, ...]
 
     def __post_init__(self) -> None:
+        items = self.items
+        if not (
+            0 < self.txn <= TXN_MAX
+            and self.flags in _TXN_FLAG_VALUES
+            and 0 <= self.reader_time_ms <= _U64
+            and type(self.identifier) is bytes
+            and len(self.identifier) in _ID_LENGTHS
+            and 1 <= len(items) <= ITEMS_MAX
+            and 0 < self.total_kopecks <= AMOUNT_KOPECKS_MAX
+            and sum([item.quantity * item.unit_price_kopecks for item in items]) == self.total_kopecks
+        ):
+            self._explain()
+            raise PayloadError(f"invalid {type(self).__name__}")
+
+    def _explain(self) -> None:
         _check_txn(self.txn)
         _check_txn_flags(self.flags)
         _check_u64(self.reader_time_ms, "reader_time_ms")
@@ -345,7 +400,7 @@ class Purchase(Event, frozen=True, gc=False):
         count = payload[offset]
         offset += 1
         _check(len(payload) == offset + count * _ITEM.size, "PURCHASE length does not match its item count")
-        items = tuple(Item(*fields) for fields in _ITEM.iter_unpack(payload[offset:]))
+        items = tuple([Item(*fields) for fields in _ITEM.iter_unpack(payload[offset:])])
         return cls(txn, flags, reader_time_ms, total, ident, items)
 
 
@@ -364,6 +419,19 @@ class TopupCash(Event, frozen=True, gc=False):
     identifier: bytes
 
     def __post_init__(self) -> None:
+        if not (
+            0 < self.txn <= TXN_MAX
+            and self.flags in _TXN_FLAG_VALUES
+            and 0 <= self.reader_time_ms <= _U64
+            and 0 < self.amount_kopecks <= AMOUNT_KOPECKS_MAX
+            and 0 < self.cashier_id <= 0xFFFFFFFF
+            and type(self.identifier) is bytes
+            and len(self.identifier) in _ID_LENGTHS
+        ):
+            self._explain()
+            raise PayloadError(f"invalid {type(self).__name__}")
+
+    def _explain(self) -> None:
         _check_txn(self.txn)
         _check_txn_flags(self.flags)
         _check_u64(self.reader_time_ms, "reader_time_ms")
@@ -432,6 +500,20 @@ class Decision(Event, frozen=True, gc=False):
     params: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
+        if not (
+            0 <= self.txn <= _U64
+            and ((self.outcome == 1 and self.reason == 0) or (self.outcome == 0 and 0 < self.reason <= 0xFF))
+            and self.flags in _DECISION_FLAG_VALUES
+            and _I64_MIN <= self.balance_kopecks <= _I64_MAX
+            and 0 <= self.item_index <= NO_ITEM_INDEX
+            and 0 <= self.template_id <= 0xFFFF
+            and len(self.params) <= DISPLAY_PARAMS_MAX
+            and all([_I64_MIN <= p <= _I64_MAX for p in self.params])
+        ):
+            self._explain()
+            raise PayloadError(f"invalid {type(self).__name__}")
+
+    def _explain(self) -> None:
         _check_u64(self.txn, "txn")
         _check(self.outcome in (Outcome.DENY, Outcome.ACCEPT), "outcome must be 0 or 1")
         # Any u8: reasons added later in v1 are DENY reasons a device shows by template_id.

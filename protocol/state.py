@@ -34,6 +34,8 @@ class Role(enum.Enum):
     GATEWAY = "gateway"
     DEVICE = "device"
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code on the hot path
+
 
 class State(enum.Enum):
     IDLE = "idle"  # no session yet
@@ -43,10 +45,14 @@ class State(enum.Enum):
     CLOSED = "closed"  # the session was refused; nothing more is exchanged
     ERROR = "error"  # framing was lost; sticky
 
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code on the hot path
+
 
 class Direction(enum.Enum):
     SEND = "send"
     RECV = "recv"
+
+    __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code on the hot path
 
 
 REQUESTS: tuple[type[Event], ...] = (Heartbeat, CardPresented, Passage, Purchase, TopupCash, BalanceQuery)
