@@ -122,13 +122,17 @@ async def _crash(args: argparse.Namespace) -> int:
         env = {"ECARD_FLUSH_INTERVAL_MS": str(args.flush_interval_ms)}
         lo, hi = (int(x) for x in args.accepts_per_round.split(","))
         print(f"[crash] database {dsn}, gateway port {port}, logs in {log_dir}", flush=True)
-        result = await run_crash(
-            dsn,
-            lambda: GatewaySubprocess(dsn, port, log_dir / "gateway.log", cmd, **env),
-            port=port, log_dir=log_dir, seed=args.seed, rounds=args.rounds, turnstiles=args.turnstiles,
-            tills=args.tills, pupils=args.pupils, disconnect_rate=args.disconnect_rate,
-            accepts_per_round=(lo, hi), tail_accepts=args.tail_accepts,
-        )
+        try:
+            result = await run_crash(
+                dsn,
+                lambda: GatewaySubprocess(dsn, port, log_dir / "gateway.log", cmd, **env),
+                port=port, log_dir=log_dir, seed=args.seed, rounds=args.rounds, turnstiles=args.turnstiles,
+                tills=args.tills, pupils=args.pupils, disconnect_rate=args.disconnect_rate,
+                accepts_per_round=(lo, hi), tail_accepts=args.tail_accepts,
+            )
+        except Exception as exc:  # a stalled load, a gateway that does not come back, ...
+            print(f"CRASH TEST FAILED: {type(exc).__name__}: {exc} (logs in {log_dir})", flush=True)
+            return 1
         print(result.verdict(), flush=True)
         return 0 if result.ok else 1
     finally:

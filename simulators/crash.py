@@ -124,14 +124,18 @@ class CrashResult:
     stats: Stats
 
     def verdict(self) -> str:
-        ok = self.report.ok and self.settled
-        head = "CRASH TEST PASSED" if ok else "CRASH TEST FAILED"
+        head = "CRASH TEST PASSED" if self.ok else "CRASH TEST FAILED"
         extra = "" if self.settled else " (devices never settled: kept txns without DURABLE_ACK)"
-        return f"{head}: kills={self.kills} accepts={self.accepts} in {self.seconds:.1f} s; {self.report.verdict()}{extra}"
+        if self.stats.errors:
+            extra += f" gateway contract errors={len(self.stats.errors)}: {self.stats.errors[0]}"
+        return (
+            f"{head}: kills={self.kills} accepts={self.accepts} replays_applied={self.stats.replays_applied} "
+            f"in {self.seconds:.1f} s; {self.report.verdict()}{extra}"
+        )
 
     @property
     def ok(self) -> bool:
-        return self.report.ok and self.settled
+        return self.report.ok and self.settled and not self.stats.errors
 
 
 async def run_crash(

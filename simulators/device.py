@@ -94,6 +94,8 @@ class Stats:
     connect_failures: int = 0
     replays: int = 0  # advices replayed after a (re)connect
     replays_applied: int = 0  # replayed advices the gateway did not have (lost in a crash): applied now
+    replays_deferred: int = 0  # replayed advices answered TXN_TOO_OLD (kept, replayed later)
+    errors: list[str] = field(default_factory=list)  # contract violations seen from the gateway
     resends: int = 0  # requests sent again after a reconnect (reply never arrived)
     retransmits: int = 0
     injected_disconnects: int = 0
@@ -130,11 +132,12 @@ class Stats:
             f"denies: {denies}\n"
             f"naks: {naks}\n"
             f"reconnects={self.reconnects} connect_failures={self.connect_failures} replays={self.replays} "
-            f"replays_applied={self.replays_applied} "
+            f"replays_applied={self.replays_applied} replays_deferred={self.replays_deferred} "
             f"resends={self.resends} retransmits={self.retransmits} "
             f"injected_disconnects={self.injected_disconnects} heartbeats={self.heartbeats}\n"
             f"latency_ms p50={self.quantile_ms(0.5):.2f} p99={self.quantile_ms(0.99):.2f} "
             f"max={max(self.latencies_ms, default=0.0):.2f}"
+            + ("".join(f"\nERROR {e}" for e in self.errors[:20]))
         )
 
 
@@ -547,11 +550,18 @@ class Device:
             if type(reply) is not Decision:
                 raise _Dropped(f"unexpected reply {reply!r}")
             self._count(KIND_OF[type(event)], reply, replay=True)
-            if not reply.flags & DECISION_FLAG_DUPLICATE:
-                self.stats.replays_applied += 1
-            if reply.outcome != Outcome.ACCEPT:
-                # Never expected: the gateway must not decline an advice. Keep it and say so.
-                raise RuntimeError(
+            if reply.outcome == Outcome.ACCEPT:
+                if not reply.flags & DECISION_FLAG_DUPLICATE:
+                    self.stats.replays_applied += 1
+                continue
+            # The gateway must not decline an advice. TXN_TOO_OLD happens when this txn fell out of
+            # the gateway's idempotency window while still waiting in its journal queue: the
+            # DURABLE_ACK will cover it, or the next process will take the replay. Keep it either
+            # way (never drop an accepted txn) and go on; anything else is recorded as an error.
+            if reply.reason == DenyReason.TXN_TOO_OLD:
+                self.stats.replays_deferred += 1
+            else:
+                self.stats.errors.append(
                     f"device {self.device_id}: advice txn {txn} declined: {_reason_name(reply.reason)}"
                 )
         if self.pending is not None:
