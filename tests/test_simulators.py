@@ -3,12 +3,39 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 
-from simulators.device import KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP, read_logs
+from protocol import (
+    CLOSED,
+    NEED_DATA,
+    TXN_FLAG_ADVICE,
+    CardPresented,
+    Connection,
+    Decision,
+    DeviceKind,
+    DurableAck,
+    Heartbeat,
+    Hello,
+    HelloAck,
+    Retransmit,
+    Role,
+)
+from protocol.auth import verify_hello
+from simulators.device import (
+    KIND_ENTRY,
+    KIND_PASSAGE,
+    KIND_PURCHASE,
+    KIND_TOPUP,
+    Device,
+    DeviceConfig,
+    event_to_json,
+    read_logs,
+)
 from simulators.scenarios import plan_lunch, plan_rush, run_lunch, run_rush
 from simulators.verify import verify
-from tests.support import GatewayProcess
+from storage.demo_dataset import demo_card_uid, demo_device_key, turnstile_ids
+from tests.support import GatewayProcess, async_wait_until
 
 _KIND_LABEL = {KIND_ENTRY: "entry", KIND_PASSAGE: "passage", KIND_PURCHASE: "purchase", KIND_TOPUP: "topup", 5: "balance"}
 _DECISION_LINE = re.compile(r'^ecard_decisions_total\{kind="(\w+)",reason="(\w+)"\} ([0-9.e+]+)$', re.M)
@@ -85,3 +112,116 @@ def test_disconnects_replay_exactly_once(demo_dsn, tmp_path):
     assert rush.replays + lunch.replays > 0
     report = asyncio.run(verify(demo_dsn, logs))
     assert report.ok, report.verdict()
+
+
+# --------------------------------------------------------------------------- device client against a fake gateway
+
+
+class FakeGateway:
+    """A scripted gateway: accepts everything, can lose replies, acks durability on demand."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[int, bool]] = []  # (txn, advice flag) of every transaction frame decided
+        self.lose_reply_of: set[int] = set()  # txns whose first reply is decided but not written
+        self.hellos = 0
+        self.sessions: list[tuple[Connection, asyncio.StreamWriter]] = []
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> "FakeGateway":
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        assert self.server is not None
+        self.server.close()
+        for _conn, writer in self.sessions:
+            writer.close()
+        await self.server.wait_closed()
+
+    def durable_ack(self, txn: int) -> None:
+        conn, writer = self.sessions[-1]
+        writer.write(conn.send(DurableAck(txn)))
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        conn = Connection(Role.GATEWAY)
+        self.sessions.append((conn, writer))
+        while True:
+            data = await reader.read(65536)
+            conn.receive_data(data)
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA or event is CLOSED:
+                    break
+                if type(event) is Retransmit:
+                    writer.write(event.reply)
+                    continue
+                if type(event) is Hello:
+                    assert verify_hello(demo_device_key(conn.device_id), conn.device_id, event)
+                    self.hellos += 1
+                    writer.write(conn.send(HelloAck(0, 0, 10_000)))
+                    continue
+                if type(event) is Heartbeat:
+                    writer.write(conn.send(Heartbeat(0)))
+                    continue
+                self.seen.append((event.txn, bool(event.flags & TXN_FLAG_ADVICE)))
+                reply = conn.send(Decision(event.txn, 1, 0, 0, 0, 0xFF, 100, ()))
+                if event.txn in self.lose_reply_of:
+                    self.lose_reply_of.discard(event.txn)
+                    continue  # decided and cached, but the reply is "lost" on the way
+                writer.write(reply)
+            if not data:
+                writer.close()
+                return
+
+
+def test_device_retransmits_and_survives_its_own_restart(tmp_path):
+    async def scenario() -> None:
+        fake = await FakeGateway().start()
+        device_id = turnstile_ids(1)[0]
+        cfg = DeviceConfig("127.0.0.1", fake.port, reply_timeout_s=0.2, deadline_s=10)
+        card = demo_card_uid(1)
+        try:
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), cfg, tmp_path, seed=1)
+            device.register_card(card, 1)
+            await device.start()
+            fake.lose_reply_of.add(2)
+            for _ in range(3):
+                decision = await device.card_presented(card, 1)
+                assert decision.outcome == 1
+            assert device.stats.retransmits == 1  # txn 2: same frame again, answered from the reply cache
+            assert fake.seen == [(1, False), (2, False), (3, False)]
+            assert sorted(device.kept) == [1, 2, 3]
+            await device.close()
+
+            # A new simulator process on the same log: replays what is not durable, counts on from 3.
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), cfg, tmp_path, seed=1)
+            assert device.txn_high == 3 and sorted(device.kept) == [1, 2, 3]
+            await device.start()
+            assert fake.seen[3:] == [(1, True), (2, True), (3, True)]
+            decision = await device.card_presented(card, 1)
+            assert decision.txn == 4 and fake.seen[-1] == (4, False)
+            fake.durable_ack(3)
+            await async_wait_until(lambda: sorted(device.kept) == [4], 5, "DURABLE_ACK 3 applied")
+            fake.durable_ack(4)
+            assert await device.wait_settled(5)
+            await device.close()
+            accepted = read_logs(tmp_path)[device_id].accepted
+            assert sorted(accepted) == [1, 2, 3, 4]  # each accept logged once
+
+            # The simulator died with txn 5 sent and unanswered: the next life resends it, same txn.
+            lost = CardPresented(5, 0, 1, 1_700_000_000_000, card)
+            with open(device.log_path, "a") as f:
+                f.write(json.dumps({"t": "txn", "txn": 5, "event": event_to_json(lost)}) + "\n")
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), cfg, tmp_path, seed=1)
+            assert device.pending == lost
+            await device.start()
+            assert fake.seen[-1] == (5, False) and device.pending is None
+            assert (await device.card_presented(card, 1)).txn == 6
+            await device.close()
+            assert sorted(read_logs(tmp_path)[device_id].accepted) == [1, 2, 3, 4, 5, 6]
+        finally:
+            await fake.stop()
+
+    asyncio.run(scenario())
