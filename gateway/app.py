@@ -76,11 +76,17 @@ async def load_cache(conn: asyncpg.Connection, window: int, now_ms: int) -> Cach
             r["id"], r["school_id"], r["kind"], bytes(r["key"]), r["drawer_account_id"], r["durable_txn"]
         )
     recent = sorted(await snapshot.recent_transactions(conn, window), key=lambda r: (r[0], r[1]))
+    loaded: dict[int, list[int]] = {}
     for device_id, txn, kind, direction, amount, balance in recent:
+        loaded.setdefault(device_id, []).append(txn)
         shown = balance if kind in (KIND_PURCHASE, 4) else 0
         template, params = accept_template(kind, direction or 0, amount, shown)
         decision = Decision(txn, ACCEPT, OK, 0, shown, 0xFF, template, params)
         cache.devices[device_id].remember(txn, decision, window)
+    for device_id, txns in loaded.items():
+        if len(txns) >= window:  # older journaled txns exist: they are forgotten
+            device = cache.devices[device_id]
+            device.forgotten_txn_max = max(device.forgotten_txn_max, txns[0] - 1)
     day_start = {
         school: cache.day_of(school, now_ms) * DAY_MS - offset for school, offset in cache.school_offset_ms.items()
     }

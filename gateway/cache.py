@@ -85,7 +85,7 @@ class DeviceState:
         "key",
         "drawer_account_id",
         "durable_txn",
-        "txn_high",
+        "forgotten_txn_max",
         "recent",
         "nonces",
         "session",
@@ -98,18 +98,26 @@ class DeviceState:
         self.key = key
         self.drawer_account_id = drawer_account_id
         self.durable_txn = durable_txn
-        self.txn_high = durable_txn  # highest txn decided (this process) or journaled
-        self.recent: dict[int, Decision] = {}  # txn -> decision, oldest first
+        # Decided txns, oldest first: every accepted txn not yet durable, plus the
+        # most recent others up to the window. Txns at or below forgotten_txn_max may
+        # have been decided and forgotten: they can no longer be answered.
+        self.recent: dict[int, Decision] = {}
+        self.forgotten_txn_max = 0
         self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
         self.session: DeviceSession | None = None
 
     def remember(self, txn: int, decision: Decision, window: int) -> None:
         recent = self.recent
         recent[txn] = decision
-        if txn > self.txn_high:
-            self.txn_high = txn
-        if len(recent) > window:
-            del recent[next(iter(recent))]
+        while len(recent) > window:
+            oldest = next(iter(recent))
+            if oldest > self.durable_txn and recent[oldest].outcome:
+                # Accepted and not yet durable: the device may replay it, so it stays
+                # (bounded by the journal queue, which holds every such txn).
+                break
+            del recent[oldest]
+            if oldest > self.forgotten_txn_max:
+                self.forgotten_txn_max = oldest
 
 
 class Cache:

@@ -280,7 +280,7 @@ class DeviceSession(asyncio.Protocol):
         if previous is not None:
             metrics.decisions[kind][previous.reason] += 1
             return self.conn.send(msgspec.structs.replace(previous, flags=DECISION_FLAG_DUPLICATE))
-        if txn + core.window <= device.txn_high:
+        if txn <= device.forgotten_txn_max:
             return self._deny(device, kind, txn, TXN_TOO_OLD, ())
         if not core.journal.has_room():
             if request.advice:

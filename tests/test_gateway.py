@@ -300,16 +300,41 @@ def test_txn_must_increase_within_a_session(demo_dsn):
 
 
 def test_txn_below_the_idempotency_window_is_too_old(demo_dsn):
+    """Durable txns beyond the window are forgotten: a resend of one cannot be answered."""
+
     async def main():
         async with running_gateway(demo_dsn, idempotency_window_txns=16) as gw:
             d = await device(gw, TILL, DeviceKind.TILL)
-            assert (await d.request(purchase(100, 14, price=100))).outcome == 1
+            for txn in range(1, 21):
+                assert (await d.request(purchase(txn, 14, price=100))).outcome == 1
+            await asyncio.wait_for(wait_durable(d, 20), 10)
+            assert (await d.request(purchase(21, 14, price=100))).outcome == 1  # evicts 1..5
+            state = gw.core.cache.devices[TILL]
+            assert state.forgotten_txn_max == 5 and len(state.recent) == 16
             await d.close()
             d = await device(gw, TILL, DeviceKind.TILL)
-            old = await d.request(purchase(84, 14, price=100))
+            old = await d.request(purchase(3, 14, price=100))
             assert old.reason == DenyReason.TXN_TOO_OLD
-            within = await d.request(purchase(85, 14, price=100))
-            assert within.outcome == 1
+            remembered = await d.request(purchase(10, 14, price=100))
+            assert remembered.outcome == 1 and remembered.flags == DECISION_FLAG_DUPLICATE
+            assert gw.core.cache.accounts.balance[14] == 50_000 - 21 * 100
+
+    asyncio.run(main())
+
+
+def test_accepted_txns_not_yet_durable_are_never_forgotten(demo_dsn):
+    async def main():
+        async with running_gateway(demo_dsn, idempotency_window_txns=16, flush_interval_ms=1000, batch_events_max=1000) as gw:
+            d = await device(gw, TILL, DeviceKind.TILL)
+            for txn in range(1, 41):
+                assert (await d.request(purchase(txn, 17, price=100))).outcome == 1
+            state = gw.core.cache.devices[TILL]
+            assert state.forgotten_txn_max == 0 and len(state.recent) == 40
+            await d.close()
+            d = await device(gw, TILL, DeviceKind.TILL)
+            replay = await d.request(purchase(1, 17, price=100, flags=TXN_FLAG_ADVICE))
+            assert replay.outcome == 1 and replay.flags == DECISION_FLAG_DUPLICATE
+            assert gw.core.cache.accounts.balance[17] == 50_000 - 40 * 100
 
     asyncio.run(main())
 
