@@ -373,6 +373,8 @@ async def _worker(spec: dict, pipe) -> dict:
         now = time.perf_counter()
         if go["start"] > now:
             await asyncio.sleep(go["start"] - now)
+        while time.perf_counter() < go["start"]:  # uvloop timers are millisecond-grained and may fire early
+            pass
 
         def cpu_mark(i: int) -> None:
             worker.cpu_window[i] = cpu_seconds()

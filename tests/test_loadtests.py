@@ -1,0 +1,144 @@
+"""Smoke tests of the benchmark tools (loadtests/): they speak the protocol and count honestly.
+
+No timing assertions: these check that the tools work, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import csv
+import socket
+
+from loadtests import frames as F
+from loadtests import procs
+from loadtests.bench import Plan, summarize, table
+from loadtests.loadgen import run_load
+from loadtests.locust_run import run_locust
+from loadtests.workloads import baskets, device_ids, split_devices, workload
+from protocol import CardPresented, Connection, DenyReason, Hello, HelloAck, Purchase, Role
+from protocol.auth import verify_hello
+from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids, turnstile_ids
+from tests.support import GatewayProcess
+
+
+def test_fast_frames_are_what_the_protocol_decodes():
+    turnstile, till = turnstile_ids(1)[0], till_ids(1)[0]
+    gw = Connection(Role.GATEWAY)
+    gw.receive_data(F.hello_frame(turnstile, 1, demo_device_key(turnstile)))
+    hello = gw.next_event()
+    assert type(hello) is Hello and verify_hello(demo_device_key(turnstile), turnstile, hello)
+    gw.send(HelloAck(0, 0, 10_000))
+    assert F.card_uid(42) == demo_card_uid(42)
+    gw.receive_data(F.card_frame(turnstile, 1, 7, 2, 123, F.card_uid(42)))
+    assert gw.next_event() == CardPresented(7, 0, 2, 123, demo_card_uid(42))
+
+    gw2 = Connection(Role.GATEWAY)
+    gw2.receive_data(F.hello_frame(till, 2, demo_device_key(till)))
+    gw2.next_event()
+    gw2.send(HelloAck(0, 0, 10_000))
+    basket = F.basket_bytes(baskets(workload("mixed"))[0])
+    gw2.receive_data(F.purchase_frame(till, 1, 9, 456, F.card_uid(3), basket))
+    event = gw2.next_event()
+    assert type(event) is Purchase and event.txn == 9 and event.total_kopecks == basket[2]
+    assert 1 <= len(event.items) <= 3
+
+
+def test_workload_device_split():
+    w = workload("mixed")
+    assert split_devices(w, 1_000) == (600, 400)
+    assert split_devices(w, 6) == (4, 2)  # the demo dataset's 4 turnstiles and 2 tills
+    assert device_ids(w, 6) == turnstile_ids(4) + till_ids(2)
+
+
+def test_ceiling_answers_frames(tmp_path):
+    with procs.ceiling(tmp_path / "ceiling.log").start() as server:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as s:
+            device = turnstile_ids(1)[0]
+            replies = []
+            for frame in (
+                F.hello_frame(device, 1, demo_device_key(device)),
+                F.card_frame(device, 1, 1, 1, 0, F.card_uid(1)),
+                F.card_frame(device, 2, 2, 1, 0, F.card_uid(1))[:-1] + b"\x00",  # bad CRC
+            ):
+                s.sendall(frame)
+                buf = b""
+                while not F.frame_end(buf):
+                    buf += s.recv(4096)
+                reply = buf[: F.frame_end(buf)]
+                assert F.crc_ok(reply)
+                replies.append(reply[F.OFF_TYPE])
+    assert replies == [F.T_HELLO_ACK, F.T_DECISION, F.T_NAK]
+
+
+def test_loadgen_counts_match_the_gateway(demo_dsn, tmp_path):
+    gw = GatewayProcess(demo_dsn, tmp_path / "gateway.log").start()
+    try:
+        result = run_load(
+            "127.0.0.1",
+            gw.port,
+            mode="closed",
+            devices=6,
+            processes=2,
+            warmup_s=0.0,
+            duration_s=120.0,
+            pupils=1_000,
+            requests_per_device=50,
+        )
+        metrics = procs.parse_metrics(gw.metrics_text())
+    finally:
+        gw.terminate()
+    assert result["errors"] == [] and result["lost"] == 0
+    assert result["hello_acked"] == 6
+    totals = result["totals"]
+    assert totals["sent"] == totals["decisions"] == 300 and totals["naks"] == 0
+    assert result["window_replies"] == 300 == result["latency_us"]["count"]
+    assert set(result["outcomes"]) == {"CARD_PRESENTED", "PURCHASE"}
+    assert sum(result["total_outcomes"].values()) == 300
+    assert procs.metric_sum(metrics, "ecard_decisions_total") == totals["decisions"]
+    accepted = sum(v for k, v in metrics["ecard_decisions_total"].items() if 'reason="OK"' in k)
+    assert accepted == result["total_outcomes"].get("accept", 0)
+
+
+def test_locust_users_speak_the_protocol(demo_dsn, tmp_path):
+    gw = GatewayProcess(demo_dsn, tmp_path / "gateway.log").start()
+    try:
+        p = run_locust(
+            "127.0.0.1",
+            gw.port,
+            2,
+            2,
+            "5s",
+            turnstiles=4,
+            tills=2,
+            pupils=1_000,
+            csv_prefix=str(tmp_path / "locust"),
+        )
+    finally:
+        gw.terminate()
+    assert p.returncode == 0, p.stdout + p.stderr
+    with open(tmp_path / "locust_stats.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    by_name = {(r["Type"], r["Name"]): r for r in rows}
+    aggregated = by_name[("", "Aggregated")]
+    assert int(aggregated["Request Count"]) > 2
+    assert int(aggregated["Failure Count"]) == 0
+    assert int(by_name[("HELLO", "accept")]["Request Count"]) == 2
+    deny_names = {f"deny:{r.name}" for r in DenyReason}
+    for (kind, name), row in by_name.items():
+        if kind:
+            assert kind in ("HELLO", "CARD_PRESENTED", "PURCHASE")
+            assert name == "accept" or name in deny_names  # denies are successes with their own name
+
+
+def test_bench_report_renders_partial_results():
+    res = {
+        "ceiling": {"1000": {"throughput_per_s": 100.0, "latency_us": {"p99": 5}, "server_cpu_us_per_decision": 10.0}},
+        "ecard": {
+            "closed": {"1000": {"throughput_per_s": 70.0, "latency_us": {"p99": 7}, "server_cpu_us_per_decision": 12.0}}
+        },
+    }
+    res["summary"] = summarize(res)
+    assert res["summary"]["targets"]["throughput_vs_ceiling"]["met"] is True
+    assert res["summary"]["targets"]["cpu_per_decision_vs_ceiling"]["met"] is True
+    text = table(res)
+    assert "ceiling" in text and "ecard" in text and "throughput_vs_ceiling" in text
+    assert Plan(quick=True).duration_s < Plan(quick=False).duration_s
