@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import os
 import shlex
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -77,6 +78,7 @@ async def _verify(dsn: str, log_dir: Path) -> int:
 
 
 async def _scenario(args: argparse.Namespace) -> int:
+    from .device import Unavailable
     from .scenarios import parse_gateway, run_lunch, run_rush
 
     host, port = parse_gateway(args.gateway)
@@ -84,10 +86,14 @@ async def _scenario(args: argparse.Namespace) -> int:
         pupils=args.pupils, seed=args.seed, log_dir=Path(args.log_dir), window_s=args.window_s,
         disconnect_rate=args.disconnect_rate, progress_s=args.progress_s, deadline_s=args.deadline_s,
     )
-    if args.command == "rush":
-        stats, settled = await run_rush(host, port, turnstiles=args.turnstiles, exit_rate=args.exit_rate, **common)
-    else:
-        stats, settled = await run_lunch(host, port, tills=args.tills, waves=args.waves, **common)
+    try:
+        if args.command == "rush":
+            stats, settled = await run_rush(host, port, turnstiles=args.turnstiles, exit_rate=args.exit_rate, **common)
+        else:
+            stats, settled = await run_lunch(host, port, tills=args.tills, waves=args.waves, **common)
+    except Unavailable as exc:
+        print(f"{args.command} aborted: {exc}", file=sys.stderr)
+        return 1
     print(f"{args.command} done (seed {args.seed}):")
     print(stats.summary())
     print("all accepted txns durable" if settled else "NOT SETTLED: some accepted txns never got a DURABLE_ACK")
@@ -115,6 +121,7 @@ async def _crash(args: argparse.Namespace) -> int:
             await demo.load_dataset(conn, pupils=args.pupils, turnstiles=args.turnstiles, tills=args.tills)
         finally:
             await conn.close()
+        temporary = not args.log_dir
         log_dir = Path(args.log_dir) if args.log_dir else Path(tempfile.mkdtemp(prefix="ecard-crash-"))
         log_dir.mkdir(parents=True, exist_ok=True)
         port = args.port or free_port()
@@ -134,6 +141,8 @@ async def _crash(args: argparse.Namespace) -> int:
             print(f"CRASH TEST FAILED: {type(exc).__name__}: {exc} (logs in {log_dir})", flush=True)
             return 1
         print(result.verdict(), flush=True)
+        if result.ok and temporary:
+            shutil.rmtree(log_dir, ignore_errors=True)  # kept on failure, for the post-mortem
         return 0 if result.ok else 1
     finally:
         if not args.keep_db:

@@ -120,7 +120,9 @@ def test_disconnects_replay_exactly_once(demo_dsn, tmp_path):
 class FakeGateway:
     """A scripted gateway: accepts everything, can lose replies, acks durability on demand."""
 
-    def __init__(self) -> None:
+    def __init__(self, heartbeat_interval_ms: int = 10_000) -> None:
+        self.heartbeat_interval_ms = heartbeat_interval_ms
+        self.heartbeats = 0
         self.seen: list[tuple[int, bool]] = []  # (txn, advice flag) of every transaction frame decided
         self.lose_reply_of: set[int] = set()  # txns whose first reply is decided but not written
         self.hellos = 0
@@ -160,9 +162,10 @@ class FakeGateway:
                 if type(event) is Hello:
                     assert verify_hello(demo_device_key(conn.device_id), conn.device_id, event)
                     self.hellos += 1
-                    writer.write(conn.send(HelloAck(0, 0, 10_000)))
+                    writer.write(conn.send(HelloAck(0, 0, self.heartbeat_interval_ms)))
                     continue
                 if type(event) is Heartbeat:
+                    self.heartbeats += 1
                     writer.write(conn.send(Heartbeat(0)))
                     continue
                 self.seen.append((event.txn, bool(event.flags & TXN_FLAG_ADVICE)))
@@ -222,6 +225,23 @@ def test_device_retransmits_and_survives_its_own_restart(tmp_path):
             await device.close()
             assert sorted(read_logs(tmp_path)[device_id].accepted) == [1, 2, 3, 4, 5, 6]
         finally:
+            await fake.stop()
+
+    asyncio.run(scenario())
+
+
+def test_idle_device_sends_heartbeats(tmp_path):
+    async def scenario() -> None:
+        fake = await FakeGateway(heartbeat_interval_ms=50).start()
+        device_id = turnstile_ids(1)[0]
+        cfg = DeviceConfig("127.0.0.1", fake.port, deadline_s=10)
+        device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), cfg, tmp_path, seed=1)
+        try:
+            await device.start()
+            await async_wait_until(lambda: fake.heartbeats >= 3, 5, "three heartbeats")
+            assert fake.hellos == 1 and device.stats.heartbeats >= 3
+        finally:
+            await device.close()
             await fake.stop()
 
     asyncio.run(scenario())
