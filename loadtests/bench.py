@@ -79,11 +79,17 @@ def measure(server: procs.ServerProcess | None, plan: Plan, **load) -> dict:
     """One load against ``server``; adds the server's CPU over the measured window."""
     marks: dict[str, float] = {}
 
+    def busy() -> float:
+        t = psutil.cpu_times()
+        return t.user + t.nice + t.system + t.irq + t.softirq + getattr(t, "steal", 0.0)
+
     def start() -> None:
+        marks["busy0"], marks["t0"] = busy(), time.perf_counter()
         if server is not None:
             marks["cpu0"] = server.cpu_seconds()
 
     def end() -> None:
+        marks["busy1"], marks["t1"] = busy(), time.perf_counter()
         if server is not None:
             marks["cpu1"] = server.cpu_seconds()
 
@@ -98,6 +104,9 @@ def measure(server: procs.ServerProcess | None, plan: Plan, **load) -> dict:
         **load,
     )
     result.pop("workload", None)
+    if "busy1" in marks:
+        # Whole machine (every process, also PostgreSQL and anything else running): saturation shows here.
+        result["machine_busy_cores"] = round((marks["busy1"] - marks["busy0"]) / (marks["t1"] - marks["t0"]), 2)
     if "cpu1" in marks:
         cpu = marks["cpu1"] - marks["cpu0"]
         result["server_cpu_window_s"] = round(cpu, 4)
@@ -174,6 +183,7 @@ def phase_ecard(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
             r["server_latency_us"] = procs.quantiles(m, "ecard_decision_latency_quantile_us")
             r["durable_lag_ms"] = procs.quantiles(m, "ecard_durable_lag_quantile_ms")
             r["journal_queue_depth_after"] = int(procs.metric_sum(m, "ecard_journal_queue_depth"))
+            r["journal"] = journal_stats(m)
             out["paced"] = r
             wait_drained(gw)
             log(f"storm: {plan.storm_devices} devices HELLO at once")
@@ -181,6 +191,17 @@ def phase_ecard(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
             out["rss_mib_after"] = round(gw.rss_mib(), 1)
     finally:
         dbs.drop(dsn)
+    return out
+
+
+def journal_stats(m: dict) -> dict:
+    """Mean group-commit size and duration since the gateway started."""
+    out = {}
+    for name, key in (("ecard_journal_flush_batch_events", "mean_batch_events"), ("ecard_journal_flush_duration_ms", "mean_flush_ms")):
+        count = procs.metric_sum(m, name + "_count")
+        if count:
+            out[key] = round(procs.metric_sum(m, name + "_sum") / count, 1)
+            out["flushes"] = int(count)
     return out
 
 
@@ -314,7 +335,7 @@ def table(res: dict) -> str:
     lines = []
     hdr = (
         f"{'system':<9} {'devices':>7} {'decisions/s':>12} {'cli p50':>8} {'cli p99':>8} {'cli p99.9':>9} "
-        f"{'srv p50':>8} {'srv p99':>8} {'srv p99.9':>9} {'srv CPU/dec':>11} {'gen CPU/dec':>11}"
+        f"{'srv p50':>8} {'srv p99':>8} {'srv p99.9':>9} {'srv CPU/dec':>11} {'gen CPU/dec':>11} {'busy':>5}"
     )
     lines += [hdr, "-" * len(hdr)]
     series = [("ceiling", res.get("ceiling", {})), ("baseline", res.get("baseline", {})), ("ecard", res.get("ecard", {}).get("closed", {}))]
@@ -327,10 +348,11 @@ def table(res: dict) -> str:
             lines.append(
                 f"{name:<9} {c:>7,} {_fmt(r.get('throughput_per_s')):>12} {_fmt(lat.get('p50')):>8} {_fmt(lat.get('p99')):>8} "
                 f"{_fmt(lat.get('p999')):>9} {_fmt(srv.get('0.5')):>8} {_fmt(srv.get('0.99')):>8} {_fmt(srv.get('0.999')):>9} "
-                f"{_fmt(r.get('server_cpu_us_per_decision'), 1):>11} {_fmt(r.get('loadgen_cpu_us_per_reply'), 1):>11}"
+                f"{_fmt(r.get('server_cpu_us_per_decision'), 1):>11} {_fmt(r.get('loadgen_cpu_us_per_reply'), 1):>11} "
+                f"{_fmt(r.get('machine_busy_cores'), 2):>5}"
             )
     lines.append("(latencies in microseconds; cli = tap->reply at the load generator, srv = frame in->reply written in ecard;")
-    lines.append(" CPU in microseconds of process CPU per decision in the measured window)")
+    lines.append(" CPU in microseconds of process CPU per decision in the measured window; busy = cores busy machine-wide)")
     e = res.get("ecard", {})
     p = e.get("paced")
     if p:
@@ -339,7 +361,7 @@ def table(res: dict) -> str:
             f"paced {p.get('target_rate', 0):,.0f} taps/s over {p['devices']:,} devices: achieved {_fmt(p.get('throughput_per_s'))}/s, "
             f"late taps {p.get('late', 0):,}; server p99 {_fmt(p.get('server_latency_us', {}).get('0.99'))} us, "
             f"client p99 {_fmt(p['latency_us'].get('p99'))} us (p99.9 {_fmt(p['latency_us'].get('p999'))}), "
-            f"tap->durable p99 {_fmt(p.get('durable_lag_ms', {}).get('0.99'))} ms"
+            f"tap->durable p99 {_fmt(p.get('durable_lag_ms', {}).get('0.99'))} ms; machine busy {p.get('machine_busy_cores')} cores"
         )
     st = e.get("storm")
     if st:
@@ -378,10 +400,16 @@ def main(argv: list[str] | None = None) -> int:
         default="ceiling,baseline,ecard,cache,crash",
         help="comma-separated subset of ceiling,baseline,ecard,cache,crash",
     )
+    ap.add_argument("--storm-devices", type=int, help="devices in the reconnect storm (default 19,000; 2,000 with --quick)")
+    ap.add_argument("--big-pupils", type=int, help="accounts for the cache phase (default 2,000,000; 100,000 with --quick)")
     ap.add_argument("--crash", choices=("auto", "skip", "run"), default="auto", help="auto: run unless --quick")
     args = ap.parse_args(argv)
     phases = set(args.phases.split(","))
     plan = Plan(args.quick)
+    if args.storm_devices:
+        plan.storm_devices = args.storm_devices
+    if args.big_pupils:
+        plan.big_pupils = args.big_pupils
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
