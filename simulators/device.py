@@ -392,7 +392,15 @@ class Device:
         deadline = time.monotonic() + timeout_s
         while not self.settled:
             if not self._reader_alive():
-                self._disconnected.set()  # wake the keepalive task to reconnect and replay
+                if self._background is None or self._background.done():
+                    # No keepalive task (it gave up, or start() was never called): reconnect here.
+                    async with self._lock:
+                        try:
+                            await self._ensure_session()
+                        except Unavailable:
+                            return False
+                else:
+                    self._disconnected.set()  # wake the keepalive task to reconnect and replay
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
