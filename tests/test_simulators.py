@@ -114,6 +114,31 @@ def test_disconnects_replay_exactly_once(demo_dsn, tmp_path):
     assert report.ok, report.verdict()
 
 
+def test_full_journal_queue_try_again_later_and_server_busy(demo_dsn, tmp_path):
+    """A journal queue of 2: plain requests get TRY_AGAIN_LATER (retried with a new txn),
+    passages (advices) get NAK SERVER_BUSY (kept, sent again later); nothing is lost or doubled."""
+    logs = tmp_path / "sim"
+    gateway = GatewayProcess(
+        demo_dsn, tmp_path / "gateway.log", ECARD_BATCH_EVENTS_MAX="1", ECARD_JOURNAL_QUEUE_EVENTS_MAX="2"
+    ).start()
+    try:
+        rush, rush_settled = asyncio.run(
+            run_rush("127.0.0.1", gateway.port, pupils=200, seed=5, turnstiles=4, log_dir=logs, window_s=0.5,
+                     disconnect_rate=0.05, progress_s=0)
+        )
+        lunch, lunch_settled = asyncio.run(
+            run_lunch("127.0.0.1", gateway.port, pupils=200, seed=5, tills=2, log_dir=logs, window_s=0.5,
+                      disconnect_rate=0.05, progress_s=0)
+        )
+    finally:
+        assert gateway.terminate() == 0
+    assert rush_settled and lunch_settled
+    assert rush.denies.get("TRY_AGAIN_LATER", 0) + lunch.denies.get("TRY_AGAIN_LATER", 0) > 0
+    assert rush.naks.get("SERVER_BUSY", 0) > 0
+    report = asyncio.run(verify(demo_dsn, logs))
+    assert report.ok, report.verdict()
+
+
 # --------------------------------------------------------------------------- device client against a fake gateway
 
 
