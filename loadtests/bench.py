@@ -371,14 +371,17 @@ def table(res: dict) -> str:
             f"{st.get('lost_while_held', 0)} lost"
         )
     f = res.get("cache")
-    if f:
+    if f and "error" not in f:
         cl = f.get("cache") or {}
         lines.append(
             f"cache: {f['pupils']:,} pupils: loaded in {cl.get('load_s', '-')} s, RSS {cl.get('rss_mib', '-')} MiB "
             f"(RSS when listening {f.get('rss_mib_listening')} MiB; dataset generated in {f.get('dataset_load_s')} s)"
         )
+    for name in ("ceiling", "baseline", "ecard", "cache", "crash"):
+        if isinstance(res.get(name), dict) and "error" in res[name]:
+            lines.append(f"{name}: FAILED: {res[name]['error'][:300]}")
     cr = res.get("crash")
-    if cr:
+    if cr and "error" not in cr:
         lines.append(f"crash (long): {cr.get('verdict') or cr.get('skipped')}")
     s = res.get("summary", {})
     if s.get("targets"):
@@ -431,17 +434,29 @@ def main(argv: list[str] | None = None) -> int:
     log(f"logs in {logs}")
     dbs = procs.Databases()
     res["postgres"] = "ECARD_PG_DSN" if os.environ.get("ECARD_PG_DSN") else "embedded"
+    run = {
+        "ceiling": lambda: phase_ceiling(plan, logs),
+        "baseline": lambda: phase_baseline(plan, logs, dbs),
+        "ecard": lambda: phase_ecard(plan, logs, dbs),
+        "cache": lambda: phase_cache(plan, logs, dbs),
+        "crash": lambda: phase_crash(logs, dbs),
+    }
+    if args.crash == "skip" or (args.crash == "auto" and args.quick):
+        phases.discard("crash")
+    failed = []
     try:
-        if "ceiling" in phases:
-            res["ceiling"] = phase_ceiling(plan, logs)
-        if "baseline" in phases:
-            res["baseline"] = phase_baseline(plan, logs, dbs)
-        if "ecard" in phases:
-            res["ecard"] = phase_ecard(plan, logs, dbs)
-        if "cache" in phases:
-            res["cache"] = phase_cache(plan, logs, dbs)
-        if "crash" in phases and (args.crash == "run" or (args.crash == "auto" and not args.quick)):
-            res["crash"] = phase_crash(logs, dbs)
+        for name, phase in run.items():
+            if name not in phases:
+                continue
+            try:
+                res[name] = phase()
+            except Exception as exc:  # one broken phase must not cost the others
+                import traceback
+
+                traceback.print_exc()
+                log(f"phase {name} failed: {type(exc).__name__}: {exc}")
+                res[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                failed.append(name)
     finally:
         dbs.close()
         res["summary"] = summarize(res)
@@ -450,7 +465,9 @@ def main(argv: list[str] | None = None) -> int:
         path.write_text(json.dumps(res, indent=2, ensure_ascii=False))
         print(table(res))
         print(f"\nresults: {path}")
-    return 0
+        if failed:
+            print(f"FAILED phases: {', '.join(failed)} (see above and the logs in {logs})")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
