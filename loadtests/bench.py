@@ -110,8 +110,10 @@ def measure(server: procs.ServerProcess | None, plan: Plan, **load) -> dict:
     if "cpu1" in marks:
         cpu = marks["cpu1"] - marks["cpu0"]
         result["server_cpu_window_s"] = round(cpu, 4)
-        if result["window_replies"]:
-            result["server_cpu_us_per_decision"] = round(cpu / result["window_replies"] * 1e6, 2)
+        decided = result["window_replies"] - result.get("window_not_decided", 0)
+        if decided:
+            # Per decided tap: replies refused with TRY_AGAIN_LATER are work that decided nothing.
+            result["server_cpu_us_per_decision"] = round(cpu / decided * 1e6, 2)
     return result
 
 
@@ -333,7 +335,7 @@ def table(res: dict) -> str:
     lines = []
     hdr = (
         f"{'system':<9} {'devices':>7} {'decisions/s':>12} {'cli p50':>8} {'cli p99':>8} {'cli p99.9':>9} "
-        f"{'srv p50':>8} {'srv p99':>8} {'srv p99.9':>9} {'srv CPU/dec':>11} {'gen CPU/dec':>11} {'busy':>5}"
+        f"{'srv p50':>8} {'srv p99':>8} {'srv p99.9':>9} {'srv CPU/dec':>11} {'gen CPU/dec':>11} {'busy':>5} {'refused':>8}"
     )
     lines += [hdr, "-" * len(hdr)]
     series = [("ceiling", res.get("ceiling", {})), ("baseline", res.get("baseline", {})), ("ecard", res.get("ecard", {}).get("closed", {}))]
@@ -347,10 +349,12 @@ def table(res: dict) -> str:
                 f"{name:<9} {c:>7,} {_fmt(r.get('throughput_per_s')):>12} {_fmt(lat.get('p50')):>8} {_fmt(lat.get('p99')):>8} "
                 f"{_fmt(lat.get('p999')):>9} {_fmt(srv.get('0.5')):>8} {_fmt(srv.get('0.99')):>8} {_fmt(srv.get('0.999')):>9} "
                 f"{_fmt(r.get('server_cpu_us_per_decision'), 1):>11} {_fmt(r.get('loadgen_cpu_us_per_reply'), 1):>11} "
-                f"{_fmt(r.get('machine_busy_cores'), 2):>5}"
+                f"{_fmt(r.get('machine_busy_cores'), 2):>5} {_fmt(r.get('window_not_decided')):>8}"
             )
     lines.append("(latencies in microseconds; cli = tap->reply at the load generator, srv = frame in->reply written in ecard;")
-    lines.append(" CPU in microseconds of process CPU per decision in the measured window; busy = cores busy machine-wide)")
+    lines.append(" srv CPU/dec = server process CPU per decided tap, gen CPU/dec = load generator CPU per reply, in the")
+    lines.append(" measured window; busy = cores busy machine-wide (every process, PostgreSQL included);")
+    lines.append(" decisions/s leaves out the refused replies: TRY_AGAIN_LATER (journal queue full) and NAKs)")
     e = res.get("ecard", {})
     p = e.get("paced")
     if p:

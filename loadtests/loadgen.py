@@ -585,8 +585,12 @@ def _merge(out: dict, parts: list[dict]) -> dict:
             outcomes[k] = outcomes.get(k, 0) + v
     replies = sum(sum(by.values()) for by in counts.values())
     out["window_replies"] = replies
+    # Replies that decided nothing: the gateway was overloaded (TRY_AGAIN_LATER) or refused the frame (NAK).
+    not_decided = sum(v for by in counts.values() for k, v in by.items() if k == "deny:TRY_AGAIN_LATER" or k.startswith("nak:"))
+    out["window_not_decided"] = not_decided
     if out.get("window_s"):
-        out["throughput_per_s"] = round(replies / out["window_s"], 1)
+        out["replies_per_s"] = round(replies / out["window_s"], 1)
+        out["throughput_per_s"] = round((replies - not_decided) / out["window_s"], 1)
     out["latency_us"] = histogram_summary(hist)
     out["outcomes"] = counts
     out["totals"] = totals
