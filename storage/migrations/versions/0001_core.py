@@ -6,6 +6,8 @@ Revises:
 
 from alembic import op
 
+from storage.migrations import split_statements
+
 revision = "0001"
 down_revision = None
 branch_labels = None
@@ -97,16 +99,11 @@ DROP TABLE schools;
 """
 
 
-def _statements(sql: str) -> list[str]:
-    # The asyncpg driver prepares each statement: one command per execute.
-    return [statement.strip() for statement in sql.split(";\n") if statement.strip()]
-
-
 def upgrade() -> None:
-    for statement in _statements(UP):
+    for statement in split_statements(UP):
         op.execute(statement)
 
 
 def downgrade() -> None:
-    for statement in _statements(DOWN):
+    for statement in split_statements(DOWN):
         op.execute(statement)
