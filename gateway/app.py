@@ -152,7 +152,7 @@ class Gateway:
 
         journal = JournalWriter(
             connect,
-            lambda durable, enqueued, duration: self.core.on_commit(durable, enqueued, duration),  # type: ignore[union-attr]
+            lambda durable, enqueued, duration, seqs: self.core.on_commit(durable, enqueued, duration, seqs),  # type: ignore[union-attr]
             flush_interval_ms=config.flush_interval_ms,
             batch_events_max=config.batch_events_max,
             queue_events_max=config.journal_queue_events_max,

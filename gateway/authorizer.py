@@ -11,8 +11,15 @@ returning one named DenyReason):
 - entry (CARD_PRESENTED): turnstile of the card's school; card known, active;
   account active.
 - passage (PASSAGE): always recorded for a known card (it has happened).
-- purchase (PURCHASE): till of the card's school; card known, active; account
-  active; balance covers the total; the daily limit is not exceeded.
+- purchase (PURCHASE, all or nothing): till of the card's school; card known,
+  active (not blocked, not suspended, a temporary card not expired); account
+  active; then the parent's controls, item by item (banned product, banned
+  category, blocked allergen, required diet: the deny names the item), the
+  item count per day and the limit of the current meal period; then a free
+  meal (an entitled pupil's one hot meal a school day inside the lunch period
+  is paid from the school's free-meal budget, and looks like any paid meal);
+  then the balance covers the total, or the school's grace policy (an amount
+  below zero, or a number of meals on credit) allows it; then the daily limit.
 - cash top-up (TOPUP_CASH): till of the card's school; card known, active;
   account active; 0 < amount <= topup_kopecks_max.
 - an ADVICE (the device already acted: offline sale, or a replay of an accepted
@@ -34,7 +41,16 @@ from protocol import (
     TopupCash,
 )
 
-from .cache import ACCOUNT_ACTIVE, NO_LIMIT, Cache, DeviceState
+from .cache import (
+    ACCOUNT_ACTIVE,
+    ACCOUNT_PUPIL,
+    IDENTIFIER_BLOCKED,
+    IDENTIFIER_SUSPENDED,
+    NO_LIMIT,
+    Cache,
+    Controls,
+    DeviceState,
+)
 
 # Journal kinds (storage schema: journal.kind).
 KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP, KIND_BALANCE = 1, 2, 3, 4, 5
@@ -57,6 +73,16 @@ WRONG_DEVICE_KIND = int(DenyReason.WRONG_DEVICE_KIND)
 INSUFFICIENT_FUNDS = int(DenyReason.INSUFFICIENT_FUNDS)
 DAILY_LIMIT_EXCEEDED = int(DenyReason.DAILY_LIMIT_EXCEEDED)
 AMOUNT_INVALID = int(DenyReason.AMOUNT_INVALID)
+CARD_SUSPENDED = int(DenyReason.CARD_SUSPENDED)
+CARD_EXPIRED = int(DenyReason.CARD_EXPIRED)
+PRODUCT_BANNED = int(DenyReason.PRODUCT_BANNED)
+CATEGORY_BANNED = int(DenyReason.CATEGORY_BANNED)
+ALLERGEN_BLOCKED = int(DenyReason.ALLERGEN_BLOCKED)
+DIET_RESTRICTED = int(DenyReason.DIET_RESTRICTED)
+ITEM_COUNT_EXCEEDED = int(DenyReason.ITEM_COUNT_EXCEEDED)
+PERIOD_LIMIT_EXCEEDED = int(DenyReason.PERIOD_LIMIT_EXCEEDED)
+NO_ITEM = 0xFF
+FREE_MEAL_PERIOD = "lunch"
 
 TURNSTILE = int(DeviceKind.TURNSTILE)
 TILL = int(DeviceKind.TILL)
@@ -72,15 +98,29 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     credit_account_id: int = 0  # money enters this account
     amount_kopecks: int = 0
     params: tuple[int, ...] = ()  # display parameters of a deny
+    item_index: int = NO_ITEM  # the basket line a deny is about
+    items: int = 0  # purchase: units in the basket
+    period: str = ""  # purchase: the meal period it falls in
+    free_meal: bool = False  # purchase: paid from the free-meal budget
+    on_grace: bool = False  # purchase: allowed below zero by the grace policy
 
 
-def _card(cache: Cache, identifier: bytes, kind: int) -> Verdict | int:
+def _card(cache: Cache, identifier: bytes, kind: int, now_ms: int) -> Verdict | int:
     """The account behind an active card, or a deny Verdict."""
     account_id = cache.identifiers.get(identifier)
     if account_id is None:
         return Verdict(UNKNOWN_CARD, kind)
-    if identifier in cache.blocked_identifiers:
-        return Verdict(CARD_BLOCKED, kind, account_id)
+    state = cache.identifier_state.get(identifier)
+    if state is not None:
+        status, until_ms = state
+        if status == IDENTIFIER_BLOCKED:
+            return Verdict(CARD_BLOCKED, kind, account_id)
+        if status == IDENTIFIER_SUSPENDED:
+            # Suspended while a temporary card stands for it, until expires_at_ms.
+            if not until_ms or now_ms < until_ms:
+                return Verdict(CARD_SUSPENDED, kind, account_id)
+        elif until_ms and now_ms >= until_ms:
+            return Verdict(CARD_EXPIRED, kind, account_id)
     if cache.accounts.status[account_id] != ACCOUNT_ACTIVE:
         return Verdict(ACCOUNT_BLOCKED, kind, account_id)
     return account_id
@@ -98,7 +138,7 @@ def authorize_entry(cache: Cache, device: DeviceState, request: CardPresented, n
     if request.advice:
         account_id = cache.identifiers.get(request.identifier)
         return Verdict(UNKNOWN_CARD if account_id is None else OK, KIND_ENTRY, account_id or 0)
-    found = _card(cache, request.identifier, KIND_ENTRY)
+    found = _card(cache, request.identifier, KIND_ENTRY, now_ms)
     if type(found) is Verdict:
         return found
     return _at_school(cache, device, found, KIND_ENTRY) or Verdict(OK, KIND_ENTRY, found)
@@ -113,17 +153,72 @@ def authorize_passage(cache: Cache, device: DeviceState, request: Passage, now_m
     return Verdict(OK, KIND_PASSAGE, account_id)
 
 
+def _controls_deny(
+    cache: Cache, controls: Controls, school_id: int, request: Purchase, account_id: int, period: str, now_ms: int
+) -> Verdict | None:
+    """The first parent control the basket breaks, or None."""
+    products = cache.products
+    for index, item in enumerate(request.items):
+        code = item.product_code
+        if code in controls.banned_products:
+            return Verdict(PRODUCT_BANNED, KIND_PURCHASE, account_id, item_index=index)
+        product = products.get((school_id, code))
+        if product is None:
+            # Unknown to the catalogue: it cannot be shown to respect the parent's
+            # category, allergen or diet choices, so it does not pass them.
+            if controls.blocked_allergens:
+                return Verdict(ALLERGEN_BLOCKED, KIND_PURCHASE, account_id, item_index=index)
+            if controls.required_diet:
+                return Verdict(DIET_RESTRICTED, KIND_PURCHASE, account_id, item_index=index)
+            if controls.banned_categories:
+                return Verdict(CATEGORY_BANNED, KIND_PURCHASE, account_id, item_index=index)
+            continue
+        if product.category in controls.banned_categories:
+            return Verdict(CATEGORY_BANNED, KIND_PURCHASE, account_id, item_index=index)
+        if not controls.blocked_allergens.isdisjoint(product.allergens):
+            return Verdict(ALLERGEN_BLOCKED, KIND_PURCHASE, account_id, item_index=index)
+        if not controls.required_diet <= product.diet_flags:
+            return Verdict(DIET_RESTRICTED, KIND_PURCHASE, account_id, item_index=index)
+    today = controls.day == cache.day_of(school_id, now_ms)
+    if controls.items_per_day_max >= 0:
+        items_today = controls.items_today if today else 0
+        count = sum([item.quantity for item in request.items])
+        if items_today + count > controls.items_per_day_max:
+            return Verdict(ITEM_COUNT_EXCEEDED, KIND_PURCHASE, account_id, params=(controls.items_per_day_max, items_today))
+    limit = controls.period_limits_kopecks.get(period) if period else None
+    if limit is not None:
+        spent = controls.period_spent_kopecks.get(period, 0) if today else 0
+        if spent + request.total_kopecks > limit:
+            return Verdict(PERIOD_LIMIT_EXCEEDED, KIND_PURCHASE, account_id, params=(limit, spent))
+    return None
+
+
+def _free_meal(cache: Cache, school_id: int, account_id: int, request: Purchase, period: str, now_ms: int) -> int:
+    """The free-meal budget account paying for this basket, or 0 if it is not a free meal."""
+    if period != FREE_MEAL_PERIOD or len(request.items) != 1 or request.items[0].quantity != 1:
+        return 0
+    product = cache.products.get((school_id, request.items[0].product_code))
+    if product is None or not product.hot_meal:
+        return 0
+    if cache.accounts.free_meal_day[account_id] == cache.day_of(school_id, now_ms):
+        return 0  # one a school day, not carried over
+    return cache.free_meal_account.get(school_id, 0)
+
+
 def authorize_purchase(cache: Cache, device: DeviceState, request: Purchase, now_ms: int) -> Verdict:
     if device.kind != TILL:
         return Verdict(WRONG_DEVICE_KIND, KIND_PURCHASE)
     total = request.total_kopecks
-    revenue = cache.revenue_account.get(device.school_id, 0)
+    school = device.school_id
+    revenue = cache.revenue_account.get(school, 0)
     if request.advice:
         account_id = cache.identifiers.get(request.identifier)
         if account_id is None:
             return Verdict(UNKNOWN_CARD, KIND_PURCHASE)
-        return Verdict(OK, KIND_PURCHASE, account_id, account_id, revenue, total)
-    found = _card(cache, request.identifier, KIND_PURCHASE)
+        count = sum([item.quantity for item in request.items])
+        period = cache.meal_period(school, now_ms)
+        return Verdict(OK, KIND_PURCHASE, account_id, account_id, revenue, total, items=count, period=period)
+    found = _card(cache, request.identifier, KIND_PURCHASE, now_ms)
     if type(found) is Verdict:
         return found
     account_id = found
@@ -131,15 +226,32 @@ def authorize_purchase(cache: Cache, device: DeviceState, request: Purchase, now
     if wrong is not None:
         return wrong
     accounts = cache.accounts
+    controls = cache.controls.get(account_id)
+    entitled = accounts.free_meal[account_id]
+    period = cache.meal_period(school, now_ms) if controls is not None or entitled else ""
+    if controls is not None:
+        denied = _controls_deny(cache, controls, school, request, account_id, period, now_ms)
+        if denied is not None:
+            return denied
+    count = len(request.items) if controls is None else sum([item.quantity for item in request.items])
+    if entitled:
+        budget = _free_meal(cache, school, account_id, request, period, now_ms)
+        if budget:
+            return Verdict(OK, KIND_PURCHASE, account_id, budget, revenue, total, items=1, period=period, free_meal=True)
     balance = accounts.balance[account_id]
-    if balance < total:
-        return Verdict(INSUFFICIENT_FUNDS, KIND_PURCHASE, account_id, params=(total, balance))
+    on_grace = balance < total
+    if on_grace:
+        policy = cache.policy(school)
+        if balance - total < -policy.grace_kopecks and accounts.grace_used[account_id] >= policy.grace_meals:
+            return Verdict(INSUFFICIENT_FUNDS, KIND_PURCHASE, account_id, params=(total, balance))
     limit = accounts.limit[account_id]
     if limit != NO_LIMIT:
         spent = cache.spent_today(account_id, now_ms)
         if spent + total > limit:
             return Verdict(DAILY_LIMIT_EXCEEDED, KIND_PURCHASE, account_id, params=(limit, spent))
-    return Verdict(OK, KIND_PURCHASE, account_id, account_id, revenue, total)
+    return Verdict(
+        OK, KIND_PURCHASE, account_id, account_id, revenue, total, items=count, period=period, on_grace=on_grace
+    )
 
 
 def authorize_topup(
@@ -153,7 +265,7 @@ def authorize_topup(
         if account_id is None:
             return Verdict(UNKNOWN_CARD, KIND_TOPUP)
         return Verdict(OK, KIND_TOPUP, account_id, device.drawer_account_id, account_id, amount)
-    found = _card(cache, request.identifier, KIND_TOPUP)
+    found = _card(cache, request.identifier, KIND_TOPUP, now_ms)
     if type(found) is Verdict:
         return found
     account_id = found
@@ -165,33 +277,71 @@ def authorize_topup(
     return Verdict(OK, KIND_TOPUP, account_id, device.drawer_account_id, account_id, amount)
 
 
-def authorize_balance(cache: Cache, device: DeviceState, request: BalanceQuery) -> Verdict:
+def authorize_balance(cache: Cache, device: DeviceState, request: BalanceQuery, now_ms: int) -> Verdict:
     if device.kind != TILL:
         return Verdict(WRONG_DEVICE_KIND, KIND_BALANCE)
-    found = _card(cache, request.identifier, KIND_BALANCE)
+    found = _card(cache, request.identifier, KIND_BALANCE, now_ms)
     if type(found) is Verdict:
         return found
     return _at_school(cache, device, found, KIND_BALANCE) or Verdict(OK, KIND_BALANCE, found)
 
 
-def commit(cache: Cache, verdict: Verdict, now_ms: int) -> tuple[int, int]:
-    """Apply an OK verdict's movement. Returns (debit balance after, credit balance after)."""
+def commit(cache: Cache, verdict: Verdict, now_ms: int) -> tuple[int, int, int]:
+    """Apply an OK verdict. Returns (debit balance after, credit balance after,
+    the pupil account that just fell below the low-balance threshold or 0)."""
     assert verdict.reason == OK
     amount = verdict.amount_kopecks
     if not amount:
-        return 0, 0
-    balance = cache.accounts.balance
+        return 0, 0, 0
+    accounts = cache.accounts
+    balance = accounts.balance
     debit, credit = verdict.debit_account_id, verdict.credit_account_id
     balance[debit] -= amount
     balance[credit] += amount
     if verdict.kind == KIND_PURCHASE:
-        accounts = cache.accounts
-        day = cache.day_of(accounts.school[debit], now_ms)
-        if accounts.spent_day[debit] != day:
-            accounts.spent_day[debit] = day
-            accounts.spent[debit] = 0
-        accounts.spent[debit] += amount
-    return balance[debit], balance[credit]
+        _count_purchase(cache, verdict, now_ms)
+    alert = 0
+    for account_id in (debit, credit):
+        if accounts.kind[account_id] != ACCOUNT_PUPIL:
+            continue
+        after = balance[account_id]
+        if after >= 0:
+            accounts.grace_used[account_id] = 0
+        threshold = cache.policy(accounts.school[account_id]).low_balance_threshold_kopecks
+        if after < threshold:
+            if not accounts.low_alerted[account_id]:
+                accounts.low_alerted[account_id] = 1  # one alert per crossing (hysteresis)
+                alert = account_id
+        elif accounts.low_alerted[account_id]:
+            accounts.low_alerted[account_id] = 0
+    return balance[debit], balance[credit], alert
+
+
+def _count_purchase(cache: Cache, verdict: Verdict, now_ms: int) -> None:
+    """The per-day counters a purchase moves: daily spend, free meal, grace, controls."""
+    accounts = cache.accounts
+    pupil = verdict.account_id
+    day = cache.day_of(accounts.school[pupil], now_ms)
+    amount = verdict.amount_kopecks
+    if verdict.free_meal:
+        accounts.free_meal_day[pupil] = day
+    else:
+        if accounts.spent_day[pupil] != day:
+            accounts.spent_day[pupil] = day
+            accounts.spent[pupil] = 0
+        accounts.spent[pupil] += amount
+    if verdict.on_grace:
+        accounts.grace_used[pupil] += 1
+    controls = cache.controls.get(pupil)
+    if controls is not None:
+        if controls.day != day:
+            controls.day = day
+            controls.items_today = 0
+            controls.period_spent_kopecks = {}
+        controls.items_today += verdict.items
+        if verdict.period:
+            spent = controls.period_spent_kopecks
+            spent[verdict.period] = spent.get(verdict.period, 0) + amount
 
 
 def accept_template(kind: int, direction: int, amount_kopecks: int, balance_kopecks: int) -> tuple[int, tuple[int, ...]]:

@@ -58,6 +58,7 @@ from .authorizer import (
     commit,
 )
 from .cache import Cache, DeviceState
+from .outbox import low_balance_outbox
 from .config import Config
 from .metrics import GatewayMetrics
 
@@ -91,6 +92,7 @@ class GatewayCore:
         self.window = config.idempotency_window_txns
         self.clock_ms = wall_clock_ms  # replaced in tests
         self.frame_received_ns = 0  # perf_counter_ns when the frame being decided arrived
+        self.commands_in_flight: set[int] = set()  # money commands applied, not yet durable
 
     def connected_by_kind(self) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -99,7 +101,9 @@ class GatewayCore:
                 counts[session.device.kind] = counts.get(session.device.kind, 0) + 1
         return counts
 
-    def on_commit(self, durable: dict[int, int], enqueued_ns: list[int], duration_ns: int) -> None:
+    def on_commit(
+        self, durable: dict[int, int], enqueued_ns: list[int], duration_ns: int, command_seqs: list[int]
+    ) -> None:
         """Journal writer callback after COMMIT: advance watermarks, tell the devices."""
         now_ns = time.perf_counter_ns()
         m = self.metrics
@@ -108,6 +112,8 @@ class GatewayCore:
         observe = m.durable_lag_ms.observe
         for t in enqueued_ns:
             observe((now_ns - t) // 1_000_000)
+        if command_seqs and self.commands_in_flight:
+            self.commands_in_flight.difference_update(command_seqs)
         devices = self.cache.devices
         for device_id, txn in durable.items():
             device = devices.get(device_id)
@@ -256,7 +262,7 @@ class DeviceSession(asyncio.Protocol):
 
     def _balance(self, device: DeviceState, request: BalanceQuery, now_ms: int) -> bytes:
         core = self.core
-        verdict = authorize_balance(core.cache, device, request)
+        verdict = authorize_balance(core.cache, device, request, now_ms)
         core.metrics.decisions[KIND_BALANCE][verdict.reason] += 1
         if verdict.reason == OK:
             balance = core.cache.accounts.balance[verdict.account_id]
@@ -281,14 +287,14 @@ class DeviceSession(asyncio.Protocol):
             metrics.decisions[kind][previous.reason] += 1
             return self.conn.send(msgspec.structs.replace(previous, flags=DECISION_FLAG_DUPLICATE))
         if txn <= device.forgotten_txn_max:
-            return self._deny(device, kind, txn, TXN_TOO_OLD, ())
+            return self._deny(device, kind, txn, TXN_TOO_OLD)
         if not core.journal.has_room():
             if request.advice:
                 # An advice is never declined: the device keeps it and replays it later
                 # (even in this session: the txn is not counted as seen).
                 self.last_txn = previous_last_txn
                 return self._nak(NakReason.SERVER_BUSY, "journal full, replay later")
-            return self._deny(device, kind, txn, TRY_AGAIN_LATER, ())
+            return self._deny(device, kind, txn, TRY_AGAIN_LATER)
         cache = core.cache
         if kind == KIND_PURCHASE:
             verdict = authorize_purchase(cache, device, request, now_ms)
@@ -299,33 +305,39 @@ class DeviceSession(asyncio.Protocol):
         else:
             verdict = authorize_topup(cache, device, request, now_ms, core.config.topup_kopecks_max)
         if verdict.reason != OK:
-            return self._deny(device, kind, txn, verdict.reason, verdict.params)
+            return self._deny(device, kind, txn, verdict.reason, verdict.params, verdict.item_index)
         return self._accept(device, kind, request, verdict, now_ms)
 
-    def _deny(self, device: DeviceState, kind: int, txn: int, reason: int, params: tuple[int, ...]) -> bytes:
+    def _deny(
+        self,
+        device: DeviceState,
+        kind: int,
+        txn: int,
+        reason: int,
+        params: tuple[int, ...] = (),
+        item_index: int = NO_ITEM_INDEX,
+    ) -> bytes:
         self.core.metrics.decisions[kind][reason] += 1
-        decision = Decision(txn, DENY, reason, 0, 0, NO_ITEM_INDEX, reason, params)
+        decision = Decision(txn, DENY, reason, 0, 0, item_index, reason, params)
         if reason not in _NOT_REMEMBERED:
             device.remember(txn, decision, self.core.window)
         return self.conn.send(decision)
 
     def _accept(self, device: DeviceState, kind: int, request, verdict: Verdict, now_ms: int) -> bytes:
         core = self.core
-        debit_after, credit_after = commit(core.cache, verdict, now_ms)
+        debit_after, credit_after, alert_account = commit(core.cache, verdict, now_ms)
         account_id = verdict.account_id
+        pupil_balance = core.cache.accounts.balance[account_id]
         direction = None
         cashier = None
         codes = quantities = prices = None
         if kind == KIND_PURCHASE:
-            pupil_balance = debit_after
             codes = [i.product_code for i in request.items]
             quantities = [i.quantity for i in request.items]
             prices = [i.unit_price_kopecks for i in request.items]
         elif kind == KIND_TOPUP:
-            pupil_balance = credit_after
             cashier = request.cashier_id
         else:
-            pupil_balance = core.cache.accounts.balance[account_id]
             direction = request.direction
         amount = verdict.amount_kopecks
         row = (
@@ -355,6 +367,7 @@ class DeviceSession(asyncio.Protocol):
                 verdict.credit_account_id or None,
                 credit_after,
                 core.frame_received_ns,
+                (low_balance_outbox(core.cache, alert_account, now_ms),) if alert_account else None,
             )
         )
         core.metrics.decisions[kind][OK] += 1

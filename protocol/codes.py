@@ -57,6 +57,19 @@ class DenyReason(enum.IntEnum):
     AMOUNT_INVALID = 8
     TRY_AGAIN_LATER = 9
     TXN_TOO_OLD = 10
+    CARD_SUSPENDED = 11
+    CARD_EXPIRED = 12
+    PRODUCT_BANNED = 13
+    CATEGORY_BANNED = 14
+    ALLERGEN_BLOCKED = 15
+    DIET_RESTRICTED = 16
+    ITEM_COUNT_EXCEEDED = 17
+    PERIOD_LIMIT_EXCEEDED = 18
+    # Reasons of money commands (staff API, payments); never on a device's screen.
+    UNKNOWN_ACCOUNT = 19
+    NOT_SAME_FAMILY = 20
+    UNKNOWN_ORIGINAL = 21
+    REFUND_EXCEEDS = 22
 
 
 class NakReason(enum.IntEnum):

@@ -46,9 +46,17 @@ JOURNAL_COLUMNS = (
     "item_prices_kopecks",
 )
 
-# An entry: (journal row, debit account id | None, its balance after,
-#            credit account id | None, its balance after, monotonic ns when appended)
+# An entry: (journal row | None, debit account id | None, its balance after,
+#            credit account id | None, its balance after, monotonic ns when appended,
+#            extras | None)
+# extras: a tuple of ("outbox", kind, account_id, payload_json, created_at_ms) and
+# ("command", seq, status, result_json, decided_at_ms): an outbox event, or the
+# result of a money command, written in the same transaction as the row.
 JournalEntry = tuple
+
+DONE_CHANNEL = "ecard_command_done"
+# pg_notify payloads must stay under 8000 bytes: command seqs go in chunks.
+NOTIFY_SEQS_MAX = 500
 
 _UPDATE_BALANCES = """
 UPDATE accounts AS a SET balance_kopecks = v.balance
@@ -60,13 +68,18 @@ UPDATE devices AS d SET durable_txn = v.txn
 FROM unnest($1::bigint[], $2::bigint[]) AS v(id, txn)
 WHERE d.id = v.id AND d.durable_txn < v.txn
 """
+_UPDATE_COMMANDS = """
+UPDATE commands AS c SET status = v.status, result = v.result::jsonb, decided_at_ms = v.decided_at_ms
+FROM unnest($1::bigint[], $2::smallint[], $3::text[], $4::bigint[]) AS v(seq, status, result, decided_at_ms)
+WHERE c.seq = v.seq AND c.status = 0
+"""
 _INSERT_STAGED = f"""
 INSERT INTO journal ({", ".join(JOURNAL_COLUMNS)})
 SELECT {", ".join(JOURNAL_COLUMNS)} FROM journal_stage
 ON CONFLICT (device_id, device_txn) DO NOTHING
 """
 
-OnCommit = Callable[[dict[int, int], list[int], int], None]
+OnCommit = Callable[[dict[int, int], list[int], int, list[int]], None]
 
 
 class JournalWriter:
@@ -157,24 +170,34 @@ class JournalWriter:
 
     async def _flush_once(self) -> None:
         batch = list(islice(self._queue, self._batch_events_max))
-        rows = [entry[0] for entry in batch]
+        rows = []
         balances: dict[int, int] = {}
         durable: dict[int, int] = {}
-        for row, debit_id, debit_after, credit_id, credit_after, _ in batch:
+        outbox: list[tuple] = []
+        commands: list[tuple] = []
+        for row, debit_id, debit_after, credit_id, credit_after, _, extras in batch:
             if debit_id is not None:
                 balances[debit_id] = debit_after  # entries are in decision order: the last one wins
             if credit_id is not None:
                 balances[credit_id] = credit_after
-            device_id, txn = row[0], row[1]
-            if txn > durable.get(device_id, 0):
-                durable[device_id] = txn
+            if row is not None:
+                rows.append(row)
+                device_id, txn = row[0], row[1]
+                if device_id and txn > durable.get(device_id, 0):
+                    durable[device_id] = txn
+            if extras:
+                for extra in extras:
+                    (outbox if extra[0] == "outbox" else commands).append(extra[1:])
         started_ns = time.perf_counter_ns()
         conn = await self._ensure_connection()
         timeout = self._statement_timeout_s
         async with conn.transaction():
             try:
                 async with conn.transaction():  # savepoint: a duplicate key must not lose the batch
-                    await conn.copy_records_to_table("journal", records=rows, columns=JOURNAL_COLUMNS, timeout=timeout)
+                    if rows:
+                        await conn.copy_records_to_table(
+                            "journal", records=rows, columns=JOURNAL_COLUMNS, timeout=timeout
+                        )
             except asyncpg.UniqueViolationError:
                 # The gateway de-duplicates before it decides, so this is a bug worth
                 # shouting about; the rows that are new still go in, the others stay as they were.
@@ -187,11 +210,22 @@ class JournalWriter:
                 await conn.execute(_INSERT_STAGED, timeout=timeout)
             if balances:
                 await conn.execute(_UPDATE_BALANCES, list(balances), list(balances.values()), timeout=timeout)
-            await conn.execute(_UPDATE_WATERMARKS, list(durable), list(durable.values()), timeout=timeout)
+            if durable:
+                await conn.execute(_UPDATE_WATERMARKS, list(durable), list(durable.values()), timeout=timeout)
+            if outbox:
+                await conn.copy_records_to_table(
+                    "outbox", records=outbox, columns=("kind", "account_id", "payload", "created_at_ms"), timeout=timeout
+                )
+            if commands:
+                await conn.execute(_UPDATE_COMMANDS, *map(list, zip(*commands)), timeout=timeout)
+                seqs = [str(c[0]) for c in commands]
+                for i in range(0, len(seqs), NOTIFY_SEQS_MAX):
+                    # Delivered at COMMIT: whoever waits for a command learns it is durable.
+                    await conn.execute("SELECT pg_notify($1, $2)", DONE_CHANNEL, ",".join(seqs[i : i + NOTIFY_SEQS_MAX]))
         duration_ns = time.perf_counter_ns() - started_ns
         for _ in range(len(batch)):
             self._queue.popleft()
-        self._on_commit(durable, [entry[5] for entry in batch], duration_ns)
+        self._on_commit(durable, [entry[5] for entry in batch], duration_ns, [c[0] for c in commands])
 
     async def stop(self, task: asyncio.Task, timeout_s: float) -> int:
         """Flush what is queued within ``timeout_s``, then stop. Returns the entries left unwritten."""

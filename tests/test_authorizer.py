@@ -111,7 +111,7 @@ def test_passage_recorded_for_known_card_unknown_refused(cache):
 def test_purchase_allowed_moves_money_pupil_to_revenue(cache):
     v = authorize_purchase(cache, TILL, purchase(CARD), NOW_MS)
     assert (v.reason, v.kind, v.debit_account_id, v.credit_account_id, v.amount_kopecks) == (OK, KIND_PURCHASE, 1, 5, 3_000)
-    assert commit(cache, v, NOW_MS) == (7_000, 3_000)
+    assert commit(cache, v, NOW_MS) == (7_000, 3_000, 1)  # 70 rubles: below the default 100-ruble alert threshold
     assert cache.ledger_total() == 10_000 * 4 - 40_000
 
 
@@ -184,7 +184,7 @@ def test_purchase_advice_for_unknown_card_cannot_be_booked(cache):
 def test_topup_allowed_moves_money_drawer_to_pupil(cache):
     v = authorize_topup(cache, TILL, topup(CARD), NOW_MS, TOPUP_MAX)
     assert (v.reason, v.kind, v.debit_account_id, v.credit_account_id) == (OK, KIND_TOPUP, 6, 1)
-    assert commit(cache, v, NOW_MS) == (-45_000, 15_000)
+    assert commit(cache, v, NOW_MS) == (-45_000, 15_000, 0)
 
 
 def test_topup_at_the_maximum_allowed_above_denied(cache):
@@ -211,18 +211,18 @@ def test_topup_at_a_turnstile_is_wrong_device_kind(cache):
 
 
 def test_balance_query(cache):
-    assert authorize_balance(cache, TILL, BalanceQuery(CARD)).reason == OK
-    assert authorize_balance(cache, TILL, BalanceQuery(UNKNOWN)).reason == DenyReason.UNKNOWN_CARD
-    assert authorize_balance(cache, TURNSTILE, BalanceQuery(CARD)).reason == DenyReason.WRONG_DEVICE_KIND
+    assert authorize_balance(cache, TILL, BalanceQuery(CARD), NOW_MS).reason == OK
+    assert authorize_balance(cache, TILL, BalanceQuery(UNKNOWN), NOW_MS).reason == DenyReason.UNKNOWN_CARD
+    assert authorize_balance(cache, TURNSTILE, BalanceQuery(CARD), NOW_MS).reason == DenyReason.WRONG_DEVICE_KIND
 
 
 def test_authorizer_reads_only(cache):
-    before = (bytes(cache.accounts.balance), bytes(cache.accounts.spent), dict(cache.identifiers))
+    before = (bytes(cache.accounts.balance), bytes(cache.accounts.spent), dict(cache.identifiers), dict(cache.identifier_state))
     for card in (CARD, UNKNOWN, BLOCKED_CARD, OTHER_SCHOOL_CARD):
         authorize_purchase(cache, TILL, purchase(card), NOW_MS)
         authorize_topup(cache, TILL, topup(card), NOW_MS, TOPUP_MAX)
         authorize_entry(cache, TURNSTILE, entry(card), NOW_MS)
-    assert before == (bytes(cache.accounts.balance), bytes(cache.accounts.spent), dict(cache.identifiers))
+    assert before == (bytes(cache.accounts.balance), bytes(cache.accounts.spent), dict(cache.identifiers), dict(cache.identifier_state))
 
 
 def test_every_deny_reason_has_a_russian_template_of_the_same_name():
