@@ -32,7 +32,9 @@ from storage.journal import JournalWriter
 from .authorizer import KIND_PURCHASE, OK, accept_template
 from .cache import DAY_MS, Cache, DeviceState
 from .config import Config
+from .commands import CommandProcessor
 from .metrics import GatewayCollector, GatewayMetrics
+from .reference import load_reference
 from .server import ACCEPT, DeviceSession, GatewayCore
 
 log = logging.getLogger("ecard.gateway")
@@ -66,11 +68,8 @@ async def load_cache(conn: asyncpg.Connection, window: int, now_ms: int) -> Cach
             add_account(row)
     identifiers = cache.identifiers
     async for chunk in snapshot.identifiers(conn):
-        for identifier, account_id, status in chunk:
-            if status:
-                cache.add_identifier(identifier, account_id, status)
-            else:
-                identifiers[identifier] = account_id
+        for identifier, account_id, _status in chunk:
+            identifiers[identifier] = account_id  # the few with a state follow in load_reference
     for r in await snapshot.devices(conn):
         cache.devices[r["id"]] = DeviceState(
             r["id"], r["school_id"], r["kind"], bytes(r["key"]), r["drawer_account_id"], r["durable_txn"]
@@ -87,6 +86,7 @@ async def load_cache(conn: asyncpg.Connection, window: int, now_ms: int) -> Cach
         if len(txns) >= window:  # older journaled txns exist: they are forgotten
             device = cache.devices[device_id]
             device.forgotten_txn_max = max(device.forgotten_txn_max, txns[0] - 1)
+    await load_reference(conn, cache, now_ms)
     day_start = {
         school: cache.day_of(school, now_ms) * DAY_MS - offset for school, offset in cache.school_offset_ms.items()
     }
@@ -127,7 +127,7 @@ class Gateway:
         try:
             if config.demo and await demo.is_empty(conn):
                 log.info("empty database: loading the demo dataset")
-                await demo.load_dataset(conn)
+                await demo.load_dataset(conn, free_meals=True)
             started = time.perf_counter()
             self.cache = await load_cache(conn, config.idempotency_window_txns, time.time_ns() // 1_000_000)
             self.load_seconds = time.perf_counter() - started
@@ -161,6 +161,14 @@ class Gateway:
         )
         self.core = core = GatewayCore(config, self.cache, journal, metrics)
         self._journal_task = asyncio.create_task(journal.run(), name="journal")
+        self.commands = CommandProcessor(
+            core,
+            connect,
+            poll_interval_ms=config.commands_poll_interval_ms,
+            amount_kopecks_max=config.command_amount_kopecks_max,
+            retry_backoff_ms_max=config.retry_backoff_ms_max,
+        )
+        self._tasks.append(asyncio.create_task(self.commands.run(), name="commands"))
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
             lambda: DeviceSession(core),

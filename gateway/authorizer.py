@@ -54,7 +54,23 @@ from .cache import (
 
 # Journal kinds (storage schema: journal.kind).
 KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP, KIND_BALANCE = 1, 2, 3, 4, 5
-KIND_NAMES = {KIND_ENTRY: "entry", KIND_PASSAGE: "passage", KIND_PURCHASE: "purchase", KIND_TOPUP: "topup", KIND_BALANCE: "balance"}
+# Money commands (staff API, payments): journaled with device_id 0, device_txn = commands.seq.
+KIND_BANK_TOPUP, KIND_BANK_REFUND, KIND_TRANSFER, KIND_REFUND, KIND_CORRECTION = 6, 7, 8, 9, 10
+COMMAND_KINDS = {
+    "bank_topup": KIND_BANK_TOPUP,
+    "bank_refund": KIND_BANK_REFUND,
+    "transfer": KIND_TRANSFER,
+    "refund": KIND_REFUND,
+    "correction": KIND_CORRECTION,
+}
+KIND_NAMES = {
+    KIND_ENTRY: "entry",
+    KIND_PASSAGE: "passage",
+    KIND_PURCHASE: "purchase",
+    KIND_TOPUP: "topup",
+    KIND_BALANCE: "balance",
+    **{kind: name for name, kind in COMMAND_KINDS.items()},
+}
 
 # Display templates for accepts (denies use the DenyReason number as template id).
 TEMPLATE_ACCEPT_ENTRY = 100
@@ -81,6 +97,10 @@ ALLERGEN_BLOCKED = int(DenyReason.ALLERGEN_BLOCKED)
 DIET_RESTRICTED = int(DenyReason.DIET_RESTRICTED)
 ITEM_COUNT_EXCEEDED = int(DenyReason.ITEM_COUNT_EXCEEDED)
 PERIOD_LIMIT_EXCEEDED = int(DenyReason.PERIOD_LIMIT_EXCEEDED)
+UNKNOWN_ACCOUNT = int(DenyReason.UNKNOWN_ACCOUNT)
+NOT_SAME_FAMILY = int(DenyReason.NOT_SAME_FAMILY)
+UNKNOWN_ORIGINAL = int(DenyReason.UNKNOWN_ORIGINAL)
+REFUND_EXCEEDS = int(DenyReason.REFUND_EXCEEDS)
 NO_ITEM = 0xFF
 FREE_MEAL_PERIOD = "lunch"
 
@@ -284,6 +304,73 @@ def authorize_balance(cache: Cache, device: DeviceState, request: BalanceQuery, 
     if type(found) is Verdict:
         return found
     return _at_school(cache, device, found, KIND_BALANCE) or Verdict(OK, KIND_BALANCE, found)
+
+
+class Original(msgspec.Struct, frozen=True):
+    """The till purchase a refund names, with what was refunded of it already."""
+
+    kind: int
+    account_id: int
+    debit_account_id: int
+    credit_account_id: int
+    amount_kopecks: int
+    refunded_kopecks: int
+
+
+def _pupil(cache: Cache, account_id: object) -> bool:
+    return type(account_id) is int and cache.accounts.exists(account_id) and cache.accounts.kind[account_id] == ACCOUNT_PUPIL
+
+
+def _amount(value: object, limit: int) -> bool:
+    return type(value) is int and 0 < value <= limit
+
+
+def authorize_command(
+    cache: Cache, kind: str, payload: dict, original: Original | None, amount_kopecks_max: int
+) -> Verdict:
+    """A money command from the staff API or the payments webhook (see storage.commands)."""
+    code = COMMAND_KINDS[kind]
+    if kind == "refund":
+        if original is None or original.kind != KIND_PURCHASE:
+            return Verdict(UNKNOWN_ORIGINAL, code)
+        left = original.amount_kopecks - original.refunded_kopecks
+        amount = payload.get("amount_kopecks")
+        amount = left if amount is None else amount
+        if type(amount) is not int or amount <= 0:
+            return Verdict(AMOUNT_INVALID, code, original.account_id)
+        if amount > left:
+            return Verdict(REFUND_EXCEEDS, code, original.account_id, params=(amount, left))
+        # The reversal of the purchase: revenue pays back whoever paid (pupil or free-meal budget).
+        return Verdict(OK, code, original.account_id, original.credit_account_id, original.debit_account_id, amount)
+    if kind == "transfer":
+        source, target = payload.get("from_account_id"), payload.get("to_account_id")
+        if not _pupil(cache, source) or not _pupil(cache, target) or source == target:
+            return Verdict(UNKNOWN_ACCOUNT, code)
+        family = cache.accounts.family
+        if not family[source] or family[source] != family[target]:
+            return Verdict(NOT_SAME_FAMILY, code, source)
+        amount = payload.get("amount_kopecks")
+        if not _amount(amount, amount_kopecks_max):
+            return Verdict(AMOUNT_INVALID, code, source)
+        if cache.accounts.balance[source] < amount:
+            return Verdict(INSUFFICIENT_FUNDS, code, source, params=(amount, cache.accounts.balance[source]))
+        return Verdict(OK, code, source, source, target, amount)
+    account_id = payload.get("account_id")
+    if not _pupil(cache, account_id):
+        return Verdict(UNKNOWN_ACCOUNT, code)
+    amount = payload.get("amount_kopecks")
+    if kind == "correction":
+        if type(amount) is not int or amount == 0 or abs(amount) > amount_kopecks_max or not cache.corrections_account:
+            return Verdict(AMOUNT_INVALID, code, account_id)
+        if amount > 0:
+            return Verdict(OK, code, account_id, cache.corrections_account, account_id, amount)
+        return Verdict(OK, code, account_id, account_id, cache.corrections_account, -amount)
+    if not _amount(amount, amount_kopecks_max) or not cache.clearing_account:
+        return Verdict(AMOUNT_INVALID, code, account_id)
+    if kind == "bank_topup":
+        return Verdict(OK, code, account_id, cache.clearing_account, account_id, amount)
+    # bank_refund: the acquirer has already paid the money back; it is never declined.
+    return Verdict(OK, code, account_id, account_id, cache.clearing_account, amount)
 
 
 def commit(cache: Cache, verdict: Verdict, now_ms: int) -> tuple[int, int, int]:

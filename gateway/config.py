@@ -64,6 +64,13 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # The largest cash top-up a till may take in one go (15,000 rubles).
     topup_kopecks_max: int = 1_500_000
 
+    # Money commands (staff API, payments) wake the gateway by NOTIFY; this poll
+    # catches one whose notification was lost (reconnects).
+    commands_poll_interval_ms: int = 500
+    # The largest single money command: a bank top-up, transfer or correction
+    # above 100,000 rubles is a typo, not a school lunch.
+    command_amount_kopecks_max: int = 10_000_000
+
     progress_interval_ms: int = 5_000
     # Bounded drain at shutdown: writers flush within this, then we close anyway.
     shutdown_grace_ms: int = 5_000
@@ -88,6 +95,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         _require(16 <= self.idempotency_window_txns <= 65_536, "idempotency_window_txns", "must be 16..65536")
         _require(self.hello_clock_skew_ms_max >= 1_000, "hello_clock_skew_ms_max", "must be at least 1000")
         _require(self.topup_kopecks_max > 0, "topup_kopecks_max", "must be positive")
+        _require(10 <= self.commands_poll_interval_ms <= 60_000, "commands_poll_interval_ms", "must be 10..60000")
+        _require(self.command_amount_kopecks_max > 0, "command_amount_kopecks_max", "must be positive")
         _require(self.progress_interval_ms >= 0, "progress_interval_ms", "must be >= 0 (0 disables)")
         _require(self.shutdown_grace_ms >= 0, "shutdown_grace_ms", "must be >= 0")
 

@@ -24,6 +24,22 @@ from .demo_dataset import (
 )
 
 ACCOUNT_PUPIL, ACCOUNT_REVENUE, ACCOUNT_DRAWER, ACCOUNT_OPENING = 1, 2, 3, 4
+ACCOUNT_CLEARING, ACCOUNT_FREE_MEALS, ACCOUNT_CORRECTIONS = 5, 6, 7
+# (code, category, composition, allergens, diet flags, kcal, hot meal) of DEMO_PRODUCTS
+DEMO_PRODUCT_DETAILS = {
+    1: ("breakfast", "Каша молочная, бутерброд с сыром, чай", ["milk", "gluten"], ["vegetarian"], 520, True),
+    2: ("lunch", "Суп, котлета с гарниром, компот", ["gluten", "celery", "eggs"], [], 780, True),
+    3: ("bakery", "Мука, мак, сахар", ["gluten", "eggs"], ["vegetarian"], 310, False),
+    4: ("drinks", "Сок яблочный", [], ["vegetarian", "vegan"], 90, False),
+    5: ("drinks", "Чай, лимон, сахар", [], ["vegetarian", "vegan"], 40, False),
+    6: ("bakery", "Мука, капуста", ["gluten"], ["vegetarian", "vegan"], 250, False),
+    7: ("dairy", "Молоко, закваска", ["milk"], ["vegetarian"], 150, False),
+    8: ("salad", "Огурцы, помидоры, масло", [], ["vegetarian", "vegan"], 110, False),
+    9: ("drinks", "Сухофрукты, сахар", ["sulphites"], ["vegetarian", "vegan"], 100, False),
+    10: ("dairy", "Творог, яйца, мука, сметана", ["milk", "eggs", "gluten"], ["vegetarian"], 430, True),
+}
+# (name, starts minute, ends minute) in school time
+DEMO_MEAL_PERIODS = (("breakfast", 8 * 60, 10 * 60), ("lunch", 11 * 60 + 30, 14 * 60 + 30), ("snack", 15 * 60, 17 * 60))
 IDENTIFIER_SERVICE_CARD = 1
 DEVICE_TURNSTILE, DEVICE_TILL = 1, 2
 # Generous for 2 M accounts on a small machine; the statements are set-based.
@@ -41,8 +57,14 @@ async def load_dataset(
     turnstiles: int = DEMO_TURNSTILES,
     tills: int = DEMO_TILLS,
     opening_balance_kopecks: int = DEMO_OPENING_BALANCE_KOPECKS,
+    free_meals: bool = False,
 ) -> None:
-    """One school with ``pupils`` pupils (one service card each) and its devices."""
+    """One school with ``pupils`` pupils (one service card each) and its devices.
+
+    ``free_meals``: pupils of grades 1-4 (and every 20th pupil, a large family) are
+    entitled to a free lunch. Off by default, so tests that compare balances
+    with purchases do not depend on the hour they run at.
+    """
     opening_id = pupils + 1
     revenue_id = pupils + 2
     t = LOAD_STATEMENT_TIMEOUT_S
@@ -103,7 +125,47 @@ async def load_dataset(
             timeout=t,
         )
         await conn.executemany(
-            "INSERT INTO products (school_id, code, name, price_kopecks) VALUES ($1, $2, $3, $4)",
-            [(DEMO_SCHOOL_ID, code, name, price) for code, name, price in DEMO_PRODUCTS],
+            "INSERT INTO products (school_id, code, name, price_kopecks, category, composition, allergens,"
+            " diet_flags, energy_kcal, hot_meal) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            [(DEMO_SCHOOL_ID, code, name, price, *DEMO_PRODUCT_DETAILS[code]) for code, name, price in DEMO_PRODUCTS],
+            timeout=t,
+        )
+        system_base = revenue_id + tills
+        await conn.copy_records_to_table(
+            "accounts",
+            records=[
+                (system_base + 1, ACCOUNT_CLEARING, None, "Расчёты с эквайером"),
+                (system_base + 2, ACCOUNT_FREE_MEALS, DEMO_SCHOOL_ID, "Бюджет бесплатного питания"),
+                (system_base + 3, ACCOUNT_CORRECTIONS, None, "Корректировки"),
+            ],
+            columns=("id", "kind", "school_id", "holder_name"),
+            timeout=t,
+        )
+        # Grade 1..11 in turn, classes А..Г, siblings in pairs (family of ids 2k-1, 2k).
+        await conn.execute(
+            """
+            INSERT INTO pupils (account_id, school_id, full_name, grade, class_name, free_meal_category, family_id)
+            SELECT g, $1, 'Ученик ' || g, 1 + (g % 11),
+                   (1 + (g % 11))::text || (ARRAY['А','Б','В','Г'])[1 + (g / 11) % 4],
+                   CASE WHEN NOT $3 THEN NULL
+                        WHEN 1 + (g % 11) <= 4 THEN 'grades_1_4'
+                        WHEN g % 20 = 0 THEN 'large_family' END,
+                   (g + 1) / 2
+            FROM generate_series(1, $2::bigint) AS g
+            """,
+            DEMO_SCHOOL_ID,
+            pupils,
+            free_meals,
+            timeout=t,
+        )
+        await conn.execute(
+            "INSERT INTO school_policies (school_id, grace_kopecks, grace_meals, low_balance_threshold_kopecks)"
+            " VALUES ($1, 0, 0, 10000)",
+            DEMO_SCHOOL_ID,
+            timeout=t,
+        )
+        await conn.executemany(
+            "INSERT INTO meal_periods (school_id, name, starts_minute, ends_minute) VALUES ($1, $2, $3, $4)",
+            [(DEMO_SCHOOL_ID, *period) for period in DEMO_MEAL_PERIODS],
             timeout=t,
         )

@@ -75,10 +75,114 @@ async def spent_since(conn: asyncpg.Connection, day_start_ms_by_school: dict[int
         FROM journal j
         JOIN accounts a ON a.id = j.account_id
         JOIN unnest($1::int[], $2::bigint[]) AS s(school_id, day_start_ms) ON s.school_id = a.school_id
-        WHERE j.kind = 3 AND j.decided_at_ms >= s.day_start_ms
+        WHERE j.kind = 3 AND j.debit_account_id = j.account_id AND j.decided_at_ms >= s.day_start_ms
         GROUP BY j.account_id
         """,
         list(day_start_ms_by_school),
         list(day_start_ms_by_school.values()),
+        timeout=LOAD_STATEMENT_TIMEOUT_S,
+    )
+
+
+# ---------------------------------------------------------------- reference data of schema 0002
+# Each reader takes an optional key so the gateway can reload one entity when
+# storage.changes tells it that entity changed.
+
+_PUPILS = "SELECT account_id, free_meal_category, coalesce(family_id, 0) FROM pupils"
+_CONTROLS = (
+    "SELECT c.account_id, c.period_limits_kopecks::text, coalesce(c.items_per_day_max, -1), c.banned_products,"
+    " c.banned_categories, c.blocked_allergens, c.required_diet, c.cashier_note FROM account_controls c"
+)
+_PRODUCTS = "SELECT school_id, code, category, allergens, diet_flags, hot_meal FROM products"
+_POLICIES = "SELECT school_id, grace_kopecks, grace_meals, low_balance_threshold_kopecks FROM school_policies"
+_PERIODS = "SELECT school_id, name, starts_minute, ends_minute FROM meal_periods ORDER BY school_id, starts_minute"
+
+
+def pupils(conn: asyncpg.Connection) -> AsyncIterator[list[asyncpg.Record]]:
+    return _chunks(conn, _PUPILS)
+
+
+async def pupil(conn: asyncpg.Connection, account_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(_PUPILS + " WHERE account_id = $1", account_id, timeout=LOAD_STATEMENT_TIMEOUT_S)
+
+
+async def controls(conn: asyncpg.Connection, account_id: int | None = None) -> list[asyncpg.Record]:
+    if account_id is None:
+        return await conn.fetch(_CONTROLS, timeout=LOAD_STATEMENT_TIMEOUT_S)
+    return await conn.fetch(_CONTROLS + " WHERE c.account_id = $1", account_id, timeout=LOAD_STATEMENT_TIMEOUT_S)
+
+
+async def account(conn: asyncpg.Connection, account_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, kind, coalesce(school_id, 0), status, balance_kopecks, coalesce(daily_limit_kopecks, -1)"
+        " FROM accounts WHERE id = $1",
+        account_id,
+        timeout=LOAD_STATEMENT_TIMEOUT_S,
+    )
+
+
+async def identifier(conn: asyncpg.Connection, identifier: bytes) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT identifier, account_id, status, coalesce(expires_at_ms, 0) FROM identifiers WHERE identifier = $1",
+        identifier,
+        timeout=LOAD_STATEMENT_TIMEOUT_S,
+    )
+
+
+async def identifiers_with_state(conn: asyncpg.Connection) -> list[asyncpg.Record]:
+    """Identifiers that are not plainly active (blocked, suspended, expiring): few."""
+    return await conn.fetch(
+        "SELECT identifier, account_id, status, coalesce(expires_at_ms, 0) FROM identifiers"
+        " WHERE status <> 0 OR expires_at_ms IS NOT NULL",
+        timeout=LOAD_STATEMENT_TIMEOUT_S,
+    )
+
+
+async def device(conn: asyncpg.Connection, device_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        "SELECT id, school_id, kind, key, coalesce(drawer_account_id, 0) AS drawer_account_id, durable_txn"
+        " FROM devices WHERE id = $1",
+        device_id,
+        timeout=LOAD_STATEMENT_TIMEOUT_S,
+    )
+
+
+async def school_reference(conn: asyncpg.Connection, school_id: int | None = None) -> dict[str, list[asyncpg.Record]]:
+    """Products, policies, meal periods and time zones: of one school or of all."""
+    where = "" if school_id is None else " WHERE school_id = $1"
+    args = () if school_id is None else (school_id,)
+    t = LOAD_STATEMENT_TIMEOUT_S
+    return {
+        "products": await conn.fetch(_PRODUCTS + where, *args, timeout=t),
+        "policies": await conn.fetch(_POLICIES + where, *args, timeout=t),
+        "periods": await conn.fetch(
+            _PERIODS if school_id is None else _PERIODS.replace(" ORDER BY", where + " ORDER BY"), *args, timeout=t
+        ),
+        "schools": await conn.fetch(
+            "SELECT id, utc_offset_minutes FROM schools" + ("" if school_id is None else " WHERE id = $1"),
+            *args,
+            timeout=t,
+        ),
+    }
+
+
+async def purchases_since(conn: asyncpg.Connection, account_ids: list[int], since_ms: int) -> list[asyncpg.Record]:
+    """Today's purchases of the accounts with controls, to rebuild their counters."""
+    return await conn.fetch(
+        "SELECT account_id, decided_at_ms, amount_kopecks, coalesce(array_length(item_quantities, 1), 0) AS lines,"
+        " item_quantities, debit_account_id FROM journal WHERE kind = 3 AND account_id = ANY($1::bigint[])"
+        " AND decided_at_ms >= $2",
+        account_ids,
+        since_ms,
+        timeout=LOAD_STATEMENT_TIMEOUT_S,
+    )
+
+
+async def free_meals_since(conn: asyncpg.Connection, budget_accounts: list[int], since_ms: int) -> list[asyncpg.Record]:
+    return await conn.fetch(
+        "SELECT account_id, max(decided_at_ms) FROM journal WHERE kind = 3 AND debit_account_id = ANY($1::bigint[])"
+        " AND decided_at_ms >= $2 GROUP BY account_id",
+        budget_accounts,
+        since_ms,
         timeout=LOAD_STATEMENT_TIMEOUT_S,
     )
