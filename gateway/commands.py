@@ -211,7 +211,7 @@ class CommandProcessor:
         if row is None:
             return None
         refunded = await conn.fetchval(
-            "SELECT coalesce(sum((result->>'amount_kopecks')::bigint), 0) FROM commands"
+            "SELECT coalesce(sum((result->>'amount_kopecks')::bigint), 0)::bigint FROM commands"
             " WHERE kind = 'refund' AND status = 1 AND payload->>'device_id' = $1 AND payload->>'device_txn' = $2",
             str(device_id),
             str(device_txn),
