@@ -1,0 +1,101 @@
+"""The Litestar application: pool, authentication guard, error shapes, OpenAPI."""
+
+from __future__ import annotations
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import asyncpg
+from litestar import Litestar, Request
+from litestar.connection import ASGIConnection
+from litestar.di import Provide
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers.base import BaseRouteHandler
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+
+from storage import commands
+
+from . import db
+from .admin import AuditController, StaffController
+from .auth import Principal, authenticate
+from .cards import CardController
+from .errors import Unprocessable, http_exception_handler, unprocessable_handler, validation_handler
+from .money import MoneyController
+from .pupils import PupilController
+from .schools import SchoolController
+
+SCHEMA_PATH = "/schema"
+POOL_SIZE_MIN, POOL_SIZE_MAX = 1, 10
+# A statement that runs longer than this is a bug or a lock pile-up, not a slow request.
+STATEMENT_TIMEOUT_MS = 15_000
+CONNECT_TIMEOUT_S = 10.0
+
+
+async def auth_guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
+    """Runs before any parameter or body is parsed: 401 comes before 422."""
+    if connection.scope["path"].startswith(SCHEMA_PATH):
+        return  # the OpenAPI document is public
+    pool: asyncpg.Pool = connection.app.state.pool
+    connection.state.principal = await authenticate(connection, pool)  # type: ignore[arg-type]
+
+
+def _principal(request: Request) -> Principal:
+    return request.state.principal
+
+
+def create_app(
+    dsn: str,
+    *,
+    command_wait_ms: int = commands.COMMAND_WAIT_MS_MAX,
+    clock: db.Clock = db.system_clock_ms,
+    pool_size_max: int = POOL_SIZE_MAX,
+) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.pool = await asyncpg.create_pool(
+            dsn, min_size=POOL_SIZE_MIN, max_size=pool_size_max, timeout=CONNECT_TIMEOUT_S,
+            server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS), "application_name": "ecard-staff-api"},
+        )
+        try:
+            yield
+        finally:
+            await app.state.pool.close()
+
+    def _pool(request: Request) -> asyncpg.Pool:
+        return request.app.state.pool
+
+    def _now_ms() -> int:
+        return clock()
+
+    def _wait_ms() -> int:
+        return command_wait_ms
+
+    return Litestar(
+        route_handlers=[SchoolController, PupilController, CardController, MoneyController,
+                        StaffController, AuditController],
+        lifespan=[lifespan],
+        guards=[auth_guard],
+        dependencies={
+            "principal": Provide(_principal, sync_to_thread=False),
+            "pool": Provide(_pool, sync_to_thread=False),
+            "now_ms": Provide(_now_ms, sync_to_thread=False),
+            "command_wait_ms": Provide(_wait_ms, sync_to_thread=False),
+        },
+        exception_handlers={
+            Unprocessable: unprocessable_handler,
+            ValidationException: validation_handler,
+            HTTPException: http_exception_handler,
+        },
+        openapi_config=OpenAPIConfig(
+            title="ecard staff and operator API",
+            version="1.0.0",
+            path=SCHEMA_PATH,
+            description="Schools, pupils, cards, parent controls, money commands, staff and audit. "
+            "Every request: Authorization: Bearer <token>.",
+            security=[{"bearer": []}],
+            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+            tags=[Tag(name=n) for n in ("schools", "pupils", "cards", "money", "staff", "audit")],
+        ),
+        debug=False,
+    )

@@ -1,0 +1,152 @@
+"""Card life cycle inside one transaction: bind, unbind, block, temporary cards.
+
+Every transition writes an ``identifier_events`` row and notifies the gateway
+(``identifier:<hex>``) for each identifier it touches; callers audit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar.exceptions import NotFoundException
+
+from . import db
+from .errors import Conflict, Unprocessable
+
+
+async def card_row(conn: asyncpg.Connection, uid: bytes, *, for_update: bool = False) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        f"SELECT {db.CARD_COLUMNS} FROM identifiers WHERE identifier = $1" + (" FOR UPDATE" if for_update else ""),
+        uid,
+    )
+    if row is None:
+        raise NotFoundException(f"no card {uid.hex()}")
+    return row
+
+
+async def card_snapshot(conn: asyncpg.Connection, uid: bytes) -> dict[str, Any] | None:
+    row = await conn.fetchrow(f"SELECT {db.CARD_COLUMNS} FROM identifiers WHERE identifier = $1", uid)
+    return None if row is None else db.card_view(row)
+
+
+async def ensure_unbound(conn: asyncpg.Connection, uid: bytes, field: str) -> None:
+    row = await conn.fetchrow("SELECT account_id, status FROM identifiers WHERE identifier = $1", uid)
+    if row is not None:
+        state = db.CARD_STATUS_NAMES.get(row["status"], "?")
+        raise Conflict(f"{field}: card {uid.hex()} is already bound to account {row['account_id']} ({state})")
+
+
+async def bind(
+    conn: asyncpg.Connection, account_id: int, uid: bytes, kind: int, actor: str, now_ms: int,
+    *, replaces: bytes | None = None, expires_at_ms: int | None = None, field: str = "uid",
+) -> list[bytes]:
+    """Bind ``uid`` to ``account_id``; returns every identifier touched.
+
+    Binding a permanent card blocks the account's active temporary cards that
+    stand for a broken card (the promise: "works until a new card is bound").
+    """
+    await ensure_unbound(conn, uid, field)
+    await conn.execute(
+        "INSERT INTO identifiers (identifier, account_id, kind, status, expires_at_ms, replaces, bound_at_ms) "
+        "VALUES ($1, $2, $3, 0, $4, $5, $6)",
+        uid, account_id, kind, expires_at_ms, replaces, now_ms,
+    )
+    await db.identifier_event(conn, uid, account_id, "bind", replaces, actor, now_ms)
+    touched = [uid]
+    if kind != db.CARD_KINDS["temporary"]:
+        broken_temps = await conn.fetch(
+            """
+            SELECT t.identifier FROM identifiers t
+            WHERE t.account_id = $1 AND t.kind = 6 AND t.status = 0
+              AND EXISTS (SELECT 1 FROM identifier_events e
+                          WHERE e.identifier = t.replaces AND e.related = t.identifier AND e.action = 'broken')
+            FOR UPDATE
+            """,
+            account_id,
+        )
+        for r in broken_temps:
+            temp = bytes(r["identifier"])
+            await conn.execute("UPDATE identifiers SET status = 1 WHERE identifier = $1", temp)
+            await db.identifier_event(conn, temp, account_id, "block", uid, actor, now_ms)
+            touched.append(temp)
+    for t in touched:
+        await db.notify(conn, "identifier", t.hex())
+    return touched
+
+
+async def unbind(conn: asyncpg.Connection, uid: bytes, actor: str, now_ms: int) -> asyncpg.Record:
+    """Remove the binding (the card may be bound again elsewhere); the events keep the history."""
+    row = await card_row(conn, uid, for_update=True)
+    if row["kind"] == db.CARD_KINDS["temporary"] and row["status"] == db.CARD_STATUS_ACTIVE:
+        raise Conflict(f"card {uid.hex()} is an active temporary card: return it instead")
+    if row["status"] == db.CARD_STATUS_BLOCKED:
+        raise Conflict(f"card {uid.hex()} is blocked for good and stays on record")
+    await conn.execute("DELETE FROM identifiers WHERE identifier = $1", uid)
+    await db.identifier_event(conn, uid, row["account_id"], "unbind", None, actor, now_ms)
+    await db.notify(conn, "identifier", uid.hex())
+    return row
+
+
+async def block(conn: asyncpg.Connection, uid: bytes, actor: str, now_ms: int) -> asyncpg.Record:
+    row = await card_row(conn, uid, for_update=True)
+    if row["status"] == db.CARD_STATUS_BLOCKED:
+        raise Conflict(f"card {uid.hex()} is already blocked")
+    await conn.execute("UPDATE identifiers SET status = 1, expires_at_ms = NULL WHERE identifier = $1", uid)
+    await db.identifier_event(conn, uid, row["account_id"], "block", None, actor, now_ms)
+    await db.notify(conn, "identifier", uid.hex())
+    return row
+
+
+async def issue_temporary(
+    conn: asyncpg.Connection, original: bytes, reason: str, temp: bytes, utc_offset_minutes: int,
+    actor: str, now_ms: int,
+) -> None:
+    """forgotten: original suspended until the next school midnight, temporary expires then too;
+    lost: original blocked for good, temporary without expiry; broken: original blocked,
+    temporary until a new permanent card is bound."""
+    row = await card_row(conn, original, for_update=True)
+    if row["kind"] == db.CARD_KINDS["temporary"]:
+        raise Unprocessable("uid", "a temporary card cannot itself be replaced by a temporary card")
+    if row["status"] != db.CARD_STATUS_ACTIVE:
+        state = db.CARD_STATUS_NAMES.get(row["status"], "?")
+        raise Conflict(f"card {original.hex()} is {state}; a temporary card stands only for an active card")
+    if temp == original:
+        raise Unprocessable("temporary_uid", "must differ from the original card")
+    account_id = row["account_id"]
+    expires: int | None = None
+    if reason == "forgotten":
+        expires = db.next_midnight_ms(now_ms, utc_offset_minutes)
+        await conn.execute(
+            "UPDATE identifiers SET status = 2, expires_at_ms = $2 WHERE identifier = $1", original, expires
+        )
+    else:  # lost, broken: the original is blocked for good
+        await conn.execute("UPDATE identifiers SET status = 1, expires_at_ms = NULL WHERE identifier = $1", original)
+    await db.identifier_event(conn, original, account_id, reason, temp, actor, now_ms)
+    await db.notify(conn, "identifier", original.hex())
+    await bind(conn, account_id, temp, db.CARD_KINDS["temporary"], actor, now_ms,
+               replaces=original, expires_at_ms=expires, field="temporary_uid")
+
+
+async def return_temporary(conn: asyncpg.Connection, temp: bytes, actor: str, now_ms: int) -> bytes | None:
+    """Temporary card -> blocked; a suspended (forgotten) original is restored. Returns the original."""
+    row = await card_row(conn, temp, for_update=True)
+    if row["kind"] != db.CARD_KINDS["temporary"]:
+        raise Unprocessable("uid", f"card {temp.hex()} is not a temporary card")
+    if row["status"] == db.CARD_STATUS_BLOCKED:
+        raise Conflict(f"temporary card {temp.hex()} was already returned or blocked")
+    account_id = row["account_id"]
+    await conn.execute("UPDATE identifiers SET status = 1, expires_at_ms = NULL WHERE identifier = $1", temp)
+    original = None if row["replaces"] is None else bytes(row["replaces"])
+    await db.identifier_event(conn, temp, account_id, "returned", original, actor, now_ms)
+    await db.notify(conn, "identifier", temp.hex())
+    if original is not None:
+        restored = await conn.fetchval(
+            "UPDATE identifiers SET status = 0, expires_at_ms = NULL "
+            "WHERE identifier = $1 AND status = 2 RETURNING identifier",
+            original,
+        )
+        if restored is not None:
+            await db.identifier_event(conn, original, account_id, "restored", temp, actor, now_ms)
+            await db.notify(conn, "identifier", original.hex())
+    return original

@@ -1,0 +1,65 @@
+"""Error responses: one JSON shape for every refusal.
+
+``{"status_code": 422, "detail": "...", "field": "grade", "errors": [{"field", "message", "source"}]}``
+(``field``/``errors`` only for 422).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from litestar import Request, Response
+from litestar.exceptions import HTTPException, ValidationException
+
+_MISSING_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
+
+
+class Unprocessable(HTTPException):
+    """422 naming the field that is wrong."""
+
+    status_code = 422
+
+    def __init__(
+        self, field: str, message: str, *, errors: list[dict[str, Any]] | None = None, detail: str | None = None
+    ) -> None:
+        self.field = field
+        self.errors = errors or [{"field": field, "message": message, "source": "body"}]
+        super().__init__(detail=detail or f"{field}: {message}")
+
+
+class Conflict(HTTPException):
+    status_code = 409
+
+
+def _error_response(status: int, detail: str, **extra: Any) -> Response:
+    return Response({"status_code": status, "detail": detail, **extra}, status_code=status)
+
+
+def unprocessable_handler(_request: Request, exc: Unprocessable) -> Response:
+    return _error_response(422, exc.detail, field=exc.field, errors=exc.errors)
+
+
+def validation_handler(request: Request, exc: ValidationException) -> Response:
+    """Litestar's own validation failures (body, path, query, headers) become 422 with the field."""
+    errors: list[dict[str, Any]] = []
+    extra = exc.extra if isinstance(exc.extra, list) else []
+    for item in extra:
+        if not isinstance(item, dict):
+            continue
+        message = str(item.get("message", ""))
+        key = str(item.get("key", ""))
+        m = _MISSING_FIELD.search(message)
+        if m and key in ("", "data"):
+            key = m.group(1)
+        errors.append({"field": key, "message": message, "source": item.get("source", "body")})
+    if not errors:
+        errors.append({"field": "body", "message": exc.detail, "source": "body"})
+    first = errors[0]
+    return _error_response(422, f"{first['field']}: {first['message']}", field=first["field"], errors=errors)
+
+
+def http_exception_handler(_request: Request, exc: HTTPException) -> Response:
+    if isinstance(exc, ValidationException):
+        return validation_handler(_request, exc)
+    return _error_response(exc.status_code, exc.detail)

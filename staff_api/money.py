@@ -1,0 +1,134 @@
+"""Money: transfers between siblings, till refunds, operator corrections.
+
+Balances never change here: each request becomes a command (storage.commands)
+that the gateway's state machine decides and journals. The command row and its
+audit row are written in one transaction; the gateway is woken at COMMIT; then
+the request waits (bounded) for the result: 200 applied, 409 refused, 202 pending.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+from litestar import Controller, Response, post
+from litestar.params import HeaderParameter
+
+from storage import commands
+
+from . import db
+from .auth import Principal
+from .errors import Conflict, Unprocessable
+from .schemas import CommandOut, CorrectionBody, RefundBody, TransferBody
+
+IDEMPOTENCY_KEY_CHARS_MAX = 200
+KEY_PREFIX = "staff:"  # the staff API's keys never meet the acquirer's payment ids
+DEVICE_TILL = 2
+STATUS_NAMES = {commands.STATUS_PENDING: "pending", commands.STATUS_APPLIED: "applied",
+                commands.STATUS_REFUSED: "refused"}
+HTTP_STATUS = {commands.STATUS_PENDING: 202, commands.STATUS_APPLIED: 200, commands.STATUS_REFUSED: 409}
+
+IdempotencyHeader = HeaderParameter(
+    name="Idempotency-Key", default=None, required=False,
+    description="required: a retry with the same key returns the first result",
+)
+
+
+def _key(header: str | None) -> str:
+    if header is None or not header.strip():
+        raise Unprocessable("Idempotency-Key", "header required for money requests",
+                            errors=[{"field": "Idempotency-Key", "message": "header required", "source": "header"}])
+    if len(header) > IDEMPOTENCY_KEY_CHARS_MAX:
+        raise Unprocessable("Idempotency-Key", f"longer than {IDEMPOTENCY_KEY_CHARS_MAX} characters")
+    return KEY_PREFIX + header.strip()
+
+
+async def run_command(
+    pool: asyncpg.Pool, principal: Principal, key: str, kind: str, payload: dict[str, Any],
+    now_ms: int, wait_ms: int,
+) -> Response[CommandOut]:
+    async with pool.acquire() as conn:
+        async with conn.transaction():
+            # One request per key at a time, so only the first is audited.
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtext('ecard-command:' || $1))", key)
+            existed = await conn.fetchval("SELECT seq FROM commands WHERE idempotency_key = $1", key)
+            try:
+                queued = await commands.submit(conn, key, kind, payload, principal.login, wait_ms=0)
+            except commands.IdempotencyConflict as exc:
+                raise Conflict(f"IdempotencyConflict: {exc}") from None
+            if existed is None:
+                await db.audit(conn, principal.login, f"money.{kind}", f"command:{queued.seq}", None,
+                               {"kind": kind, "payload": payload, "idempotency_key": key}, now_ms)
+        result = await commands.wait_result(conn, queued.seq, wait_ms)
+    body = CommandOut(
+        seq=result.seq,
+        status=STATUS_NAMES[result.status],  # type: ignore[arg-type]
+        reason=None if result.result is None else result.result.get("reason"),
+        result=result.result,
+    )
+    return Response(body, status_code=HTTP_STATUS[result.status])
+
+
+async def _pupil(conn: asyncpg.Connection, account_id: int, field: str) -> asyncpg.Record:
+    row = await conn.fetchrow("SELECT account_id, school_id, family_id FROM pupils WHERE account_id = $1", account_id)
+    if row is None:
+        raise Unprocessable(field, f"account {account_id} is not a pupil's account")
+    return row
+
+
+class MoneyController(Controller):
+    path = "/money"
+    tags = ["money"]
+
+    @post("/transfers", status_code=200)
+    async def transfer(
+        self, data: TransferBody, principal: Principal, pool: asyncpg.Pool, now_ms: int, command_wait_ms: int,
+        idempotency_key: str | None = IdempotencyHeader,
+    ) -> Response[CommandOut]:
+        """Move money between two pupils of one family (pupils.family_id equal)."""
+        key = _key(idempotency_key)
+        principal.require("operator", "officer", action="transfer money")
+        if data.from_account_id == data.to_account_id:
+            raise Unprocessable("to_account_id", "must differ from from_account_id")
+        async with pool.acquire() as conn:
+            src = await _pupil(conn, data.from_account_id, "from_account_id")
+            dst = await _pupil(conn, data.to_account_id, "to_account_id")
+        principal.require_school(src["school_id"], f"account {data.from_account_id}")
+        principal.require_school(dst["school_id"], f"account {data.to_account_id}")
+        if src["family_id"] is None or src["family_id"] != dst["family_id"]:
+            raise Unprocessable("to_account_id", "transfers are only between pupils of one family")
+        return await run_command(pool, principal, key, "transfer", {
+            "from_account_id": data.from_account_id, "to_account_id": data.to_account_id,
+            "amount_kopecks": data.amount_kopecks}, now_ms, command_wait_ms)
+
+    @post("/refunds", status_code=200)
+    async def refund(
+        self, data: RefundBody, principal: Principal, pool: asyncpg.Pool, now_ms: int, command_wait_ms: int,
+        idempotency_key: str | None = IdempotencyHeader,
+    ) -> Response[CommandOut]:
+        """Reverse a till purchase, whole (amount_kopecks null) or in part."""
+        key = _key(idempotency_key)
+        principal.require("operator", "officer", "cashier", action="refund purchases")
+        device = await pool.fetchrow("SELECT school_id, kind FROM devices WHERE id = $1", data.device_id)
+        if device is None or device["kind"] != DEVICE_TILL:
+            raise Unprocessable("device_id", f"device {data.device_id} is not a till")
+        principal.require_school(device["school_id"], f"till {data.device_id}")
+        return await run_command(pool, principal, key, "refund", {
+            "device_id": data.device_id, "device_txn": data.device_txn,
+            "amount_kopecks": data.amount_kopecks}, now_ms, command_wait_ms)
+
+    @post("/corrections", status_code=200)
+    async def correction(
+        self, data: CorrectionBody, principal: Principal, pool: asyncpg.Pool, now_ms: int, command_wait_ms: int,
+        idempotency_key: str | None = IdempotencyHeader,
+    ) -> Response[CommandOut]:
+        """Operator correction of an account (signed amount, with a reason)."""
+        key = _key(idempotency_key)
+        principal.require("operator", action="correct balances")
+        if data.amount_kopecks == 0:
+            raise Unprocessable("amount_kopecks", "must not be zero")
+        if await pool.fetchval("SELECT id FROM accounts WHERE id = $1", data.account_id) is None:
+            raise Unprocessable("account_id", f"no account {data.account_id}")
+        return await run_command(pool, principal, key, "correction", {
+            "account_id": data.account_id, "amount_kopecks": data.amount_kopecks,
+            "reason": data.reason}, now_ms, command_wait_ms)

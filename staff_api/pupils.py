@@ -1,0 +1,419 @@
+"""Pupils: enrol (one or a CSV file), read, change; their cards, controls and ledger."""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import asyncpg
+import msgspec
+from litestar import Controller, Request, get, patch, post, put
+from litestar.exceptions import NotFoundException
+from litestar.params import Parameter
+
+from . import cards_core, db
+from .auth import Principal
+from .errors import Unprocessable
+from .schemas import (
+    CardBody,
+    CardOut,
+    ControlsBody,
+    EnrolBody,
+    ImportReport,
+    Ledger,
+    LedgerEntry,
+    PupilList,
+    PupilOut,
+    PupilPatch,
+    RowError,
+)
+
+WRITERS = ("operator", "officer")
+CSV_COLUMNS = ("full_name", "grade", "class_name", "card_uid", "card_kind")
+CSV_ROWS_MAX = 5_000
+CSV_BYTES_MAX = 2_000_000
+PAGE_MAX = 500
+JOURNAL_KINDS = {1: "entry", 2: "passage", 3: "purchase", 4: "cash_topup"}
+PUPIL_KIND = 1
+
+
+async def lock_accounts(conn: asyncpg.Connection) -> int:
+    """Serialize account creation (ids are dense: max(id)+1); returns the next id."""
+    await conn.execute("LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE")
+    return await conn.fetchval("SELECT COALESCE(max(id), 0) + 1 FROM accounts")
+
+
+async def insert_pupil(
+    conn: asyncpg.Connection, account_id: int, school_id: int, data: EnrolBody, now_ms: int, actor: str
+) -> list[bytes]:
+    await conn.execute(
+        "INSERT INTO accounts (id, kind, school_id, holder_name) VALUES ($1, 1, $2, $3)",
+        account_id, school_id, data.full_name,
+    )
+    await conn.execute(
+        """
+        INSERT INTO pupils (account_id, school_id, full_name, grade, class_name, photo_ref,
+            free_meal_category, family_id)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        """,
+        account_id, school_id, data.full_name, data.grade, data.class_name, data.photo_ref,
+        data.free_meal_category, data.family_id,
+    )
+    touched: list[bytes] = []
+    if data.card is not None:
+        uid = db.parse_uid(data.card.uid)
+        assert uid is not None  # the schema pattern checked it
+        touched = await cards_core.bind(conn, account_id, uid, db.CARD_KINDS[data.card.kind], actor, now_ms,
+                                        field="card.uid")
+    await db.notify(conn, "account", account_id)
+    return touched
+
+
+async def load_pupil(conn: asyncpg.Connection, account_id: int) -> PupilOut:
+    row = await conn.fetchrow(
+        """
+        SELECT p.account_id, p.school_id, p.full_name, p.grade, p.class_name, p.photo_ref,
+               p.free_meal_category, p.family_id, a.status, a.balance_kopecks, a.daily_limit_kopecks
+        FROM pupils p JOIN accounts a ON a.id = p.account_id WHERE p.account_id = $1
+        """,
+        account_id,
+    )
+    if row is None:
+        raise NotFoundException(f"no pupil with account {account_id}")
+    cards = await conn.fetch(
+        f"SELECT {db.CARD_COLUMNS} FROM identifiers WHERE account_id = $1 ORDER BY bound_at_ms NULLS FIRST, identifier",
+        account_id,
+    )
+    return PupilOut(
+        account_id=row["account_id"], school_id=row["school_id"], full_name=row["full_name"],
+        grade=row["grade"], class_name=row["class_name"], photo_ref=row["photo_ref"],
+        free_meal_category=row["free_meal_category"], family_id=row["family_id"],
+        status=db.ACCOUNT_STATUS_NAMES.get(row["status"], str(row["status"])),
+        balance_kopecks=row["balance_kopecks"],
+        cards=[CardOut(**db.card_view(c)) for c in cards],
+        controls=await load_controls(conn, account_id, row["daily_limit_kopecks"]),
+    )
+
+
+async def load_controls(conn: asyncpg.Connection, account_id: int, daily_limit: int | None) -> ControlsBody:
+    row = await conn.fetchrow("SELECT * FROM account_controls WHERE account_id = $1", account_id)
+    if row is None:
+        return ControlsBody(daily_limit_kopecks=daily_limit)
+    return ControlsBody(
+        daily_limit_kopecks=daily_limit,
+        period_limits_kopecks=msgspec.json.decode(row["period_limits_kopecks"]),
+        items_per_day_max=row["items_per_day_max"],
+        banned_products=list(row["banned_products"]),
+        banned_categories=list(row["banned_categories"]),
+        blocked_allergens=list(row["blocked_allergens"]),
+        required_diet=list(row["required_diet"]),
+        cashier_note=row["cashier_note"],
+    )
+
+
+def parse_csv(text: str) -> tuple[list[tuple[int, EnrolBody]], list[RowError]]:
+    """Validate every row; returns the rows (line number, body) and the row errors."""
+    rows: list[tuple[int, EnrolBody]] = []
+    errors: list[RowError] = []
+    reader = csv.reader(io.StringIO(text))
+    header = next(reader, None)
+    if header is None:
+        return [], [RowError(row=1, field="header", message="empty file")]
+    header = [h.strip().lower() for h in header]
+    missing = [c for c in CSV_COLUMNS if c not in header]
+    if missing:
+        return [], [RowError(row=1, field="header", message=f"missing columns: {', '.join(missing)}")]
+    index = {name: header.index(name) for name in CSV_COLUMNS}
+    seen_uids: dict[bytes, int] = {}
+    for line_no, record in enumerate(reader, start=2):
+        if not any(cell.strip() for cell in record):
+            continue
+        if len(rows) + len(errors) >= CSV_ROWS_MAX:
+            errors.append(RowError(row=line_no, field="file", message=f"more than {CSV_ROWS_MAX} rows"))
+            break
+        cell = {name: (record[i].strip() if i < len(record) else "") for name, i in index.items()}
+        row_errors: list[RowError] = []
+        if not cell["full_name"]:
+            row_errors.append(RowError(row=line_no, field="full_name", message="required"))
+        elif len(cell["full_name"]) > 200:
+            row_errors.append(RowError(row=line_no, field="full_name", message="longer than 200 characters"))
+        grade = -1
+        try:
+            grade = int(cell["grade"])
+            if not 0 <= grade <= 11:
+                raise ValueError
+        except ValueError:
+            row_errors.append(RowError(row=line_no, field="grade", message="must be an integer 0..11"))
+        if len(cell["class_name"]) > 200:
+            row_errors.append(RowError(row=line_no, field="class_name", message="longer than 200 characters"))
+        card: CardBody | None = None
+        if cell["card_uid"] or cell["card_kind"]:
+            uid = db.parse_uid(cell["card_uid"])
+            if uid is None:
+                row_errors.append(RowError(row=line_no, field="card_uid", message="must be 4..16 bytes as hex"))
+            elif uid in seen_uids:
+                row_errors.append(RowError(row=line_no, field="card_uid",
+                                           message=f"duplicate of line {seen_uids[uid]} in this file"))
+            else:
+                seen_uids[uid] = line_no
+            kind = cell["card_kind"] or "service_card"
+            if kind not in db.CARD_KINDS or kind == "temporary":
+                row_errors.append(RowError(row=line_no, field="card_kind",
+                                           message="one of service_card, social_card, bracelet, fob, muscovite_card"))
+            if uid is not None and not row_errors:
+                card = CardBody(uid=uid.hex(), kind=kind)  # type: ignore[arg-type]
+        if row_errors:
+            errors.extend(row_errors)
+        else:
+            rows.append((line_no, EnrolBody(full_name=cell["full_name"], grade=grade,
+                                             class_name=cell["class_name"], card=card)))
+    return rows, errors
+
+
+class PupilController(Controller):
+    tags = ["pupils"]
+
+    @get("/schools/{school_id:int}/pupils")
+    async def list_pupils(
+        self, school_id: int, principal: Principal, pool: asyncpg.Pool,
+        class_name: str | None = None,
+        limit: int = Parameter(default=100, ge=1, le=PAGE_MAX),
+        offset: int = Parameter(default=0, ge=0),
+    ) -> PupilList:
+        """Pupils of a school (optionally of one class), by account id; no cards or controls."""
+        principal.require_school(school_id, f"school {school_id}")
+        rows = await pool.fetch(
+            """
+            SELECT p.*, a.status, a.balance_kopecks FROM pupils p JOIN accounts a ON a.id = p.account_id
+            WHERE p.school_id = $1 AND ($2::text IS NULL OR p.class_name = $2)
+            ORDER BY p.account_id LIMIT $3 OFFSET $4
+            """,
+            school_id, class_name, limit + 1, offset,
+        )
+        pupils = [
+            PupilOut(
+                account_id=r["account_id"], school_id=r["school_id"], full_name=r["full_name"], grade=r["grade"],
+                class_name=r["class_name"], photo_ref=r["photo_ref"], free_meal_category=r["free_meal_category"],
+                family_id=r["family_id"], status=db.ACCOUNT_STATUS_NAMES.get(r["status"], "?"),
+                balance_kopecks=r["balance_kopecks"],
+            )
+            for r in rows[:limit]
+        ]
+        return PupilList(pupils=pupils, next_offset=offset + limit if len(rows) > limit else None)
+
+    @post("/schools/{school_id:int}/pupils", status_code=201)
+    async def enrol(
+        self, school_id: int, data: EnrolBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+    ) -> PupilOut:
+        """Enrol one pupil: a personal account (next dense id), the pupil row, optionally a first card."""
+        principal.require(*WRITERS, action="enrol pupils")
+        principal.require_school(school_id, f"school {school_id}")
+        async with pool.acquire() as conn, conn.transaction():
+            await db.school_row(conn, school_id)
+            if data.card is not None:
+                uid = db.parse_uid(data.card.uid)
+                assert uid is not None
+                await cards_core.ensure_unbound(conn, uid, "card.uid")
+            account_id = await lock_accounts(conn)
+            await insert_pupil(conn, account_id, school_id, data, now_ms, principal.login)
+            out = await load_pupil(conn, account_id)
+            await db.audit(conn, principal.login, "pupil.enrol", f"pupil:{account_id}", None,
+                           msgspec.to_builtins(out), now_ms)
+        return out
+
+    @post("/schools/{school_id:int}/pupils/import", status_code=201)
+    async def import_csv(
+        self, school_id: int, request: Request, principal: Principal, pool: asyncpg.Pool, now_ms: int,
+    ) -> ImportReport:
+        """Bulk enrolment from CSV: every row valid, or nothing imported (422 with a per-row report).
+
+        Body: ``Content-Type: text/csv``, UTF-8, header line then rows with the columns
+        full_name,grade,class_name,card_uid,card_kind (card_uid hex 4..16 bytes; both card
+        columns may be empty for a pupil without a card).
+        """
+        data = await request.body()
+        principal.require(*WRITERS, action="import pupils")
+        principal.require_school(school_id, f"school {school_id}")
+        if len(data) > CSV_BYTES_MAX:
+            raise Unprocessable("body", f"larger than {CSV_BYTES_MAX} bytes")
+        try:
+            text = data.decode("utf-8-sig")
+        except UnicodeDecodeError:
+            raise Unprocessable("body", "not UTF-8 text") from None
+        rows, errors = parse_csv(text)
+        async with pool.acquire() as conn, conn.transaction():
+            await db.school_row(conn, school_id)
+            uids = {db.parse_uid(b.card.uid): line for line, b in rows if b.card is not None}
+            if uids:
+                bound = await conn.fetch(
+                    "SELECT identifier, account_id FROM identifiers WHERE identifier = ANY($1::bytea[])", list(uids)
+                )
+                for r in bound:
+                    uid = bytes(r["identifier"])
+                    errors.append(RowError(row=uids[uid], field="card_uid",
+                                           message=f"card {uid.hex()} is already bound to account {r['account_id']}"))
+            if not rows and not errors:
+                errors.append(RowError(row=1, field="body", message="no rows"))
+            if errors:
+                errors.sort(key=lambda e: (e.row, e.field))
+                raise Unprocessable(
+                    errors[0].field,
+                    f"{len(errors)} row errors; nothing imported",
+                    errors=[msgspec.to_builtins(e) for e in errors],
+                    detail=f"{len(errors)} row errors; nothing imported",
+                )
+            next_id = await lock_accounts(conn)
+            ids: list[int] = []
+            for _line, body in rows:
+                await insert_pupil(conn, next_id, school_id, body, now_ms, principal.login)
+                ids.append(next_id)
+                next_id += 1
+            await db.audit(conn, principal.login, "pupil.import", f"school:{school_id}", None,
+                           {"account_ids": ids, "rows": [msgspec.to_builtins(b) for _l, b in rows]}, now_ms)
+        return ImportReport(imported=len(ids), account_ids=ids)
+
+    @get("/pupils/{account_id:int}")
+    async def get_pupil(self, account_id: int, principal: Principal, pool: asyncpg.Pool) -> PupilOut:
+        """A pupil with balance, cards and parent controls."""
+        async with pool.acquire() as conn:
+            principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
+            return await load_pupil(conn, account_id)
+
+    @patch("/pupils/{account_id:int}")
+    async def patch_pupil(
+        self, account_id: int, data: PupilPatch, principal: Principal, pool: asyncpg.Pool, now_ms: int
+    ) -> PupilOut:
+        """Change grade, class, free-meal category, family, photo or account status (active/blocked)."""
+        principal.require(*WRITERS, action="change pupils")
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
+        if not changes:
+            raise Unprocessable("body", "nothing to change")
+        async with pool.acquire() as conn, conn.transaction():
+            principal.require_school(await db.pupil_school(conn, account_id, for_update=True), f"pupil {account_id}")
+            before = await load_pupil(conn, account_id)
+            if "status" in changes:
+                await conn.execute("UPDATE accounts SET status = $2 WHERE id = $1", account_id,
+                                   db.ACCOUNT_STATUS[changes.pop("status")])
+            columns = [c for c in ("grade", "class_name", "free_meal_category", "family_id", "photo_ref")
+                       if c in changes]
+            if columns:
+                assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=2))
+                await conn.execute(f"UPDATE pupils SET {assignments} WHERE account_id = $1", account_id,
+                                   *[changes[c] for c in columns])
+            after = await load_pupil(conn, account_id)
+            await db.audit(conn, principal.login, "pupil.update", f"pupil:{account_id}",
+                           _pupil_fields(before), _pupil_fields(after), now_ms)
+            await db.notify(conn, "account", account_id)
+        return after
+
+    @get("/pupils/{account_id:int}/controls")
+    async def get_controls(self, account_id: int, principal: Principal, pool: asyncpg.Pool) -> ControlsBody:
+        async with pool.acquire() as conn:
+            principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
+            limit = await conn.fetchval("SELECT daily_limit_kopecks FROM accounts WHERE id = $1", account_id)
+            return await load_controls(conn, account_id, limit)
+
+    @put("/pupils/{account_id:int}/controls")
+    async def put_controls(
+        self, account_id: int, data: ControlsBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+    ) -> ControlsBody:
+        """Replace the parent controls (daily and per-period limits, bans, allergens, diet, note)."""
+        principal.require(*WRITERS, action="set parent controls")
+        async with pool.acquire() as conn, conn.transaction():
+            school_id = await db.pupil_school(conn, account_id, for_update=True)
+            principal.require_school(school_id, f"pupil {account_id}")
+            banned = sorted(set(data.banned_products))
+            if banned:
+                known = {r["code"] for r in await conn.fetch(
+                    "SELECT code FROM products WHERE school_id = $1 AND code = ANY($2::int[])", school_id, banned)}
+                unknown = [c for c in banned if c not in known]
+                if unknown:
+                    raise Unprocessable("banned_products", f"unknown product codes of school {school_id}: {unknown}")
+            old_limit = await conn.fetchval(
+                "SELECT daily_limit_kopecks FROM accounts WHERE id = $1 FOR UPDATE", account_id)
+            before = await load_controls(conn, account_id, old_limit)
+            await conn.execute("UPDATE accounts SET daily_limit_kopecks = $2 WHERE id = $1",
+                               account_id, data.daily_limit_kopecks)
+            await conn.execute(
+                """
+                INSERT INTO account_controls (account_id, period_limits_kopecks, items_per_day_max,
+                    banned_products, banned_categories, blocked_allergens, required_diet, cashier_note)
+                VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8)
+                ON CONFLICT (account_id) DO UPDATE SET period_limits_kopecks = EXCLUDED.period_limits_kopecks,
+                    items_per_day_max = EXCLUDED.items_per_day_max, banned_products = EXCLUDED.banned_products,
+                    banned_categories = EXCLUDED.banned_categories, blocked_allergens = EXCLUDED.blocked_allergens,
+                    required_diet = EXCLUDED.required_diet, cashier_note = EXCLUDED.cashier_note
+                """,
+                account_id, msgspec.json.encode(data.period_limits_kopecks).decode(), data.items_per_day_max,
+                banned, sorted(set(data.banned_categories)), sorted(set(data.blocked_allergens)),
+                sorted(set(data.required_diet)), data.cashier_note,
+            )
+            after = await load_controls(conn, account_id, data.daily_limit_kopecks)
+            await db.audit(conn, principal.login, "controls.set", f"pupil:{account_id}",
+                           msgspec.to_builtins(before), msgspec.to_builtins(after), now_ms)
+            await db.notify(conn, "account", account_id)
+        return after
+
+    @post("/pupils/{account_id:int}/cards", status_code=201)
+    async def bind_card(
+        self, account_id: int, data: CardBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+    ) -> CardOut:
+        """Bind a permanent card; any active temporary card standing for a broken card is blocked."""
+        principal.require(*WRITERS, action="bind cards")
+        uid = db.parse_uid(data.uid)
+        assert uid is not None
+        async with pool.acquire() as conn, conn.transaction():
+            principal.require_school(await db.pupil_school(conn, account_id, for_update=True), f"pupil {account_id}")
+            touched = await cards_core.bind(conn, account_id, uid, db.CARD_KINDS[data.kind], principal.login, now_ms)
+            after = await cards_core.card_snapshot(conn, uid)
+            await db.audit(conn, principal.login, "card.bind", f"card:{uid.hex()}", None, after, now_ms)
+            for other in touched[1:]:
+                await db.audit(conn, principal.login, "card.block", f"card:{other.hex()}",
+                               {"status": "active"}, await cards_core.card_snapshot(conn, other), now_ms)
+        assert after is not None
+        return CardOut(**after)
+
+    @get("/accounts/{account_id:int}/ledger")
+    async def ledger(
+        self, account_id: int, principal: Principal, pool: asyncpg.Pool,
+        limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
+        offset: int = Parameter(default=0, ge=0),
+    ) -> Ledger:
+        """Journal rows of an account (as the tapping account, or debited, or credited), newest first."""
+        async with pool.acquire() as conn:
+            account = await conn.fetchrow("SELECT school_id, balance_kopecks FROM accounts WHERE id = $1", account_id)
+            if account is None:
+                raise NotFoundException(f"no account {account_id}")
+            principal.require_school(account["school_id"], f"account {account_id}")
+            rows = await conn.fetch(
+                """
+                SELECT * FROM journal
+                WHERE account_id = $1 OR debit_account_id = $1 OR credit_account_id = $1
+                ORDER BY decided_at_ms DESC, device_id DESC, device_txn DESC
+                LIMIT $2 OFFSET $3
+                """,
+                account_id, limit + 1, offset,
+            )
+        entries = [
+            LedgerEntry(
+                device_id=r["device_id"], device_txn=r["device_txn"],
+                kind=JOURNAL_KINDS.get(r["kind"], str(r["kind"])), account_id=r["account_id"],
+                identifier=bytes(r["identifier"]).hex(), debit_account_id=r["debit_account_id"],
+                credit_account_id=r["credit_account_id"], amount_kopecks=r["amount_kopecks"],
+                balance_after_kopecks=r["balance_after_kopecks"], advice=r["advice"],
+                device_time_ms=r["device_time_ms"], decided_at_ms=r["decided_at_ms"],
+                item_codes=None if r["item_codes"] is None else list(r["item_codes"]),
+            )
+            for r in rows[:limit]
+        ]
+        return Ledger(account_id=account_id, balance_kopecks=account["balance_kopecks"], entries=entries,
+                      next_offset=offset + limit if len(rows) > limit else None)
+
+
+def _pupil_fields(p: PupilOut) -> dict[str, Any]:
+    d = msgspec.to_builtins(p)
+    d.pop("cards", None)
+    d.pop("controls", None)
+    d.pop("balance_kopecks", None)
+    return d

@@ -1,0 +1,296 @@
+"""Request and response bodies (msgspec Structs; Litestar validates and documents them)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import UNSET, Meta, Struct, UnsetType
+
+Allergen = Literal[
+    "celery", "gluten", "crustaceans", "eggs", "fish", "lupin", "milk",
+    "molluscs", "mustard", "tree_nuts", "peanuts", "sesame", "soybeans", "sulphites",
+]  # the 14 EU allergens (Regulation 1169/2011, Annex II)
+DietFlag = Literal["vegetarian", "vegan", "halal", "kosher"]
+MealPeriod = Literal["breakfast", "lunch", "snack"]
+FreeMealCategory = Literal["grades_1_4", "large_family", "low_income", "orphan", "disability"]
+CardKind = Literal["service_card", "social_card", "bracelet", "fob", "muscovite_card"]
+TemporaryReason = Literal["forgotten", "lost", "broken"]
+Role = Literal["operator", "officer", "cashier", "auditor"]
+
+Kopecks = Annotated[int, Meta(ge=0, le=10**12)]
+Grade = Annotated[int, Meta(ge=0, le=11)]
+ShortText = Annotated[str, Meta(max_length=200)]
+Name = Annotated[str, Meta(min_length=1, max_length=200)]
+UidHex = Annotated[str, Meta(pattern=r"^(0x)?([0-9a-fA-F]{2}){4,16}$", description="card UID, 4..16 bytes as hex")]
+Minute = Annotated[int, Meta(ge=0, le=1440)]
+AccountId = Annotated[int, Meta(ge=1)]
+
+
+class Base(Struct, forbid_unknown_fields=True, omit_defaults=False):
+    pass
+
+
+# --- schools -------------------------------------------------------------------------------
+
+
+class SchoolPolicy(Base):
+    grace_kopecks: Kopecks = 0
+    grace_meals: Annotated[int, Meta(ge=0, le=100)] = 0
+    low_balance_threshold_kopecks: Kopecks = 10_000
+    preorder_lock_days: Annotated[int, Meta(ge=0, le=60)] = 3
+
+
+class MealPeriodBody(Base):
+    starts_minute: Annotated[int, Meta(ge=0, le=1439)]
+    ends_minute: Annotated[int, Meta(ge=1, le=1440)]
+
+
+class MealPeriodOut(Base):
+    name: str
+    starts_minute: int
+    ends_minute: int
+
+
+class ProductBody(Base):
+    name: Name  # Russian display name, as shown on the till
+    price_kopecks: Annotated[int, Meta(ge=0, le=10**9)]
+    category: Name = "other"
+    composition: Annotated[str, Meta(max_length=2000)] = ""
+    allergens: list[Allergen] = []
+    diet_flags: list[DietFlag] = []
+    energy_kcal: Annotated[int, Meta(ge=0, le=10_000)] | None = None
+    hot_meal: bool = False
+
+
+class ProductOut(Base):
+    code: int
+    name: str
+    price_kopecks: int
+    category: str
+    composition: str
+    allergens: list[str]
+    diet_flags: list[str]
+    energy_kcal: int | None
+    hot_meal: bool
+
+
+class MenuBody(Base):
+    product_codes: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(max_length=500)]
+
+
+class MenuOut(Base):
+    school_id: int
+    day: str
+    period: str
+    product_codes: list[int]
+
+
+class SchoolOut(Base):
+    id: int
+    name: str
+    utc_offset_minutes: int
+    policy: SchoolPolicy | None = None
+    meal_periods: list[MealPeriodOut] = []
+    products: list[ProductOut] = []
+
+
+# --- pupils and cards ----------------------------------------------------------------------
+
+
+class CardBody(Base):
+    uid: UidHex
+    kind: CardKind = "service_card"
+
+
+class EnrolBody(Base):
+    full_name: Name
+    grade: Grade
+    class_name: ShortText = ""
+    photo_ref: ShortText | None = None
+    free_meal_category: FreeMealCategory | None = None
+    family_id: Annotated[int, Meta(ge=1)] | None = None
+    card: CardBody | None = None
+
+
+class PupilPatch(Base):
+    grade: Grade | UnsetType = UNSET
+    class_name: ShortText | UnsetType = UNSET
+    free_meal_category: FreeMealCategory | None | UnsetType = UNSET
+    family_id: Annotated[int, Meta(ge=1)] | None | UnsetType = UNSET
+    photo_ref: ShortText | None | UnsetType = UNSET
+    status: Literal["active", "blocked"] | UnsetType = UNSET
+
+
+class CardOut(Base):
+    uid: str
+    account_id: int
+    kind: str
+    status: str
+    expires_at_ms: int | None
+    replaces: str | None
+    bound_at_ms: int | None
+
+
+class CardEventOut(Base):
+    identifier: str
+    account_id: int
+    action: str
+    related: str | None
+    actor: str
+    at_ms: int
+
+
+class CardDetail(Base):
+    card: CardOut
+    events: list[CardEventOut]
+
+
+class TemporaryBody(Base):
+    reason: TemporaryReason
+    temporary_uid: UidHex
+
+
+class TemporaryOut(Base):
+    original: CardOut
+    temporary: CardOut
+
+
+class ReturnOut(Base):
+    temporary: CardOut
+    original: CardOut | None  # restored when it was suspended (forgotten)
+
+
+class ControlsBody(Base):
+    daily_limit_kopecks: Kopecks | None = None
+    period_limits_kopecks: dict[MealPeriod, Kopecks] = {}
+    items_per_day_max: Annotated[int, Meta(ge=0, le=1000)] | None = None
+    banned_products: list[Annotated[int, Meta(ge=1)]] = []
+    banned_categories: list[Name] = []
+    blocked_allergens: list[Allergen] = []
+    required_diet: list[DietFlag] = []
+    cashier_note: Annotated[str, Meta(max_length=500)] = ""
+
+
+class PupilOut(Base):
+    account_id: int
+    school_id: int
+    full_name: str
+    grade: int
+    class_name: str
+    photo_ref: str | None
+    free_meal_category: str | None
+    family_id: int | None
+    status: str
+    balance_kopecks: int
+    cards: list[CardOut] = []
+    controls: ControlsBody | None = None
+
+
+class PupilList(Base):
+    pupils: list[PupilOut]
+    next_offset: int | None
+
+
+class LedgerEntry(Base):
+    device_id: int
+    device_txn: int
+    kind: str
+    account_id: int
+    identifier: str
+    debit_account_id: int | None
+    credit_account_id: int | None
+    amount_kopecks: int
+    balance_after_kopecks: int
+    advice: bool
+    device_time_ms: int
+    decided_at_ms: int
+    item_codes: list[int] | None
+
+
+class Ledger(Base):
+    account_id: int
+    balance_kopecks: int
+    entries: list[LedgerEntry]
+    next_offset: int | None
+
+
+class RowError(Base):
+    row: int  # line number in the file, the header being line 1
+    field: str
+    message: str
+
+
+class ImportReport(Base):
+    imported: int
+    account_ids: list[int]
+
+
+# --- money ---------------------------------------------------------------------------------
+
+
+class TransferBody(Base):
+    from_account_id: AccountId
+    to_account_id: AccountId
+    amount_kopecks: Annotated[int, Meta(gt=0, le=10**9)]
+
+
+class RefundBody(Base):
+    device_id: Annotated[int, Meta(ge=1, le=4294967295)]
+    device_txn: Annotated[int, Meta(ge=0)]
+    amount_kopecks: Annotated[int, Meta(gt=0, le=10**9)] | None = None  # None: the whole purchase
+
+
+class CorrectionBody(Base):
+    account_id: AccountId
+    amount_kopecks: Annotated[int, Meta(ge=-(10**9), le=10**9)]  # signed, non-zero
+    reason: Annotated[str, Meta(min_length=1, max_length=500)]
+
+
+class CommandOut(Base):
+    seq: int
+    status: Literal["pending", "applied", "refused"]
+    reason: str | None
+    result: dict[str, Any] | None
+
+
+# --- staff and audit -----------------------------------------------------------------------
+
+
+class StaffBody(Base):
+    login: Annotated[str, Meta(pattern=r"^[a-z0-9_.@-]{2,64}$")]
+    role: Role
+    school_id: Annotated[int, Meta(ge=1)] | None = None
+
+
+class StaffOut(Base):
+    login: str
+    role: str
+    school_id: int | None
+    active: bool
+
+
+class StaffCreated(Base):
+    login: str
+    role: str
+    school_id: int | None
+    token: str  # shown once; only its sha256 is stored
+
+
+class AuditEntry(Base):
+    id: int
+    actor: str
+    action: str
+    entity: str
+    before: Any
+    after: Any
+    at_ms: int
+
+
+class AuditPage(Base):
+    entries: list[AuditEntry]
+    next_before_id: int | None
+
+
+def to_builtins(s: Struct) -> dict[str, Any]:
+    return msgspec.to_builtins(s)

@@ -1,0 +1,218 @@
+"""Schools: list, get, policy, meal periods, products, daily menus (operator writes)."""
+
+from __future__ import annotations
+
+from datetime import date
+
+import asyncpg
+from litestar import Controller, get, put
+from litestar.exceptions import NotFoundException
+
+from . import db
+from .auth import Principal
+from .errors import Unprocessable
+from .schemas import (
+    MealPeriod,
+    MealPeriodBody,
+    MealPeriodOut,
+    MenuBody,
+    MenuOut,
+    ProductBody,
+    ProductOut,
+    SchoolOut,
+    SchoolPolicy,
+)
+
+PRODUCT_COLUMNS = "code, name, price_kopecks, category, composition, allergens, diet_flags, energy_kcal, hot_meal"
+
+
+def _product(row: asyncpg.Record) -> ProductOut:
+    return ProductOut(**dict(row))
+
+
+async def _school_out(conn: asyncpg.Connection, row: asyncpg.Record, *, detail: bool) -> SchoolOut:
+    out = SchoolOut(id=row["id"], name=row["name"], utc_offset_minutes=row["utc_offset_minutes"])
+    if not detail:
+        return out
+    policy = await conn.fetchrow(
+        "SELECT grace_kopecks, grace_meals, low_balance_threshold_kopecks, preorder_lock_days "
+        "FROM school_policies WHERE school_id = $1",
+        row["id"],
+    )
+    out.policy = SchoolPolicy(**dict(policy)) if policy else SchoolPolicy()
+    periods = await conn.fetch(
+        "SELECT name, starts_minute, ends_minute FROM meal_periods WHERE school_id = $1 ORDER BY starts_minute",
+        row["id"],
+    )
+    out.meal_periods = [MealPeriodOut(**dict(p)) for p in periods]
+    products = await conn.fetch(
+        f"SELECT {PRODUCT_COLUMNS} FROM products WHERE school_id = $1 ORDER BY code", row["id"]
+    )
+    out.products = [_product(p) for p in products]
+    return out
+
+
+class SchoolController(Controller):
+    path = "/schools"
+    tags = ["schools"]
+
+    @get("/")
+    async def list_schools(self, principal: Principal, pool: asyncpg.Pool) -> list[SchoolOut]:
+        """Schools the caller may see (a school-bound role sees its own)."""
+        async with pool.acquire() as conn:
+            if principal.school_id is None:
+                rows = await conn.fetch("SELECT id, name, utc_offset_minutes FROM schools ORDER BY id")
+            else:
+                rows = await conn.fetch(
+                    "SELECT id, name, utc_offset_minutes FROM schools WHERE id = $1", principal.school_id
+                )
+            return [await _school_out(conn, r, detail=False) for r in rows]
+
+    @get("/{school_id:int}")
+    async def get_school(self, school_id: int, principal: Principal, pool: asyncpg.Pool) -> SchoolOut:
+        """A school with its policy, meal periods and products."""
+        principal.require_school(school_id, f"school {school_id}")
+        async with pool.acquire() as conn:
+            return await _school_out(conn, await db.school_row(conn, school_id), detail=True)
+
+    @put("/{school_id:int}/policy")
+    async def put_policy(
+        self, school_id: int, data: SchoolPolicy, principal: Principal, pool: asyncpg.Pool, now_ms: int
+    ) -> SchoolPolicy:
+        """Grace (negative balance), low-balance threshold, pre-order lock. Operator only."""
+        principal.require("operator", action="change a school policy")
+        async with pool.acquire() as conn, conn.transaction():
+            await db.school_row(conn, school_id)
+            before = await conn.fetchrow("SELECT * FROM school_policies WHERE school_id = $1 FOR UPDATE", school_id)
+            after = await conn.fetchrow(
+                """
+                INSERT INTO school_policies (school_id, grace_kopecks, grace_meals,
+                    low_balance_threshold_kopecks, preorder_lock_days)
+                VALUES ($1, $2, $3, $4, $5)
+                ON CONFLICT (school_id) DO UPDATE SET grace_kopecks = EXCLUDED.grace_kopecks,
+                    grace_meals = EXCLUDED.grace_meals,
+                    low_balance_threshold_kopecks = EXCLUDED.low_balance_threshold_kopecks,
+                    preorder_lock_days = EXCLUDED.preorder_lock_days
+                RETURNING *
+                """,
+                school_id,
+                data.grace_kopecks,
+                data.grace_meals,
+                data.low_balance_threshold_kopecks,
+                data.preorder_lock_days,
+            )
+            await db.audit(conn, principal.login, "school.policy", f"school:{school_id}",
+                           db.row_dict(before), db.row_dict(after), now_ms)
+            await db.notify(conn, "school", school_id)
+        return data
+
+    @put("/{school_id:int}/meal-periods/{name:str}")
+    async def put_meal_period(
+        self, school_id: int, name: MealPeriod, data: MealPeriodBody, principal: Principal,
+        pool: asyncpg.Pool, now_ms: int,
+    ) -> MealPeriodOut:
+        """Set one meal period (breakfast, lunch, snack) in minutes after local midnight. Operator only."""
+        principal.require("operator", action="change meal periods")
+        if data.ends_minute <= data.starts_minute:
+            raise Unprocessable("ends_minute", "must be after starts_minute")
+        async with pool.acquire() as conn, conn.transaction():
+            await db.school_row(conn, school_id)
+            before = await conn.fetchrow(
+                "SELECT * FROM meal_periods WHERE school_id = $1 AND name = $2 FOR UPDATE", school_id, name
+            )
+            after = await conn.fetchrow(
+                """
+                INSERT INTO meal_periods (school_id, name, starts_minute, ends_minute) VALUES ($1, $2, $3, $4)
+                ON CONFLICT (school_id, name) DO UPDATE
+                    SET starts_minute = EXCLUDED.starts_minute, ends_minute = EXCLUDED.ends_minute
+                RETURNING *
+                """,
+                school_id, name, data.starts_minute, data.ends_minute,
+            )
+            await db.audit(conn, principal.login, "school.meal_period", f"school:{school_id}",
+                           db.row_dict(before), db.row_dict(after), now_ms)
+            await db.notify(conn, "school", school_id)
+        return MealPeriodOut(name=name, starts_minute=data.starts_minute, ends_minute=data.ends_minute)
+
+    @put("/{school_id:int}/products/{code:int}")
+    async def put_product(
+        self, school_id: int, code: int, data: ProductBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+    ) -> ProductOut:
+        """Create or replace a product of the school's canteen. Operator only."""
+        principal.require("operator", action="change products")
+        if not 1 <= code <= 2**31 - 1:
+            raise Unprocessable("code", "must be between 1 and 2147483647")
+        async with pool.acquire() as conn, conn.transaction():
+            await db.school_row(conn, school_id)
+            before = await conn.fetchrow(
+                f"SELECT {PRODUCT_COLUMNS} FROM products WHERE school_id = $1 AND code = $2 FOR UPDATE",
+                school_id, code,
+            )
+            after = await conn.fetchrow(
+                f"""
+                INSERT INTO products (school_id, code, name, price_kopecks, category, composition,
+                    allergens, diet_flags, energy_kcal, hot_meal)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                ON CONFLICT (school_id, code) DO UPDATE SET name = EXCLUDED.name,
+                    price_kopecks = EXCLUDED.price_kopecks, category = EXCLUDED.category,
+                    composition = EXCLUDED.composition, allergens = EXCLUDED.allergens,
+                    diet_flags = EXCLUDED.diet_flags, energy_kcal = EXCLUDED.energy_kcal,
+                    hot_meal = EXCLUDED.hot_meal
+                RETURNING {PRODUCT_COLUMNS}
+                """,
+                school_id, code, data.name, data.price_kopecks, data.category, data.composition,
+                sorted(set(data.allergens)), sorted(set(data.diet_flags)), data.energy_kcal, data.hot_meal,
+            )
+            await db.audit(conn, principal.login, "school.product", f"product:{school_id}:{code}",
+                           db.row_dict(before), db.row_dict(after), now_ms)
+            await db.notify(conn, "school", school_id)
+        return _product(after)
+
+    @get("/{school_id:int}/menus/{day:date}/{period:str}")
+    async def get_menu(
+        self, school_id: int, day: date, period: MealPeriod, principal: Principal, pool: asyncpg.Pool
+    ) -> MenuOut:
+        principal.require_school(school_id, f"school {school_id}")
+        rows = await pool.fetch(
+            "SELECT product_code FROM menus WHERE school_id = $1 AND day = $2 AND period = $3 ORDER BY product_code",
+            school_id, day, period,
+        )
+        return MenuOut(school_id=school_id, day=day.isoformat(), period=period,
+                       product_codes=[r["product_code"] for r in rows])
+
+    @put("/{school_id:int}/menus/{day:date}/{period:str}")
+    async def put_menu(
+        self, school_id: int, day: date, period: MealPeriod, data: MenuBody, principal: Principal,
+        pool: asyncpg.Pool, now_ms: int,
+    ) -> MenuOut:
+        """Replace the menu of one day and period with the given product codes. Operator only."""
+        principal.require("operator", action="change menus")
+        codes = sorted(set(data.product_codes))
+        async with pool.acquire() as conn, conn.transaction():
+            await db.school_row(conn, school_id)
+            known = {
+                r["code"]
+                for r in await conn.fetch(
+                    "SELECT code FROM products WHERE school_id = $1 AND code = ANY($2::int[])", school_id, codes
+                )
+            }
+            unknown = [c for c in codes if c not in known]
+            if unknown:
+                raise Unprocessable("product_codes", f"unknown product codes of school {school_id}: {unknown}")
+            before = await conn.fetch(
+                "DELETE FROM menus WHERE school_id = $1 AND day = $2 AND period = $3 RETURNING product_code",
+                school_id, day, period,
+            )
+            await conn.executemany(
+                "INSERT INTO menus (school_id, day, period, product_code) VALUES ($1, $2, $3, $4)",
+                [(school_id, day, period, c) for c in codes],
+            )
+            entity = f"menu:{school_id}:{day.isoformat()}:{period}"
+            await db.audit(conn, principal.login, "school.menu", entity,
+                           {"product_codes": sorted(r["product_code"] for r in before)},
+                           {"product_codes": codes}, now_ms)
+            await db.notify(conn, "school", school_id)
+        return MenuOut(school_id=school_id, day=day.isoformat(), period=period, product_codes=codes)
+
+
+__all__ = ["SchoolController", "NotFoundException"]
