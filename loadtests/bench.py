@@ -14,8 +14,8 @@ Phases (each server and the load generator run in their own processes):
 PostgreSQL: ECARD_PG_DSN's server (databases created and dropped here) or an
 embedded one in a temporary directory. ``--quick`` shortens every phase to a
 few seconds and scales the storm and the big cache down (for tests); its
-figures are not the benchmark's. Results: a printed table and
-bench-results/bench-<time>.json.
+figures are not the benchmark's. Results: a printed table,
+bench-results/bench-<time>.json and the servers' logs in bench-results/logs-<time>/.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import platform
 import resource
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -420,7 +419,9 @@ def main(argv: list[str] | None = None) -> int:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
-    logs = Path(tempfile.mkdtemp(prefix="ecard-bench-logs-"))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    logs = out_dir / f"logs-{stamp}"  # server logs of this run, next to its JSON
+    logs.mkdir(parents=True, exist_ok=True)
     res: dict = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "quick": args.quick,
@@ -465,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         dbs.close()
         res["summary"] = summarize(res)
         res["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-        path = out_dir / f"bench-{time.strftime('%Y%m%d-%H%M%S')}{'-quick' if args.quick else ''}.json"
+        path = out_dir / f"bench-{stamp}{'-quick' if args.quick else ''}.json"
         path.write_text(json.dumps(res, indent=2, ensure_ascii=False))
         print(table(res))
         print(f"\nresults: {path}")

@@ -6,7 +6,12 @@ No timing assertions: these check that the tools work, not how fast anything is.
 from __future__ import annotations
 
 import csv
+import json
 import socket
+import subprocess
+import sys
+
+import pytest
 
 from loadtests import frames as F
 from loadtests import procs
@@ -142,3 +147,29 @@ def test_bench_report_renders_partial_results():
     text = table(res)
     assert "ceiling" in text and "ecard" in text and "throughput_vs_ceiling" in text
     assert Plan(quick=True).duration_s < Plan(quick=False).duration_s
+
+
+@pytest.mark.slow
+def test_bench_quick_runs_every_phase(tmp_path):
+    """``python -m loadtests.bench --quick`` end to end (about 45 s): every phase reports, none fails."""
+    out = tmp_path / "results"
+    p = subprocess.run(
+        [sys.executable, "-m", "loadtests.bench", "--quick", "--out", str(out), "--storm-devices", "300", "--big-pupils", "5000"],
+        cwd=procs.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    (path,) = out.glob("bench-*-quick.json")
+    res = json.loads(path.read_text())
+    for c in ("1", "100", "1000"):
+        assert res["ceiling"][c]["window_replies"] > 0
+        assert res["baseline"][c]["window_replies"] > 0
+        assert res["ecard"]["closed"][c]["window_replies"] > 0
+    assert res["ecard"]["paced"]["window_replies"] > 0
+    storm = res["ecard"]["storm"]
+    assert storm["acked"] == 300 and storm["held"]["gateway_devices_connected"] == 300
+    assert res["cache"]["cache"]["accounts"] >= 5_000
+    assert "crash" not in res  # --quick leaves the long crash phase out
+    assert "targets:" in p.stdout
