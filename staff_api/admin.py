@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncpg
 from litestar import Controller, delete, get, post
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from . import db
-from .auth import Principal, new_token, token_sha256
+from .auth import PrincipalDep, new_token, token_sha256
 from .errors import Conflict, Unprocessable
 from .schemas import AuditEntry, AuditPage, StaffBody, StaffCreated, StaffOut
 
@@ -43,13 +43,13 @@ class StaffController(Controller):
     tags = ["staff"]
 
     @get("/")
-    async def list_staff(self, principal: Principal, pool: asyncpg.Pool) -> list[StaffOut]:
+    async def list_staff(self, principal: PrincipalDep, pool: db.PoolDep) -> list[StaffOut]:
         principal.require("operator", "auditor", action="list staff")
         rows = await pool.fetch("SELECT login, role, school_id, active FROM staff ORDER BY login")
         return [StaffOut(**dict(r)) for r in rows]
 
     @post("/", status_code=201)
-    async def create(self, data: StaffBody, principal: Principal, pool: asyncpg.Pool, now_ms: int) -> StaffCreated:
+    async def create(self, data: JSONBody[StaffBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> StaffCreated:
         """Create a staff member; the bearer token is returned once (only its sha256 is kept)."""
         principal.require("operator", action="create staff")
         async with pool.acquire() as conn, conn.transaction():
@@ -57,7 +57,7 @@ class StaffController(Controller):
         return StaffCreated(login=data.login, role=data.role, school_id=data.school_id, token=token)
 
     @delete("/{login:str}", status_code=200)
-    async def deactivate(self, login: str, principal: Principal, pool: asyncpg.Pool, now_ms: int) -> StaffOut:
+    async def deactivate(self, login: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> StaffOut:
         """Deactivate a staff member (the row stays for the audit trail; the token stops working)."""
         principal.require("operator", action="deactivate staff")
         async with pool.acquire() as conn, conn.transaction():
@@ -78,10 +78,10 @@ class AuditController(Controller):
 
     @get("/")
     async def list_audit(
-        self, principal: Principal, pool: asyncpg.Pool,
+        self, principal: PrincipalDep, pool: db.PoolDep,
         entity: str | None = Parameter(default=None, description="'pupil:17' exactly, or 'pupil' for every pupil"),
-        actor: str | None = None,
-        action: str | None = None,
+        actor: FromQuery[str | None] = None,
+        action: FromQuery[str | None] = None,
         before_id: int | None = Parameter(default=None, ge=1, description="page: entries with a smaller id"),
         limit: int = Parameter(default=100, ge=1, le=PAGE_MAX),
     ) -> AuditPage:

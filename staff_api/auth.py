@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 import asyncpg
 from litestar import Request
+from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 ROLES = ("operator", "officer", "cashier", "auditor")
@@ -46,6 +47,9 @@ class Principal:
             raise PermissionDeniedException(
                 f"{self.role} {self.login!r} is bound to school {self.school_id}; {what} belongs to {where}"
             )
+
+
+PrincipalDep = NamedDependency[Principal]
 
 
 async def authenticate(request: Request, pool: asyncpg.Pool) -> Principal:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncpg
 from litestar import Controller, delete, get, post
 
+from litestar.params import FromPath, JSONBody
+
 from . import cards_core, db
-from .auth import Principal
+from .auth import PrincipalDep
 from .errors import Unprocessable
 from .schemas import CardDetail, CardEventOut, CardOut, ReturnOut, TemporaryBody, TemporaryOut
 
@@ -35,7 +37,7 @@ class CardController(Controller):
     tags = ["cards"]
 
     @get("/{uid:str}")
-    async def get_card(self, uid: str, principal: Principal, pool: asyncpg.Pool) -> CardDetail:
+    async def get_card(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep) -> CardDetail:
         """A card and its life-cycle events, oldest first."""
         ident = _uid(uid)
         async with pool.acquire() as conn, conn.transaction():
@@ -55,7 +57,7 @@ class CardController(Controller):
         )
 
     @delete("/{uid:str}", status_code=200)
-    async def unbind(self, uid: str, principal: Principal, pool: asyncpg.Pool, now_ms: int) -> CardOut:
+    async def unbind(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> CardOut:
         """Unbind a card from its pupil (the card may be bound again); returns the binding removed."""
         principal.require(*WRITERS, action="unbind cards")
         ident = _uid(uid)
@@ -68,7 +70,7 @@ class CardController(Controller):
         return CardOut(**view)
 
     @post("/{uid:str}/block", status_code=200)
-    async def block(self, uid: str, principal: Principal, pool: asyncpg.Pool, now_ms: int) -> CardOut:
+    async def block(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> CardOut:
         """Block a card for good (stolen, lost for good)."""
         principal.require(*WRITERS, action="block cards")
         ident = _uid(uid)
@@ -84,7 +86,7 @@ class CardController(Controller):
 
     @post("/{uid:str}/temporary", status_code=201)
     async def issue_temporary(
-        self, uid: str, data: TemporaryBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+        self, uid: FromPath[str], data: JSONBody[TemporaryBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> TemporaryOut:
         """Issue a temporary card standing for card ``uid`` (reason forgotten, lost or broken)."""
         principal.require(*WRITERS, action="issue temporary cards")
@@ -103,7 +105,7 @@ class CardController(Controller):
         return TemporaryOut(original=CardOut(**orig_after), temporary=CardOut(**temp_after))
 
     @post("/{uid:str}/return", status_code=200)
-    async def return_temporary(self, uid: str, principal: Principal, pool: asyncpg.Pool, now_ms: int) -> ReturnOut:
+    async def return_temporary(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> ReturnOut:
         """Take a temporary card back: it is blocked; a suspended (forgotten) original is active again."""
         principal.require(*WRITERS, action="take back temporary cards")
         temp = _uid(uid)

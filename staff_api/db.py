@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import asyncpg
 import msgspec
+from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
 from storage import changes
@@ -30,6 +31,10 @@ ACCOUNT_STATUS_NAMES = {0: "active", 1: "blocked"}
 UID_BYTES_MIN, UID_BYTES_MAX = 4, 16
 
 Clock = Callable[[], int]
+# Explicit dependency markers (Litestar 2.23+ deprecates inferred ones).
+NowMs = NamedDependency[int]  # the request's clock reading, Unix ms
+CommandWaitMs = NamedDependency[int]  # how long a money request waits for the gateway
+PoolDep = NamedDependency[asyncpg.Pool]
 
 
 def system_clock_ms() -> int:

@@ -12,12 +12,12 @@ from typing import Any
 
 import asyncpg
 from litestar import Controller, Response, post
-from litestar.params import HeaderParameter
+from litestar.params import HeaderParameter, JSONBody
 
 from storage import commands
 
 from . import db
-from .auth import Principal
+from .auth import Principal, PrincipalDep
 from .errors import Conflict, Unprocessable
 from .schemas import CommandOut, CorrectionBody, RefundBody, TransferBody
 
@@ -82,7 +82,7 @@ class MoneyController(Controller):
 
     @post("/transfers", status_code=200)
     async def transfer(
-        self, data: TransferBody, principal: Principal, pool: asyncpg.Pool, now_ms: int, command_wait_ms: int,
+        self, data: JSONBody[TransferBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs, command_wait_ms: db.CommandWaitMs,
         idempotency_key: str | None = IdempotencyHeader,
     ) -> Response[CommandOut]:
         """Move money between two pupils of one family (pupils.family_id equal)."""
@@ -103,7 +103,7 @@ class MoneyController(Controller):
 
     @post("/refunds", status_code=200)
     async def refund(
-        self, data: RefundBody, principal: Principal, pool: asyncpg.Pool, now_ms: int, command_wait_ms: int,
+        self, data: JSONBody[RefundBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs, command_wait_ms: db.CommandWaitMs,
         idempotency_key: str | None = IdempotencyHeader,
     ) -> Response[CommandOut]:
         """Reverse a till purchase, whole (amount_kopecks null) or in part."""
@@ -119,7 +119,7 @@ class MoneyController(Controller):
 
     @post("/corrections", status_code=200)
     async def correction(
-        self, data: CorrectionBody, principal: Principal, pool: asyncpg.Pool, now_ms: int, command_wait_ms: int,
+        self, data: JSONBody[CorrectionBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs, command_wait_ms: db.CommandWaitMs,
         idempotency_key: str | None = IdempotencyHeader,
     ) -> Response[CommandOut]:
         """Operator correction of an account (signed amount, with a reason)."""

@@ -10,10 +10,10 @@ import asyncpg
 import msgspec
 from litestar import Controller, Request, get, patch, post, put
 from litestar.exceptions import NotFoundException
-from litestar.params import Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from . import cards_core, db
-from .auth import Principal
+from .auth import PrincipalDep
 from .errors import Unprocessable
 from .schemas import (
     CardBody,
@@ -176,8 +176,8 @@ class PupilController(Controller):
 
     @get("/schools/{school_id:int}/pupils")
     async def list_pupils(
-        self, school_id: int, principal: Principal, pool: asyncpg.Pool,
-        class_name: str | None = None,
+        self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
+        class_name: FromQuery[str | None] = None,
         limit: int = Parameter(default=100, ge=1, le=PAGE_MAX),
         offset: int = Parameter(default=0, ge=0),
     ) -> PupilList:
@@ -204,7 +204,7 @@ class PupilController(Controller):
 
     @post("/schools/{school_id:int}/pupils", status_code=201)
     async def enrol(
-        self, school_id: int, data: EnrolBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+        self, school_id: FromPath[int], data: JSONBody[EnrolBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> PupilOut:
         """Enrol one pupil: a personal account (next dense id), the pupil row, optionally a first card."""
         principal.require(*WRITERS, action="enrol pupils")
@@ -224,7 +224,7 @@ class PupilController(Controller):
 
     @post("/schools/{school_id:int}/pupils/import", status_code=201)
     async def import_csv(
-        self, school_id: int, request: Request, principal: Principal, pool: asyncpg.Pool, now_ms: int,
+        self, school_id: FromPath[int], request: Request, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
     ) -> ImportReport:
         """Bulk enrolment from CSV: every row valid, or nothing imported (422 with a per-row report).
 
@@ -274,7 +274,7 @@ class PupilController(Controller):
         return ImportReport(imported=len(ids), account_ids=ids)
 
     @get("/pupils/{account_id:int}")
-    async def get_pupil(self, account_id: int, principal: Principal, pool: asyncpg.Pool) -> PupilOut:
+    async def get_pupil(self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> PupilOut:
         """A pupil with balance, cards and parent controls."""
         async with pool.acquire() as conn:
             principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
@@ -282,7 +282,7 @@ class PupilController(Controller):
 
     @patch("/pupils/{account_id:int}")
     async def patch_pupil(
-        self, account_id: int, data: PupilPatch, principal: Principal, pool: asyncpg.Pool, now_ms: int
+        self, account_id: FromPath[int], data: JSONBody[PupilPatch], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> PupilOut:
         """Change grade, class, free-meal category, family, photo or account status (active/blocked)."""
         principal.require(*WRITERS, action="change pupils")
@@ -308,7 +308,7 @@ class PupilController(Controller):
         return after
 
     @get("/pupils/{account_id:int}/controls")
-    async def get_controls(self, account_id: int, principal: Principal, pool: asyncpg.Pool) -> ControlsBody:
+    async def get_controls(self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> ControlsBody:
         async with pool.acquire() as conn:
             principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
             limit = await conn.fetchval("SELECT daily_limit_kopecks FROM accounts WHERE id = $1", account_id)
@@ -316,7 +316,7 @@ class PupilController(Controller):
 
     @put("/pupils/{account_id:int}/controls")
     async def put_controls(
-        self, account_id: int, data: ControlsBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+        self, account_id: FromPath[int], data: JSONBody[ControlsBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> ControlsBody:
         """Replace the parent controls (daily and per-period limits, bans, allergens, diet, note)."""
         principal.require(*WRITERS, action="set parent controls")
@@ -357,7 +357,7 @@ class PupilController(Controller):
 
     @post("/pupils/{account_id:int}/cards", status_code=201)
     async def bind_card(
-        self, account_id: int, data: CardBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+        self, account_id: FromPath[int], data: JSONBody[CardBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> CardOut:
         """Bind a permanent card; any active temporary card standing for a broken card is blocked."""
         principal.require(*WRITERS, action="bind cards")
@@ -376,7 +376,7 @@ class PupilController(Controller):
 
     @get("/accounts/{account_id:int}/ledger")
     async def ledger(
-        self, account_id: int, principal: Principal, pool: asyncpg.Pool,
+        self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
         limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
         offset: int = Parameter(default=0, ge=0),
     ) -> Ledger:

@@ -6,10 +6,11 @@ from datetime import date
 
 import asyncpg
 from litestar import Controller, get, put
-from litestar.exceptions import NotFoundException
+
+from litestar.params import FromPath, JSONBody
 
 from . import db
-from .auth import Principal
+from .auth import PrincipalDep
 from .errors import Unprocessable
 from .schemas import (
     MealPeriod,
@@ -57,7 +58,7 @@ class SchoolController(Controller):
     tags = ["schools"]
 
     @get("/")
-    async def list_schools(self, principal: Principal, pool: asyncpg.Pool) -> list[SchoolOut]:
+    async def list_schools(self, principal: PrincipalDep, pool: db.PoolDep) -> list[SchoolOut]:
         """Schools the caller may see (a school-bound role sees its own)."""
         async with pool.acquire() as conn:
             if principal.school_id is None:
@@ -69,7 +70,7 @@ class SchoolController(Controller):
             return [await _school_out(conn, r, detail=False) for r in rows]
 
     @get("/{school_id:int}")
-    async def get_school(self, school_id: int, principal: Principal, pool: asyncpg.Pool) -> SchoolOut:
+    async def get_school(self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> SchoolOut:
         """A school with its policy, meal periods and products."""
         principal.require_school(school_id, f"school {school_id}")
         async with pool.acquire() as conn:
@@ -77,7 +78,7 @@ class SchoolController(Controller):
 
     @put("/{school_id:int}/policy")
     async def put_policy(
-        self, school_id: int, data: SchoolPolicy, principal: Principal, pool: asyncpg.Pool, now_ms: int
+        self, school_id: FromPath[int], data: JSONBody[SchoolPolicy], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> SchoolPolicy:
         """Grace (negative balance), low-balance threshold, pre-order lock. Operator only."""
         principal.require("operator", action="change a school policy")
@@ -108,8 +109,8 @@ class SchoolController(Controller):
 
     @put("/{school_id:int}/meal-periods/{name:str}")
     async def put_meal_period(
-        self, school_id: int, name: MealPeriod, data: MealPeriodBody, principal: Principal,
-        pool: asyncpg.Pool, now_ms: int,
+        self, school_id: FromPath[int], name: FromPath[MealPeriod], data: JSONBody[MealPeriodBody], principal: PrincipalDep,
+        pool: db.PoolDep, now_ms: db.NowMs,
     ) -> MealPeriodOut:
         """Set one meal period (breakfast, lunch, snack) in minutes after local midnight. Operator only."""
         principal.require("operator", action="change meal periods")
@@ -136,7 +137,7 @@ class SchoolController(Controller):
 
     @put("/{school_id:int}/products/{code:int}")
     async def put_product(
-        self, school_id: int, code: int, data: ProductBody, principal: Principal, pool: asyncpg.Pool, now_ms: int
+        self, school_id: FromPath[int], code: FromPath[int], data: JSONBody[ProductBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> ProductOut:
         """Create or replace a product of the school's canteen. Operator only."""
         principal.require("operator", action="change products")
@@ -170,7 +171,7 @@ class SchoolController(Controller):
 
     @get("/{school_id:int}/menus/{day:date}/{period:str}")
     async def get_menu(
-        self, school_id: int, day: date, period: MealPeriod, principal: Principal, pool: asyncpg.Pool
+        self, school_id: FromPath[int], day: FromPath[date], period: FromPath[MealPeriod], principal: PrincipalDep, pool: db.PoolDep
     ) -> MenuOut:
         principal.require_school(school_id, f"school {school_id}")
         rows = await pool.fetch(
@@ -182,8 +183,8 @@ class SchoolController(Controller):
 
     @put("/{school_id:int}/menus/{day:date}/{period:str}")
     async def put_menu(
-        self, school_id: int, day: date, period: MealPeriod, data: MenuBody, principal: Principal,
-        pool: asyncpg.Pool, now_ms: int,
+        self, school_id: FromPath[int], day: FromPath[date], period: FromPath[MealPeriod], data: JSONBody[MenuBody], principal: PrincipalDep,
+        pool: db.PoolDep, now_ms: db.NowMs,
     ) -> MenuOut:
         """Replace the menu of one day and period with the given product codes. Operator only."""
         principal.require("operator", action="change menus")
@@ -214,5 +215,3 @@ class SchoolController(Controller):
             await db.notify(conn, "school", school_id)
         return MenuOut(school_id=school_id, day=day.isoformat(), period=period, product_codes=codes)
 
-
-__all__ = ["SchoolController", "NotFoundException"]
