@@ -20,7 +20,14 @@ from . import db
 from .admin import AuditController, StaffController
 from .auth import Principal, authenticate
 from .cards import CardController
-from .errors import Unprocessable, http_exception_handler, unprocessable_handler, validation_handler
+from .errors import (
+    Unprocessable,
+    check_violation_handler,
+    http_exception_handler,
+    unique_violation_handler,
+    unprocessable_handler,
+    validation_handler,
+)
 from .money import MoneyController
 from .pupils import PupilController
 from .schools import SchoolController
@@ -86,6 +93,8 @@ def create_app(
             Unprocessable: unprocessable_handler,
             ValidationException: validation_handler,
             HTTPException: http_exception_handler,
+            asyncpg.UniqueViolationError: unique_violation_handler,
+            asyncpg.CheckViolationError: check_violation_handler,
         },
         openapi_config=OpenAPIConfig(
             title="ecard staff and operator API",

@@ -18,7 +18,7 @@ WRITERS = ("operator", "officer")
 def _uid(text: str, field: str = "uid") -> bytes:
     uid = db.parse_uid(text)
     if uid is None:
-        raise Unprocessable(field, "must be 4..16 bytes as hex")
+        raise Unprocessable(field, "must be 4..16 bytes as hex", source="path" if field == "uid" else "body")
     return uid
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
@@ -21,10 +22,11 @@ class Unprocessable(HTTPException):
     status_code = 422
 
     def __init__(
-        self, field: str, message: str, *, errors: list[dict[str, Any]] | None = None, detail: str | None = None
+        self, field: str, message: str, *, errors: list[dict[str, Any]] | None = None, detail: str | None = None,
+        source: str = "body",
     ) -> None:
         self.field = field
-        self.errors = errors or [{"field": field, "message": message, "source": "body"}]
+        self.errors = errors or [{"field": field, "message": message, "source": source}]
         super().__init__(detail=detail or f"{field}: {message}")
 
 
@@ -57,6 +59,17 @@ def validation_handler(request: Request, exc: ValidationException) -> Response:
         errors.append({"field": "body", "message": exc.detail, "source": "body"})
     first = errors[0]
     return _error_response(422, f"{first['field']}: {first['message']}", field=first["field"], errors=errors)
+
+
+def unique_violation_handler(_request: Request, exc: asyncpg.UniqueViolationError) -> Response:
+    """A race lost to a concurrent request (the same card bound twice at once): a conflict, not a crash."""
+    return _error_response(409, f"conflict with a concurrent change: {exc.detail or exc}")
+
+
+def check_violation_handler(_request: Request, exc: asyncpg.CheckViolationError) -> Response:
+    field = exc.constraint_name or "body"
+    return _error_response(422, f"{field}: {exc}", field=field,
+                           errors=[{"field": field, "message": str(exc), "source": "body"}])
 
 
 def http_exception_handler(_request: Request, exc: HTTPException) -> Response:

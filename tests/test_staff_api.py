@@ -324,8 +324,8 @@ def test_csv_import_all_or_nothing(api: Api):
         f"Лебедев Кирилл,5,5А,{demo_card_uid(7).hex()},service_card\n"  # bound to pupil 7
         "Новикова Ольга,6,6А,04D1D2D3D4D5D6,credit_card\n"  # card_kind
     )
-    r = api.off = api.as_("off1", "POST", "/schools/1/pupils/import", content=bad.encode(),
-                          headers={"Content-Type": "text/csv"})
+    r = api.as_("off1", "POST", "/schools/1/pupils/import", content=bad.encode(),
+                headers={"Content-Type": "text/csv"})
     assert r.status_code == 422, r.text
     errors = {(e["row"], e["field"]) for e in r.json()["errors"]}
     assert errors == {(3, "grade"), (4, "full_name"), (4, "card_uid"), (5, "card_uid"), (6, "card_uid"),
