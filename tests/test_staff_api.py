@@ -313,6 +313,22 @@ def test_enrol_read_change_and_school_reference_data(api: Api):
     assert api.as_("cash1", "GET", "/accounts/1001/ledger").status_code == 403  # city-level opening balances
 
 
+def test_concurrent_enrolments_get_dense_ids(api: Api):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def enrol(n: int) -> int:
+        with httpx.Client(base_url=api.url, timeout=30) as c:
+            r = c.post("/schools/1/pupils", json={"full_name": f"Ученик новый {n}", "grade": 1},
+                       headers={"Authorization": f"Bearer {api.tokens['off1']}"})
+            assert r.status_code == 201, r.text
+            return r.json()["account_id"]
+
+    with ThreadPoolExecutor(8) as pool:
+        ids = sorted(pool.map(enrol, range(16)))
+    assert ids == list(range(2001, 2017))
+    assert len(audit_rows(api.dsn, "pupil:2016")) == 1
+
+
 def test_csv_import_all_or_nothing(api: Api):
     accounts_before = sql(api.dsn, "SELECT count(*) AS n FROM accounts")[0]["n"]
     bad = (
@@ -404,6 +420,56 @@ def test_bind_unbind_block_are_audited_evented_and_notified(api: Api):
     assert api.as_("off1", "DELETE", f"/cards/{demo_card_uid(8).hex()}").status_code == 409
     detail = api.as_("aud", "GET", f"/cards/{demo_card_uid(8).hex()}").json()
     assert [e["action"] for e in detail["events"]] == ["block"]
+
+
+class ChangeListener:
+    """LISTENs on ecard_changes in a background thread, as the gateway does."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.notes: list[str] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "ChangeListener":
+        self.thread.start()
+
+        async def listen() -> None:
+            self.conn = await asyncpg.connect(self.dsn)
+            await self.conn.add_listener("ecard_changes", lambda *a: self.notes.append(a[3]))
+
+        asyncio.run_coroutine_threadsafe(listen(), self.loop).result(10)
+        return self
+
+    def wait_for(self, *expected: str) -> None:
+        wait_until(lambda: all(e in self.notes for e in expected), 5, f"notifications {expected}")
+
+    def __exit__(self, *exc) -> None:
+        asyncio.run_coroutine_threadsafe(self.conn.close(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def test_reference_changes_notify_the_gateway(api: Api):
+    with ChangeListener(api.dsn) as changes:
+        assert api.as_("off1", "PATCH", "/pupils/21", json={"class_name": "6Б"}).status_code == 200
+        assert api.as_("off1", "PUT", "/pupils/22/controls", json={"daily_limit_kopecks": 100}).status_code == 200
+        assert api.op("PUT", "/schools/1/policy", json={"grace_kopecks": 500}).status_code == 200
+        assert api.op("PUT", "/schools/1/products/3", json={"name": "Булочка с маком", "price_kopecks": 3_700,
+                                                         "allergens": ["gluten", "eggs"]}).status_code == 200
+        r = api.as_("off1", "POST", "/schools/1/pupils", json={"full_name": "Егоров Марк", "grade": 1,
+                                                              "card": {"uid": "04abcdef01"}})
+        assert r.status_code == 201
+        changes.wait_for("account:21", "account:22", "school:1", "account:2001", "identifier:04abcdef01")
+        # a refused change notifies nothing
+        before = len(changes.notes)
+        assert api.as_("off1", "PATCH", "/pupils/2000", json={"grade": 6}).status_code == 403
+        assert api.as_("off1", "PUT", "/pupils/22/controls", json={"banned_products": [404]}).status_code == 422
+        r = api.as_("off1", "POST", "/pupils/23/cards", json={"uid": "04abcdef02"})  # a last one, to fence
+        assert r.status_code == 201
+        changes.wait_for("identifier:04abcdef02")
+        assert changes.notes[before:] == ["identifier:04abcdef02"]
+    assert sql(api.dsn, "SELECT price_kopecks FROM products WHERE school_id = 1 AND code = 3")[0]["price_kopecks"] == 3_700
 
 
 def _card(dsn: str, uid: bytes) -> dict:
