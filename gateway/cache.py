@@ -151,6 +151,7 @@ class DeviceState:
         "key",
         "drawer_account_id",
         "durable_txn",
+        "ack_pending",
         "forgotten_txn_max",
         "recent",
         "nonces",
@@ -164,6 +165,7 @@ class DeviceState:
         self.key = key
         self.drawer_account_id = drawer_account_id
         self.durable_txn = durable_txn
+        self.ack_pending = False  # durable_txn advanced and the device has not been told yet
         # Decided txns, oldest first: every accepted txn not yet durable, plus the
         # most recent others up to the window. Txns at or below forgotten_txn_max may
         # have been decided and forgotten: they can no longer be answered.

@@ -46,6 +46,10 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # entries. 5 ms keeps tap->durable well under 20 ms; 4096 rows is one COPY of
     # about half a MiB, a few ms for PostgreSQL.
     flush_interval_ms: int = 5
+    # A device with traffic learns its durable watermark with its next reply, in
+    # the same write; an idle one from this timer. A DURABLE_ACK of its own per
+    # commit would double the gateway's write syscalls under load.
+    durable_ack_interval_ms: int = 50
     batch_events_max: int = 4_096
     # How much the gateway may decide while PostgreSQL is away: about ten seconds
     # of a whole city's morning peak. Beyond it taps are refused (TRY_AGAIN_LATER).
@@ -84,6 +88,7 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         _require(0 < self.heartbeat_interval_ms < self.idle_timeout_ms, "heartbeat_interval_ms", "must be below idle_timeout_ms")
         _require(self.write_buffer_bytes_high >= 4096, "write_buffer_bytes_high", "must be at least 4096")
         _require(1 <= self.flush_interval_ms <= 1_000, "flush_interval_ms", "must be 1..1000")
+        _require(1 <= self.durable_ack_interval_ms <= 10_000, "durable_ack_interval_ms", "must be 1..10000")
         _require(1 <= self.batch_events_max <= 100_000, "batch_events_max", "must be 1..100000")
         _require(
             self.batch_events_max <= self.journal_queue_events_max,

@@ -93,6 +93,7 @@ class GatewayCore:
         self.clock_ms = wall_clock_ms  # replaced in tests
         self.frame_received_ns = 0  # perf_counter_ns when the frame being decided arrived
         self.commands_in_flight: set[int] = set()  # money commands applied, not yet durable
+        self.acks_pending: list[DeviceState] = []  # devices whose durable watermark moved
 
     def connected_by_kind(self) -> dict[int, int]:
         counts: dict[int, int] = {}
@@ -115,13 +116,25 @@ class GatewayCore:
         if command_seqs and self.commands_in_flight:
             self.commands_in_flight.difference_update(command_seqs)
         devices = self.cache.devices
+        pending = self.acks_pending
         for device_id, txn in durable.items():
             device = devices.get(device_id)
             if device is None or txn <= device.durable_txn:
                 continue
             device.durable_txn = txn
             if device.session is not None:
-                device.session.send_durable_ack(txn)
+                # Told with its next reply (same write) or by the ack timer, whichever is first.
+                device.ack_pending = True
+                pending.append(device)
+
+    def send_pending_acks(self) -> None:
+        """Timer: DURABLE_ACK to the devices that got no reply since their last commit."""
+        pending, self.acks_pending = self.acks_pending, []
+        for device in pending:
+            if device.ack_pending:
+                device.ack_pending = False
+                if device.session is not None:
+                    device.session.send_durable_ack(device.durable_txn)
 
 
 class DeviceSession(asyncio.Protocol):
@@ -210,6 +223,10 @@ class DeviceSession(asyncio.Protocol):
             out.append(conn.send(Nak(NakReason.TOO_MANY_PENDING, f"more than {PENDING_FRAMES_MAX} frames pending")))
             self._close_after(out)
             return
+        device = self.device
+        if device is not None and device.ack_pending:
+            device.ack_pending = False
+            out.append(conn.send(DurableAck(device.durable_txn)))
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
 

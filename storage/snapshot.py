@@ -43,12 +43,17 @@ async def schools(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch("SELECT id, utc_offset_minutes FROM schools", timeout=LOAD_STATEMENT_TIMEOUT_S)
 
 
+# A device's durable watermark: the highest txn journaled for it (one backward
+# probe of the journal's primary key per device).
+_DEVICES = """
+SELECT d.id, d.school_id, d.kind, d.key, coalesce(d.drawer_account_id, 0) AS drawer_account_id,
+       coalesce((SELECT max(j.device_txn) FROM journal j WHERE j.device_id = d.id), 0) AS durable_txn
+FROM devices d
+"""
+
+
 async def devices(conn: asyncpg.Connection) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT id, school_id, kind, key, coalesce(drawer_account_id, 0) AS drawer_account_id, durable_txn"
-        " FROM devices",
-        timeout=LOAD_STATEMENT_TIMEOUT_S,
-    )
+    return await conn.fetch(_DEVICES, timeout=LOAD_STATEMENT_TIMEOUT_S)
 
 
 async def recent_transactions(conn: asyncpg.Connection, per_device: int) -> list[asyncpg.Record]:
@@ -139,12 +144,7 @@ async def identifiers_with_state(conn: asyncpg.Connection) -> list[asyncpg.Recor
 
 
 async def device(conn: asyncpg.Connection, device_id: int) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        "SELECT id, school_id, kind, key, coalesce(drawer_account_id, 0) AS drawer_account_id, durable_txn"
-        " FROM devices WHERE id = $1",
-        device_id,
-        timeout=LOAD_STATEMENT_TIMEOUT_S,
-    )
+    return await conn.fetchrow(_DEVICES + " WHERE d.id = $1", device_id, timeout=LOAD_STATEMENT_TIMEOUT_S)
 
 
 async def school_reference(conn: asyncpg.Connection, school_id: int | None = None) -> dict[str, list[asyncpg.Record]]:

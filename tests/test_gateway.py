@@ -113,7 +113,7 @@ def test_taps_are_decided_journaled_and_acknowledged_durable(demo_dsn):
             assert await balance(demo_dsn, 7) == 34_500
             total = await fetch(demo_dsn, "SELECT sum(balance_kopecks) FROM accounts")
             assert total[0][0] == 0
-            assert (await fetch(demo_dsn, "SELECT durable_txn FROM devices WHERE id = $1", TILL))[0][0] == 2
+            assert gw.core.cache.devices[TILL].durable_txn == 2
             text = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
             assert 'ecard_decisions_total{kind="purchase",reason="OK"} 1.0' in text
             assert 'ecard_devices_connected{kind="till"} 1.0' in text

@@ -43,8 +43,8 @@ CREATE TABLE identifiers (
 );
 CREATE INDEX identifiers_account ON identifiers (account_id);
 
--- kind: 1 turnstile, 2 till, 3 fire panel. durable_txn: the highest device txn
--- known durable, written in the same transaction as the journal rows.
+-- kind: 1 turnstile, 2 till, 3 fire panel. durable_txn: unused since 0003 (the
+-- watermark is the highest txn in the journal).
 CREATE TABLE devices (
     id                bigint   PRIMARY KEY CHECK (id BETWEEN 1 AND 4294967295),
     school_id         integer  NOT NULL REFERENCES schools,
