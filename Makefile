@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(PY) -m gateway run --demo
+	$(PY) -m launcher
 
 test: $(STAMP)
 	$(PY) -m pytest -q

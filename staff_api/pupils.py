@@ -382,14 +382,25 @@ class PupilController(Controller):
     ) -> Ledger:
         """Journal rows of an account (as the tapping account, or debited, or credited), newest first."""
         async with pool.acquire() as conn:
-            account = await conn.fetchrow("SELECT school_id, balance_kopecks FROM accounts WHERE id = $1", account_id)
+            account = await conn.fetchrow(
+                "SELECT school_id, balance_kopecks, kind FROM accounts WHERE id = $1", account_id
+            )
             if account is None:
                 raise NotFoundException(f"no account {account_id}")
             principal.require_school(account["school_id"], f"account {account_id}")
+            # A pupil's rows: every device row names the pupil in account_id; a money
+            # command may also credit or debit it as the other side (a transfer), which
+            # the partial indexes of migration 0004 find. System accounts (revenue,
+            # drawers) appear on every sale: their history is a report, scanned.
+            condition = (
+                "account_id = $1 OR (device_id = 0 AND (debit_account_id = $1 OR credit_account_id = $1))"
+                if account["kind"] == 1
+                else "account_id = $1 OR debit_account_id = $1 OR credit_account_id = $1"
+            )
             rows = await conn.fetch(
-                """
+                f"""
                 SELECT * FROM journal
-                WHERE account_id = $1 OR debit_account_id = $1 OR credit_account_id = $1
+                WHERE {condition}
                 ORDER BY decided_at_ms DESC, device_id DESC, device_txn DESC
                 LIMIT $2 OFFSET $3
                 """,

@@ -1,0 +1,142 @@
+"""Start ecard on embedded defaults: PostgreSQL, the gateway (demo data on an empty
+database), the staff API, the sandbox acquirer, the payments webhook and the
+auto top-up worker. Ctrl-C stops them in reverse order, then the database.
+
+    python -m launcher [--data-dir var]
+
+Ports: devices 7700, metrics 9108, staff API 8800, payments 8810, sandbox acquirer 8900.
+A first operator token is written to <data-dir>/operator-token.txt.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+# How long a part may take to start before the launcher gives up on it.
+START_TIMEOUT_S = 120.0
+# How long a part may take to stop after SIGTERM before it is killed.
+STOP_TIMEOUT_S = 30.0
+
+
+def pump(name: str, stream) -> None:
+    for line in iter(stream.readline, b""):
+        sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
+        sys.stdout.flush()
+
+
+class Part:
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], ready: str | None = None) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.ready = threading.Event()
+        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
+
+    def _pump(self, ready: str | None) -> None:
+        if ready is None:
+            self.ready.set()
+        for line in iter(self.proc.stdout.readline, b""):  # type: ignore[union-attr]
+            text = line.decode(errors="replace")
+            if ready is not None and ready in text:
+                self.ready.set()
+            sys.stdout.write(f"[{self.name}] {text}")
+            sys.stdout.flush()
+        self.ready.set()
+
+    def wait_ready(self) -> None:
+        if not self.ready.wait(START_TIMEOUT_S) or self.proc.poll() is not None:
+            raise SystemExit(f"{self.name} did not start (exit code {self.proc.poll()})")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def secret_file(path: Path) -> str:
+    if not path.exists():
+        path.write_text(secrets.token_hex(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data-dir", default=os.environ.get("ECARD_DATA_DIR", "var"))
+    args = parser.parse_args()
+    data_dir = Path(args.data_dir).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    from storage import database
+
+    dsn = os.environ.get("ECARD_PG_DSN", "")
+    embedded = not dsn
+    if embedded:
+        dsn = database.start_embedded(data_dir)
+    webhook_secret = secret_file(data_dir / "webhook-secret.txt")
+    env = {
+        **os.environ,
+        "ECARD_PG_DSN": dsn,
+        "ECARD_DATA_DIR": str(data_dir),
+        "ECARD_WEBHOOK_SECRET": webhook_secret,
+        "ECARD_ACQUIRER_URL": "http://127.0.0.1:8900",
+        "ECARD_PAYMENTS_PUBLIC_URL": "http://127.0.0.1:8810",
+        "PYTHONUNBUFFERED": "1",
+    }
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    parts: list[Part] = []
+    try:
+        gateway = Part("gateway", ["-m", "gateway", "run", "--demo"], env, ready="ecard gateway listening")
+        parts.append(gateway)
+        gateway.wait_ready()  # migrations and demo data are in place now
+        token_path = data_dir / "operator-token.txt"
+        if not token_path.exists():
+            token = subprocess.run(
+                [sys.executable, "-m", "staff_api", "create-staff", "--login", "operator", "--role", "operator"],
+                env=env, capture_output=True, text=True, check=True, timeout=START_TIMEOUT_S,
+            ).stdout.strip().split()[-1]
+            token_path.write_text(token + "\n")
+            token_path.chmod(0o600)
+        for name, argv in (
+            ("staff-api", ["-m", "staff_api", "serve", "--host", "127.0.0.1", "--port", "8800"]),
+            ("acquirer", ["-m", "payments.sandbox", "--host", "127.0.0.1", "--port", "8900", "--webhook-secret", webhook_secret]),
+            ("payments", ["-m", "payments", "serve", "--host", "127.0.0.1", "--port", "8810"]),
+            ("autotopup", ["-m", "payments", "autotopup", "--interval-s", "30"]),
+        ):
+            parts.append(Part(name, argv, env))
+        print(
+            "ecard is running: devices 127.0.0.1:7700, metrics http://127.0.0.1:9108/metrics, "
+            f"staff API http://127.0.0.1:8800 (operator token in {token_path}), payments http://127.0.0.1:8810, "
+            "sandbox acquirer http://127.0.0.1:8900. Ctrl-C stops everything.",
+            flush=True,
+        )
+        while not stop.is_set():
+            for part in parts:
+                if part.proc.poll() is not None:
+                    print(f"[launcher] {part.name} exited with {part.proc.returncode}; stopping", flush=True)
+                    stop.set()
+            stop.wait(1.0)
+    finally:
+        for part in reversed(parts):
+            part.stop()
+        if embedded:
+            database.stop_embedded(data_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
