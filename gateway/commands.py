@@ -260,8 +260,6 @@ class CommandProcessor:
             now_ms,
             None,
             None,
-            None,
-            None,
         )
         extras: tuple = (("command", seq, 1, result, now_ms),)
         if alert:

@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 
 from storage import snapshot
+from storage.journal import decode_items
 
 from .cache import (
     ACCOUNT_PUPIL,
@@ -130,7 +131,7 @@ async def rebuild_counters(conn: asyncpg.Connection, cache: Cache, now_ms: int) 
     """Today's item counts, meal-period spend and free meals, from the journal."""
     earliest = min((cache.day_of(s, now_ms) * DAY_MS - off for s, off in cache.school_offset_ms.items()), default=now_ms)
     if cache.controls:
-        for account_id, decided_ms, amount, _lines, quantities, debit in await snapshot.purchases_since(
+        for account_id, decided_ms, amount, items, _debit in await snapshot.purchases_since(
             conn, list(cache.controls), earliest
         ):
             controls = cache.controls[account_id]
@@ -140,7 +141,7 @@ async def rebuild_counters(conn: asyncpg.Connection, cache: Cache, now_ms: int) 
                 continue
             if controls.day != day:
                 controls.day, controls.items_today, controls.period_spent_kopecks = day, 0, {}
-            controls.items_today += sum(quantities or ())
+            controls.items_today += sum(quantity for _, quantity, _ in decode_items(items) or ())
             period = cache.meal_period(school, decided_ms)
             if period:
                 spent = controls.period_spent_kopecks

@@ -62,6 +62,8 @@ from .outbox import low_balance_outbox
 from .config import Config
 from .metrics import GatewayMetrics
 
+from storage.journal import encode_items
+
 if TYPE_CHECKING:
     from storage.journal import JournalWriter
 
@@ -347,11 +349,9 @@ class DeviceSession(asyncio.Protocol):
         pupil_balance = core.cache.accounts.balance[account_id]
         direction = None
         cashier = None
-        codes = quantities = prices = None
+        items = None
         if kind == KIND_PURCHASE:
-            codes = [i.product_code for i in request.items]
-            quantities = [i.quantity for i in request.items]
-            prices = [i.unit_price_kopecks for i in request.items]
+            items = encode_items(request.items)
         elif kind == KIND_TOPUP:
             cashier = request.cashier_id
         else:
@@ -372,9 +372,7 @@ class DeviceSession(asyncio.Protocol):
             request.reader_time_ms,
             now_ms,
             cashier,
-            codes,
-            quantities,
-            prices,
+            items,
         )
         core.journal.append(
             (

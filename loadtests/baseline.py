@@ -47,6 +47,7 @@ from protocol import (
     Role,
 )
 from protocol.auth import verify_hello
+from storage.journal import encode_items
 
 log = logging.getLogger("ecard.baseline")
 
@@ -59,8 +60,8 @@ RETURNING id, balance_kopecks
 _JOURNAL = """
 INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, amount_kopecks,
                      balance_after_kopecks, advice, device_time_ms, decided_at_ms,
-                     item_codes, item_quantities, item_prices_kopecks)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $10, $11, $12, $13)
+                     items)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $10, $11)
 ON CONFLICT (device_id, device_txn) DO NOTHING
 """
 KIND_ENTRY, KIND_PURCHASE = 1, 3
@@ -140,9 +141,7 @@ class Baseline:
                     balance,
                     event.reader_time_ms,
                     now_ms,
-                    [i.product_code for i in items] if items else None,
-                    [i.quantity for i in items] if items else None,
-                    [i.unit_price_kopecks for i in items] if items else None,
+                    encode_items(items) if items else None,
                 )
         self.decisions += 1
         shown = balance if kind == KIND_PURCHASE else 0

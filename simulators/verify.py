@@ -17,6 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from storage.demo_dataset import DEMO_OPENING_BALANCE_KOPECKS
+from storage.journal import decode_items
 
 from .device import KIND_PURCHASE, KIND_TOPUP, read_logs
 
@@ -72,7 +73,7 @@ async def verify(dsn: str, log_dir: Path, *, opening_kopecks: int = DEMO_OPENING
     try:
         records = await conn.fetch(
             "SELECT device_id, device_txn, kind, account_id, identifier, amount_kopecks, direction, cashier_id,"
-            " item_codes, item_quantities, item_prices_kopecks FROM journal"
+            " items FROM journal"
         )
         accounts = await conn.fetch("SELECT id, kind, balance_kopecks FROM accounts ORDER BY id")
         drawers = dict(await conn.fetch("SELECT id, drawer_account_id FROM devices WHERE drawer_account_id IS NOT NULL"))
@@ -81,8 +82,8 @@ async def verify(dsn: str, log_dir: Path, *, opening_kopecks: int = DEMO_OPENING
     journal = {}
     for r in records:
         items = None
-        if r["item_codes"] is not None:
-            items = tuple(zip(r["item_codes"], r["item_quantities"], r["item_prices_kopecks"]))
+        if r["items"] is not None:
+            items = tuple(decode_items(r["items"]))
         journal[(r["device_id"], r["device_txn"])] = (
             r["kind"],
             r["account_id"],

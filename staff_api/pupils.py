@@ -12,6 +12,8 @@ from litestar import Controller, Request, get, patch, post, put
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
+from storage.journal import decode_items
+
 from . import cards_core, db
 from .auth import PrincipalDep
 from .errors import Unprocessable
@@ -414,7 +416,7 @@ class PupilController(Controller):
                 credit_account_id=r["credit_account_id"], amount_kopecks=r["amount_kopecks"],
                 balance_after_kopecks=r["balance_after_kopecks"], advice=r["advice"],
                 device_time_ms=r["device_time_ms"], decided_at_ms=r["decided_at_ms"],
-                item_codes=None if r["item_codes"] is None else list(r["item_codes"]),
+                items=None if r["items"] is None else [list(line) for line in decode_items(r["items"])],
             )
             for r in rows[:limit]
         ]

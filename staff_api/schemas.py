@@ -205,7 +205,7 @@ class LedgerEntry(Base):
     advice: bool
     device_time_ms: int
     decided_at_ms: int
-    item_codes: list[int] | None
+    items: list[list[int]] | None  # [product_code, quantity, unit_price_kopecks] per line
 
 
 class Ledger(Base):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import struct
 import time
 from collections import deque
 from itertools import islice
@@ -43,10 +44,21 @@ JOURNAL_COLUMNS = (
     "device_time_ms",
     "decided_at_ms",
     "cashier_id",
-    "item_codes",
-    "item_quantities",
-    "item_prices_kopecks",
+    "items",
 )
+
+_ITEM = struct.Struct("<IHI")  # product_code, quantity, unit_price_kopecks: the PURCHASE wire layout
+
+
+def encode_items(items) -> bytes:
+    """A purchase's lines as stored in journal.items."""
+    pack = _ITEM.pack
+    return b"".join([pack(i.product_code, i.quantity, i.unit_price_kopecks) for i in items])
+
+
+def decode_items(data: bytes | None) -> list[tuple[int, int, int]] | None:
+    """journal.items back into (product_code, quantity, unit_price_kopecks) lines."""
+    return None if data is None else list(_ITEM.iter_unpack(bytes(data)))
 
 # An entry: (journal row | None, debit account id | None, its balance after,
 #            credit account id | None, its balance after, monotonic ns when appended,

@@ -169,8 +169,8 @@ async def school_reference(conn: asyncpg.Connection, school_id: int | None = Non
 async def purchases_since(conn: asyncpg.Connection, account_ids: list[int], since_ms: int) -> list[asyncpg.Record]:
     """Today's purchases of the accounts with controls, to rebuild their counters."""
     return await conn.fetch(
-        "SELECT account_id, decided_at_ms, amount_kopecks, coalesce(array_length(item_quantities, 1), 0) AS lines,"
-        " item_quantities, debit_account_id FROM journal WHERE kind = 3 AND account_id = ANY($1::bigint[])"
+        "SELECT account_id, decided_at_ms, amount_kopecks, items, debit_account_id"
+        " FROM journal WHERE kind = 3 AND account_id = ANY($1::bigint[])"
         " AND decided_at_ms >= $2",
         account_ids,
         since_ms,
