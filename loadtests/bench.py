@@ -21,6 +21,7 @@ bench-results/bench-<time>.json and the servers' logs in bench-results/logs-<tim
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import math
 import os
@@ -47,6 +48,7 @@ TARGETS = {
     "paced_durable_p99_ms_max": 20,
     "cache_load_s_max": 10.0,
     "cache_rss_mib_max": 600,
+    "rules_throughput_vs_core_min": 0.80,
 }
 
 
@@ -195,6 +197,63 @@ def phase_ecard(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
     return out
 
 
+# The full rule set of the money rules (issue "accounts, cards and money"): a third
+# of the pupils carry parent controls that every basket is checked against item by
+# item (bans and allergens that the workload's products do not hit, so the taps
+# still pass, and generous per-period and per-day limits), pupils of grades 1-4
+# are entitled to free meals, the school grants grace. The workload is the same
+# as the core's, so the difference in throughput is the cost of the rules.
+_RULES_SQL = (
+    """
+    INSERT INTO account_controls (account_id, period_limits_kopecks, items_per_day_max,
+                                  banned_products, banned_categories, blocked_allergens, required_diet, cashier_note)
+    SELECT id, '{"breakfast": 5000000, "lunch": 5000000, "snack": 5000000}', 1000000,
+           '{1, 2}', '{salad}', '{peanuts, fish}', '{}', 'Проверить фото'
+    FROM accounts WHERE kind = 1 AND id % 3 = 0
+    """,
+    "UPDATE school_policies SET grace_kopecks = 5000, grace_meals = 1",
+    "UPDATE accounts SET daily_limit_kopecks = 5000000 WHERE kind = 1 AND id % 2 = 0",
+)
+
+
+async def _apply_rules(dsn: str) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        for statement in _RULES_SQL:
+            await conn.execute(statement)
+    finally:
+        await conn.close()
+
+
+def phase_rules(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
+    """ecard with the full rule set: closed loop at the top concurrency, then paced."""
+    w = workload("mixed")
+    t, k = split_devices(w, max(max(CONCURRENCIES), plan.paced_devices))
+    log(f"rules: database with {plan.pupils} pupils (controls on a third, free meals, grace), {t} turnstiles, {k} tills")
+    dsn = dbs.create(pupils=plan.pupils, turnstiles=t, tills=k, free_meals=True)
+    asyncio.run(_apply_rules(dsn))
+    out: dict = {}
+    try:
+        with procs.gateway(dsn, logs / "gateway-rules.log").start() as gw:
+            top = max(CONCURRENCIES)
+            out["closed"] = {str(top): measure(gw, plan, mode="closed", devices=top, processes=plan.processes(top))}
+            m = gw.metrics()
+            out["closed"][str(top)]["server_latency_us"] = procs.quantiles(m, "ecard_decision_latency_quantile_us")
+            wait_drained(gw)
+        with procs.gateway(dsn, logs / "gateway-rules-paced.log").start() as gw:
+            r = measure(gw, plan, mode="paced", devices=plan.paced_devices, rate=plan.paced_rate, processes=1)
+            m = gw.metrics()
+            r["server_latency_us"] = procs.quantiles(m, "ecard_decision_latency_quantile_us")
+            r["durable_lag_ms"] = procs.quantiles(m, "ecard_durable_lag_quantile_ms")
+            out["paced"] = r
+            wait_drained(gw)
+    finally:
+        dbs.drop(dsn)
+    return out
+
+
 def journal_stats(m: dict) -> dict:
     """Mean group-commit size and duration since the gateway started."""
     out = {}
@@ -297,6 +356,12 @@ def summarize(res: dict) -> dict:
         s["paced_server_p99_us"] = p.get("server_latency_us", {}).get("0.99")
         s["paced_client_p99_us"] = p["latency_us"].get("p99")
         s["paced_durable_p99_ms"] = p.get("durable_lag_ms", {}).get("0.99")
+    rules = res.get("rules") or {}
+    top_rules = (rules.get("closed") or {}).get(top)
+    if top_rules and top in e:
+        s["rules_throughput_vs_core"] = _ratio(top_rules.get("throughput_per_s"), e[top].get("throughput_per_s"))
+    if rules.get("paced"):
+        s["rules_paced_server_p99_us"] = rules["paced"].get("server_latency_us", {}).get("0.99")
     f = res.get("cache") or {}
     if f.get("cache"):
         s["cache_load_s"] = f["cache"]["load_s"]
@@ -309,6 +374,8 @@ def summarize(res: dict) -> dict:
         "paced_client_p99_us": ("paced_client_p99_us_max", "<"),
         "paced_durable_p99_ms": ("paced_durable_p99_ms_max", "<"),
         "cache_load_s": ("cache_load_s_max", "<"),
+        "rules_throughput_vs_core": ("rules_throughput_vs_core_min", ">="),
+        "rules_paced_server_p99_us": ("paced_server_p99_us_max", "<"),
         "cache_rss_mib": ("cache_rss_mib_max", "<="),
     }
     verdicts = {}
@@ -364,6 +431,16 @@ def table(res: dict) -> str:
             f"client p99 {_fmt(p['latency_us'].get('p99'))} us (p99.9 {_fmt(p['latency_us'].get('p999'))}), "
             f"tap->durable p99 {_fmt(p.get('durable_lag_ms', {}).get('0.99'))} ms; machine busy {p.get('machine_busy_cores')} cores"
         )
+    rl = res.get("rules") or {}
+    if rl and "error" not in rl:
+        rc = next(iter((rl.get("closed") or {}).values()), {})
+        rp = rl.get("paced") or {}
+        lines.append(
+            f"rules (controls on a third of the pupils, free meals, grace): closed {_fmt(rc.get('throughput_per_s'))}/s "
+            f"(server p99 {_fmt(rc.get('server_latency_us', {}).get('0.99'))} us); paced {_fmt(rp.get('throughput_per_s'))}/s, "
+            f"server p99 {_fmt(rp.get('server_latency_us', {}).get('0.99'))} us, client p99 {_fmt((rp.get('latency_us') or {}).get('p99'))} us, "
+            f"tap->durable p99 {_fmt(rp.get('durable_lag_ms', {}).get('0.99'))} ms"
+        )
     st = e.get("storm")
     if st:
         held = st.get("held", {})
@@ -380,7 +457,7 @@ def table(res: dict) -> str:
             f"cache: {f['pupils']:,} pupils: loaded in {cl.get('load_s', '-')} s, RSS {cl.get('rss_mib', '-')} MiB "
             f"(RSS when listening {f.get('rss_mib_listening')} MiB; dataset generated in {f.get('dataset_load_s')} s)"
         )
-    for name in ("ceiling", "baseline", "ecard", "cache", "crash"):
+    for name in ("ceiling", "baseline", "ecard", "rules", "cache", "crash"):
         if isinstance(res.get(name), dict) and "error" in res[name]:
             lines.append(f"{name}: FAILED: {res[name]['error'][:300]}")
     cr = res.get("crash")
@@ -401,8 +478,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results", help="directory for the JSON results")
     ap.add_argument(
         "--phases",
-        default="ceiling,baseline,ecard,cache,crash",
-        help="comma-separated subset of ceiling,baseline,ecard,cache,crash",
+        default="ceiling,baseline,ecard,rules,cache,crash",
+        help="comma-separated subset of ceiling,baseline,ecard,rules,cache,crash",
     )
     ap.add_argument("--storm-devices", type=int, help="devices in the reconnect storm (default 19,000; 2,000 with --quick)")
     ap.add_argument("--big-pupils", type=int, help="accounts for the cache phase (default 2,000,000; 100,000 with --quick)")
@@ -443,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "ceiling": lambda: phase_ceiling(plan, logs),
         "baseline": lambda: phase_baseline(plan, logs, dbs),
         "ecard": lambda: phase_ecard(plan, logs, dbs),
+        "rules": lambda: phase_rules(plan, logs, dbs),
         "cache": lambda: phase_cache(plan, logs, dbs),
         "crash": lambda: phase_crash(logs, dbs),
     }
