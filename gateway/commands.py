@@ -170,12 +170,17 @@ class CommandProcessor:
     async def _process_commands(self, conn: asyncpg.Connection) -> None:
         core = self.core
         in_flight = core.commands_in_flight
-        for seq in [s for s in self._refunds_in_flight if s not in in_flight]:
-            del self._refunds_in_flight[seq]  # durable now: counted by the query below
+        # Seqs committed before this read began: the read cannot see them pending, so
+        # they may leave the in-flight set once it has returned (not before: a read that
+        # began before their COMMIT would still see them pending and apply them twice).
+        committed, core.commands_committed = core.commands_committed, set()
         rows = await conn.fetch(
             "SELECT seq, kind, payload::text FROM commands WHERE status = 0 ORDER BY seq LIMIT $1",
             COMMANDS_PER_READ_MAX,
         )
+        in_flight.difference_update(committed)
+        for seq in committed:
+            self._refunds_in_flight.pop(seq, None)
         for seq, kind, payload_json in rows:
             if seq in in_flight:
                 continue
@@ -210,13 +215,18 @@ class CommandProcessor:
         )
         if row is None:
             return None
+        # Durable refunds of that purchase, except those still counted in flight here
+        # (one may commit between two reads: it must be counted once, not twice).
+        in_flight = [seq for seq, (key, _) in self._refunds_in_flight.items() if key == (device_id, device_txn)]
         refunded = await conn.fetchval(
             "SELECT coalesce(sum((result->>'amount_kopecks')::bigint), 0)::bigint FROM commands"
-            " WHERE kind = 'refund' AND status = 1 AND payload->>'device_id' = $1 AND payload->>'device_txn' = $2",
+            " WHERE kind = 'refund' AND status = 1 AND payload->>'device_id' = $1 AND payload->>'device_txn' = $2"
+            " AND seq <> ALL($3::bigint[])",
             str(device_id),
             str(device_txn),
+            in_flight,
         )
-        pending = sum(a for (key, a) in self._refunds_in_flight.values() if key == (device_id, device_txn))
+        pending = sum(self._refunds_in_flight[seq][1] for seq in in_flight)
         return Original(row[0], row[1], row[2], row[3], row[4], refunded + pending)
 
     def _finish(self, seq: int, kind: str, verdict, refusal: dict | None) -> None:

@@ -94,7 +94,8 @@ class GatewayCore:
         self.window = config.idempotency_window_txns
         self.clock_ms = wall_clock_ms  # replaced in tests
         self.frame_received_ns = 0  # perf_counter_ns when the frame being decided arrived
-        self.commands_in_flight: set[int] = set()  # money commands applied, not yet durable
+        self.commands_in_flight: set[int] = set()  # money commands applied, not yet known durable
+        self.commands_committed: set[int] = set()  # of those, committed since the last read
         self.acks_pending: list[DeviceState] = []  # devices whose durable watermark moved
 
     def connected_by_kind(self) -> dict[int, int]:
@@ -115,8 +116,10 @@ class GatewayCore:
         observe = m.durable_lag_ms.observe
         for t in enqueued_ns:
             observe((now_ns - t) // 1_000_000)
-        if command_seqs and self.commands_in_flight:
-            self.commands_in_flight.difference_update(command_seqs)
+        if command_seqs:
+            # Not taken out of commands_in_flight here: a read of pending commands that
+            # began before this COMMIT still sees them pending (see gateway.commands).
+            self.commands_committed.update(command_seqs)
         devices = self.cache.devices
         pending = self.acks_pending
         for device_id, txn in durable.items():

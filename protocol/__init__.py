@@ -40,6 +40,9 @@ from .events import (
     Nak,
     Passage,
     PayloadError,
+    PreorderLine,
+    PupilInfo,
+    PupilInfoQuery,
     Purchase,
     TopupCash,
 )
@@ -49,6 +52,6 @@ __all__ = [
     "BalanceQuery", "CLOSED", "CardPresented", "Connection", "DECISION_FLAG_DUPLICATE", "Decision",
     "DenyReason", "DeviceKind", "Direction", "DurableAck", "EVENT_TYPES", "Event", "Heartbeat", "Hello",
     "HelloAck", "Item", "LocalProtocolError", "MessageType", "NEED_DATA", "NO_ITEM_INDEX", "Nak",
-    "NakReason", "Outcome", "Passage", "PayloadError", "ProtocolError", "Purchase", "RemoteProtocolError",
+    "NakReason", "Outcome", "Passage", "PayloadError", "PreorderLine", "ProtocolError", "PupilInfo", "PupilInfoQuery", "Purchase", "RemoteProtocolError",
     "Retransmit", "Role", "State", "TXN_FLAG_ADVICE", "TopupCash", "crc16", "encode_frame", "next_seq",
 ]

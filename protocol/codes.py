@@ -18,8 +18,10 @@ class MessageType(enum.IntEnum):
     PURCHASE = 0x12
     TOPUP_CASH = 0x13
     BALANCE_QUERY = 0x14
+    PUPIL_INFO_QUERY = 0x15
     DECISION = 0x20
     DURABLE_ACK = 0x21
+    PUPIL_INFO = 0x22
     NAK = 0x7F
 
 

@@ -34,8 +34,11 @@ from .limits import (
     HELLO_NONCE_BYTES,
     IDENTIFIER_BYTES_MAX,
     IDENTIFIER_BYTES_MIN,
+    CASHIER_NOTE_BYTES_MAX,
     ITEMS_MAX,
     NAK_DETAIL_BYTES_MAX,
+    PHOTO_REF_BYTES_MAX,
+    PREORDER_LINES_MAX,
     TXN_MAX,
 )
 
@@ -479,6 +482,25 @@ class BalanceQuery(Event, frozen=True, gc=False):
         return cls(ident)
 
 
+class PupilInfoQuery(Event, frozen=True, gc=False):
+    """Till -> gateway: who is this? (photo against card sharing, cashier note, today's pre-order)."""
+
+    message_type: ClassVar[MessageType] = MessageType.PUPIL_INFO_QUERY
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check_identifier(self.identifier)
+
+    def encode_payload(self) -> bytes:
+        return bytes((len(self.identifier),)) + self.identifier
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "PupilInfoQuery":
+        ident, end = _read_identifier(payload, 0)
+        _check(end == len(payload), "trailing bytes after PUPIL_INFO_QUERY")
+        return cls(ident)
+
+
 # --------------------------------------------------------------------------- replies
 
 
@@ -600,6 +622,80 @@ class Nak(Event, frozen=True, gc=False):
         return cls(reason, detail)
 
 
+_PREORDER_LINE = struct.Struct("<IH")  # product_code, quantity
+
+
+class PreorderLine(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One pre-ordered line for today."""
+
+    product_code: int
+    quantity: int
+
+    def __post_init__(self) -> None:
+        _check(0 < self.product_code <= 0xFFFFFFFF, "product_code must be a positive u32")
+        _check(0 < self.quantity <= 0xFFFF, "quantity must be 1..65535")
+
+
+def _read_text(payload: bytes, offset: int, limit: int, name: str) -> tuple[str, int]:
+    _check(len(payload) > offset, f"{name} length missing")
+    n = payload[offset]
+    end = offset + 1 + n
+    _check(n <= limit and len(payload) >= end, f"{name} truncated or longer than {limit} bytes")
+    try:
+        return payload[offset + 1 : end].decode("utf-8"), end
+    except UnicodeDecodeError as exc:
+        raise PayloadError(f"{name} is not UTF-8") from exc
+
+
+class PupilInfo(Event, frozen=True, gc=False):
+    """Gateway -> till: the answer to PUPIL_INFO_QUERY. Changes nothing."""
+
+    message_type: ClassVar[MessageType] = MessageType.PUPIL_INFO
+    outcome: int
+    reason: int
+    photo_ref: str = ""
+    cashier_note: str = ""
+    preorder: tuple[PreorderLine, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check(self.outcome in (Outcome.DENY, Outcome.ACCEPT), "outcome must be 0 or 1")
+        _check(0 <= self.reason <= 0xFF, "reason must be a u8")
+        _check((self.outcome == Outcome.ACCEPT) == (self.reason == DenyReason.OK), "ACCEPT goes with OK only")
+        _check(len(self.photo_ref.encode("utf-8")) <= PHOTO_REF_BYTES_MAX, f"photo_ref over {PHOTO_REF_BYTES_MAX} bytes")
+        _check(
+            len(self.cashier_note.encode("utf-8")) <= CASHIER_NOTE_BYTES_MAX,
+            f"cashier_note over {CASHIER_NOTE_BYTES_MAX} bytes",
+        )
+        _check(len(self.preorder) <= PREORDER_LINES_MAX, f"at most {PREORDER_LINES_MAX} pre-ordered lines")
+
+    def encode_payload(self) -> bytes:
+        photo = self.photo_ref.encode("utf-8")
+        note = self.cashier_note.encode("utf-8")
+        return b"".join(
+            [
+                bytes((self.outcome, self.reason, len(photo))),
+                photo,
+                bytes((len(note),)),
+                note,
+                bytes((len(self.preorder),)),
+                *(_PREORDER_LINE.pack(line.product_code, line.quantity) for line in self.preorder),
+            ]
+        )
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "PupilInfo":
+        _check(len(payload) >= 2, "PUPIL_INFO truncated")
+        outcome, reason = payload[0], payload[1]
+        photo, offset = _read_text(payload, 2, PHOTO_REF_BYTES_MAX, "photo_ref")
+        note, offset = _read_text(payload, offset, CASHIER_NOTE_BYTES_MAX, "cashier_note")
+        _check(len(payload) > offset, "pre-order line count missing")
+        count = payload[offset]
+        offset += 1
+        _check(len(payload) == offset + count * _PREORDER_LINE.size, "PUPIL_INFO length does not match its lines")
+        lines = tuple(PreorderLine(*f) for f in _PREORDER_LINE.iter_unpack(payload[offset:]))
+        return cls(outcome, reason, photo, note, lines)
+
+
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.message_type: cls
     for cls in (
@@ -611,8 +707,10 @@ EVENT_TYPES: dict[int, type[Event]] = {
         Purchase,
         TopupCash,
         BalanceQuery,
+        PupilInfoQuery,
         Decision,
         DurableAck,
+        PupilInfo,
         Nak,
     )
 }

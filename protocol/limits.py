@@ -36,6 +36,13 @@ NAK_DETAIL_BYTES_MAX = 64
 # (amount, balance, limit); the templates never need more than four.
 DISPLAY_PARAMS_MAX = 4
 
+# PUPIL_INFO: a photo reference is a key into the school's photo store (a path
+# or an id), not the photo; a cashier note is a sentence or two from a parent.
+PHOTO_REF_BYTES_MAX = 64
+CASHIER_NOTE_BYTES_MAX = 200
+# A pupil's pre-ordered lines for one day: a meal or two per period.
+PREORDER_LINES_MAX = 16
+
 HELLO_NONCE_BYTES = 16
 HELLO_MAC_BYTES = 16  # truncated HMAC-SHA256, as in many MAC-truncation profiles (RFC 2104 section 5)
 

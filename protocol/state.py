@@ -26,6 +26,8 @@ from .events import (
     Nak,
     Passage,
     Purchase,
+    PupilInfo,
+    PupilInfoQuery,
     TopupCash,
 )
 
@@ -55,8 +57,8 @@ class Direction(enum.Enum):
     __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code on the hot path
 
 
-REQUESTS: tuple[type[Event], ...] = (Heartbeat, CardPresented, Passage, Purchase, TopupCash, BalanceQuery)
-REPLIES: tuple[type[Event], ...] = (Decision, Heartbeat, Nak)
+REQUESTS: tuple[type[Event], ...] = (Heartbeat, CardPresented, Passage, Purchase, TopupCash, BalanceQuery, PupilInfoQuery)
+REPLIES: tuple[type[Event], ...] = (Decision, Heartbeat, PupilInfo, Nak)
 
 G, D = Role.GATEWAY, Role.DEVICE
 S, R = Direction.SEND, Direction.RECV

@@ -80,8 +80,17 @@ class GatewayProcess:
         # Keep draining stdout so the gateway never blocks on a full pipe.
         import threading
 
-        threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True)
+        self._drainer.start()
         return self
+
+    def _close_log(self) -> None:
+        drainer = getattr(self, "_drainer", None)
+        if drainer is not None:
+            drainer.join(10)
+        log = getattr(self, "_log", None)
+        if log is not None and not log.closed:
+            log.close()
 
     def _drain(self, stream) -> None:
         for line in iter(stream.readline, b""):
@@ -93,13 +102,16 @@ class GatewayProcess:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(timeout=30)
+        self._close_log()
 
     def terminate(self, timeout_s: float = 30.0) -> int:
         """SIGTERM: the ordered shutdown."""
         assert self.proc is not None
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=timeout_s)
+        code = self.proc.wait(timeout=timeout_s)
+        self._close_log()
+        return code
 
     def metrics_text(self) -> str:
         import urllib.request

@@ -389,12 +389,6 @@ async def _run(rng, dsn, port, log_dir: Path, proxy: TcpProxy, start_gateway, ga
 # ---------------------------------------------------------------- a command burst (regression test)
 
 
-@pytest.mark.xfail(
-    reason="gateway/commands.py _process_commands: a command committed while the pending-commands SELECT is in"
-    " flight is dropped from commands_in_flight by on_commit, then decided again from the stale row",
-    raises=AssertionError,
-    strict=False,
-)
 def test_command_burst_is_applied_once(demo_dsn):
     """Thousands of commands back to back: each applied once, in memory and in PostgreSQL."""
     from gateway.app import Gateway

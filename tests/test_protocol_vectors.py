@@ -37,6 +37,7 @@ from protocol import (
     State,
     crc16,
     encode_frame,
+    PreorderLine,
 )
 from protocol import limits
 from protocol.auth import hello_mac, verify_hello
@@ -82,6 +83,8 @@ def fields_of(event: Event) -> dict[str, Any]:
         value = getattr(event, name)
         if name in _BYTES_FIELDS:
             value = value.hex()
+        elif name == "preorder":
+            value = [{"product_code": i.product_code, "quantity": i.quantity} for i in value]
         elif name == "items":
             value = [
                 {"product_code": i.product_code, "quantity": i.quantity, "unit_price_kopecks": i.unit_price_kopecks}
@@ -101,6 +104,8 @@ def event_from(vector: dict[str, Any]) -> Event:
             value = bytes.fromhex(value)
         elif name == "items":
             value = tuple(Item(v["product_code"], v["quantity"], v["unit_price_kopecks"]) for v in value)
+        elif name == "preorder":
+            value = tuple(PreorderLine(v["product_code"], v["quantity"]) for v in value)
         elif name == "params":
             value = tuple(value)
         kwargs[name] = value

@@ -51,6 +51,9 @@ from protocol import (  # noqa: E402
     NakReason,
     Outcome,
     Passage,
+    PreorderLine,
+    PupilInfo,
+    PupilInfoQuery,
     Purchase,
     RemoteProtocolError,
     Role,
@@ -97,7 +100,7 @@ def to_json(value: Any) -> Any:
     """Decoded field values as JSON: bytes as hex, items as objects, tuples as lists."""
     if isinstance(value, bytes):
         return value.hex()
-    if isinstance(value, Item):
+    if isinstance(value, (Item, PreorderLine)):
         return {f: getattr(value, f) for f in value.__struct_fields__}
     if isinstance(value, (tuple, list)):
         return [to_json(v) for v in value]
@@ -242,6 +245,11 @@ SESSIONS: list[tuple[str, int, str, list[Step]]] = [
              Nak(int(NakReason.TXN_OUT_OF_ORDER), "txn 2 after txn 4"),
              "NAK TXN_OUT_OF_ORDER (the frame took its sequence number)"),
             ("till.durable_ack", GATEWAY_TO_DEVICE, DurableAck(4), "DURABLE_ACK 4"),
+            ("till.pupil_info_query", DEVICE_TO_GATEWAY, PupilInfoQuery(CARD),
+             "PUPIL_INFO_QUERY: the cashier wants the photo, the parent's note and today's pre-order"),
+            ("till.pupil_info", GATEWAY_TO_DEVICE,
+             PupilInfo(1, 0, "photos/1/7.jpg", "Аллергия на орехи", (PreorderLine(2, 1),)),
+             "PUPIL_INFO ACCEPT: photo reference, cashier note (UTF-8), one pre-ordered line (product 2 x 1)"),
         ],
     ),
     (
