@@ -29,6 +29,7 @@ from .errors import (
     validation_handler,
 )
 from .money import MoneyController
+from .preorders import PreorderController
 from .pupils import PupilController
 from .schools import SchoolController
 
@@ -80,7 +81,7 @@ def create_app(
 
     return Litestar(
         route_handlers=[SchoolController, PupilController, CardController, MoneyController,
-                        StaffController, AuditController],
+                        StaffController, AuditController, PreorderController],
         lifespan=[lifespan],
         guards=[auth_guard],
         dependencies={
