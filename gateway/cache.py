@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from protocol import Decision
+from protocol import Decision, PreorderLine
 
 if TYPE_CHECKING:
     from .server import DeviceSession
@@ -203,6 +203,8 @@ class Cache:
         "products",
         "policies",
         "meal_periods",
+        "photo_refs",
+        "preorders",
     )
 
     def __init__(self) -> None:
@@ -221,6 +223,9 @@ class Cache:
         self.products: dict[tuple[int, int], Product] = {}  # (school id, code) -> product
         self.policies: dict[int, Policy] = {}
         self.meal_periods: dict[int, tuple[MealPeriod, ...]] = {}
+        self.photo_refs: dict[int, str] = {}  # account id -> key in the photo store (sparse)
+        # account id -> school day -> pre-ordered lines (upcoming days only, sparse)
+        self.preorders: dict[int, dict[int, tuple[PreorderLine, ...]]] = {}
 
     def day_of(self, school_id: int, now_ms: int) -> int:
         return (now_ms + self.school_offset_ms.get(school_id, 0)) // DAY_MS

@@ -33,6 +33,7 @@ from .reference import (
     apply_account,
     apply_device,
     apply_identifier,
+    apply_preorders,
     apply_pupil,
     apply_school_reference,
     controls_from_row,
@@ -147,6 +148,7 @@ class CommandProcessor:
                     pupil = await snapshot.pupil(conn, account_id)
                     if pupil is not None:
                         apply_pupil(cache, pupil)
+                    apply_preorders(cache, await snapshot.preorders(conn, account_id), account_id)
                     rows = await snapshot.controls(conn, account_id)
                     previous = cache.controls.pop(account_id, None)
                     if rows:

@@ -12,6 +12,8 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from protocol import PreorderLine
+from protocol.limits import PHOTO_REF_BYTES_MAX, PREORDER_LINES_MAX
 from storage import snapshot
 from storage.journal import decode_items
 
@@ -60,10 +62,27 @@ def apply_school_reference(cache: Cache, data: dict[str, list], school_id: int |
 
 
 def apply_pupil(cache: Cache, row: Any) -> None:
-    account_id, category, family_id = row
+    account_id, category, family_id, photo_ref = row
     if account_id < len(cache.accounts.kind):
         cache.accounts.free_meal[account_id] = 1 if category else 0
         cache.accounts.family[account_id] = family_id
+        if photo_ref:
+            cache.photo_refs[account_id] = photo_ref[:PHOTO_REF_BYTES_MAX]
+        else:
+            cache.photo_refs.pop(account_id, None)
+
+
+def apply_preorders(cache: Cache, rows: list, account_id: int | None = None) -> None:
+    """Rows (account_id, day as school-day number, product_code, quantity) of upcoming days."""
+    if account_id is not None:
+        cache.preorders.pop(account_id, None)
+    else:
+        cache.preorders.clear()
+    for acc, day, code, quantity in rows:
+        days = cache.preorders.setdefault(acc, {})
+        lines = days.get(day, ())
+        if len(lines) < PREORDER_LINES_MAX:
+            days[day] = lines + (PreorderLine(code, quantity),)
 
 
 def apply_account(cache: Cache, row: Any) -> None:
@@ -118,6 +137,7 @@ async def load_reference(conn: asyncpg.Connection, cache: Cache, now_ms: int) ->
             apply_pupil(cache, row)
     for row in await snapshot.controls(conn):
         cache.controls[row[0]] = controls_from_row(row)
+    apply_preorders(cache, await snapshot.preorders(conn))
     await rebuild_counters(conn, cache, now_ms)
     accounts = cache.accounts
     for account_id in range(1, len(accounts)):

@@ -32,6 +32,8 @@ from protocol import (
     Nak,
     NakReason,
     Passage,
+    PupilInfo,
+    PupilInfoQuery,
     Purchase,
     RemoteProtocolError,
     Retransmit,
@@ -247,7 +249,22 @@ class DeviceSession(asyncio.Protocol):
             return self.conn.send(Heartbeat(now_ms))
         if cls is BalanceQuery:
             return self._balance(device, event, now_ms)
+        if cls is PupilInfoQuery:
+            return self._pupil_info(device, event, now_ms)
         return self._transaction(device, event, now_ms)
+
+    def _pupil_info(self, device: DeviceState, request: PupilInfoQuery, now_ms: int) -> bytes:
+        """Photo reference, the parent's note and today's pre-order: what the cashier needs."""
+        cache = self.core.cache
+        verdict = authorize_balance(cache, device, BalanceQuery(request.identifier), now_ms)
+        if verdict.reason != OK:
+            return self.conn.send(PupilInfo(DENY, verdict.reason))
+        account_id = verdict.account_id
+        controls = cache.controls.get(account_id)
+        note = controls.cashier_note if controls is not None else ""
+        day = cache.day_of(device.school_id, now_ms)
+        lines = cache.preorders.get(account_id, {}).get(day, ())
+        return self.conn.send(PupilInfo(ACCEPT, OK, cache.photo_refs.get(account_id, ""), note, lines))
 
     def _nak(self, reason: NakReason, detail: str) -> bytes:
         self.core.metrics.naks[reason] += 1

@@ -93,7 +93,7 @@ async def spent_since(conn: asyncpg.Connection, day_start_ms_by_school: dict[int
 # Each reader takes an optional key so the gateway can reload one entity when
 # storage.changes tells it that entity changed.
 
-_PUPILS = "SELECT account_id, free_meal_category, coalesce(family_id, 0) FROM pupils"
+_PUPILS = "SELECT account_id, free_meal_category, coalesce(family_id, 0), coalesce(photo_ref, '') FROM pupils"
 _CONTROLS = (
     "SELECT c.account_id, c.period_limits_kopecks::text, coalesce(c.items_per_day_max, -1), c.banned_products,"
     " c.banned_categories, c.blocked_allergens, c.required_diet, c.cashier_note FROM account_controls c"
@@ -185,4 +185,23 @@ async def free_meals_since(conn: asyncpg.Connection, budget_accounts: list[int],
         budget_accounts,
         since_ms,
         timeout=LOAD_STATEMENT_TIMEOUT_S,
+    )
+
+
+# Pre-orders from yesterday on (a school day may still be "today" somewhere), by
+# school-day number (days since 1970-01-01), the gateway's day numbering.
+_PREORDERS = """
+SELECT account_id, (day - DATE '1970-01-01')::int, product_code, quantity FROM preorders
+WHERE day >= CURRENT_DATE - 1
+"""
+
+
+async def preorders(conn: asyncpg.Connection, account_id: int | None = None) -> list[asyncpg.Record]:
+    """Upcoming pre-ordered lines: (account_id, school day, product_code, quantity)."""
+    if not await conn.fetchval("SELECT to_regclass('preorders') IS NOT NULL"):
+        return []  # the pre-order migration is not applied to this database yet
+    if account_id is None:
+        return await conn.fetch(_PREORDERS + " ORDER BY account_id, day, period, product_code", timeout=LOAD_STATEMENT_TIMEOUT_S)
+    return await conn.fetch(
+        _PREORDERS + " AND account_id = $1 ORDER BY day, period, product_code", account_id, timeout=LOAD_STATEMENT_TIMEOUT_S
     )

@@ -154,3 +154,37 @@ def test_controls_set_in_the_database_reach_the_till(demo_dsn):
             assert denied.reason == DenyReason.PRODUCT_BANNED and denied.item_index == 0
 
     asyncio.run(main())
+
+
+def test_pupil_info_gives_the_till_photo_note_and_todays_preorder(demo_dsn):
+    from protocol import PreorderLine, PupilInfo, PupilInfoQuery
+    from storage.demo_dataset import demo_unknown_uid
+
+    async def main():
+        conn = await asyncpg.connect(demo_dsn)
+        try:
+            await conn.execute("UPDATE pupils SET photo_ref = 'photos/1/49.jpg' WHERE account_id = 49")
+            await conn.execute("INSERT INTO account_controls (account_id, cashier_note) VALUES (49, 'Без сахара, пожалуйста')")
+            await conn.execute(
+                "INSERT INTO preorders (account_id, day, period, product_code, quantity, updated_at_ms, updated_by)"
+                " VALUES (49, (now() AT TIME ZONE 'Europe/Moscow')::date, 'lunch', 2, 1, 0, 't'),"
+                "        (49, (now() AT TIME ZONE 'Europe/Moscow')::date + 5, 'lunch', 10, 2, 0, 't')"
+            )
+        finally:
+            await conn.close()
+        async with running_gateway(demo_dsn) as gw:
+            till = await device(gw, TILL, DeviceKind.TILL)
+            info = await till.request(PupilInfoQuery(demo_card_uid(49)))
+            assert type(info) is PupilInfo and info.outcome == 1
+            assert (info.photo_ref, info.cashier_note) == ("photos/1/49.jpg", "Без сахара, пожалуйста")
+            assert info.preorder == (PreorderLine(2, 1),)  # today's only
+            plain = await till.request(PupilInfoQuery(demo_card_uid(50)))
+            assert (plain.outcome, plain.photo_ref, plain.cashier_note, plain.preorder) == (1, "", "", ())
+            unknown = await till.request(PupilInfoQuery(demo_unknown_uid(3)))
+            assert (unknown.outcome, unknown.reason) == (0, DenyReason.UNKNOWN_CARD)
+            turnstile = await device(gw, TURNSTILE, DeviceKind.TURNSTILE)
+            refused = await turnstile.request(PupilInfoQuery(demo_card_uid(49)))
+            assert (refused.outcome, refused.reason) == (0, DenyReason.WRONG_DEVICE_KIND)
+            assert gw.core.cache.accounts.balance[49] == 50_000  # nothing changed
+
+    asyncio.run(main())
