@@ -40,6 +40,8 @@ from .server import ACCEPT, DeviceSession, GatewayCore
 
 log = logging.getLogger("ecard.gateway")
 
+# The event loop's lag is sampled ten times a second: enough to see a backlog form.
+LOOP_LAG_SAMPLE_INTERVAL_S = 0.1
 # Idle sessions are looked for once a second: cheap (a pass over the sessions)
 # and precise enough for a timeout counted in tens of seconds.
 IDLE_SWEEP_INTERVAL_S = 1.0
@@ -202,6 +204,7 @@ class Gateway:
         self.metrics_port = self._metrics_server.server_port
         self._tasks.append(asyncio.create_task(self._sweep_idle(), name="idle-sweeper"))
         self._tasks.append(asyncio.create_task(self._ack_timer(), name="durable-acks"))
+        self._tasks.append(asyncio.create_task(self._loop_lag(metrics), name="loop-lag"))
         if config.progress_interval_ms:
             self._tasks.append(asyncio.create_task(self._progress(), name="progress"))
         print(
@@ -219,6 +222,13 @@ class Gateway:
             now_ms = core.clock_ms()
             for session in [s for s in core.sessions if now_ms - s.last_seen_ms > idle_ms]:
                 session.close("idle timeout")
+
+    async def _loop_lag(self, metrics: GatewayMetrics) -> None:
+        observe = metrics.loop_lag_ms.observe
+        while True:
+            started = time.perf_counter()
+            await asyncio.sleep(LOOP_LAG_SAMPLE_INTERVAL_S)
+            observe(int((time.perf_counter() - started - LOOP_LAG_SAMPLE_INTERVAL_S) * 1000))
 
     async def _ack_timer(self) -> None:
         core = self.core

@@ -14,6 +14,8 @@ Exported (all prefixed ecard_):
 - journal_queue_depth, journal_flush_batch_events (histogram), journal_flush_duration_ms (histogram)
 - durable_lag_ms (histogram, decision -> COMMIT), durable_lag_quantile_ms{quantile},
   journal_oldest_pending_ms, journal_flush_failures_total, journal_connected
+- event_loop_lag_ms (histogram): how late a timer of the event loop fires; the wait a
+  tap spends queued behind other work, which the decision latency does not show
 - process_cpu_seconds etc. from prometheus_client's default process collector
 """
 
@@ -31,6 +33,7 @@ from protocol import DenyReason, DeviceKind, NakReason
 
 from .authorizer import KIND_NAMES
 
+LOOP_LAG_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 1_000)
 LATENCY_BUCKETS_US = (10, 25, 50, 75, 100, 150, 200, 250, 350, 500, 750, 1_000, 2_500, 5_000, 10_000, 50_000)
 DURABLE_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 30, 50, 100, 250, 500, 1_000, 5_000, 30_000)
 BATCH_BUCKETS = (1, 4, 16, 64, 256, 1_024, 4_096, 16_384)
@@ -86,6 +89,7 @@ class GatewayMetrics:
         self.durable_lag_ms = Buckets(DURABLE_BUCKETS_MS)
         self.batch_events = Buckets(BATCH_BUCKETS)
         self.flush_ms = Buckets(FLUSH_BUCKETS_MS)
+        self.loop_lag_ms = Buckets(LOOP_LAG_BUCKETS_MS)
         self.decisions_total = 0
 
     def decision_count(self) -> int:
@@ -134,6 +138,7 @@ class GatewayCollector(Collector):
         yield m.batch_events.family("ecard_journal_flush_batch_events", "Events per group commit")
         yield m.flush_ms.family("ecard_journal_flush_duration_ms", "Duration of one group commit, ms")
         yield m.durable_lag_ms.family("ecard_durable_lag_ms", "Decision to COMMIT, ms")
+        yield m.loop_lag_ms.family("ecard_event_loop_lag_ms", "How late an event-loop timer fires, ms")
         q = GaugeMetricFamily("ecard_durable_lag_quantile_ms", "Exact quantiles over recent events, ms", labels=("quantile",))
         for quantile, value in m.durable_lag_ms.quantiles():
             q.add_metric((str(quantile),), value)

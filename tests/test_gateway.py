@@ -117,6 +117,7 @@ def test_taps_are_decided_journaled_and_acknowledged_durable(demo_dsn):
             text = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
             assert 'ecard_decisions_total{kind="purchase",reason="OK"} 1.0' in text
             assert 'ecard_devices_connected{kind="till"} 1.0' in text
+            assert 'ecard_event_loop_lag_ms_count' in text and 'ecard_durable_lag_ms_count' in text
             await t.close()
             await till.close()
 
