@@ -154,6 +154,7 @@ class DeviceState:
         "ack_pending",
         "forgotten_txn_max",
         "recent",
+        "recent_order",
         "nonces",
         "session",
     )
@@ -170,19 +171,26 @@ class DeviceState:
         # most recent others up to the window. Txns at or below forgotten_txn_max may
         # have been decided and forgotten: they can no longer be answered.
         self.recent: dict[int, Decision] = {}
+        # The txns of ``recent`` oldest first. A dict emptied from its front makes
+        # next(iter(d)) walk every deleted slot until it is resized: a deque does not.
+        self.recent_order: deque[int] = deque()
         self.forgotten_txn_max = 0
         self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
         self.session: DeviceSession | None = None
 
     def remember(self, txn: int, decision: Decision, window: int) -> None:
         recent = self.recent
+        if txn not in recent:
+            self.recent_order.append(txn)
         recent[txn] = decision
+        order = self.recent_order
         while len(recent) > window:
-            oldest = next(iter(recent))
+            oldest = order[0]
             if oldest > self.durable_txn and recent[oldest].outcome:
                 # Accepted and not yet durable: the device may replay it, so it stays
                 # (bounded by the journal queue, which holds every such txn).
                 break
+            order.popleft()
             del recent[oldest]
             if oldest > self.forgotten_txn_max:
                 self.forgotten_txn_max = oldest
