@@ -463,42 +463,34 @@ class TopupCash(Event, frozen=True, gc=False):
         return cls(txn, flags, reader_time_ms, amount, cashier, ident)
 
 
-class BalanceQuery(Event, frozen=True, gc=False):
+class _CardQuery(Event, frozen=True, gc=False):
+    """A read-only question about the card presented: its payload is the identifier alone."""
+
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check_identifier(self.identifier)
+
+    def encode_payload(self) -> bytes:
+        return bytes((len(self.identifier),)) + self.identifier
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "_CardQuery":
+        ident, end = _read_identifier(payload, 0)
+        _check(end == len(payload), f"trailing bytes after {cls.message_type.name}")
+        return cls(ident)
+
+
+class BalanceQuery(_CardQuery, frozen=True, gc=False):
     """Till -> gateway: what is the balance behind this card? Changes nothing."""
 
     message_type: ClassVar[MessageType] = MessageType.BALANCE_QUERY
-    identifier: bytes
-
-    def __post_init__(self) -> None:
-        _check_identifier(self.identifier)
-
-    def encode_payload(self) -> bytes:
-        return bytes((len(self.identifier),)) + self.identifier
-
-    @classmethod
-    def decode_payload(cls, payload: bytes) -> "BalanceQuery":
-        ident, end = _read_identifier(payload, 0)
-        _check(end == len(payload), "trailing bytes after BALANCE_QUERY")
-        return cls(ident)
 
 
-class PupilInfoQuery(Event, frozen=True, gc=False):
+class PupilInfoQuery(_CardQuery, frozen=True, gc=False):
     """Till -> gateway: who is this? (photo against card sharing, cashier note, today's pre-order)."""
 
     message_type: ClassVar[MessageType] = MessageType.PUPIL_INFO_QUERY
-    identifier: bytes
-
-    def __post_init__(self) -> None:
-        _check_identifier(self.identifier)
-
-    def encode_payload(self) -> bytes:
-        return bytes((len(self.identifier),)) + self.identifier
-
-    @classmethod
-    def decode_payload(cls, payload: bytes) -> "PupilInfoQuery":
-        ident, end = _read_identifier(payload, 0)
-        _check(end == len(payload), "trailing bytes after PUPIL_INFO_QUERY")
-        return cls(ident)
 
 
 # --------------------------------------------------------------------------- replies
