@@ -16,6 +16,7 @@ run: $(STAMP)
 	$(PY) -m launcher
 
 test: $(STAMP)
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

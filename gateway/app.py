@@ -26,17 +26,16 @@ import psutil
 from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
-from protocol import Decision
-from storage import database, demo, migrate, snapshot
+from ledger.machine import Machine
+from ledger.state import LedgerState
+from storage import database, demo, migrate
 from storage.journal import JournalWriter
 
-from .authorizer import KIND_PURCHASE, OK, accept_template
-from .cache import DAY_MS, Cache, DeviceState
-from .config import Config
+from .config import Config, machine_limits
 from .commands import CommandProcessor
 from .metrics import GatewayCollector, GatewayMetrics
-from .reference import load_reference
-from .server import ACCEPT, DeviceSession, GatewayCore
+from .reference import load_state
+from .server import DeviceSession, GatewayCore
 
 log = logging.getLogger("ecard.gateway")
 
@@ -62,47 +61,6 @@ def rss_mib() -> float:
     return psutil.Process().memory_info().rss / (1 << 20)
 
 
-async def load_cache(conn: asyncpg.Connection, window: int, now_ms: int) -> Cache:
-    cache = Cache()
-    for school_id, offset_minutes in await snapshot.schools(conn):
-        cache.school_offset_ms[school_id] = offset_minutes * 60_000
-    max_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM accounts")
-    cache.accounts.grow_to(max_id + 1)
-    add_account = cache.add_account
-    async for chunk in snapshot.accounts(conn):
-        for row in chunk:
-            add_account(row)
-    identifiers = cache.identifiers
-    async for chunk in snapshot.identifiers(conn):
-        for identifier, account_id, _status in chunk:
-            identifiers[identifier] = account_id  # the few with a state follow in load_reference
-    for r in await snapshot.devices(conn):
-        cache.devices[r["id"]] = DeviceState(
-            r["id"], r["school_id"], r["kind"], bytes(r["key"]), r["drawer_account_id"], r["durable_txn"]
-        )
-    recent = sorted(await snapshot.recent_transactions(conn, window), key=lambda r: (r[0], r[1]))
-    loaded: dict[int, list[int]] = {}
-    for device_id, txn, kind, direction, amount, balance in recent:
-        loaded.setdefault(device_id, []).append(txn)
-        shown = balance if kind in (KIND_PURCHASE, 4) else 0
-        template, params = accept_template(kind, direction or 0, amount, shown)
-        decision = Decision(txn, ACCEPT, OK, 0, shown, 0xFF, template, params)
-        cache.devices[device_id].remember(txn, decision, window)
-    for device_id, txns in loaded.items():
-        if len(txns) >= window:  # older journaled txns exist: they are forgotten
-            device = cache.devices[device_id]
-            device.forgotten_txn_max = max(device.forgotten_txn_max, txns[0] - 1)
-    await load_reference(conn, cache, now_ms)
-    day_start = {
-        school: cache.day_of(school, now_ms) * DAY_MS - offset for school, offset in cache.school_offset_ms.items()
-    }
-    accounts = cache.accounts
-    for account_id, spent in await snapshot.spent_since(conn, day_start):
-        accounts.spent[account_id] = spent
-        accounts.spent_day[account_id] = cache.day_of(accounts.school[account_id], now_ms)
-    return cache
-
-
 class Gateway:
     """A running gateway (also used in-process by tests and benchmarks)."""
 
@@ -110,7 +68,7 @@ class Gateway:
         self.config = config
         self.dsn = ""
         self.embedded = False
-        self.cache: Cache | None = None
+        self.machine: Machine | None = None
         self.core: GatewayCore | None = None
         self.port = config.listen_port
         self.metrics_port = config.metrics_port
@@ -129,33 +87,6 @@ class Gateway:
             self.dsn = await asyncio.to_thread(database.start_embedded, Path(config.data_dir).resolve())
             self.embedded = True
         await asyncio.to_thread(migrate.upgrade, self.dsn)
-        conn = await asyncpg.connect(self.dsn, timeout=database.CONNECT_TIMEOUT_S)
-        try:
-            if config.demo and await demo.is_empty(conn):
-                log.info("empty database: loading the demo dataset")
-                await demo.load_dataset(conn, free_meals=True)
-            started = time.perf_counter()
-            self.cache = await load_cache(conn, config.idempotency_window_txns, time.time_ns() // 1_000_000)
-            self.load_seconds = time.perf_counter() - started
-            self.load_rss_mib = rss_mib()
-        finally:
-            await conn.close()
-        # The cache is built once and lives for the whole process: keep the cyclic
-        # GC from walking its millions of objects on every full collection.
-        gc.collect()
-        gc.freeze()
-        # Decisions allocate few cycles: collect the young generation less often, and
-        # the old one (every live session, queue entry, remembered decision) rarely.
-        gc.set_threshold(GC_GEN0_ALLOCATIONS_MAX, 50, 100)
-        log.info(
-            "cache loaded: %d accounts, %d identifiers, %d devices in %.2f s, RSS %.0f MiB",
-            len(self.cache.accounts) - 1,
-            len(self.cache.identifiers),
-            len(self.cache.devices),
-            self.load_seconds,
-            self.load_rss_mib,
-        )
-        metrics = GatewayMetrics()
         statement_timeout_s = config.statement_timeout_ms / 1000
 
         async def connect() -> asyncpg.Connection:
@@ -165,20 +96,48 @@ class Gateway:
 
         journal = JournalWriter(
             connect,
-            lambda durable, enqueued, duration, seqs: self.core.on_commit(durable, enqueued, duration, seqs),  # type: ignore[union-attr]
+            lambda entries, duration: self.core.on_commit(entries, duration),  # type: ignore[union-attr]
             flush_interval_ms=config.flush_interval_ms,
             batch_events_max=config.batch_events_max,
             queue_events_max=config.journal_queue_events_max,
             statement_timeout_ms=config.statement_timeout_ms,
             retry_backoff_ms_max=config.retry_backoff_ms_max,
         )
-        self.core = core = GatewayCore(config, self.cache, journal, metrics)
+        self.machine = machine = Machine(LedgerState(), journal, machine_limits(config))
+        conn = await asyncpg.connect(self.dsn, timeout=database.CONNECT_TIMEOUT_S)
+        try:
+            if config.demo and await demo.is_empty(conn):
+                log.info("empty database: loading the demo dataset")
+                await demo.load_dataset(conn, free_meals=True)
+            started = time.perf_counter()
+            await load_state(conn, machine)
+            self.load_seconds = time.perf_counter() - started
+            self.load_rss_mib = rss_mib()
+        finally:
+            await conn.close()
+        state = machine.state
+        # The state is built once and lives for the whole process: keep the cyclic
+        # GC from walking its millions of objects on every full collection.
+        gc.collect()
+        gc.freeze()
+        # Decisions allocate few cycles: collect the young generation less often, and
+        # the old one (every live session, queue entry, remembered decision) rarely.
+        gc.set_threshold(GC_GEN0_ALLOCATIONS_MAX, 50, 100)
+        log.info(
+            "state loaded: %d accounts, %d identifiers, %d devices in %.2f s, RSS %.0f MiB",
+            len(state.accounts) - 1,
+            len(state.identifiers),
+            len(state.devices),
+            self.load_seconds,
+            self.load_rss_mib,
+        )
+        metrics = GatewayMetrics(machine.tally)
+        self.core = core = GatewayCore(config, machine, metrics)
         self._journal_task = asyncio.create_task(journal.run(), name="journal")
         self.commands = CommandProcessor(
             core,
             connect,
             poll_interval_ms=config.commands_poll_interval_ms,
-            amount_kopecks_max=config.command_amount_kopecks_max,
             retry_backoff_ms_max=config.retry_backoff_ms_max,
         )
         self._tasks.append(asyncio.create_task(self.commands.run(), name="commands"))
@@ -197,7 +156,7 @@ class Gateway:
         registry.register(
             GatewayCollector(
                 metrics,
-                core.connected_by_kind,
+                core.sessions.connected_by_kind,
                 lambda: (
                     journal.depth,
                     journal.oldest_age_ns(time.perf_counter_ns()) // 1_000_000,
@@ -226,7 +185,7 @@ class Gateway:
         while True:
             await asyncio.sleep(IDLE_SWEEP_INTERVAL_S)
             now_ms = core.clock_ms()
-            for session in [s for s in core.sessions if now_ms - s.last_seen_ms > idle_ms]:
+            for session in [s for s in core.sessions.connections if now_ms - s.last_seen_ms > idle_ms]:
                 session.close("idle timeout")
 
     async def _loop_lag(self, metrics: GatewayMetrics) -> None:
@@ -256,7 +215,7 @@ class Gateway:
             last_count, last_t = count, t
             lag = dict(core.metrics.durable_lag_ms.quantiles((0.99,)))[0.99]
             print(
-                f"devices={sum(core.connected_by_kind().values())} decisions/s={rate:.0f} "
+                f"devices={sum(core.sessions.connected_by_kind().values())} decisions/s={rate:.0f} "
                 f"journal_queue={core.journal.depth} durable_lag_p99_ms={lag} "
                 f"db={'up' if core.journal.connected else 'down'}",
                 flush=True,
@@ -273,7 +232,7 @@ class Gateway:
             left = await core.journal.stop(self._journal_task, self.config.shutdown_grace_ms / 1000)
             if left:
                 log.error("%d accepted events were not made durable; their devices will replay them", left)
-            for session in list(core.sessions):
+            for session in list(core.sessions.connections):
                 session.close("gateway shutting down")
         for task in self._tasks:
             task.cancel()

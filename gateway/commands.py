@@ -1,17 +1,18 @@
-"""Commands and changes from PostgreSQL into the state machine.
+"""Commands and changes from PostgreSQL into the ledger machine.
 
 One dedicated connection LISTENs on two channels:
 - ``ecard_commands``: money commands (storage.commands). Each pending command is
   read (with what a refund needs: its original purchase and what was refunded of
-  it), then decided by the pure ``authorize_command``, committed to the cache and
-  appended to the journal with its result, synchronously, like a tap. The journal
-  writer stores the result in the same transaction and NOTIFYs the waiter.
+  it), then handed to ``Machine.command``, which decides it, applies it and
+  journals it with its result, synchronously, like a tap. The journal writer
+  stores the result in the same transaction and NOTIFYs the waiter.
 - ``ecard_changes``: reference data (storage.changes): the named entity is reloaded
-  into the cache (cards, accounts and controls, devices, school reference data).
+  into the state (cards, accounts and controls, devices, school reference data).
 
 Notifications sent while this connection was down are lost, so after every
 (re)connect the reference data is reloaded whole and the pending commands are
 read again; a poll every ``commands_poll_interval_ms`` covers anything missed.
+This module holds no SQL: storage owns its tables.
 """
 
 from __future__ import annotations
@@ -23,31 +24,19 @@ from collections import deque
 from typing import Awaitable, Callable
 
 import asyncpg
-import msgspec
 
+
+from ledger.rules import Original
+from ledger.state import controls_from_row
 from storage import changes, commands as command_store, snapshot
 
-from .authorizer import COMMAND_KINDS, OK, Original, authorize_command, commit
-from .outbox import low_balance_outbox
-from .reference import (
-    apply_account,
-    apply_device,
-    apply_identifier,
-    apply_preorders,
-    apply_pupil,
-    apply_school_reference,
-    controls_from_row,
-    load_reference,
-)
+from .reference import apply_identifier, device_state, reload_all
 from .server import GatewayCore
 
 log = logging.getLogger("ecard.commands")
 
-# Commands read per round trip: a burst of top-ups is taken in a few rounds.
-COMMANDS_PER_READ_MAX = 500
 # Change notifications buffered between two reload rounds; beyond it we reload all.
 CHANGES_QUEUE_MAX = 10_000
-_encode = msgspec.json.Encoder().encode
 
 
 class CommandProcessor:
@@ -57,17 +46,18 @@ class CommandProcessor:
         connect: Callable[[], Awaitable[asyncpg.Connection]],
         *,
         poll_interval_ms: int,
-        amount_kopecks_max: int,
         retry_backoff_ms_max: int,
     ) -> None:
         self.core = core
         self._connect = connect
         self._poll_interval_s = poll_interval_ms / 1000
-        self._amount_kopecks_max = amount_kopecks_max
         self._backoff_s_max = retry_backoff_ms_max / 1000
         self._wake = asyncio.Event()
         self._changes: deque[str] = deque()
         self._changes_overflow = False
+        # Commands decided and appended to the journal, not yet known durable: a read
+        # of pending commands may still return them and they must not be decided twice.
+        self._in_flight: set[int] = set()
         self._refunds_in_flight: dict[int, tuple[tuple[int, int], int]] = {}  # seq -> (original, amount)
         self.connected = False
         self.commands_applied = 0
@@ -116,168 +106,108 @@ class CommandProcessor:
     # ---------------------------------------------------------------- reference data
 
     async def _reload_all(self, conn: asyncpg.Connection) -> None:
-        cache = self.core.cache
         self._changes.clear()
         self._changes_overflow = False
-        async for chunk in snapshot.identifiers(conn):
-            for identifier, account_id, _status in chunk:
-                cache.identifiers[bytes(identifier)] = account_id
-        cache.identifier_state.clear()
-        async for chunk in snapshot.accounts(conn):
-            for row in chunk:
-                apply_account(cache, row)
-        cache.controls.clear()
-        await load_reference(conn, cache, self.core.clock_ms())
+        await reload_all(conn, self.core.state)
 
     async def _apply_changes(self, conn: asyncpg.Connection) -> None:
         if self._changes_overflow:
             log.warning("more than %d reference changes at once: reloading all", CHANGES_QUEUE_MAX)
             await self._reload_all(conn)
             return
-        cache = self.core.cache
+        state = self.core.state
         while self._changes:
             entity, _, key = self._changes.popleft().partition(":")
             if entity == "identifier":
                 identifier = bytes.fromhex(key)
-                apply_identifier(cache, identifier, await snapshot.identifier(conn, identifier))
+                apply_identifier(state, identifier, await snapshot.identifier(conn, identifier))
             elif entity == "account":
                 account_id = int(key)
                 row = await snapshot.account(conn, account_id)
                 if row is not None:
-                    apply_account(cache, row)
+                    state.apply_account(row)
                     pupil = await snapshot.pupil(conn, account_id)
                     if pupil is not None:
-                        apply_pupil(cache, pupil)
-                    apply_preorders(cache, await snapshot.preorders(conn, account_id), account_id)
+                        state.apply_pupil(pupil)
+                    state.apply_preorders(await snapshot.preorders(conn, account_id), account_id)
                     rows = await snapshot.controls(conn, account_id)
-                    previous = cache.controls.pop(account_id, None)
                     if rows:
-                        fresh = controls_from_row(rows[0])
-                        if previous is not None:  # today's counters stay
-                            fresh.day = previous.day
-                            fresh.items_today = previous.items_today
-                            fresh.period_spent_kopecks = previous.period_spent_kopecks
-                        cache.controls[account_id] = fresh
+                        state.controls[account_id] = controls_from_row(rows[0])
+                    else:
+                        state.controls.pop(account_id, None)
             elif entity == "device":
                 device_id = int(key)
-                apply_device(cache, device_id, await snapshot.device(conn, device_id))
+                self._apply_device(device_id, await snapshot.device(conn, device_id))
             elif entity == "school":
                 school_id = int(key)
-                apply_school_reference(cache, await snapshot.school_reference(conn, school_id), school_id)
+                state.apply_school_reference(await snapshot.school_reference(conn, school_id), school_id)
             else:
                 log.warning("unknown change notification %r", entity)
+
+    def _apply_device(self, device_id: int, row) -> None:
+        core = self.core
+        devices = core.state.devices
+        existing = devices.get(device_id)
+        session = core.sessions.of_device(device_id)
+        if row is None:
+            if existing is not None:
+                devices.pop(device_id)
+                if session is not None:
+                    session.close("device removed")
+            return
+        if existing is None:
+            devices[device_id] = device_state(row)
+            return
+        changed_identity = existing.key != bytes(row["key"]) or existing.kind != row["kind"]
+        if existing.school_id != row["school_id"] and session is not None:
+            core.sessions.moved_school(session, existing.school_id, row["school_id"])
+        existing.school_id = row["school_id"]
+        existing.kind = row["kind"]
+        existing.key = bytes(row["key"])
+        existing.drawer_account_id = row["drawer_account_id"]
+        if changed_identity and session is not None:
+            session.close("device key or kind changed")  # it must authenticate again
 
     # ---------------------------------------------------------------- money commands
 
     async def _process_commands(self, conn: asyncpg.Connection) -> None:
         core = self.core
-        in_flight = core.commands_in_flight
+        in_flight = self._in_flight
         # Seqs committed before this read began: the read cannot see them pending, so
         # they may leave the in-flight set once it has returned (not before: a read that
         # began before their COMMIT would still see them pending and apply them twice).
         committed, core.commands_committed = core.commands_committed, set()
-        rows = await conn.fetch(
-            "SELECT seq, kind, payload::text FROM commands WHERE status = 0 ORDER BY seq LIMIT $1",
-            COMMANDS_PER_READ_MAX,
-        )
+        rows = await command_store.pending(conn)
         in_flight.difference_update(committed)
         for seq in committed:
             self._refunds_in_flight.pop(seq, None)
-        for seq, kind, payload_json in rows:
+        machine = core.machine
+        for seq, kind, payload in rows:
             if seq in in_flight:
                 continue
             if not core.journal.has_room():
                 return  # stays pending; taken again when the journal has drained
-            try:
-                payload = msgspec.json.decode(payload_json)
-                if type(payload) is not dict or kind not in COMMAND_KINDS:
-                    raise ValueError("not a command")
-            except (msgspec.DecodeError, ValueError):
-                self._finish(seq, kind, None, {"reason": "MALFORMED", "detail": "unknown kind or payload"})
-                continue
-            original = await self._original(conn, payload) if kind == "refund" else None
+            original = await self._original(conn, payload) if kind == "refund" and type(payload) is dict else None
             # From here to the journal append: no await (the decision is atomic).
-            verdict = authorize_command(core.cache, kind, payload, original, self._amount_kopecks_max)
-            if verdict.reason == OK and kind == "refund":
-                key = (payload["device_id"], payload["device_txn"])
-                self._refunds_in_flight[seq] = (key, verdict.amount_kopecks)
-            self._finish(seq, kind, verdict, None)
+            result = machine.command(seq, kind, payload, original, core.clock_ms(), time.perf_counter_ns())
+            in_flight.add(seq)
+            if result.status == command_store.STATUS_APPLIED:
+                self.commands_applied += 1
+                if kind == "refund":
+                    key = (payload["device_id"], payload["device_txn"])
+                    self._refunds_in_flight[seq] = (key, result.result["amount_kopecks"])
 
     async def _original(self, conn: asyncpg.Connection, payload: dict) -> Original | None:
         device_id, device_txn = payload.get("device_id"), payload.get("device_txn")
-        if type(device_id) is not int or type(device_txn) is not int or device_id <= 0 or device_txn <= 0:
-            return None
-        if device_id > 0xFFFFFFFF or device_txn >= 1 << 63:
-            return None
-        row = await conn.fetchrow(
-            "SELECT kind, account_id, coalesce(debit_account_id, 0), coalesce(credit_account_id, 0), amount_kopecks"
-            " FROM journal WHERE device_id = $1 AND device_txn = $2",
-            device_id,
-            device_txn,
-        )
-        if row is None:
-            return None
-        # Durable refunds of that purchase, except those still counted in flight here
-        # (one may commit between two reads: it must be counted once, not twice).
+        # Refunds of that purchase still in flight here are counted from memory, not
+        # from the table (one may commit between two reads: counted once, not twice).
         in_flight = [seq for seq, (key, _) in self._refunds_in_flight.items() if key == (device_id, device_txn)]
-        refunded = await conn.fetchval(
-            "SELECT coalesce(sum((result->>'amount_kopecks')::bigint), 0)::bigint FROM commands"
-            " WHERE kind = 'refund' AND status = 1 AND payload->>'device_id' = $1 AND payload->>'device_txn' = $2"
-            " AND seq <> ALL($3::bigint[])",
-            str(device_id),
-            str(device_txn),
-            in_flight,
-        )
+        found = await command_store.original_purchase(conn, device_id, device_txn, in_flight)
+        if found is None:
+            return None
+        (kind, account_id, debit, credit, amount), refunded = found
         pending = sum(self._refunds_in_flight[seq][1] for seq in in_flight)
-        return Original(row[0], row[1], row[2], row[3], row[4], refunded + pending)
+        return Original(kind, account_id, debit, credit, amount, refunded + pending)
 
-    def _finish(self, seq: int, kind: str, verdict, refusal: dict | None) -> None:
-        core = self.core
-        now_ms = core.clock_ms()
-        now_ns = time.perf_counter_ns()
-        core.commands_in_flight.add(seq)
-        if verdict is None or verdict.reason != OK:
-            if verdict is not None:
-                from protocol import DenyReason
 
-                refusal = {"reason": DenyReason(verdict.reason).name, "params": list(verdict.params)}
-                core.metrics.decisions[verdict.kind][verdict.reason] += 1
-            result = _encode(refusal).decode()
-            core.journal.append((None, None, 0, None, 0, now_ns, (("command", seq, 2, result, now_ms),)))
-            return
-        debit_after, credit_after, alert = commit(core.cache, verdict, now_ms)
-        balances = {str(verdict.debit_account_id): debit_after, str(verdict.credit_account_id): credit_after}
-        result = _encode(
-            {
-                "reason": "OK",
-                "amount_kopecks": verdict.amount_kopecks,
-                "balances": balances,
-                "journal": {"device_id": 0, "device_txn": seq},
-            }
-        ).decode()
-        account_id = verdict.account_id
-        row = (
-            0,
-            seq,
-            verdict.kind,
-            account_id,
-            b"",
-            None,
-            verdict.debit_account_id,
-            verdict.credit_account_id,
-            verdict.amount_kopecks,
-            core.cache.accounts.balance[account_id],
-            False,
-            now_ms,
-            now_ms,
-            None,
-            None,
-        )
-        extras: tuple = (("command", seq, 1, result, now_ms),)
-        if alert:
-            extras += (low_balance_outbox(core.cache, alert, now_ms),)
-        core.journal.append(
-            (row, verdict.debit_account_id, debit_after, verdict.credit_account_id, credit_after, now_ns, extras)
-        )
-        core.metrics.decisions[verdict.kind][OK] += 1
-        self.commands_applied += 1
+

@@ -13,6 +13,8 @@ from typing import Any
 
 import msgspec
 
+from ledger.machine import MachineLimits
+
 
 class ConfigError(ValueError):
     pass
@@ -67,6 +69,12 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     hello_clock_skew_ms_max: int = 300_000
     # The largest cash top-up a till may take in one go (15,000 rubles).
     topup_kopecks_max: int = 1_500_000
+    # An advice (a sale or passage that already happened) is judged at the reader's
+    # time if it happened within this: a till or turnstile may work offline over a
+    # long weekend. Older (or a reader clock gone wrong): judged now, and recorded so.
+    offline_window_ms: int = 72 * 3_600_000
+    # How far a reader's clock may be off the gateway's (devices sync at HELLO).
+    reader_clock_skew_ms: int = 300_000
 
     # Money commands (staff API, payments) wake the gateway by NOTIFY; this poll
     # catches one whose notification was lost (reconnects).
@@ -98,6 +106,8 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         _require(self.statement_timeout_ms >= 100, "statement_timeout_ms", "must be at least 100")
         _require(self.retry_backoff_ms_max >= 10, "retry_backoff_ms_max", "must be at least 10")
         _require(16 <= self.idempotency_window_txns <= 65_536, "idempotency_window_txns", "must be 16..65536")
+        _require(0 <= self.offline_window_ms <= 30 * 86_400_000, "offline_window_ms", "must be 0..30 days")
+        _require(0 <= self.reader_clock_skew_ms <= 3_600_000, "reader_clock_skew_ms", "must be 0..1 hour")
         _require(self.hello_clock_skew_ms_max >= 1_000, "hello_clock_skew_ms_max", "must be at least 1000")
         _require(self.topup_kopecks_max > 0, "topup_kopecks_max", "must be positive")
         _require(10 <= self.commands_poll_interval_ms <= 60_000, "commands_poll_interval_ms", "must be 10..60000")
@@ -137,3 +147,16 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(str(exc)) from None
     except ConfigError:
         raise
+
+
+def machine_limits(config: Config) -> MachineLimits:
+    """The limits the ledger machine decides by, from the configuration."""
+    return MachineLimits(
+        idempotency_window_txns=config.idempotency_window_txns,
+        topup_kopecks_max=config.topup_kopecks_max,
+        command_amount_kopecks_max=config.command_amount_kopecks_max,
+        hello_clock_skew_ms_max=config.hello_clock_skew_ms_max,
+        offline_window_ms=config.offline_window_ms,
+        reader_clock_skew_ms=config.reader_clock_skew_ms,
+        heartbeat_interval_ms=config.heartbeat_interval_ms,
+    )

@@ -8,6 +8,7 @@ metric families when Prometheus scrapes.
 Exported (all prefixed ecard_):
 - decisions_total{kind, reason}
 - naks_total{reason}
+- security_events_total{event}, reader_time_rejected_total
 - decision_latency_us (histogram, frame received -> reply written, server side)
 - decision_latency_quantile_us{quantile} (exact, over the last LATENCY_SAMPLES_MAX decisions)
 - devices_connected{kind}
@@ -31,7 +32,8 @@ from prometheus_client.registry import Collector
 
 from protocol import DenyReason, DeviceKind, NakReason
 
-from .authorizer import KIND_NAMES
+from ledger.codes import JournalKind
+from ledger.machine import Tally
 
 LOOP_LAG_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 250, 1_000)
 LATENCY_BUCKETS_US = (10, 25, 50, 75, 100, 150, 200, 250, 350, 500, 750, 1_000, 2_500, 5_000, 10_000, 50_000)
@@ -82,9 +84,10 @@ class Buckets:
 
 
 class GatewayMetrics:
-    def __init__(self) -> None:
-        self.decisions = [[0] * (max(DenyReason) + 1) for _ in range(max(KIND_NAMES) + 1)]
-        self.naks = [0] * (max(NakReason) + 1)
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally  # decisions, NAKs and security events, counted by the machine
+        self.decisions = tally.decisions
+        self.naks = tally.naks
         self.latency_us = Buckets(LATENCY_BUCKETS_US)
         self.durable_lag_ms = Buckets(DURABLE_BUCKETS_MS)
         self.batch_events = Buckets(BATCH_BUCKETS)
@@ -93,7 +96,7 @@ class GatewayMetrics:
         self.decisions_total = 0
 
     def decision_count(self) -> int:
-        return sum(map(sum, self.decisions))
+        return self.tally.decision_count()
 
 
 class GatewayCollector(Collector):
@@ -110,10 +113,19 @@ class GatewayCollector(Collector):
     def collect(self):
         m = self._m
         c = CounterMetricFamily("ecard_decisions", "Decisions by request kind and reason", labels=("kind", "reason"))
-        for kind, name in KIND_NAMES.items():
+        for kind in JournalKind:
             for reason in DenyReason:
-                c.add_metric((name, reason.name), m.decisions[kind][reason])
+                c.add_metric((kind.label, reason.name), m.decisions[kind][reason])
         yield c
+        s = CounterMetricFamily("ecard_security_events", "Protocol violations by devices", labels=("event",))
+        for event, count in m.tally.security.items():
+            s.add_metric((event,), count)
+        yield s
+        yield CounterMetricFamily(
+            "ecard_reader_time_rejected",
+            "Advices judged at the gateway's time: the reader's clock was outside the offline window",
+            value=m.tally.reader_time_rejected,
+        )
         n = CounterMetricFamily("ecard_naks", "Frames refused at the protocol level", labels=("reason",))
         for reason in NakReason:
             n.add_metric((reason.name,), m.naks[reason])

@@ -72,6 +72,8 @@ class DenyReason(enum.IntEnum):
     NOT_SAME_FAMILY = 20
     UNKNOWN_ORIGINAL = 21
     REFUND_EXCEEDS = 22
+    # A PASSAGE whose granted_txn names no CARD_PRESENTED this device was granted for that card.
+    NO_GRANT = 23
 
 
 class NakReason(enum.IntEnum):
@@ -94,6 +96,8 @@ class NakReason(enum.IntEnum):
     TOO_MANY_PENDING = 15
     BUFFER_OVERFLOW = 16
     SERVER_BUSY = 17
+    # A txn more than TXN_GAP_MAX above the highest txn known from the device.
+    TXN_OUT_OF_RANGE = 18
 
 
 # Flags of the frame header (byte 2).

@@ -26,6 +26,7 @@ from .limits import (
     CRC_BYTES,
     HEADER_BYTES,
     PAYLOAD_BYTES_MAX,
+    PENDING_FRAMES_MAX,
     PROTOCOL_VERSION,
     RECEIVE_BUFFER_BYTES_MAX,
     SEQ_MAX,
@@ -37,6 +38,9 @@ HEADER: Final = struct.Struct("<BBBHIIB")  # start, version, flags, length, devi
 _CRC: Final = struct.Struct("<H")
 CRC_INIT: Final = 0x1D0F  # CRC-16/AUG-CCITT as OSDP: poly 0x1021, init 0x1D0F, no reflection
 assert HEADER.size == HEADER_BYTES
+# The smallest frame is a header and a CRC: fewer bytes than PENDING_FRAMES_MAX + 1 of
+# them cannot hold a flood, so the common read (one frame) is never scanned.
+_FLOOD_BYTES_MIN: Final = (PENDING_FRAMES_MAX + 1) * (HEADER_BYTES + CRC_BYTES)
 
 
 class _Sentinel:
@@ -159,6 +163,32 @@ class Connection:
             self._eof = True
             return
         self._buffer += data
+        if self.role is Role.GATEWAY and len(self._buffer) >= _FLOOD_BYTES_MIN and self._error is None:
+            self._check_flood()
+
+    def _check_flood(self) -> None:
+        """More than PENDING_FRAMES_MAX complete frames at once: the peer does not wait
+        for replies. Refuse before ANY of them is decided (the next ``next_event``
+        raises TOO_MANY_PENDING, fatal: the connection closes)."""
+        buf = self._buffer
+        size = len(buf)
+        position = count = 0
+        while position + HEADER_BYTES <= size:
+            if buf[position] != START_BYTE:
+                return  # framing is lost there: next_event reports it in order
+            length = buf[position + 3] | buf[position + 4] << 8
+            position += HEADER_BYTES + length + CRC_BYTES
+            if position > size:
+                return
+            count += 1
+            if count > PENDING_FRAMES_MAX:
+                self.state = State.ERROR
+                self._nak_seq = 0
+                self._buffer.clear()
+                self._error = RemoteProtocolError(
+                    NakReason.TOO_MANY_PENDING, f"more than {PENDING_FRAMES_MAX} frames pending", fatal=True, seq=0
+                )
+                return
 
     @property
     def buffered_bytes(self) -> int:
@@ -215,6 +245,10 @@ class Connection:
             new_state = self._recv_table.get((state, Hello))
             if new_state is None:
                 raise self._reject(NakReason.OUT_OF_STATE, f"HELLO in state {state.value}", seq)
+            if state is State.READY and device_id != self.device_id:
+                # A session belongs to one device for its whole life: another device's
+                # HELLO on it is an attack or a confused proxy, never a restart.
+                self._fail(NakReason.DEVICE_MISMATCH, f"HELLO of device {device_id} on the session of {self.device_id}", 0)
             event = self._decode(cls, frame, seq)
             self.device_id = device_id
             self._last_seq = 0

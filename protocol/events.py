@@ -15,6 +15,7 @@ from typing import ClassVar
 
 import msgspec
 
+from .items import ITEM
 from .codes import (
     DECISION_FLAGS_KNOWN,
     NO_ITEM_INDEX,
@@ -312,7 +313,7 @@ class Passage(Event, frozen=True, gc=False):
         return cls(txn, flags, direction, reader_time_ms, granted_txn, ident)
 
 
-_ITEM = struct.Struct("<IHI")  # product_code, quantity, unit_price_kopecks
+_ITEM = ITEM  # the item layout is the item codec's (protocol.items)
 
 
 class Item(msgspec.Struct, frozen=True, gc=False, array_like=True):

@@ -63,3 +63,9 @@ SEQ_MAX = 0xFFFFFFFF  # after SEQ_MAX the next sequence number is 1 (0 means "ne
 # Transaction numbers are stored as PostgreSQL bigint (signed 64-bit), so the
 # top bit stays clear; 2^63-1 txns outlasts any device.
 TXN_MAX = (1 << 63) - 1
+
+# A device's txn may run ahead of the highest txn the gateway knows from it by at
+# most this much (offline sales, skipped numbers). Without a bound, one txn near
+# TXN_MAX would leave no room for any later txn: 2^32 jumps cannot reach TXN_MAX
+# in any device's life, and no device makes 4 billion transactions offline.
+TXN_GAP_MAX = 1 << 32

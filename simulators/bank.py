@@ -30,15 +30,15 @@ from typing import Any
 import asyncpg
 import msgspec
 
-from gateway.authorizer import COMMAND_KINDS
+from ledger.codes import CommandKind
 from storage import commands as command_store
 
 from .device import KIND_PURCHASE, log_path
 from .verify import verify
 
 REQUESTED_BY = "staff:bank-test"
-KIND_BANK_TOPUP, KIND_BANK_REFUND = COMMAND_KINDS["bank_topup"], COMMAND_KINDS["bank_refund"]
-KIND_REFUND = COMMAND_KINDS["refund"]
+KIND_BANK_TOPUP, KIND_BANK_REFUND = CommandKind.bank_topup, CommandKind.bank_refund
+KIND_REFUND = CommandKind.refund
 PROBLEMS_SHOWN = 25
 # simulators.verify's row-comparison problems (the rest are its balance checks).
 _ROW_PROBLEMS = ("accepted but not journaled", "journaled but never seen accepted", "differs:")
@@ -295,7 +295,7 @@ async def audit(
             if row is None:
                 p.append(f"command {seq} ({kind}) applied but has no journal row")
                 continue
-            if row["kind"] != COMMAND_KINDS[kind] or result is None or row["amount_kopecks"] != result["amount_kopecks"]:
+            if row["kind"] != CommandKind[kind] or result is None or row["amount_kopecks"] != result["amount_kopecks"]:
                 p.append(f"command {seq} ({kind}, {result}) and its journal row {dict(row)} disagree")
             if kind == "refund":
                 payload = msgspec.json.decode(r["payload"])

@@ -17,7 +17,7 @@ from pathlib import Path
 import asyncpg
 
 from storage.demo_dataset import DEMO_OPENING_BALANCE_KOPECKS
-from storage.journal import decode_items
+from protocol.items import decode_items
 
 from .device import KIND_PURCHASE, KIND_TOPUP, read_logs
 

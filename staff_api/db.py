@@ -11,23 +11,19 @@ import msgspec
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
+from ledger.codes import AccountStatus, IdentifierKind, IdentifierStatus
 from storage import changes
 
 MS_PER_DAY = 86_400_000
 
-CARD_KINDS = {
-    "service_card": 1,
-    "social_card": 2,
-    "bracelet": 3,
-    "fob": 4,
-    "muscovite_card": 5,
-    "temporary": 6,
-}
+CARD_KINDS = {kind.name: int(kind) for kind in IdentifierKind}
 CARD_KIND_NAMES = {v: k for k, v in CARD_KINDS.items()}
-CARD_STATUS_ACTIVE, CARD_STATUS_BLOCKED, CARD_STATUS_SUSPENDED = 0, 1, 2
-CARD_STATUS_NAMES = {0: "active", 1: "blocked", 2: "suspended"}
-ACCOUNT_STATUS = {"active": 0, "blocked": 1}
-ACCOUNT_STATUS_NAMES = {0: "active", 1: "blocked"}
+CARD_STATUS_ACTIVE, CARD_STATUS_BLOCKED, CARD_STATUS_SUSPENDED = (
+    IdentifierStatus.ACTIVE, IdentifierStatus.BLOCKED, IdentifierStatus.SUSPENDED
+)
+CARD_STATUS_NAMES = {int(s): s.name.lower() for s in IdentifierStatus}
+ACCOUNT_STATUS = {s.name.lower(): int(s) for s in AccountStatus}
+ACCOUNT_STATUS_NAMES = {v: k for k, v in ACCOUNT_STATUS.items()}
 UID_BYTES_MIN, UID_BYTES_MAX = 4, 16
 
 Clock = Callable[[], int]

@@ -12,7 +12,9 @@ from litestar import Controller, Request, get, patch, post, put
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
-from storage.journal import decode_items
+from ledger.codes import JournalKind
+from protocol.items import decode_items
+from storage import snapshot
 
 from . import cards_core, db
 from .auth import PrincipalDep
@@ -36,7 +38,6 @@ CSV_COLUMNS = ("full_name", "grade", "class_name", "card_uid", "card_kind")
 CSV_ROWS_MAX = 5_000
 CSV_BYTES_MAX = 2_000_000
 PAGE_MAX = 500
-JOURNAL_KINDS = {1: "entry", 2: "passage", 3: "purchase", 4: "cash_topup"}
 PUPIL_KIND = 1
 
 
@@ -401,25 +402,27 @@ class PupilController(Controller):
             )
             rows = await conn.fetch(
                 f"""
-                SELECT * FROM journal
+                SELECT {snapshot.journal_row_columns()} FROM journal
                 WHERE {condition}
                 ORDER BY decided_at_ms DESC, device_id DESC, device_txn DESC
                 LIMIT $2 OFFSET $3
                 """,
                 account_id, limit + 1, offset,
             )
-        entries = [
-            LedgerEntry(
-                device_id=r["device_id"], device_txn=r["device_txn"],
-                kind=JOURNAL_KINDS.get(r["kind"], str(r["kind"])), account_id=r["account_id"],
-                identifier=bytes(r["identifier"]).hex(), debit_account_id=r["debit_account_id"],
-                credit_account_id=r["credit_account_id"], amount_kopecks=r["amount_kopecks"],
-                balance_after_kopecks=r["balance_after_kopecks"], advice=r["advice"],
-                device_time_ms=r["device_time_ms"], decided_at_ms=r["decided_at_ms"],
-                items=None if r["items"] is None else [list(line) for line in decode_items(r["items"])],
+        entries = []
+        for r in rows[:limit]:
+            row = snapshot.journal_row(r)
+            entries.append(
+                LedgerEntry(
+                    device_id=row.device_id, device_txn=row.device_txn, kind=JournalKind(row.kind).label,
+                    account_id=row.account_id, identifier=row.identifier.hex(),
+                    debit_account_id=row.debit_account_id, credit_account_id=row.credit_account_id,
+                    amount_kopecks=row.amount_kopecks, balance_after_kopecks=row.balance_after_kopecks,
+                    advice=row.advice, device_time_ms=row.device_time_ms, decided_at_ms=row.decided_at_ms,
+                    happened_at_ms=row.happened_at_ms,
+                    items=None if row.items is None else [list(line) for line in decode_items(row.items)],
+                )
             )
-            for r in rows[:limit]
-        ]
         return Ledger(account_id=account_id, balance_kopecks=account["balance_kopecks"], entries=entries,
                       next_offset=offset + limit if len(rows) > limit else None)
 

@@ -203,8 +203,9 @@ class LedgerEntry(Base):
     amount_kopecks: int
     balance_after_kopecks: int
     advice: bool
-    device_time_ms: int
+    device_time_ms: int | None  # the reader's clock; None when it was outside the trusted window
     decided_at_ms: int
+    happened_at_ms: int  # the time the rules judged it at (the reader's for an advice inside the window)
     items: list[list[int]] | None  # [product_code, quantity, unit_price_kopecks] per line
 
 

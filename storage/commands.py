@@ -22,10 +22,13 @@ from typing import Any
 import asyncpg
 import msgspec
 
+from ledger.codes import CommandKind, CommandStatus
+from ledger.records import CommandResult
+
 COMMANDS_CHANNEL = "ecard_commands"
 DONE_CHANNEL = "ecard_command_done"
-COMMAND_KINDS = frozenset(("bank_topup", "bank_refund", "transfer", "refund", "correction"))
-STATUS_PENDING, STATUS_APPLIED, STATUS_REFUSED = 0, 1, 2
+COMMAND_KINDS = frozenset(CommandKind.__members__)
+STATUS_PENDING, STATUS_APPLIED, STATUS_REFUSED = CommandStatus.PENDING, CommandStatus.APPLIED, CommandStatus.REFUSED
 # How long a caller waits for the gateway before answering "accepted, pending":
 # the command stays queued and is applied when the gateway gets to it.
 COMMAND_WAIT_MS_MAX = 10_000
@@ -35,16 +38,6 @@ COMMAND_POLL_INTERVAL_MS = 200
 
 class IdempotencyConflict(Exception):
     """The key was used before for a different request."""
-
-
-class CommandResult(msgspec.Struct, frozen=True):
-    seq: int
-    status: int  # STATUS_*
-    result: dict[str, Any] | None  # {"reason": "OK" | DenyReason name, "balances": {account_id: kopecks}, ...}
-
-    @property
-    def pending(self) -> bool:
-        return self.status == STATUS_PENDING
 
 
 async def submit(
@@ -90,9 +83,9 @@ async def submit(
 
 
 async def fetch_result(conn: asyncpg.Connection, seq: int) -> CommandResult:
-    row = await conn.fetchrow("SELECT status, result FROM commands WHERE seq = $1", seq)
+    row = await conn.fetchrow("SELECT status, result, coalesce(decided_at_ms, 0) FROM commands WHERE seq = $1", seq)
     result = msgspec.json.decode(row["result"]) if row["result"] is not None else None
-    return CommandResult(seq, row["status"], result)
+    return CommandResult(seq, row["status"], result, row[2])
 
 
 async def wait_result(conn: asyncpg.Connection, seq: int, wait_ms: int) -> CommandResult:
@@ -117,3 +110,53 @@ async def wait_result(conn: asyncpg.Connection, seq: int, wait_ms: int) -> Comma
                 pass
     finally:
         await conn.remove_listener(DONE_CHANNEL, on_done)
+
+
+# ---------------------------------------------------------------- the gateway's side
+
+# Commands read per round trip: a burst of top-ups is taken in a few rounds.
+COMMANDS_PER_READ_MAX = 500
+
+
+async def pending(conn: asyncpg.Connection, limit: int = COMMANDS_PER_READ_MAX) -> list[tuple[int, str, object]]:
+    """(seq, kind, payload) of pending commands, oldest first; a payload that is not
+    JSON comes back as None (the machine refuses it as malformed)."""
+    rows = await conn.fetch(
+        "SELECT seq, kind, payload::text FROM commands WHERE status = 0 ORDER BY seq LIMIT $1", limit
+    )
+    out = []
+    for seq, kind, payload_json in rows:
+        try:
+            payload = msgspec.json.decode(payload_json)
+        except msgspec.DecodeError:
+            payload = None
+        out.append((seq, kind, payload))
+    return out
+
+
+async def original_purchase(
+    conn: asyncpg.Connection, device_id: object, device_txn: object, in_flight_seqs: list[int]
+) -> tuple[tuple[int, int, int, int, int], int] | None:
+    """The till purchase a refund names: ((kind, account, debit, credit, amount), refunded so far
+    by durable refunds other than ``in_flight_seqs``), or None if there is no such row."""
+    if type(device_id) is not int or type(device_txn) is not int or device_id <= 0 or device_txn <= 0:
+        return None
+    if device_id > 0xFFFFFFFF or device_txn >= 1 << 63:
+        return None
+    row = await conn.fetchrow(
+        "SELECT kind, account_id, coalesce(debit_account_id, 0), coalesce(credit_account_id, 0), amount_kopecks"
+        " FROM journal WHERE device_id = $1 AND device_txn = $2",
+        device_id,
+        device_txn,
+    )
+    if row is None:
+        return None
+    refunded = await conn.fetchval(
+        "SELECT coalesce(sum((result->>'amount_kopecks')::bigint), 0)::bigint FROM commands"
+        " WHERE kind = 'refund' AND status = 1 AND payload->>'device_id' = $1 AND payload->>'device_txn' = $2"
+        " AND seq <> ALL($3::bigint[])",
+        str(device_id),
+        str(device_txn),
+        in_flight_seqs,
+    )
+    return (row[0], row[1], row[2], row[3], row[4]), refunded

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import struct
 import time
 from collections import deque
 from itertools import islice
@@ -27,47 +26,9 @@ from typing import Awaitable, Callable
 import asyncpg
 import msgspec
 
+from ledger.records import AccountCheckpoint, JournalEntry
+
 log = logging.getLogger("ecard.journal")
-
-# Column order of a journal row as the gateway builds it (see JournalEntry).
-JOURNAL_COLUMNS = (
-    "device_id",
-    "device_txn",
-    "kind",
-    "account_id",
-    "identifier",
-    "direction",
-    "debit_account_id",
-    "credit_account_id",
-    "amount_kopecks",
-    "balance_after_kopecks",
-    "advice",
-    "device_time_ms",
-    "decided_at_ms",
-    "cashier_id",
-    "items",
-)
-
-_ITEM = struct.Struct("<IHI")  # product_code, quantity, unit_price_kopecks: the PURCHASE wire layout
-
-
-def encode_items(items) -> bytes:
-    """A purchase's lines as stored in journal.items."""
-    pack = _ITEM.pack
-    return b"".join([pack(i.product_code, i.quantity, i.unit_price_kopecks) for i in items])
-
-
-def decode_items(data: bytes | None) -> list[tuple[int, int, int]] | None:
-    """journal.items back into (product_code, quantity, unit_price_kopecks) lines."""
-    return None if data is None else list(_ITEM.iter_unpack(bytes(data)))
-
-# An entry: (journal row | None, debit account id | None, its balance after,
-#            credit account id | None, its balance after, monotonic ns when appended,
-#            extras | None)
-# extras: a tuple of ("outbox", kind, account_id, payload_json, created_at_ms) and
-# ("command", seq, status, result_json, decided_at_ms): an outbox event, or the
-# result of a money command, written in the same transaction as the row.
-JournalEntry = tuple
 
 DONE_CHANNEL = "ecard_command_done"
 # pg_notify payloads must stay under 8000 bytes: command seqs go in chunks.
@@ -76,33 +37,38 @@ NOTIFY_SEQS_MAX = 500
 # One group commit is ONE statement (one round trip, atomic without BEGIN/COMMIT):
 # a round trip costs a turn of the event loop, which is busy with the devices, so
 # a flush of several statements waited for several turns. The batch travels as
-# JSON (encoded in C by msgspec; bytes as base64) and PostgreSQL unpacks it.
-# Numbers in comments are the positions in a journal row (JOURNAL_COLUMNS).
+# JSON (encoded in C by msgspec from the ledger's records; bytes as base64) and
+# PostgreSQL unpacks it. Positions r->>N are the fields of ledger.records.JournalRow
+# in order; $2 holds AccountCheckpoint arrays, $4 OutboxEvent arrays.
 _FLUSH = f"""
 WITH j AS (
     INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, debit_account_id,
                          credit_account_id, amount_kopecks, balance_after_kopecks, advice, device_time_ms,
-                         decided_at_ms, cashier_id, items)
+                         decided_at_ms, happened_at_ms, cashier_id, items)
     SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::smallint, (r->>3)::bigint, decode(r->>4, 'base64'),
            (r->>5)::smallint, (r->>6)::bigint, (r->>7)::bigint, (r->>8)::bigint, (r->>9)::bigint,
-           (r->>10)::boolean, (r->>11)::bigint, (r->>12)::bigint, (r->>13)::bigint, decode(r->>14, 'base64')
+           (r->>10)::boolean, (r->>11)::bigint, (r->>12)::bigint, (r->>13)::bigint, (r->>14)::bigint,
+           decode(r->>15, 'base64')
     FROM json_array_elements($1::json) AS r
     ON CONFLICT (device_id, device_txn) DO NOTHING
     RETURNING 1
 ), b AS (
-    -- the balance each touched account has after the batch (the gateway is their only writer)
-    UPDATE accounts AS a SET balance_kopecks = (v->>1)::bigint
+    -- each touched account as the batch leaves it (the machine is the only writer):
+    -- balance and the day counters a restart restores
+    UPDATE accounts AS a SET balance_kopecks = (v->>1)::bigint, counters = (v->2)::jsonb
     FROM json_array_elements($2::json) AS v
     WHERE a.id = (v->>0)::bigint
     RETURNING 1
 ), c AS (
-    UPDATE commands AS c SET status = (v->>1)::smallint, result = (v->>2)::jsonb, decided_at_ms = (v->>3)::bigint
+    UPDATE commands AS c SET status = (v->>'status')::smallint, result = (v->'result')::jsonb,
+                             decided_at_ms = (v->>'decided_at_ms')::bigint
     FROM json_array_elements($3::json) AS v
-    WHERE c.seq = (v->>0)::bigint AND c.status = 0
+    WHERE c.seq = (v->>'seq')::bigint AND c.status = 0
     RETURNING c.seq
 ), o AS (
-    INSERT INTO outbox (kind, account_id, payload, created_at_ms)
-    SELECT v->>0, (v->>1)::bigint, (v->>2)::jsonb, (v->>3)::bigint FROM json_array_elements($4::json) AS v
+    INSERT INTO outbox (event_id, kind, account_id, payload, created_at_ms)
+    SELECT v->>0, v->>1, (v->>2)::bigint, (v->3)::jsonb, (v->>4)::bigint FROM json_array_elements($4::json) AS v
+    ON CONFLICT (event_id) DO NOTHING
     RETURNING 1
 ), n AS (
     -- delivered at COMMIT: whoever waits for a command learns it is durable; payloads
@@ -113,13 +79,10 @@ WITH j AS (
 SELECT (SELECT count(*) FROM j) + 0 * (SELECT count(*) FROM b) + 0 * (SELECT count(*) FROM o)
        + 0 * (SELECT count(*) FROM n)
 """
-_encoder = msgspec.json.Encoder()
+_encode = msgspec.json.Encoder().encode
 
-
-def _encode_json(value: object) -> str:
-    return _encoder.encode(value).decode()
-
-OnCommit = Callable[[dict[int, int], list[int], int, list[int]], None]
+OnCommit = Callable[[list[JournalEntry], int], None]
+_FAILURES = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError)
 
 
 class JournalWriter:
@@ -146,6 +109,10 @@ class JournalWriter:
         self._wake = asyncio.Event()
         self._stopping = False
         self._conn: asyncpg.Connection | None = None
+        # After a failure whose outcome is unknown (the connection broke during the
+        # statement: it may have committed), the same batch is retried exactly: its
+        # rows then either all went in before (0 inserted now) or none did.
+        self._retry_events = 0
         self.connected = False
         self.flush_failures = 0
 
@@ -155,6 +122,7 @@ class JournalWriter:
         return len(self._queue) < self._queue_events_max
 
     def append(self, entry: JournalEntry) -> None:
+        """Called by the ledger machine, synchronously, for every accepted decision."""
         assert len(self._queue) < self._queue_events_max, "caller must check has_room()"
         self._queue.append(entry)
         if len(self._queue) >= self._batch_events_max:
@@ -165,7 +133,7 @@ class JournalWriter:
         return len(self._queue)
 
     def oldest_age_ns(self, now_ns: int) -> int:
-        return now_ns - self._queue[0][5] if self._queue else 0
+        return now_ns - self._queue[0].enqueued_ns if self._queue else 0
 
     # -- flusher task
 
@@ -173,7 +141,7 @@ class JournalWriter:
         backoff_s = 0.05
         try:
             await self._ensure_connection()
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+        except _FAILURES as exc:
             log.warning("journal writer cannot connect yet (%s); it will retry", exc)
         while True:
             if len(self._queue) < self._batch_events_max and not self._stopping:
@@ -189,7 +157,7 @@ class JournalWriter:
             try:
                 await self._flush_once()
                 backoff_s = 0.05
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError) as exc:
+            except _FAILURES as exc:
                 self.flush_failures += 1
                 log.warning("journal flush failed (%s: %s); %d entries wait", type(exc).__name__, exc, len(self._queue))
                 await self._drop_connection()
@@ -209,44 +177,44 @@ class JournalWriter:
             conn.terminate()
 
     async def _flush_once(self) -> None:
-        batch = list(islice(self._queue, self._batch_events_max))
+        retrying = self._retry_events
+        batch = list(islice(self._queue, retrying or self._batch_events_max))
         rows = []
-        balances: dict[int, int] = {}
-        durable: dict[int, int] = {}
-        outbox: list[tuple] = []
-        commands: list[tuple] = []
-        for row, debit_id, debit_after, credit_id, credit_after, _, extras in batch:
-            if debit_id is not None:
-                balances[debit_id] = debit_after  # entries are in decision order: the last one wins
-            if credit_id is not None:
-                balances[credit_id] = credit_after
-            if row is not None:
-                rows.append(row)
-                device_id, txn = row[0], row[1]
-                if device_id and txn > durable.get(device_id, 0):
-                    durable[device_id] = txn
-            if extras:
-                for extra in extras:
-                    (outbox if extra[0] == "outbox" else commands).append(extra[1:])
+        accounts: dict[int, AccountCheckpoint] = {}
+        outbox = []
+        commands = []
+        for entry in batch:
+            for checkpoint in entry.accounts:
+                accounts[checkpoint.account_id] = checkpoint  # entries are in decision order: the last one wins
+            if entry.row is not None:
+                rows.append(entry.row)
+            if entry.outbox:
+                outbox.extend(entry.outbox)
+            if entry.command is not None:
+                commands.append(entry.command)
         started_ns = time.perf_counter_ns()
         conn = await self._ensure_connection()
-        encode = _encode_json
+        encode = _encode
+        self._retry_events = len(batch)  # until we know the outcome
         inserted = await conn.fetchval(
             _FLUSH,
-            encode(rows),
-            encode(list(balances.items())),
-            encode(commands),
-            encode(outbox),
+            encode(rows).decode(),
+            encode(list(accounts.values())).decode(),
+            encode(commands).decode(),
+            encode(outbox).decode(),
             timeout=self._statement_timeout_s,
         )
-        if inserted != len(rows):
-            # The gateway de-duplicates before it decides, so this is a bug worth shouting
+        self._retry_events = 0
+        if inserted != len(rows) and not (retrying and inserted == 0):
+            # The machine de-duplicates before it decides, so this is a bug worth shouting
             # about; the new rows went in, the others stayed as they were.
             log.error("journal batch held %d already-journaled (device, txn)", len(rows) - inserted)
+        elif retrying and inserted == 0 and rows:
+            log.info("journal batch of %d rows had committed before its connection broke", len(rows))
         duration_ns = time.perf_counter_ns() - started_ns
         for _ in range(len(batch)):
             self._queue.popleft()
-        self._on_commit(durable, [entry[5] for entry in batch], duration_ns, [c[0] for c in commands])
+        self._on_commit(batch, duration_ns)
 
     async def stop(self, task: asyncio.Task, timeout_s: float) -> int:
         """Flush what is queued within ``timeout_s``, then stop. Returns the entries left unwritten."""

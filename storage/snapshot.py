@@ -9,6 +9,9 @@ from __future__ import annotations
 from typing import AsyncIterator
 
 import asyncpg
+import msgspec
+
+from ledger.records import AccountCounters, JournalRow
 
 # 50 k rows per round trip: few round trips, and a chunk of Records stays a few MiB.
 LOAD_CHUNK_ROWS = 50_000
@@ -26,12 +29,22 @@ async def _chunks(conn: asyncpg.Connection, query: str, *args) -> AsyncIterator[
 
 
 def accounts(conn: asyncpg.Connection) -> AsyncIterator[list[asyncpg.Record]]:
-    """(id, kind, school_id, status, balance_kopecks, daily_limit_kopecks or -1) by id."""
+    """(id, kind, school_id, status, balance_kopecks, daily_limit_kopecks or -1, counters JSON or None) by id.
+
+    ``counters`` is the machine's last checkpoint of the account's day counters
+    (decode with ``decode_counters``)."""
     return _chunks(
         conn,
-        "SELECT id, kind, coalesce(school_id, 0), status, balance_kopecks, coalesce(daily_limit_kopecks, -1)"
-        " FROM accounts ORDER BY id",
+        "SELECT id, kind, coalesce(school_id, 0), status, balance_kopecks, coalesce(daily_limit_kopecks, -1),"
+        " counters::text FROM accounts ORDER BY id",
     )
+
+
+_counters_decoder = msgspec.json.Decoder(AccountCounters)
+
+
+def decode_counters(text: str | None) -> AccountCounters | None:
+    return None if text is None else _counters_decoder.decode(text)
 
 
 def identifiers(conn: asyncpg.Connection) -> AsyncIterator[list[asyncpg.Record]]:
@@ -56,37 +69,47 @@ async def devices(conn: asyncpg.Connection) -> list[asyncpg.Record]:
     return await conn.fetch(_DEVICES, timeout=LOAD_STATEMENT_TIMEOUT_S)
 
 
-async def recent_transactions(conn: asyncpg.Connection, per_device: int) -> list[asyncpg.Record]:
-    """The last ``per_device`` journaled txns of every device (the idempotency window)."""
-    return await conn.fetch(
-        """
-        SELECT j.device_id, j.device_txn, j.kind, j.direction, j.amount_kopecks, j.balance_after_kopecks
+_JOURNAL_FIELDS = (
+    "device_id", "device_txn", "kind", "account_id", "identifier", "direction", "debit_account_id",
+    "credit_account_id", "amount_kopecks", "balance_after_kopecks", "advice", "device_time_ms", "decided_at_ms",
+    "happened_at_ms", "cashier_id", "items",
+)
+assert _JOURNAL_FIELDS == JournalRow.__struct_fields__, "journal columns follow ledger.records.JournalRow"
+
+
+def journal_row_columns(alias: str = "") -> str:
+    """The SELECT list of ledger.records.JournalRow, in its field order (rows written
+    before migration 0007 have no happened_at_ms: they were judged when decided)."""
+    p = f"{alias}." if alias else ""
+    return ", ".join(
+        f"coalesce({p}happened_at_ms, {p}decided_at_ms)" if f == "happened_at_ms" else p + f for f in _JOURNAL_FIELDS
+    )
+
+
+def journal_row(record: asyncpg.Record) -> JournalRow:
+    """A journal record (selected with ``journal_row_columns``) as the ledger's named row."""
+    values = list(record)
+    values[4] = bytes(values[4])
+    if values[15] is not None:
+        values[15] = bytes(values[15])
+    return JournalRow(*values)
+
+
+async def recent_transactions(conn: asyncpg.Connection, per_device: int) -> list[JournalRow]:
+    """The last ``per_device`` journaled txns of every device, oldest first per device
+    (the idempotency window and the turnstiles' grants)."""
+    records = await conn.fetch(
+        f"""
+        SELECT {journal_row_columns("j")}
         FROM devices d CROSS JOIN LATERAL (
             SELECT * FROM journal WHERE device_id = d.id ORDER BY device_txn DESC LIMIT $1
         ) AS j
+        ORDER BY j.device_id, j.device_txn
         """,
         per_device,
         timeout=LOAD_STATEMENT_TIMEOUT_S,
     )
-
-
-async def spent_since(conn: asyncpg.Connection, day_start_ms_by_school: dict[int, int]) -> list[asyncpg.Record]:
-    """(account_id, kopecks) spent on purchases since the start of each school's day."""
-    if not day_start_ms_by_school:
-        return []
-    return await conn.fetch(
-        """
-        SELECT j.account_id, sum(j.amount_kopecks)::bigint
-        FROM journal j
-        JOIN accounts a ON a.id = j.account_id
-        JOIN unnest($1::int[], $2::bigint[]) AS s(school_id, day_start_ms) ON s.school_id = a.school_id
-        WHERE j.kind = 3 AND j.debit_account_id = j.account_id AND j.decided_at_ms >= s.day_start_ms
-        GROUP BY j.account_id
-        """,
-        list(day_start_ms_by_school),
-        list(day_start_ms_by_school.values()),
-        timeout=LOAD_STATEMENT_TIMEOUT_S,
-    )
+    return [journal_row(r) for r in records]
 
 
 # ---------------------------------------------------------------- reference data of schema 0002
@@ -164,28 +187,6 @@ async def school_reference(conn: asyncpg.Connection, school_id: int | None = Non
             timeout=t,
         ),
     }
-
-
-async def purchases_since(conn: asyncpg.Connection, account_ids: list[int], since_ms: int) -> list[asyncpg.Record]:
-    """Today's purchases of the accounts with controls, to rebuild their counters."""
-    return await conn.fetch(
-        "SELECT account_id, decided_at_ms, amount_kopecks, items, debit_account_id"
-        " FROM journal WHERE kind = 3 AND account_id = ANY($1::bigint[])"
-        " AND decided_at_ms >= $2",
-        account_ids,
-        since_ms,
-        timeout=LOAD_STATEMENT_TIMEOUT_S,
-    )
-
-
-async def free_meals_since(conn: asyncpg.Connection, budget_accounts: list[int], since_ms: int) -> list[asyncpg.Record]:
-    return await conn.fetch(
-        "SELECT account_id, max(decided_at_ms) FROM journal WHERE kind = 3 AND debit_account_id = ANY($1::bigint[])"
-        " AND decided_at_ms >= $2 GROUP BY account_id",
-        budget_accounts,
-        since_ms,
-        timeout=LOAD_STATEMENT_TIMEOUT_S,
-    )
 
 
 # Pre-orders from yesterday on (a school day may still be "today" somewhere), by

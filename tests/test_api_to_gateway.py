@@ -32,8 +32,8 @@ def test_block_temporary_card_and_controls_through_the_api_reach_the_taps(demo_d
             )
             assert r.status_code == 201, r.text
             started = time.monotonic()
-            await async_wait_until(lambda: temp in gw.core.cache.identifiers, 1.0, "the temporary card")
-            await async_wait_until(lambda: original in gw.core.cache.identifier_state, 1.0, "the suspension")
+            await async_wait_until(lambda: temp in gw.core.state.identifiers, 1.0, "the temporary card")
+            await async_wait_until(lambda: original in gw.core.state.identifier_state, 1.0, "the suspension")
             assert time.monotonic() - started < 1.0
             assert (await t.request(CardPresented(2, 0, 1, 1, original))).reason == DenyReason.CARD_SUSPENDED
             assert (await t.request(CardPresented(3, 0, 1, 1, temp))).outcome == 1
@@ -45,23 +45,23 @@ def test_block_temporary_card_and_controls_through_the_api_reach_the_taps(demo_d
             controls = {"banned_products": [3]}
             r = await asyncio.to_thread(api.as_, "off1", "PUT", "/pupils/60/controls", json=controls)
             assert r.status_code == 200, r.text
-            await async_wait_until(lambda: 60 in gw.core.cache.controls, 1.0, "the controls")
+            await async_wait_until(lambda: 60 in gw.core.state.controls, 1.0, "the controls")
             banned = await till.request(Purchase(2, 0, 1, 3_500, temp, (Item(3, 1, 3_500),)))
             assert banned.reason == DenyReason.PRODUCT_BANNED and banned.item_index == 0
 
             # returned: the original works again, the temporary card no more
             r = await asyncio.to_thread(api.as_, "off1", "POST", f"/cards/{temp.hex()}/return")
             assert r.status_code == 200, r.text
-            await async_wait_until(lambda: original not in gw.core.cache.identifier_state, 1.0, "the restore")
+            await async_wait_until(lambda: original not in gw.core.state.identifier_state, 1.0, "the restore")
             assert (await t.request(CardPresented(4, 0, 1, 1, original))).outcome == 1
-            await async_wait_until(lambda: temp in gw.core.cache.identifier_state, 1.0, "the temporary card's end")
+            await async_wait_until(lambda: temp in gw.core.state.identifier_state, 1.0, "the temporary card's end")
             assert (await t.request(CardPresented(5, 0, 1, 1, temp))).reason == DenyReason.CARD_BLOCKED
 
             # lost: blocked for good
             r = await asyncio.to_thread(api.as_, "off1", "POST", f"/cards/{original.hex()}/block")
             assert r.status_code == 200, r.text
             await async_wait_until(
-                lambda: gw.core.cache.identifier_state.get(original, (0,))[0] == 1, 1.0, "the block"
+                lambda: gw.core.state.identifier_state.get(original, (0,))[0] == 1, 1.0, "the block"
             )
             assert (await t.request(CardPresented(6, 0, 1, 1, original))).reason == DenyReason.CARD_BLOCKED
 

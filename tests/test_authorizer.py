@@ -1,13 +1,13 @@
 """The pure authorizer: every deny reason with its nearest allow, and commit's arithmetic.
 
-No database, no sockets: a Cache built by hand, time passed in.
+No database, no sockets: a LedgerState built by hand, time passed in.
 """
 
 from __future__ import annotations
 
 import pytest
 
-from gateway.authorizer import (
+from ledger.rules import (
     KIND_ENTRY,
     KIND_PASSAGE,
     KIND_PURCHASE,
@@ -20,7 +20,8 @@ from gateway.authorizer import (
     authorize_topup,
     commit,
 )
-from gateway.cache import ACCOUNT_DRAWER, ACCOUNT_PUPIL, ACCOUNT_REVENUE, DAY_MS, NO_LIMIT, Cache, DeviceState
+from ledger.codes import AccountKind, IdentifierStatus
+from ledger.state import DAY_MS, NO_LIMIT, LedgerState, DeviceState
 from gateway.display import render, template_names
 from protocol import BalanceQuery, CardPresented, DenyReason, Item, Passage, Purchase, TopupCash, TXN_FLAG_ADVICE
 
@@ -34,15 +35,15 @@ TOPUP_MAX = 1_500_000
 
 
 @pytest.fixture
-def cache() -> Cache:
-    c = Cache()
+def cache() -> LedgerState:
+    c = LedgerState()
     c.school_offset_ms = {1: 180 * 60_000, 2: 180 * 60_000}
-    c.add_account((1, ACCOUNT_PUPIL, 1, 0, 10_000, NO_LIMIT))
-    c.add_account((2, ACCOUNT_PUPIL, 2, 0, 10_000, NO_LIMIT))
-    c.add_account((3, ACCOUNT_PUPIL, 1, 0, 10_000, NO_LIMIT))
-    c.add_account((4, ACCOUNT_PUPIL, 1, 1, 10_000, NO_LIMIT))  # account blocked
-    c.add_account((5, ACCOUNT_REVENUE, 1, 0, 0, NO_LIMIT))
-    c.add_account((6, ACCOUNT_DRAWER, 1, 0, -40_000, NO_LIMIT))
+    c.add_account((1, AccountKind.PUPIL, 1, 0, 10_000, NO_LIMIT))
+    c.add_account((2, AccountKind.PUPIL, 2, 0, 10_000, NO_LIMIT))
+    c.add_account((3, AccountKind.PUPIL, 1, 0, 10_000, NO_LIMIT))
+    c.add_account((4, AccountKind.PUPIL, 1, 1, 10_000, NO_LIMIT))  # account blocked
+    c.add_account((5, AccountKind.REVENUE, 1, 0, 0, NO_LIMIT))
+    c.add_account((6, AccountKind.DRAWER, 1, 0, -40_000, NO_LIMIT))
     c.add_identifier(CARD, 1, 0)
     c.add_identifier(OTHER_SCHOOL_CARD, 2, 0)
     c.add_identifier(BLOCKED_CARD, 3, 1)
@@ -105,12 +106,24 @@ def test_entry_advice_is_never_declined_even_for_a_card_blocked_since(cache):
 
 
 def test_passage_recorded_for_known_card_unknown_refused(cache):
+    TURNSTILE.grant(1, BLOCKED_CARD)  # the turnstile opened for it (txn 1), then it was blocked
+    TURNSTILE.grant(3, CARD)
     assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, BLOCKED_CARD), NOW_MS).reason == OK
+    assert authorize_passage(cache, TURNSTILE, Passage(4, 0, 1, NOW_MS, 3, CARD), NOW_MS).reason == OK
     assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, UNKNOWN), NOW_MS).reason == DenyReason.UNKNOWN_CARD
     assert (
         authorize_passage(cache, TILL, Passage(2, 0, 1, NOW_MS, 1, CARD), NOW_MS).reason == DenyReason.WRONG_DEVICE_KIND
     )
     assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, CARD), NOW_MS).kind == KIND_PASSAGE
+
+
+def test_passage_naming_no_grant_of_this_card_is_no_grant(cache):
+    TURNSTILE.grant(11, CARD)
+    never_granted = Passage(13, 0, 1, NOW_MS, 12, CARD)
+    assert authorize_passage(cache, TURNSTILE, never_granted, NOW_MS).reason == DenyReason.NO_GRANT
+    other_card = Passage(13, 0, 1, NOW_MS, 11, BLOCKED_CARD)
+    assert authorize_passage(cache, TURNSTILE, other_card, NOW_MS).reason == DenyReason.NO_GRANT
+    assert authorize_passage(cache, TURNSTILE, Passage(13, 0, 1, NOW_MS, 11, CARD), NOW_MS).reason == OK
 
 
 # ---------------------------------------------------------------- purchase

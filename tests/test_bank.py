@@ -425,7 +425,7 @@ def test_command_burst_is_applied_once(demo_dsn):
                 applied = await conn.fetchval("SELECT count(*) FROM commands WHERE status = 1")
                 rows = await conn.fetchval("SELECT count(*) FROM journal WHERE device_id = 0")
                 pupils = await conn.fetchval("SELECT sum(balance_kopecks) FROM accounts WHERE kind = 1")
-            in_memory = sum(gw.cache.accounts.balance[i] for i in range(1, DEMO_PUPILS + 1))
+            in_memory = sum(gw.machine.state.accounts.balance[i] for i in range(1, DEMO_PUPILS + 1))
         finally:
             await pool.close()
             await gw.stop()

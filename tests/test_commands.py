@@ -37,7 +37,7 @@ def test_bank_topup_applied_once_per_key_and_durable(demo_dsn):
             assert again == first
             with pytest.raises(commands.IdempotencyConflict):
                 await submit(demo_dsn, "bank:p1:captured", "bank_topup", {"account_id": 40, "amount_kopecks": 1, "payment_id": "p1"})
-            assert gw.core.cache.accounts.balance[40] == 62_345
+            assert gw.core.state.accounts.balance[40] == 62_345
         rows = await fetch(demo_dsn, "SELECT balance_kopecks FROM accounts WHERE id = 40")
         assert rows[0][0] == 62_345
         journal = await fetch(demo_dsn, "SELECT device_id, kind, amount_kopecks FROM journal WHERE account_id = 40")
@@ -68,12 +68,12 @@ def test_refund_of_a_till_purchase_partial_then_the_rest_then_no_more(demo_dsn):
             assert (await d.request(purchase(1, 44))).outcome == 1
             await asyncio.wait_for(wait_durable(d, 1), 10)
             part = await submit(demo_dsn, "r1", "refund", {"device_id": TILL, "device_txn": 1, "amount_kopecks": 6_500})
-            assert part.result["reason"] == "OK" and gw.core.cache.accounts.balance[44] == 33_500 + 6_500
+            assert part.result["reason"] == "OK" and gw.core.state.accounts.balance[44] == 33_500 + 6_500
             too_much = await submit(demo_dsn, "r2", "refund", {"device_id": TILL, "device_txn": 1, "amount_kopecks": 10_001})
             assert too_much.result["reason"] == "REFUND_EXCEEDS"
             rest = await submit(demo_dsn, "r3", "refund", {"device_id": TILL, "device_txn": 1, "amount_kopecks": None})
             assert rest.result.get("amount_kopecks") == 10_000, rest
-            assert gw.core.cache.accounts.balance[44] == 50_000
+            assert gw.core.state.accounts.balance[44] == 50_000
             none = await submit(demo_dsn, "r4", "refund", {"device_id": TILL, "device_txn": 2})
             assert none.result["reason"] == "UNKNOWN_ORIGINAL"
         assert await ledger_total(demo_dsn) == 0
@@ -87,7 +87,7 @@ def test_correction_both_ways_and_bad_input_refused(demo_dsn):
             up = await submit(demo_dsn, "c1", "correction", {"account_id": 45, "amount_kopecks": 700, "reason": "x"})
             down = await submit(demo_dsn, "c2", "correction", {"account_id": 45, "amount_kopecks": -200, "reason": "y"})
             assert up.result["reason"] == down.result["reason"] == "OK"
-            assert gw.core.cache.accounts.balance[45] == 50_500
+            assert gw.core.state.accounts.balance[45] == 50_500
             zero = await submit(demo_dsn, "c3", "correction", {"account_id": 45, "amount_kopecks": 0, "reason": "z"})
             assert zero.result["reason"] == "AMOUNT_INVALID"
             nobody = await submit(demo_dsn, "c4", "correction", {"account_id": 10**9, "amount_kopecks": 5, "reason": "z"})
@@ -104,7 +104,7 @@ def test_a_command_queued_while_the_gateway_is_down_is_applied_when_it_starts(de
         pending = await submit(demo_dsn, "late", "bank_topup", {"account_id": 46, "amount_kopecks": 900, "payment_id": "late"}, wait_ms=50)
         assert pending.pending
         async with running_gateway(demo_dsn) as gw:
-            await async_wait_until(lambda: gw.core.cache.accounts.balance[46] == 50_900, 10, "the queued command")
+            await async_wait_until(lambda: gw.core.state.accounts.balance[46] == 50_900, 10, "the queued command")
             conn = await asyncpg.connect(demo_dsn)
             try:
                 done = await commands.wait_result(conn, pending.seq, 10_000)
@@ -129,7 +129,7 @@ def test_a_card_blocked_in_the_database_is_refused_at_the_next_tap_within_a_seco
             finally:
                 await conn.close()
             started = time.monotonic()
-            await async_wait_until(lambda: demo_card_uid(47) in gw.core.cache.identifier_state, 1.0, "the change to arrive")
+            await async_wait_until(lambda: demo_card_uid(47) in gw.core.state.identifier_state, 1.0, "the change to arrive")
             assert time.monotonic() - started < 1.0
             denied = await t.request(CardPresented(2, 0, 1, 1, demo_card_uid(47)))
             assert denied.reason == DenyReason.CARD_BLOCKED
@@ -149,7 +149,7 @@ def test_controls_set_in_the_database_reach_the_till(demo_dsn):
                     await changes.notify(conn, "account", 48)
             finally:
                 await conn.close()
-            await async_wait_until(lambda: 48 in gw.core.cache.controls, 1.0, "the controls")
+            await async_wait_until(lambda: 48 in gw.core.state.controls, 1.0, "the controls")
             denied = await d.request(purchase(1, 48))
             assert denied.reason == DenyReason.PRODUCT_BANNED and denied.item_index == 0
 
@@ -185,6 +185,6 @@ def test_pupil_info_gives_the_till_photo_note_and_todays_preorder(demo_dsn):
             turnstile = await device(gw, TURNSTILE, DeviceKind.TURNSTILE)
             refused = await turnstile.request(PupilInfoQuery(demo_card_uid(49)))
             assert (refused.outcome, refused.reason) == (0, DenyReason.WRONG_DEVICE_KIND)
-            assert gw.core.cache.accounts.balance[49] == 50_000  # nothing changed
+            assert gw.core.state.accounts.balance[49] == 50_000  # nothing changed
 
     asyncio.run(main())

@@ -113,7 +113,7 @@ def test_taps_are_decided_journaled_and_acknowledged_durable(demo_dsn):
             assert await balance(demo_dsn, 7) == 34_500
             total = await fetch(demo_dsn, "SELECT sum(balance_kopecks) FROM accounts")
             assert total[0][0] == 0
-            assert gw.core.cache.devices[TILL].durable_txn == 2
+            assert gw.core.state.devices[TILL].durable_txn == 2
             text = urllib.request.urlopen(f"http://127.0.0.1:{gw.metrics_port}/metrics", timeout=5).read().decode()
             assert 'ecard_decisions_total{kind="purchase",reason="OK"} 1.0' in text
             assert 'ecard_devices_connected{kind="till"} 1.0' in text
@@ -153,7 +153,7 @@ def test_hello_refused_and_connection_closed(demo_dsn, case, reason):
                 reply = await d.hello()
             assert type(reply) is Nak and reply.reason == reason
             assert await d.read_raw_until_closed() == b""
-            assert gw.core.cache.devices.get(TURNSTILE) is None or gw.core.cache.devices[TURNSTILE].session is None
+            assert gw.core.sessions.of_device(TURNSTILE) is None
 
     asyncio.run(main())
 
@@ -224,7 +224,7 @@ def test_bad_frames_get_a_nak_with_reason(demo_dsn, mutate, reason, fatal):
                 # The NAKed frame took no sequence number: the device sends it again as it was.
                 decided = await d.request(purchase(1, 3))
                 assert type(decided) is Decision and decided.outcome == 1
-            assert gw.core.cache.accounts.balance[3] == (33_500 if not fatal else 50_000)
+            assert gw.core.state.accounts.balance[3] == (33_500 if not fatal else 50_000)
 
     asyncio.run(main())
 
@@ -245,7 +245,7 @@ def test_malformed_payload_takes_its_sequence_and_is_nakked(demo_dsn):
             d.conn._pending_seq = 1
             reply = await d.reply()
             assert type(reply) is Nak and reply.reason == NakReason.MALFORMED_PAYLOAD
-            assert gw.core.cache.accounts.balance[3] == 50_000
+            assert gw.core.state.accounts.balance[3] == 50_000
             d.conn._last_seq = 1
             decided = await d.request(purchase(2, 3))  # the session goes on at seq 2
             assert decided.outcome == 1
@@ -263,8 +263,8 @@ def test_retransmit_gets_identical_bytes_and_is_decided_once(demo_dsn):
             first = await d.request(purchase(1, 11))
             await d.send_raw(d.conn.last_request_bytes() if hasattr(d.conn, "last_request_bytes") else d.conn._last_request)
             raw = await asyncio.wait_for(d.reader.read(65536), 5)
-            assert raw == gw.core.cache.devices[TILL].session.conn._last_reply
-            assert gw.core.cache.accounts.balance[11] == 50_000 - 16_500
+            assert raw == gw.core.sessions.of_device(TILL).conn._last_reply
+            assert gw.core.state.accounts.balance[11] == 50_000 - 16_500
             assert first.outcome == 1
 
     asyncio.run(main())
@@ -283,7 +283,7 @@ def test_duplicate_txn_in_a_new_session_repeats_the_decision_without_applying(de
             assert again.flags == DECISION_FLAG_DUPLICATE and again.balance_kopecks == first.balance_kopecks
             again_denied = await d.request(purchase(2, 12, price=1_000_000))
             assert again_denied.reason == DenyReason.INSUFFICIENT_FUNDS and again_denied.flags == DECISION_FLAG_DUPLICATE
-            assert gw.core.cache.accounts.balance[12] == 50_000 - 16_500
+            assert gw.core.state.accounts.balance[12] == 50_000 - 16_500
 
     asyncio.run(main())
 
@@ -295,7 +295,7 @@ def test_txn_must_increase_within_a_session(demo_dsn):
             assert (await d.request(purchase(5, 13))).outcome == 1
             reply = await d.request(purchase(4, 13))
             assert type(reply) is Nak and reply.reason == NakReason.TXN_OUT_OF_ORDER
-            assert gw.core.cache.accounts.balance[13] == 50_000 - 16_500
+            assert gw.core.state.accounts.balance[13] == 50_000 - 16_500
 
     asyncio.run(main())
 
@@ -310,7 +310,7 @@ def test_txn_below_the_idempotency_window_is_too_old(demo_dsn):
                 assert (await d.request(purchase(txn, 14, price=100))).outcome == 1
             await asyncio.wait_for(wait_durable(d, 20), 10)
             assert (await d.request(purchase(21, 14, price=100))).outcome == 1  # evicts 1..5
-            state = gw.core.cache.devices[TILL]
+            state = gw.core.state.devices[TILL]
             assert state.forgotten_txn_max == 5 and len(state.recent) == 16
             await d.close()
             d = await device(gw, TILL, DeviceKind.TILL)
@@ -318,7 +318,7 @@ def test_txn_below_the_idempotency_window_is_too_old(demo_dsn):
             assert old.reason == DenyReason.TXN_TOO_OLD
             remembered = await d.request(purchase(10, 14, price=100))
             assert remembered.outcome == 1 and remembered.flags == DECISION_FLAG_DUPLICATE
-            assert gw.core.cache.accounts.balance[14] == 50_000 - 21 * 100
+            assert gw.core.state.accounts.balance[14] == 50_000 - 21 * 100
 
     asyncio.run(main())
 
@@ -329,13 +329,13 @@ def test_accepted_txns_not_yet_durable_are_never_forgotten(demo_dsn):
             d = await device(gw, TILL, DeviceKind.TILL)
             for txn in range(1, 41):
                 assert (await d.request(purchase(txn, 17, price=100))).outcome == 1
-            state = gw.core.cache.devices[TILL]
+            state = gw.core.state.devices[TILL]
             assert state.forgotten_txn_max == 0 and len(state.recent) == 40
             await d.close()
             d = await device(gw, TILL, DeviceKind.TILL)
             replay = await d.request(purchase(1, 17, price=100, flags=TXN_FLAG_ADVICE))
             assert replay.outcome == 1 and replay.flags == DECISION_FLAG_DUPLICATE
-            assert gw.core.cache.accounts.balance[17] == 50_000 - 40 * 100
+            assert gw.core.state.accounts.balance[17] == 50_000 - 40 * 100
 
     asyncio.run(main())
 
@@ -350,7 +350,7 @@ def test_after_a_restart_replays_are_applied_once(demo_dsn):
             await asyncio.wait_for(wait_durable(d, 1), 10)
             await d.close()
         async with running_gateway(demo_dsn) as gw:
-            assert gw.core.cache.accounts.balance[15] == 50_000 - 16_500
+            assert gw.core.state.accounts.balance[15] == 50_000 - 16_500
             d = await device(gw, TILL, DeviceKind.TILL)
             replay = await d.request(purchase(1, 15, flags=TXN_FLAG_ADVICE))
             assert replay.outcome == 1 and replay.flags == DECISION_FLAG_DUPLICATE

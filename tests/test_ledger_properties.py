@@ -10,19 +10,9 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.authorizer import OK, Original, authorize_command, authorize_purchase, authorize_topup, commit
-from gateway.cache import (
-    ACCOUNT_CLEARING,
-    ACCOUNT_CORRECTIONS,
-    ACCOUNT_DRAWER,
-    ACCOUNT_FREE_MEALS,
-    ACCOUNT_OPENING,
-    ACCOUNT_PUPIL,
-    ACCOUNT_REVENUE,
-    NO_LIMIT,
-    Cache,
-    DeviceState,
-)
+from ledger.rules import OK, Original, authorize_command, authorize_purchase, authorize_topup, commit
+from ledger.codes import AccountKind, CommandKind, IdentifierStatus
+from ledger.state import NO_LIMIT, LedgerState, DeviceState
 from protocol import Item, Purchase, TopupCash
 
 NOW_MS = 1_795_550_000_000
@@ -30,19 +20,19 @@ PUPILS = 6
 TILL = DeviceState(2_000_001, 1, 2, b"k" * 16, 10, 0)
 
 
-def fresh_cache() -> Cache:
-    c = Cache()
+def fresh_cache() -> LedgerState:
+    c = LedgerState()
     c.school_offset_ms = {1: 180 * 60_000}
     for pupil in range(1, PUPILS + 1):
-        c.add_account((pupil, ACCOUNT_PUPIL, 1, 0, 20_000, NO_LIMIT))
+        c.add_account((pupil, AccountKind.PUPIL, 1, 0, 20_000, NO_LIMIT))
         c.add_identifier(b"\x04" + pupil.to_bytes(6, "big"), pupil, 0)
         c.accounts.family[pupil] = (pupil + 1) // 2
-    c.add_account((7, ACCOUNT_OPENING, 0, 0, -20_000 * PUPILS, NO_LIMIT))
-    c.add_account((8, ACCOUNT_REVENUE, 1, 0, 0, NO_LIMIT))
-    c.add_account((9, ACCOUNT_CLEARING, 0, 0, 0, NO_LIMIT))
-    c.add_account((10, ACCOUNT_DRAWER, 1, 0, 0, NO_LIMIT))
-    c.add_account((11, ACCOUNT_FREE_MEALS, 1, 0, 0, NO_LIMIT))
-    c.add_account((12, ACCOUNT_CORRECTIONS, 0, 0, 0, NO_LIMIT))
+    c.add_account((7, AccountKind.OPENING, 0, 0, -20_000 * PUPILS, NO_LIMIT))
+    c.add_account((8, AccountKind.REVENUE, 1, 0, 0, NO_LIMIT))
+    c.add_account((9, AccountKind.CLEARING, 0, 0, 0, NO_LIMIT))
+    c.add_account((10, AccountKind.DRAWER, 1, 0, 0, NO_LIMIT))
+    c.add_account((11, AccountKind.FREE_MEALS, 1, 0, 0, NO_LIMIT))
+    c.add_account((12, AccountKind.CORRECTIONS, 0, 0, 0, NO_LIMIT))
     return c
 
 
@@ -85,13 +75,13 @@ class Machine:
             if index < len(self.purchases):
                 who, paid = self.purchases[index]
                 original = Original(3, who, who, 8, paid, self.refunded.get(index, 0))
-            verdict = authorize_command(c, "refund", {"amount_kopecks": requested}, original, 10_000_000)
+            verdict = authorize_command(c, CommandKind.refund, {"amount_kopecks": requested}, original, 10_000_000)
         elif kind == "transfer":
             payload = {"from_account_id": op[1], "to_account_id": op[2], "amount_kopecks": op[3]}
-            verdict = authorize_command(c, "transfer", payload, None, 10_000_000)
+            verdict = authorize_command(c, CommandKind.transfer, payload, None, 10_000_000)
         else:
             payload = {"account_id": op[1], "amount_kopecks": op[2], "payment_id": "x", "reason": "r"}
-            verdict = authorize_command(c, kind, payload, None, 10_000_000)
+            verdict = authorize_command(c, CommandKind[kind], payload, None, 10_000_000)
         if verdict.reason == OK:
             commit(c, verdict, NOW_MS)
             if kind == "purchase":

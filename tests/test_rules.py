@@ -7,22 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.authorizer import authorize_entry, authorize_purchase, commit
-from gateway.cache import (
-    ACCOUNT_FREE_MEALS,
-    ACCOUNT_PUPIL,
-    ACCOUNT_REVENUE,
-    DAY_MS,
-    IDENTIFIER_BLOCKED,
-    IDENTIFIER_SUSPENDED,
-    NO_LIMIT,
-    Cache,
-    Controls,
-    DeviceState,
-    MealPeriod,
-    Policy,
-    Product,
-)
+from ledger.rules import authorize_entry, authorize_purchase, commit
+from ledger.codes import AccountKind, IdentifierStatus
+from ledger.state import DAY_MS, NO_LIMIT, LedgerState, Controls, DeviceState, MealPeriod, Policy, Product
 from protocol import CardPresented, DenyReason, Item, Purchase
 
 OFFSET_MS = 180 * 60_000  # Moscow
@@ -45,12 +32,12 @@ BUN, LUNCH_MEAL, YOGHURT, SALAD, UNLISTED = 3, 2, 7, 8, 99
 
 
 @pytest.fixture
-def cache() -> Cache:
-    c = Cache()
+def cache() -> LedgerState:
+    c = LedgerState()
     c.school_offset_ms = {1: OFFSET_MS}
-    c.add_account((1, ACCOUNT_PUPIL, 1, 0, 10_000, NO_LIMIT))
-    c.add_account((2, ACCOUNT_REVENUE, 1, 0, 0, NO_LIMIT))
-    c.add_account((3, ACCOUNT_FREE_MEALS, 1, 0, 0, NO_LIMIT))
+    c.add_account((1, AccountKind.PUPIL, 1, 0, 10_000, NO_LIMIT))
+    c.add_account((2, AccountKind.REVENUE, 1, 0, 0, NO_LIMIT))
+    c.add_account((3, AccountKind.FREE_MEALS, 1, 0, 0, NO_LIMIT))
     c.add_identifier(CARD, 1, 0)
     c.products = {
         (1, BUN): Product(BUN, "bakery", frozenset({"gluten"}), frozenset({"vegetarian"}), False),
@@ -84,11 +71,11 @@ def controls(**kw) -> Controls:
     return Controls(**base)
 
 
-def decide(cache: Cache, purchase: Purchase, now_ms: int = LUNCH):
+def decide(cache: LedgerState, purchase: Purchase, now_ms: int = LUNCH):
     return authorize_purchase(cache, TILL, purchase, now_ms)
 
 
-def buy(cache: Cache, purchase: Purchase, now_ms: int = LUNCH):
+def buy(cache: LedgerState, purchase: Purchase, now_ms: int = LUNCH):
     v = decide(cache, purchase, now_ms)
     assert v.reason == DenyReason.OK, v
     return commit(cache, v, now_ms)
@@ -178,7 +165,7 @@ def test_free_meal_only_inside_lunch_only_hot_only_entitled(cache):
 
 def test_free_meal_decision_looks_like_a_paid_one():
     """Anonymous at the till: the template and its parameters are those of a paid meal."""
-    from gateway.authorizer import KIND_PURCHASE, accept_template
+    from ledger.rules import KIND_PURCHASE, accept_template
 
     assert accept_template(KIND_PURCHASE, 0, 16_500, 10_000)[0] == accept_template(KIND_PURCHASE, 0, 16_500, 26_500)[0]
 
@@ -199,7 +186,7 @@ def test_grace_meals_then_refuse_and_reset_when_topped_up(cache):
     buy(cache, basket((BUN, 1, 3_000), txn=2))
     assert decide(cache, basket((BUN, 1, 3_000), txn=3)).reason == DenyReason.INSUFFICIENT_FUNDS
     cache.accounts.balance[1] = -6_000
-    from gateway.authorizer import KIND_TOPUP, OK, Verdict
+    from ledger.rules import KIND_TOPUP, OK, Verdict
 
     commit(cache, Verdict(OK, KIND_TOPUP, 1, 3, 1, 10_000), LUNCH)  # back above zero
     assert cache.accounts.grace_used[1] == 0
@@ -212,7 +199,7 @@ def test_low_balance_alert_once_per_crossing(cache):
     assert buy(cache, basket((BUN, 1, 4_000)))[2] == 0  # 60 rubles left, threshold 50
     assert buy(cache, basket((BUN, 1, 2_000), txn=2))[2] == 1  # crosses: one alert
     assert buy(cache, basket((BUN, 1, 1_000), txn=3))[2] == 0  # still below: no second alert
-    from gateway.authorizer import KIND_TOPUP, OK, Verdict
+    from ledger.rules import KIND_TOPUP, OK, Verdict
 
     commit(cache, Verdict(OK, KIND_TOPUP, 1, 3, 1, 10_000), LUNCH)  # back above
     assert cache.accounts.low_alerted[1] == 0
@@ -223,7 +210,7 @@ def test_low_balance_alert_once_per_crossing(cache):
 
 
 def test_suspended_original_until_midnight_then_active_again(cache):
-    cache.add_identifier(CARD, 1, IDENTIFIER_SUSPENDED, MIDNIGHT_MS + DAY_MS)
+    cache.add_identifier(CARD, 1, IdentifierStatus.SUSPENDED, MIDNIGHT_MS + DAY_MS)
     assert decide(cache, basket((BUN, 1, 100))).reason == DenyReason.CARD_SUSPENDED
     assert authorize_entry(cache, TURNSTILE, CardPresented(1, 0, 1, 0, CARD), LUNCH).reason == DenyReason.CARD_SUSPENDED
     assert decide(cache, basket((BUN, 1, 100)), MIDNIGHT_MS + DAY_MS).reason == DenyReason.OK
@@ -237,5 +224,5 @@ def test_temporary_card_works_until_midnight_then_expired(cache):
 
 
 def test_lost_card_blocked_for_good(cache):
-    cache.add_identifier(CARD, 1, IDENTIFIER_BLOCKED)
+    cache.add_identifier(CARD, 1, IdentifierStatus.BLOCKED)
     assert decide(cache, basket((BUN, 1, 100)), LUNCH + 365 * DAY_MS).reason == DenyReason.CARD_BLOCKED

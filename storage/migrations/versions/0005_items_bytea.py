@@ -4,7 +4,7 @@ Encoding three arrays per row was the most expensive part of a group commit
 (the driver checks every array and every element against Python's collection
 ABCs). The items are now stored as the device sent them: per line
 product_code u32, quantity u16, unit_price_kopecks u32, little-endian
-(docs/protocol.md, PURCHASE); ``storage.journal.decode_items`` reads them back.
+(docs/protocol.md, PURCHASE); ``protocol.items.decode_items`` reads them back.
 
 Revision ID: 0005
 Revises: 0004

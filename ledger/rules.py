@@ -1,16 +1,19 @@
-"""Pure decisions: ``authorize(cache, device, request, now_ms) -> Verdict``.
+"""The rules: pure decisions ``authorize_*(state, device, request, at_ms) -> Verdict``.
 
-A synchronous function of the cache state, the request and the time passed in:
-no await, no I/O, no clock. It only reads; the state change it asks for is in
-the Verdict, and ``commit`` applies it. Both run in the connection's data
-callback before the reply is written, so check-then-debit is atomic without a
-lock (the event loop runs one callback at a time).
+A synchronous function of the state, the request and the time passed in: no
+await, no I/O, no clock. It only reads; the state change it asks for is in the
+Verdict, and ``commit`` applies it. The machine (ledger.machine) calls both
+before the reply is written, so check-then-debit is atomic without a lock.
 
-The rules of this version (the rule table stays open: each rule is one check
-returning one named DenyReason):
+``at_ms`` is the time the request is judged at: the gateway's clock for a live
+request, the reader's clock for an ADVICE inside the offline window (the
+machine decides which). Meal period, free meal and day counters all use it.
+
+The rules (each rule is one check returning one named DenyReason):
 - entry (CARD_PRESENTED): turnstile of the card's school; card known, active;
   account active.
-- passage (PASSAGE): always recorded for a known card (it has happened).
+- passage (PASSAGE): a known card, and granted_txn names a CARD_PRESENTED this
+  device was granted for the same card (NO_GRANT otherwise).
 - purchase (PURCHASE, all or nothing): till of the card's school; card known,
   active (not blocked, not suspended, a temporary card not expired); account
   active; then the parent's controls, item by item (banned product, banned
@@ -23,54 +26,26 @@ returning one named DenyReason):
 - cash top-up (TOPUP_CASH): till of the card's school; card known, active;
   account active; 0 < amount <= topup_kopecks_max.
 - an ADVICE (the device already acted: offline sale, or a replay of an accepted
-  sale) is never declined: only the card must map to an account.
+  sale) is never declined for a business reason: only the card must map to an
+  account. The free meal still applies (judged at the time it happened). One
+  exception: a cash top-up advice above the cap is a protocol violation (a
+  conforming till cannot take it offline): AMOUNT_INVALID, nothing credited.
 """
 
 from __future__ import annotations
 
 import msgspec
 
-from protocol import (
-    BalanceQuery,
-    CardPresented,
-    DenyReason,
-    DeviceKind,
-    Direction,
-    Passage,
-    Purchase,
-    TopupCash,
-)
+from protocol import BalanceQuery, CardPresented, DenyReason, DeviceKind, Direction, Passage, Purchase, TopupCash
 
-from .cache import (
-    ACCOUNT_ACTIVE,
-    ACCOUNT_PUPIL,
-    IDENTIFIER_BLOCKED,
-    IDENTIFIER_SUSPENDED,
-    NO_LIMIT,
-    Cache,
-    Controls,
-    DeviceState,
-)
+from .codes import AccountKind, AccountStatus, CommandKind, IdentifierStatus, JournalKind
+from .state import NO_LIMIT, Controls, DeviceState, LedgerState
 
-# Journal kinds (storage schema: journal.kind).
-KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP, KIND_BALANCE = 1, 2, 3, 4, 5
-# Money commands (staff API, payments): journaled with device_id 0, device_txn = commands.seq.
-KIND_BANK_TOPUP, KIND_BANK_REFUND, KIND_TRANSFER, KIND_REFUND, KIND_CORRECTION = 6, 7, 8, 9, 10
-COMMAND_KINDS = {
-    "bank_topup": KIND_BANK_TOPUP,
-    "bank_refund": KIND_BANK_REFUND,
-    "transfer": KIND_TRANSFER,
-    "refund": KIND_REFUND,
-    "correction": KIND_CORRECTION,
-}
-KIND_NAMES = {
-    KIND_ENTRY: "entry",
-    KIND_PASSAGE: "passage",
-    KIND_PURCHASE: "purchase",
-    KIND_TOPUP: "topup",
-    KIND_BALANCE: "balance",
-    **{kind: name for name, kind in COMMAND_KINDS.items()},
-}
+KIND_ENTRY = int(JournalKind.ENTRY)
+KIND_PASSAGE = int(JournalKind.PASSAGE)
+KIND_PURCHASE = int(JournalKind.PURCHASE)
+KIND_TOPUP = int(JournalKind.CASH_TOPUP)
+KIND_BALANCE = int(JournalKind.BALANCE)
 
 # Display templates for accepts (denies use the DenyReason number as template id).
 TEMPLATE_ACCEPT_ENTRY = 100
@@ -101,11 +76,31 @@ UNKNOWN_ACCOUNT = int(DenyReason.UNKNOWN_ACCOUNT)
 NOT_SAME_FAMILY = int(DenyReason.NOT_SAME_FAMILY)
 UNKNOWN_ORIGINAL = int(DenyReason.UNKNOWN_ORIGINAL)
 REFUND_EXCEEDS = int(DenyReason.REFUND_EXCEEDS)
+NO_GRANT = int(DenyReason.NO_GRANT)
 NO_ITEM = 0xFF
 FREE_MEAL_PERIOD = "lunch"
+# Till denies that come after the card and school checks passed: the cashier may
+# see the pupil's balance (spec 9.2). Before them the card holder is unproven.
+BALANCE_SHOWN_ON_DENY = frozenset(
+    {
+        INSUFFICIENT_FUNDS,
+        DAILY_LIMIT_EXCEEDED,
+        AMOUNT_INVALID,
+        PRODUCT_BANNED,
+        CATEGORY_BANNED,
+        ALLERGEN_BLOCKED,
+        DIET_RESTRICTED,
+        ITEM_COUNT_EXCEEDED,
+        PERIOD_LIMIT_EXCEEDED,
+    }
+)
 
 TURNSTILE = int(DeviceKind.TURNSTILE)
 TILL = int(DeviceKind.TILL)
+_PUPIL = int(AccountKind.PUPIL)
+_ACCOUNT_ACTIVE = int(AccountStatus.ACTIVE)
+_BLOCKED = int(IdentifierStatus.BLOCKED)
+_SUSPENDED = int(IdentifierStatus.SUSPENDED)
 
 
 class Verdict(msgspec.Struct, frozen=True, gc=False):
@@ -125,59 +120,63 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     on_grace: bool = False  # purchase: allowed below zero by the grace policy
 
 
-def _card(cache: Cache, identifier: bytes, kind: int, now_ms: int) -> Verdict | int:
+def _card(state: LedgerState, identifier: bytes, kind: int, at_ms: int) -> Verdict | int:
     """The account behind an active card, or a deny Verdict."""
-    account_id = cache.identifiers.get(identifier)
+    account_id = state.identifiers.get(identifier)
     if account_id is None:
         return Verdict(UNKNOWN_CARD, kind)
-    state = cache.identifier_state.get(identifier)
-    if state is not None:
-        status, until_ms = state
-        if status == IDENTIFIER_BLOCKED:
+    card = state.identifier_state.get(identifier)
+    if card is not None:
+        status, until_ms = card
+        if status == _BLOCKED:
             return Verdict(CARD_BLOCKED, kind, account_id)
-        if status == IDENTIFIER_SUSPENDED:
+        if status == _SUSPENDED:
             # Suspended while a temporary card stands for it, until expires_at_ms.
-            if not until_ms or now_ms < until_ms:
+            if not until_ms or at_ms < until_ms:
                 return Verdict(CARD_SUSPENDED, kind, account_id)
-        elif until_ms and now_ms >= until_ms:
+        elif until_ms and at_ms >= until_ms:
             return Verdict(CARD_EXPIRED, kind, account_id)
-    if cache.accounts.status[account_id] != ACCOUNT_ACTIVE:
+    if state.accounts.status[account_id] != _ACCOUNT_ACTIVE:
         return Verdict(ACCOUNT_BLOCKED, kind, account_id)
     return account_id
 
 
-def _at_school(cache: Cache, device: DeviceState, account_id: int, kind: int) -> Verdict | None:
-    if cache.accounts.school[account_id] != device.school_id:
+def _at_school(state: LedgerState, device: DeviceState, account_id: int, kind: int) -> Verdict | None:
+    if state.accounts.school[account_id] != device.school_id:
         return Verdict(WRONG_SCHOOL, kind, account_id)
     return None
 
 
-def authorize_entry(cache: Cache, device: DeviceState, request: CardPresented, now_ms: int) -> Verdict:
+def authorize_entry(state: LedgerState, device: DeviceState, request: CardPresented, at_ms: int) -> Verdict:
     if device.kind != TURNSTILE:
         return Verdict(WRONG_DEVICE_KIND, KIND_ENTRY)
     if request.advice:
-        account_id = cache.identifiers.get(request.identifier)
+        account_id = state.identifiers.get(request.identifier)
         return Verdict(UNKNOWN_CARD if account_id is None else OK, KIND_ENTRY, account_id or 0)
-    found = _card(cache, request.identifier, KIND_ENTRY, now_ms)
+    found = _card(state, request.identifier, KIND_ENTRY, at_ms)
     if type(found) is Verdict:
         return found
-    return _at_school(cache, device, found, KIND_ENTRY) or Verdict(OK, KIND_ENTRY, found)
+    return _at_school(state, device, found, KIND_ENTRY) or Verdict(OK, KIND_ENTRY, found)
 
 
-def authorize_passage(cache: Cache, device: DeviceState, request: Passage, now_ms: int) -> Verdict:
+def authorize_passage(state: LedgerState, device: DeviceState, request: Passage, at_ms: int) -> Verdict:
     if device.kind != TURNSTILE:
         return Verdict(WRONG_DEVICE_KIND, KIND_PASSAGE)
-    account_id = cache.identifiers.get(request.identifier)
+    account_id = state.identifiers.get(request.identifier)
     if account_id is None:
         return Verdict(UNKNOWN_CARD, KIND_PASSAGE)
+    if device.grants.get(request.granted_txn) != request.identifier:
+        # Not a turnstile opening this device reported for this card: a forged or
+        # confused passage is not counted as an entry or exit.
+        return Verdict(NO_GRANT, KIND_PASSAGE, account_id)
     return Verdict(OK, KIND_PASSAGE, account_id)
 
 
 def _controls_deny(
-    cache: Cache, controls: Controls, school_id: int, request: Purchase, account_id: int, period: str, now_ms: int
+    state: LedgerState, controls: Controls, school_id: int, request: Purchase, account_id: int, period: str, at_ms: int
 ) -> Verdict | None:
     """The first parent control the basket breaks, or None."""
-    products = cache.products
+    products = state.products
     for index, item in enumerate(request.items):
         code = item.product_code
         if code in controls.banned_products:
@@ -199,74 +198,84 @@ def _controls_deny(
             return Verdict(ALLERGEN_BLOCKED, KIND_PURCHASE, account_id, item_index=index)
         if not controls.required_diet <= product.diet_flags:
             return Verdict(DIET_RESTRICTED, KIND_PURCHASE, account_id, item_index=index)
-    today = controls.day == cache.day_of(school_id, now_ms)
+    accounts = state.accounts
+    today = accounts.items_day[account_id] == state.day_of(school_id, at_ms)
     if controls.items_per_day_max >= 0:
-        items_today = controls.items_today if today else 0
+        items_today = accounts.items_today[account_id] if today else 0
         count = sum([item.quantity for item in request.items])
         if items_today + count > controls.items_per_day_max:
             return Verdict(ITEM_COUNT_EXCEEDED, KIND_PURCHASE, account_id, params=(controls.items_per_day_max, items_today))
     limit = controls.period_limits_kopecks.get(period) if period else None
     if limit is not None:
-        spent = controls.period_spent_kopecks.get(period, 0) if today else 0
+        spent = accounts.period_spent.get(account_id, {}).get(period, 0) if today else 0
         if spent + request.total_kopecks > limit:
             return Verdict(PERIOD_LIMIT_EXCEEDED, KIND_PURCHASE, account_id, params=(limit, spent))
     return None
 
 
-def _free_meal(cache: Cache, school_id: int, account_id: int, request: Purchase, period: str, now_ms: int) -> int:
+def _free_meal(state: LedgerState, school_id: int, account_id: int, request: Purchase, period: str, at_ms: int) -> int:
     """The free-meal budget account paying for this basket, or 0 if it is not a free meal."""
     if period != FREE_MEAL_PERIOD or len(request.items) != 1 or request.items[0].quantity != 1:
         return 0
-    product = cache.products.get((school_id, request.items[0].product_code))
+    product = state.products.get((school_id, request.items[0].product_code))
     if product is None or not product.hot_meal:
         return 0
-    if cache.accounts.free_meal_day[account_id] == cache.day_of(school_id, now_ms):
-        return 0  # one a school day, not carried over
-    return cache.free_meal_account.get(school_id, 0)
+    if state.accounts.free_meal_day[account_id] >= state.day_of(school_id, at_ms):
+        # One a school day, not carried over. A free meal recorded on a later day
+        # than this (an old advice) hides whether this day's was taken: paid.
+        return 0
+    return state.free_meal_account.get(school_id, 0)
 
 
-def authorize_purchase(cache: Cache, device: DeviceState, request: Purchase, now_ms: int) -> Verdict:
+def authorize_purchase(state: LedgerState, device: DeviceState, request: Purchase, at_ms: int) -> Verdict:
     if device.kind != TILL:
         return Verdict(WRONG_DEVICE_KIND, KIND_PURCHASE)
     total = request.total_kopecks
     school = device.school_id
-    revenue = cache.revenue_account.get(school, 0)
+    revenue = state.revenue_account.get(school, 0)
+    accounts = state.accounts
     if request.advice:
-        account_id = cache.identifiers.get(request.identifier)
+        account_id = state.identifiers.get(request.identifier)
         if account_id is None:
             return Verdict(UNKNOWN_CARD, KIND_PURCHASE)
         count = sum([item.quantity for item in request.items])
-        period = cache.meal_period(school, now_ms)
-        return Verdict(OK, KIND_PURCHASE, account_id, account_id, revenue, total, items=count, period=period)
-    found = _card(cache, request.identifier, KIND_PURCHASE, now_ms)
+        period = state.meal_period(school, at_ms)
+        if accounts.free_meal[account_id]:
+            budget = _free_meal(state, school, account_id, request, period, at_ms)
+            if budget:
+                return Verdict(OK, KIND_PURCHASE, account_id, budget, revenue, total, items=1, period=period,
+                               free_meal=True)
+        on_grace = accounts.balance[account_id] < total
+        return Verdict(OK, KIND_PURCHASE, account_id, account_id, revenue, total, items=count, period=period,
+                       on_grace=on_grace)
+    found = _card(state, request.identifier, KIND_PURCHASE, at_ms)
     if type(found) is Verdict:
         return found
     account_id = found
-    wrong = _at_school(cache, device, account_id, KIND_PURCHASE)
+    wrong = _at_school(state, device, account_id, KIND_PURCHASE)
     if wrong is not None:
         return wrong
-    accounts = cache.accounts
-    controls = cache.controls.get(account_id)
+    controls = state.controls.get(account_id)
     entitled = accounts.free_meal[account_id]
-    period = cache.meal_period(school, now_ms) if controls is not None or entitled else ""
+    period = state.meal_period(school, at_ms) if controls is not None or entitled else ""
     if controls is not None:
-        denied = _controls_deny(cache, controls, school, request, account_id, period, now_ms)
+        denied = _controls_deny(state, controls, school, request, account_id, period, at_ms)
         if denied is not None:
             return denied
     count = len(request.items) if controls is None else sum([item.quantity for item in request.items])
     if entitled:
-        budget = _free_meal(cache, school, account_id, request, period, now_ms)
+        budget = _free_meal(state, school, account_id, request, period, at_ms)
         if budget:
             return Verdict(OK, KIND_PURCHASE, account_id, budget, revenue, total, items=1, period=period, free_meal=True)
     balance = accounts.balance[account_id]
     on_grace = balance < total
     if on_grace:
-        policy = cache.policy(school)
+        policy = state.policy(school)
         if balance - total < -policy.grace_kopecks and accounts.grace_used[account_id] >= policy.grace_meals:
             return Verdict(INSUFFICIENT_FUNDS, KIND_PURCHASE, account_id, params=(total, balance))
     limit = accounts.limit[account_id]
     if limit != NO_LIMIT:
-        spent = cache.spent_today(account_id, now_ms)
+        spent = state.spent_today(account_id, at_ms)
         if spent + total > limit:
             return Verdict(DAILY_LIMIT_EXCEEDED, KIND_PURCHASE, account_id, params=(limit, spent))
     return Verdict(
@@ -275,21 +284,24 @@ def authorize_purchase(cache: Cache, device: DeviceState, request: Purchase, now
 
 
 def authorize_topup(
-    cache: Cache, device: DeviceState, request: TopupCash, now_ms: int, topup_kopecks_max: int
+    state: LedgerState, device: DeviceState, request: TopupCash, at_ms: int, topup_kopecks_max: int
 ) -> Verdict:
     if device.kind != TILL:
         return Verdict(WRONG_DEVICE_KIND, KIND_TOPUP)
     amount = request.amount_kopecks
     if request.advice:
-        account_id = cache.identifiers.get(request.identifier)
+        account_id = state.identifiers.get(request.identifier)
         if account_id is None:
             return Verdict(UNKNOWN_CARD, KIND_TOPUP)
+        if amount > topup_kopecks_max or not device.drawer_account_id:
+            # A conforming till cannot take this much offline: a protocol violation.
+            return Verdict(AMOUNT_INVALID, KIND_TOPUP, account_id, params=(amount, topup_kopecks_max))
         return Verdict(OK, KIND_TOPUP, account_id, device.drawer_account_id, account_id, amount)
-    found = _card(cache, request.identifier, KIND_TOPUP, now_ms)
+    found = _card(state, request.identifier, KIND_TOPUP, at_ms)
     if type(found) is Verdict:
         return found
     account_id = found
-    wrong = _at_school(cache, device, account_id, KIND_TOPUP)
+    wrong = _at_school(state, device, account_id, KIND_TOPUP)
     if wrong is not None:
         return wrong
     if amount > topup_kopecks_max or not device.drawer_account_id:
@@ -297,13 +309,13 @@ def authorize_topup(
     return Verdict(OK, KIND_TOPUP, account_id, device.drawer_account_id, account_id, amount)
 
 
-def authorize_balance(cache: Cache, device: DeviceState, request: BalanceQuery, now_ms: int) -> Verdict:
+def authorize_balance(state: LedgerState, device: DeviceState, request: BalanceQuery, at_ms: int) -> Verdict:
     if device.kind != TILL:
         return Verdict(WRONG_DEVICE_KIND, KIND_BALANCE)
-    found = _card(cache, request.identifier, KIND_BALANCE, now_ms)
+    found = _card(state, request.identifier, KIND_BALANCE, at_ms)
     if type(found) is Verdict:
         return found
-    return _at_school(cache, device, found, KIND_BALANCE) or Verdict(OK, KIND_BALANCE, found)
+    return _at_school(state, device, found, KIND_BALANCE) or Verdict(OK, KIND_BALANCE, found)
 
 
 class Original(msgspec.Struct, frozen=True):
@@ -317,8 +329,8 @@ class Original(msgspec.Struct, frozen=True):
     refunded_kopecks: int
 
 
-def _pupil(cache: Cache, account_id: object) -> bool:
-    return type(account_id) is int and cache.accounts.exists(account_id) and cache.accounts.kind[account_id] == ACCOUNT_PUPIL
+def _pupil(state: LedgerState, account_id: object) -> bool:
+    return type(account_id) is int and state.accounts.exists(account_id) and state.accounts.kind[account_id] == _PUPIL
 
 
 def _amount(value: object, limit: int) -> bool:
@@ -326,11 +338,11 @@ def _amount(value: object, limit: int) -> bool:
 
 
 def authorize_command(
-    cache: Cache, kind: str, payload: dict, original: Original | None, amount_kopecks_max: int
+    state: LedgerState, kind: CommandKind, payload: dict, original: Original | None, amount_kopecks_max: int
 ) -> Verdict:
     """A money command from the staff API or the payments webhook (see storage.commands)."""
-    code = COMMAND_KINDS[kind]
-    if kind == "refund":
+    code = int(kind)
+    if kind is CommandKind.refund:
         if original is None or original.kind != KIND_PURCHASE:
             return Verdict(UNKNOWN_ORIGINAL, code)
         left = original.amount_kopecks - original.refunded_kopecks
@@ -342,59 +354,61 @@ def authorize_command(
             return Verdict(REFUND_EXCEEDS, code, original.account_id, params=(amount, left))
         # The reversal of the purchase: revenue pays back whoever paid (pupil or free-meal budget).
         return Verdict(OK, code, original.account_id, original.credit_account_id, original.debit_account_id, amount)
-    if kind == "transfer":
+    if kind is CommandKind.transfer:
         source, target = payload.get("from_account_id"), payload.get("to_account_id")
-        if not _pupil(cache, source) or not _pupil(cache, target) or source == target:
+        if not _pupil(state, source) or not _pupil(state, target) or source == target:
             return Verdict(UNKNOWN_ACCOUNT, code)
-        family = cache.accounts.family
+        family = state.accounts.family
         if not family[source] or family[source] != family[target]:
             return Verdict(NOT_SAME_FAMILY, code, source)
         amount = payload.get("amount_kopecks")
         if not _amount(amount, amount_kopecks_max):
             return Verdict(AMOUNT_INVALID, code, source)
-        if cache.accounts.balance[source] < amount:
-            return Verdict(INSUFFICIENT_FUNDS, code, source, params=(amount, cache.accounts.balance[source]))
+        if state.accounts.balance[source] < amount:
+            return Verdict(INSUFFICIENT_FUNDS, code, source, params=(amount, state.accounts.balance[source]))
         return Verdict(OK, code, source, source, target, amount)
     account_id = payload.get("account_id")
-    if not _pupil(cache, account_id):
+    if not _pupil(state, account_id):
         return Verdict(UNKNOWN_ACCOUNT, code)
     amount = payload.get("amount_kopecks")
-    if kind == "correction":
-        if type(amount) is not int or amount == 0 or abs(amount) > amount_kopecks_max or not cache.corrections_account:
+    if kind is CommandKind.correction:
+        if type(amount) is not int or amount == 0 or abs(amount) > amount_kopecks_max or not state.corrections_account:
             return Verdict(AMOUNT_INVALID, code, account_id)
         if amount > 0:
-            return Verdict(OK, code, account_id, cache.corrections_account, account_id, amount)
-        return Verdict(OK, code, account_id, account_id, cache.corrections_account, -amount)
-    if not _amount(amount, amount_kopecks_max) or not cache.clearing_account:
+            return Verdict(OK, code, account_id, state.corrections_account, account_id, amount)
+        return Verdict(OK, code, account_id, account_id, state.corrections_account, -amount)
+    if not _amount(amount, amount_kopecks_max) or not state.clearing_account:
         return Verdict(AMOUNT_INVALID, code, account_id)
-    if kind == "bank_topup":
-        return Verdict(OK, code, account_id, cache.clearing_account, account_id, amount)
+    if kind is CommandKind.bank_topup:
+        return Verdict(OK, code, account_id, state.clearing_account, account_id, amount)
     # bank_refund: the acquirer has already paid the money back; it is never declined.
-    return Verdict(OK, code, account_id, account_id, cache.clearing_account, amount)
+    return Verdict(OK, code, account_id, account_id, state.clearing_account, amount)
 
 
-def commit(cache: Cache, verdict: Verdict, now_ms: int) -> tuple[int, int, int]:
-    """Apply an OK verdict. Returns (debit balance after, credit balance after,
-    the pupil account that just fell below the low-balance threshold or 0)."""
+def commit(state: LedgerState, verdict: Verdict, at_ms: int) -> tuple[int, int, int]:
+    """Apply an OK verdict judged at ``at_ms``. Returns (debit balance after, credit
+    balance after, the pupil account that just fell below its low-balance threshold
+    (one alert per crossing) or 0)."""
     assert verdict.reason == OK
     amount = verdict.amount_kopecks
     if not amount:
         return 0, 0, 0
-    accounts = cache.accounts
+    accounts = state.accounts
     balance = accounts.balance
     debit, credit = verdict.debit_account_id, verdict.credit_account_id
     balance[debit] -= amount
     balance[credit] += amount
     if verdict.kind == KIND_PURCHASE:
-        _count_purchase(cache, verdict, now_ms)
+        _count_purchase(state, verdict, at_ms)
     alert = 0
+    kinds = accounts.kind
     for account_id in (debit, credit):
-        if accounts.kind[account_id] != ACCOUNT_PUPIL:
+        if kinds[account_id] != _PUPIL:
             continue
         after = balance[account_id]
         if after >= 0:
             accounts.grace_used[account_id] = 0
-        threshold = cache.policy(accounts.school[account_id]).low_balance_threshold_kopecks
+        threshold = state.policy(accounts.school[account_id]).low_balance_threshold_kopecks
         if after < threshold:
             if not accounts.low_alerted[account_id]:
                 accounts.low_alerted[account_id] = 1  # one alert per crossing (hysteresis)
@@ -404,30 +418,34 @@ def commit(cache: Cache, verdict: Verdict, now_ms: int) -> tuple[int, int, int]:
     return balance[debit], balance[credit], alert
 
 
-def _count_purchase(cache: Cache, verdict: Verdict, now_ms: int) -> None:
-    """The per-day counters a purchase moves: daily spend, free meal, grace, controls."""
-    accounts = cache.accounts
+def _count_purchase(state: LedgerState, verdict: Verdict, at_ms: int) -> None:
+    """The per-day counters a purchase moves: daily spend, free meal, grace, item counts.
+
+    Counters hold one day, the latest: a purchase judged on an earlier day (an old
+    advice) moves the balance but no day counter.
+    """
+    accounts = state.accounts
     pupil = verdict.account_id
-    day = cache.day_of(accounts.school[pupil], now_ms)
+    day = state.day_of(accounts.school[pupil], at_ms)
     amount = verdict.amount_kopecks
     if verdict.free_meal:
-        accounts.free_meal_day[pupil] = day
-    else:
+        if day > accounts.free_meal_day[pupil]:
+            accounts.free_meal_day[pupil] = day
+    elif day >= accounts.spent_day[pupil]:
         if accounts.spent_day[pupil] != day:
             accounts.spent_day[pupil] = day
             accounts.spent[pupil] = 0
         accounts.spent[pupil] += amount
     if verdict.on_grace:
         accounts.grace_used[pupil] += 1
-    controls = cache.controls.get(pupil)
-    if controls is not None:
-        if controls.day != day:
-            controls.day = day
-            controls.items_today = 0
-            controls.period_spent_kopecks = {}
-        controls.items_today += verdict.items
+    if pupil in state.controls and day >= accounts.items_day[pupil]:
+        if accounts.items_day[pupil] != day:
+            accounts.items_day[pupil] = day
+            accounts.items_today[pupil] = 0
+            accounts.period_spent.pop(pupil, None)
+        accounts.items_today[pupil] += verdict.items
         if verdict.period:
-            spent = controls.period_spent_kopecks
+            spent = accounts.period_spent.setdefault(pupil, {})
             spent[verdict.period] = spent.get(verdict.period, 0) + amount
 
 

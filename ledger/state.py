@@ -1,37 +1,42 @@
-"""The in-memory state the authorizer decides against.
+"""The in-memory state the rules decide against.
 
 Accounts are columns (``array`` of machine integers indexed by account id):
 2 M accounts cost tens of MiB instead of the hundreds a Python object per
 account would, and an index is the fastest lookup Python has. Identifiers map
-bytes -> account id in one dict; the few non-active identifiers sit in a set.
+bytes -> account id in one dict; the few non-active identifiers sit in a side
+dict.
 
-Only the gateway's event loop thread mutates this state, and only in
-``apply``; the authorizer only reads it.
+Only the machine (ledger.machine, ledger.rules.commit) changes balances and
+counters; reference data (cards, controls, devices, schools) is applied by the
+``apply_*`` functions here, from rows the shell read.
 """
 
 from __future__ import annotations
 
 from array import array
 from collections import deque
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
 from protocol import Decision, PreorderLine
+from protocol.limits import PHOTO_REF_BYTES_MAX, PREORDER_LINES_MAX
 
-if TYPE_CHECKING:
-    from .server import DeviceSession
+from .codes import AccountKind, IdentifierStatus
+from .records import AccountCheckpoint, AccountCounters
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
-ACCOUNT_ACTIVE = 0
-ACCOUNT_PUPIL, ACCOUNT_REVENUE, ACCOUNT_DRAWER, ACCOUNT_OPENING = 1, 2, 3, 4
-ACCOUNT_CLEARING, ACCOUNT_FREE_MEALS, ACCOUNT_CORRECTIONS = 5, 6, 7
-IDENTIFIER_ACTIVE, IDENTIFIER_BLOCKED, IDENTIFIER_SUSPENDED = 0, 1, 2
 NO_LIMIT = -1
 # HELLO nonces remembered per device: a replayed HELLO inside the clock-skew
 # window is refused. A device says HELLO a few times a day; 32 spans days.
 HELLO_NONCES_MAX = 32
+# Grants (accepted CARD_PRESENTED) remembered per device for PASSAGE checks: a
+# passage follows its grant within seconds, a few txns later at most.
+GRANTS_MAX = 64
+
+_PUPIL = int(AccountKind.PUPIL)
+_ACTIVE = int(IdentifierStatus.ACTIVE)
 
 
 class Accounts:
@@ -50,6 +55,9 @@ class Accounts:
         "grace_used",
         "low_alerted",
         "family",
+        "items_day",
+        "items_today",
+        "period_spent",
     )
 
     def __init__(self) -> None:
@@ -65,12 +73,15 @@ class Accounts:
         self.grace_used = array("l")  # purchases on grace since the balance was last >= 0
         self.low_alerted = array("b")  # 1: below the low-balance threshold and told so
         self.family = array("q")  # family id, 0 for none: transfers stay inside a family
+        self.items_day = array("l")  # the school day of items_today and period_spent
+        self.items_today = array("l")  # units bought on items_day
+        self.period_spent: dict[int, dict[str, int]] = {}  # account -> meal period -> kopecks (sparse)
 
     def __len__(self) -> int:
         return len(self.balance)
 
     def grow_to(self, size: int) -> None:
-        """Make ids < ``size`` addressable; new slots are empty (kind 0 = no account)."""
+        """Make ids < ``size`` addressable; new slots are empty (kind NONE)."""
         missing = size - len(self.balance)
         if missing <= 0:
             return
@@ -87,6 +98,8 @@ class Accounts:
             (self.grace_used, 0),
             (self.low_alerted, 0),
             (self.family, 0),
+            (self.items_day, 0),
+            (self.items_today, 0),
         ):
             column.extend(array(column.typecode, [fill]) * missing)
 
@@ -102,6 +115,36 @@ class Accounts:
     def exists(self, account_id: int) -> bool:
         return 0 < account_id < len(self.kind) and self.kind[account_id] != 0
 
+    def counters(self, account_id: int) -> AccountCounters:
+        spent = self.period_spent.get(account_id)
+        return AccountCounters(
+            self.spent_day[account_id],
+            self.spent[account_id],
+            self.free_meal_day[account_id],
+            self.grace_used[account_id],
+            bool(self.low_alerted[account_id]),
+            self.items_day[account_id],
+            self.items_today[account_id],
+            tuple(spent.items()) if spent else (),
+        )
+
+    def checkpoint(self, account_id: int) -> AccountCheckpoint:
+        return AccountCheckpoint(account_id, self.balance[account_id], self.counters(account_id))
+
+    def restore_counters(self, account_id: int, c: AccountCounters) -> None:
+        """Counters as a checkpoint left them (the inverse of ``counters``)."""
+        self.spent_day[account_id] = c.spent_day
+        self.spent[account_id] = c.spent_kopecks
+        self.free_meal_day[account_id] = c.free_meal_day
+        self.grace_used[account_id] = c.grace_used
+        self.low_alerted[account_id] = 1 if c.low_alerted else 0
+        self.items_day[account_id] = c.items_day
+        self.items_today[account_id] = c.items_today
+        if c.period_spent:
+            self.period_spent[account_id] = dict(c.period_spent)
+        else:
+            self.period_spent.pop(account_id, None)
+
 
 class Product(msgspec.Struct, frozen=True, gc=False):
     code: int
@@ -111,8 +154,8 @@ class Product(msgspec.Struct, frozen=True, gc=False):
     hot_meal: bool
 
 
-class Controls(msgspec.Struct, gc=False):
-    """A parent's controls of one account, with the counters they need (today only)."""
+class Controls(msgspec.Struct, frozen=True, gc=False):
+    """A parent's controls of one account (its counters live in Accounts)."""
 
     period_limits_kopecks: dict[str, int]
     items_per_day_max: int  # -1: none
@@ -121,9 +164,6 @@ class Controls(msgspec.Struct, gc=False):
     blocked_allergens: frozenset[str]
     required_diet: frozenset[str]
     cashier_note: str
-    day: int = 0  # the school day the counters below belong to
-    items_today: int = 0
-    period_spent_kopecks: dict[str, int] = {}
 
 
 class Policy(msgspec.Struct, frozen=True, gc=False):
@@ -150,13 +190,17 @@ class DeviceState:
         "kind",
         "key",
         "drawer_account_id",
+        "journaled_txn_max",
         "durable_txn",
         "ack_pending",
+        "undurable",
         "forgotten_txn_max",
+        "txn_seen_max",
+        "session_last_txn",
         "recent",
         "recent_order",
+        "grants",
         "nonces",
-        "session",
     )
 
     def __init__(self, device_id: int, school_id: int, kind: int, key: bytes, drawer_account_id: int, durable_txn: int):
@@ -165,8 +209,14 @@ class DeviceState:
         self.kind = kind
         self.key = key
         self.drawer_account_id = drawer_account_id
+        self.journaled_txn_max = durable_txn  # the highest txn of its journal rows
+        # The watermark told to the device: a PREFIX, every txn <= it that was
+        # accepted is durable (min over the accepted-not-durable txns, see durable_watermark).
         self.durable_txn = durable_txn
         self.ack_pending = False  # durable_txn advanced and the device has not been told yet
+        self.undurable: set[int] = set()  # accepted txns not yet durable (a handful at most)
+        self.txn_seen_max = durable_txn  # the highest txn decoded from this device (TXN_GAP_MAX)
+        self.session_last_txn = 0  # the highest txn of the current session: txns must increase
         # Decided txns, oldest first: every accepted txn not yet durable, plus the
         # most recent others up to the window. Txns at or below forgotten_txn_max may
         # have been decided and forgotten: they can no longer be answered.
@@ -175,18 +225,22 @@ class DeviceState:
         # next(iter(d)) walk every deleted slot until it is resized: a deque does not.
         self.recent_order: deque[int] = deque()
         self.forgotten_txn_max = 0
+        # Accepted CARD_PRESENTED txn -> identifier, newest GRANTS_MAX: a PASSAGE must name one.
+        self.grants: dict[int, bytes] = {}
         self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
-        self.session: DeviceSession | None = None
 
     def remember(self, txn: int, decision: Decision, window: int) -> None:
         recent = self.recent
         if txn not in recent:
             self.recent_order.append(txn)
         recent[txn] = decision
+        if len(recent) <= window:
+            return
         order = self.recent_order
+        undurable = self.undurable
         while len(recent) > window:
             oldest = order[0]
-            if oldest > self.durable_txn and recent[oldest].outcome:
+            if oldest in undurable:
                 # Accepted and not yet durable: the device may replay it, so it stays
                 # (bounded by the journal queue, which holds every such txn).
                 break
@@ -195,8 +249,29 @@ class DeviceState:
             if oldest > self.forgotten_txn_max:
                 self.forgotten_txn_max = oldest
 
+    def grant(self, txn: int, identifier: bytes) -> None:
+        grants = self.grants
+        grants[txn] = identifier
+        if len(grants) > GRANTS_MAX:
+            del grants[next(iter(grants))]
 
-class Cache:
+    def made_durable(self, txns: list[int]) -> bool:
+        """These accepted txns are committed. Returns True if the watermark moved."""
+        undurable = self.undurable
+        top = self.journaled_txn_max
+        for txn in txns:
+            undurable.discard(txn)
+            if txn > top:
+                top = txn
+        self.journaled_txn_max = top
+        watermark = top if not undurable else min(top, min(undurable) - 1)
+        if watermark > self.durable_txn:
+            self.durable_txn = watermark
+            return True
+        return False
+
+
+class LedgerState:
     __slots__ = (
         "accounts",
         "identifiers",
@@ -235,6 +310,8 @@ class Cache:
         # account id -> school day -> pre-ordered lines (upcoming days only, sparse)
         self.preorders: dict[int, dict[int, tuple[PreorderLine, ...]]] = {}
 
+    # ---------------------------------------------------------------- time in a school
+
     def day_of(self, school_id: int, now_ms: int) -> int:
         return (now_ms + self.school_offset_ms.get(school_id, 0)) // DAY_MS
 
@@ -261,21 +338,40 @@ class Cache:
             return 0
         return accounts.spent[account_id]
 
+    def ledger_total(self) -> int:
+        """Sum of all balances: zero in a consistent double-entry ledger."""
+        return sum(self.accounts.balance)
+
+    # ---------------------------------------------------------------- reference data
+
     def add_account(self, row: Any) -> None:
-        account_id, kind, school_id, status, balance, limit = row
+        account_id, kind, school_id, status, balance, limit = row[:6]
         self.accounts.set(account_id, kind, school_id, status, balance, limit)
-        if kind == ACCOUNT_REVENUE:
+        if kind == AccountKind.REVENUE:
             self.revenue_account[school_id] = account_id
-        elif kind == ACCOUNT_FREE_MEALS:
+        elif kind == AccountKind.FREE_MEALS:
             self.free_meal_account[school_id] = account_id
-        elif kind == ACCOUNT_CLEARING:
+        elif kind == AccountKind.CLEARING:
             self.clearing_account = account_id
-        elif kind == ACCOUNT_CORRECTIONS:
+        elif kind == AccountKind.CORRECTIONS:
             self.corrections_account = account_id
+
+    def apply_account(self, row: Any) -> None:
+        """An account row (id, kind, school, status, balance, limit): balances of known
+        accounts are never taken from it (the machine is their only writer)."""
+        account_id, kind, school_id, status, _balance, limit = row[:6]
+        accounts = self.accounts
+        if accounts.exists(account_id):
+            accounts.kind[account_id] = kind
+            accounts.school[account_id] = school_id
+            accounts.status[account_id] = status
+            accounts.limit[account_id] = limit
+        else:
+            self.add_account(row)
 
     def add_identifier(self, identifier: bytes, account_id: int, status: int, expires_at_ms: int = 0) -> None:
         self.identifiers[identifier] = account_id
-        if status != IDENTIFIER_ACTIVE or expires_at_ms:
+        if status != _ACTIVE or expires_at_ms:
             self.identifier_state[identifier] = (status, expires_at_ms)
         else:
             self.identifier_state.pop(identifier, None)
@@ -284,6 +380,66 @@ class Cache:
         self.identifiers.pop(identifier, None)
         self.identifier_state.pop(identifier, None)
 
-    def ledger_total(self) -> int:
-        """Sum of all balances: zero in a consistent double-entry ledger."""
-        return sum(self.accounts.balance)
+    def apply_pupil(self, row: Any) -> None:
+        account_id, category, family_id, photo_ref = row
+        accounts = self.accounts
+        if account_id < len(accounts.kind):
+            accounts.free_meal[account_id] = 1 if category else 0
+            accounts.family[account_id] = family_id
+            if photo_ref:
+                self.photo_refs[account_id] = photo_ref[:PHOTO_REF_BYTES_MAX]
+            else:
+                self.photo_refs.pop(account_id, None)
+
+    def apply_preorders(self, rows: list, account_id: int | None = None) -> None:
+        """Rows (account_id, day as school-day number, product_code, quantity) of upcoming days."""
+        if account_id is not None:
+            self.preorders.pop(account_id, None)
+        else:
+            self.preorders.clear()
+        for acc, day, code, quantity in rows:
+            days = self.preorders.setdefault(acc, {})
+            lines = days.get(day, ())
+            if len(lines) < PREORDER_LINES_MAX:  # the staff API refuses more
+                days[day] = lines + (PreorderLine(code, quantity),)
+
+    def apply_school_reference(self, data: dict[str, list], school_id: int | None = None) -> None:
+        if school_id is not None:
+            self.products = {key: p for key, p in self.products.items() if key[0] != school_id}
+            self.policies.pop(school_id, None)
+            self.meal_periods.pop(school_id, None)
+        for sid, offset_minutes in data["schools"]:
+            self.school_offset_ms[sid] = offset_minutes * MINUTE_MS
+        for sid, code, category, allergens, diet, hot in data["products"]:
+            self.products[(sid, code)] = Product(code, category, frozenset(allergens or ()), frozenset(diet or ()), hot)
+        for sid, grace, grace_meals, threshold in data["policies"]:
+            self.policies[sid] = Policy(grace, grace_meals, threshold)
+        periods: dict[int, list[MealPeriod]] = {}
+        for sid, name, starts, ends in data["periods"]:
+            periods.setdefault(sid, []).append(MealPeriod(name, starts, ends))
+        for sid, items in periods.items():
+            self.meal_periods[sid] = tuple(items)
+
+    def restore(self, checkpoint: AccountCheckpoint) -> None:
+        """An account as the journal writer's last commit left it."""
+        self.accounts.balance[checkpoint.account_id] = checkpoint.balance_kopecks
+        self.accounts.restore_counters(checkpoint.account_id, checkpoint.counters)
+
+    def pupil_ids(self) -> list[int]:
+        kind = self.accounts.kind
+        return [i for i in range(1, len(kind)) if kind[i] == _PUPIL]
+
+
+def controls_from_row(row: Any) -> Controls:
+    _account_id, limits, items_max, products, categories, allergens, diet, note = row
+    if isinstance(limits, (str, bytes)):
+        limits = msgspec.json.decode(limits)
+    return Controls(
+        period_limits_kopecks={str(k): int(v) for k, v in limits.items()},
+        items_per_day_max=int(items_max),
+        banned_products=frozenset(products or ()),
+        banned_categories=frozenset(categories or ()),
+        blocked_allergens=frozenset(allergens or ()),
+        required_diet=frozenset(diet or ()),
+        cashier_note=note or "",
+    )
