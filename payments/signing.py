@@ -50,7 +50,8 @@ def verify(secret: str, header: str | None, body: bytes, now_s: float,
         if not sep:
             raise SignatureError("malformed signature header", malformed=True)
         if key == "t":
-            if not value.isdigit() or timestamp is not None:
+            # ASCII only: str.isdigit() also takes "²" and other scripts' digits, which int() refuses.
+            if not (value.isascii() and value.isdigit()) or timestamp is not None:
                 raise SignatureError("malformed signature timestamp", malformed=True)
             timestamp = int(value)
         elif key == "v1":

@@ -17,6 +17,12 @@ status only moves forward (created -> captured -> refunded, created -> failed).
 Out of order: a refund event for a payment that is not captured yet is answered
 409 and moves nothing; the acquirer retries it with backoff and by then the
 capture has been processed. See docs/payments.md.
+
+Refused before anything is written (422): an event whose account_ref is not a
+decimal id 1..2^63-1, whose amounts are not 1..TOPUP_KOPECKS_MAX, whose account
+does not exist or is not a pupil's, or whose refund is larger than its payment.
+A refund is checked and its command inserted under the card_payments row lock,
+so two refunds of one payment racing never both pass; one refund per payment.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ import msgspec
 from litestar import Litestar, Request, Response, Router, post, put
 from litestar.params import FromPath
 
+from ledger.codes import AccountKind
 from storage import commands
 
 from . import signing
@@ -44,8 +51,12 @@ REQUESTED_BY = "acquirer"
 # One top-up from a parent: 15,000 roubles (the sandbox's own ceiling is higher).
 TOPUP_KOPECKS_MAX = 1_500_000
 IDEMPOTENCY_KEY_CHARS_MAX = 200
+# Account ids and kopecks are PostgreSQL bigint.
+BIGINT_MAX = 2**63 - 1
+# An acquirer's payment id (the sandbox's are 24 characters).
+PAYMENT_ID_CHARS_MAX = 200
 ORIGINS = frozenset(("manual", "auto_threshold", "auto_schedule"))
-ACCOUNT_KIND_PUPIL = 1
+ACCOUNT_KIND_PUPIL = AccountKind.PUPIL
 # How long a webhook waits for the gateway to apply the command. The command is
 # durable once inserted, so after this the webhook answers 2xx anyway (the gateway
 # applies it when it gets to it); must stay well below the acquirer's timeout.
@@ -103,6 +114,35 @@ def _reply(http_status: int, /, **content: Any) -> Response:
     return Response(content, status_code=http_status)
 
 
+def parse_account_ref(ref: str) -> int | None:
+    """An event's account_ref as an account id, or None: ASCII decimal digits only (no sign,
+    spaces, underscores or other scripts' digits, all of which int() would take), 1..BIGINT_MAX."""
+    if not (ref.isascii() and ref.isdigit()) or len(ref) > len(str(BIGINT_MAX)):
+        return None
+    value = int(ref)
+    return value if 0 < value <= BIGINT_MAX else None
+
+
+def event_problem(event: WebhookEvent) -> Response | None:
+    """422 naming the first field of ``event`` out of range, or None.
+
+    No payment ecard starts is above TOPUP_KOPECKS_MAX (top-ups and auto top-ups are
+    bounded by it), so an amount outside 1..TOPUP_KOPECKS_MAX is no payment of ecard's.
+    """
+    if not 0 < len(event.payment_id) <= PAYMENT_ID_CHARS_MAX:
+        return _reply(422, code="invalid_payment_id", message=f"payment_id must be 1..{PAYMENT_ID_CHARS_MAX} characters")
+    if parse_account_ref(event.account_ref) is None:
+        return _reply(422, code="invalid_account_ref",
+                      message=f"account_ref must be an account id, decimal digits 1..{BIGINT_MAX}; "
+                              f"got {event.account_ref[:40]!r}")
+    for name in ("amount_kopecks", "payment_amount_kopecks"):
+        value = getattr(event, name)
+        if value is not None and not 0 < value <= TOPUP_KOPECKS_MAX:
+            shown = value if abs(value) < 10**24 else f"a {len(str(abs(value)))}-digit number"
+            return _reply(422, code="invalid_amount", message=f"{name} must be 1..{TOPUP_KOPECKS_MAX}; got {shown}")
+    return None
+
+
 class PaymentsService:
     """Holds the pool and the acquirer; every handler's logic lives here."""
 
@@ -137,18 +177,26 @@ class PaymentsService:
             return _reply(400 if exc.malformed else 401, code="bad_signature", message=str(exc))
         try:
             event = msgspec.json.decode(body, type=WebhookEvent)
-            account_id = int(event.account_ref)
-        except (msgspec.DecodeError, msgspec.ValidationError, ValueError) as exc:
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _reply(400, code="invalid_event", message=str(exc))
         if event.type not in ("payment.captured", "payment.failed", "payment.refunded"):
             return _reply(200, result="ignored")  # unknown event types are acknowledged
+        refused = event_problem(event)
+        if refused is not None:
+            log.error("event %s refused: %s", event.event_id, refused.content)
+            return refused
+        account_id = int(event.account_ref)
+        payment_amount = event.amount_kopecks if event.payment_amount_kopecks is None else event.payment_amount_kopecks
         pool = await self.pool()
         async with pool.acquire() as conn:
+            refused = await self._event_account(conn, account_id)
+            if refused is not None:
+                log.error("event %s (%s) refused: %s", event.event_id, event.payment_id, refused.content)
+                return refused
             try:
-                row = await self._payment_row(conn, event, account_id)
+                row = await self._payment_row(conn, event, account_id, payment_amount)
             except asyncpg.ForeignKeyViolationError:
                 return _reply(422, code="unknown_account", message=f"no account {account_id}")
-            payment_amount = event.payment_amount_kopecks or event.amount_kopecks
             if row["account_id"] != account_id or row["amount_kopecks"] != payment_amount:
                 log.error("event %s disagrees with card_payments %s", event.event_id, dict(row))
                 return _reply(422, code="mismatch", message="event does not match the payment")
@@ -162,7 +210,22 @@ class PaymentsService:
                 log.error("event %s: %s", event.event_id, exc)
                 return _reply(409, code="idempotency_conflict", message=str(exc))
 
-    async def _payment_row(self, conn: asyncpg.Connection, event: WebhookEvent, account_id: int) -> asyncpg.Record:
+    @staticmethod
+    async def _event_account(conn: asyncpg.Connection, account_id: int) -> Response | None:
+        """422 unless the event's account is a pupil's: ecard starts payments for pupils only, and
+        the gateway credits nothing else, so a capture for any other account (the acquirer's
+        clearing account, a school's revenue, a till's drawer) is refused, never marked captured."""
+        kind = await conn.fetchval("SELECT kind FROM accounts WHERE id = $1", account_id)
+        if kind is None:
+            return _reply(422, code="unknown_account", message=f"no account {account_id}")
+        if kind != ACCOUNT_KIND_PUPIL:
+            return _reply(422, code="not_a_pupil_account",
+                          message=f"account {account_id} is not a pupil account (kind {kind}); "
+                                  "a card payment can only top up a pupil")
+        return None
+
+    async def _payment_row(self, conn: asyncpg.Connection, event: WebhookEvent, account_id: int,
+                           payment_amount: int) -> asyncpg.Record:
         row = await conn.fetchrow(
             "SELECT account_id, amount_kopecks, status FROM card_payments WHERE payment_id = $1", event.payment_id
         )
@@ -171,14 +234,14 @@ class PaymentsService:
         # The event may overtake the reply to create_payment (or ecard may have crashed
         # before writing the row): the signed event carries what the row needs.
         origin = event.metadata.get("origin", "manual")
+        origin = origin if isinstance(origin, str) and origin in ORIGINS else "manual"
         t = now_ms()
         await conn.execute(
             """
             INSERT INTO card_payments (payment_id, account_id, amount_kopecks, status, origin, created_at_ms, updated_at_ms)
             VALUES ($1, $2, $3, 'created', $4, $5, $5) ON CONFLICT (payment_id) DO NOTHING
             """,
-            event.payment_id, account_id, event.payment_amount_kopecks or event.amount_kopecks,
-            origin if origin in ORIGINS else "manual", t,
+            event.payment_id, account_id, payment_amount, origin, t,
         )
         return await conn.fetchrow(
             "SELECT account_id, amount_kopecks, status FROM card_payments WHERE payment_id = $1", event.payment_id
@@ -217,35 +280,66 @@ class PaymentsService:
         return _reply(200, status=status)
 
     async def _refunded(self, conn: asyncpg.Connection, event: WebhookEvent, row: asyncpg.Record) -> Response:
-        if row["status"] == "created":
-            # Out of order: the capture has not been processed. Move nothing; the acquirer
-            # retries this event with backoff, and by then the capture is in.
-            return _reply(409, code="not_captured_yet", message="refund before capture; retry later")
-        if row["status"] == "failed":
-            log.error("refund event for failed payment %s; nothing to reverse", event.payment_id)
-            return _reply(200, status="failed")
-        capture = await conn.fetchrow(
-            "SELECT status FROM commands WHERE idempotency_key = $1", f"bank:{event.payment_id}:captured"
-        )
-        seq = command_status = None
-        if capture is not None and capture["status"] == commands.STATUS_REFUSED:
-            log.warning("refund of %s: its top-up was refused, nothing to reverse", event.payment_id)
-        else:
-            result = await commands.submit(
-                conn,
-                f"bank:{event.payment_id}:refunded",
-                "bank_refund",
-                {"account_id": row["account_id"], "amount_kopecks": event.amount_kopecks, "payment_id": event.payment_id},
-                REQUESTED_BY,
-                wait_ms=self.settings.command_wait_ms,
+        pid, amount = event.payment_id, event.amount_kopecks
+        if amount > row["amount_kopecks"]:
+            log.error("refund event %s of %d for payment %s of %d refused", event.event_id, amount, pid,
+                      row["amount_kopecks"])
+            return _reply(422, code="refund_exceeds_payment",
+                          message=f"refund of {amount} kopecks exceeds payment {pid} of {row['amount_kopecks']} kopecks")
+        key = f"bank:{pid}:refunded"
+        seq = None
+        # The check and the command's INSERT in one transaction under the payment's row lock:
+        # a concurrent refund of the same payment waits here and then sees this one.
+        async with conn.transaction():
+            locked = await conn.fetchrow(
+                "SELECT status, amount_kopecks FROM card_payments WHERE payment_id = $1 FOR UPDATE", pid
             )
-            seq, command_status = result.seq, result.status
-        status = await self._set_status(conn, event.payment_id, "refunded", ("captured",))
+            if locked["status"] == "created":
+                # Out of order: the capture has not been processed. Move nothing; the acquirer
+                # retries this event with backoff, and by then the capture is in.
+                return _reply(409, code="not_captured_yet", message="refund before capture; retry later")
+            if locked["status"] == "failed":
+                log.error("refund event for failed payment %s; nothing to reverse", pid)
+                return _reply(200, status="failed")
+            prior = await conn.fetchrow(
+                "SELECT seq, payload FROM commands WHERE idempotency_key = $1 AND kind = 'bank_refund'", key
+            )
+            refunded = msgspec.json.decode(prior["payload"])["amount_kopecks"] if prior is not None else 0
+            if prior is not None and refunded != amount:
+                # One refund per payment (the command key is the payment's). A second, different
+                # one is refused whatever its amount; the sum could otherwise pass the capture.
+                log.error("refund event %s of %d: payment %s already has a refund of %d", event.event_id, amount,
+                          pid, refunded)
+                return _reply(409, code="already_refunded",
+                              message=f"payment {pid} of {locked['amount_kopecks']} kopecks already has a refund of "
+                                      f"{refunded} kopecks (one refund per payment); this one of {amount} would make "
+                                      f"{refunded + amount}")
+            capture = await conn.fetchrow("SELECT status FROM commands WHERE idempotency_key = $1",
+                                          f"bank:{pid}:captured")
+            if capture is not None and capture["status"] == commands.STATUS_REFUSED:
+                log.warning("refund of %s: its top-up was refused, nothing to reverse", pid)
+            elif prior is not None:
+                seq = prior["seq"]  # a redelivery: the command is in already
+            else:
+                queued = await commands.submit(
+                    conn, key, "bank_refund",
+                    {"account_id": row["account_id"], "amount_kopecks": amount, "payment_id": pid},
+                    REQUESTED_BY,
+                    wait_ms=0,  # not visible to the gateway before COMMIT; waited for below
+                )
+                seq = queued.seq
+            status = await self._set_status(conn, pid, "refunded", ("captured",))
+        command_status = None
+        if seq is not None:
+            result = await commands.wait_result(conn, seq, self.settings.command_wait_ms)
+            command_status = result.status
         return _reply(200, status=status, command_seq=seq, command_status=command_status)
 
     # ------------------------------------------------------------------ top-ups
 
     async def _pupil_account(self, conn: asyncpg.Connection, account_id: int) -> Response | None:
+        if not 0 < account_id <= BIGINT_MAX:  # no such id can exist (and asyncpg could not send it)
+            return _reply(404, code="unknown_account", message=f"no pupil account {account_id}")
         row = await conn.fetchrow("SELECT kind, status FROM accounts WHERE id = $1", account_id)
         if row is None or row["kind"] != ACCOUNT_KIND_PUPIL:
             return _reply(404, code="unknown_account", message=f"no pupil account {account_id}")
@@ -321,6 +415,8 @@ class PaymentsService:
             return _reply(400, code="invalid_request", message="threshold_kopecks and/or schedule_weekday")
         if req.schedule_weekday is not None and not 0 <= req.schedule_weekday <= 6:
             return _reply(400, code="invalid_request", message="schedule_weekday is 0 (Monday)..6")
+        if req.threshold_kopecks is not None and not 0 <= req.threshold_kopecks <= BIGINT_MAX:
+            return _reply(400, code="invalid_request", message=f"threshold_kopecks must be 0..{BIGINT_MAX}")
         pool = await self.pool()
         async with pool.acquire() as conn:
             refused = await self._pupil_account(conn, account_id)

@@ -5,6 +5,10 @@ The lock rule (pure, see ``is_editable``): a pre-order of ``day`` may be changed
 ``day - today >= lock_days``, ``today`` being the school's local date at the request's clock
 reading. With the default of 3, the pre-order of Thursday the 10th is editable up to the end
 of Monday the 7th (local time) and locked from Tuesday 00:00.
+
+A pupil's day holds at most ``protocol.limits.PREORDER_LINES_MAX`` lines, all meal periods
+together (one line per period and product): that is all the till receives in PUPIL_INFO, and
+a longer list would reach the cashier cut short.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ from litestar import Controller, get, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 from msgspec import Meta
 
+from protocol.limits import PREORDER_LINES_MAX
+
 from . import db
 from .auth import PrincipalDep
 from .errors import Conflict, Unprocessable
@@ -25,7 +31,9 @@ from .schemas import Base
 WRITERS = ("operator", "officer")
 DEFAULT_LOCK_DAYS = 3  # school_policies.preorder_lock_days when the school has no policy row
 QUANTITY_MAX = 20  # the CHECK of migration 0006
-ITEMS_MAX = 50
+# One PUT is one meal period of one day, and the whole day may hold no more lines than the
+# till receives (PUPIL_INFO), so one period may not either.
+ITEMS_MAX = PREORDER_LINES_MAX
 RANGE_DAYS_MAX = 366
 DEFAULT_RANGE_DAYS = 31
 EPOCH = date(1970, 1, 1)
@@ -186,6 +194,23 @@ async def _products(conn: asyncpg.Connection, school_id: int, codes: list[int]) 
     return {r["code"]: r for r in rows}
 
 
+async def _check_day_lines(conn: asyncpg.Connection, account_id: int, day: date, period: str, lines: int) -> None:
+    """422 unless the pupil's ``day`` holds at most PREORDER_LINES_MAX lines with ``lines`` in ``period``."""
+    others = await conn.fetch(
+        "SELECT period, count(*) AS n FROM preorders WHERE account_id = $1 AND day = $2 AND period <> $3 "
+        "GROUP BY period ORDER BY period",
+        account_id, day, period,
+    )
+    total = lines + sum(r["n"] for r in others)
+    if total > PREORDER_LINES_MAX:
+        counts = ", ".join([f"{r['period']} {r['n']}" for r in others] + [f"{period} {lines}"])
+        raise Unprocessable(
+            "items",
+            f"at most {PREORDER_LINES_MAX} pre-ordered lines per pupil and day (all meal periods together; "
+            f"the till receives no more); {day.isoformat()} would hold {total} ({counts})",
+        )
+
+
 def _item_out(code: int, quantity: int, products: dict[int, asyncpg.Record]) -> PreorderItemOut:
     p = products.get(code)
     return PreorderItemOut(product_code=code, quantity=quantity, name=p["name"] if p else "",
@@ -238,6 +263,9 @@ class PreorderController(Controller):
             before = await _items(conn, account_id, on, period)
             after = sorted(({"product_code": i.product_code, "quantity": i.quantity} for i in data.items),
                            key=lambda i: i["product_code"])
+            if len(after) > len(before):
+                # under the pupil row lock: no concurrent change of this pupil's day
+                await _check_day_lines(conn, account_id, on, period, len(after))
             if after != before:
                 await conn.execute("DELETE FROM preorders WHERE account_id = $1 AND day = $2 AND period = $3",
                                    account_id, on, period)

@@ -29,7 +29,7 @@ import uvicorn
 from payments import autotopup, signing
 from payments.acquirer import AcquirerError, SandboxAcquirerClient
 from payments.sandbox import CARD_DECLINED, CARD_OK, bind_socket
-from payments.webhook import PaymentsService, PaymentsSettings, create_app
+from payments.webhook import TOPUP_KOPECKS_MAX, PaymentsService, PaymentsSettings, create_app
 from tests.support import ROOT
 
 SECRET = "whsec_test_secret"
@@ -225,6 +225,7 @@ def test_signature_scheme():
         ("garbage", body, now, True),
         (f"v1={signing.compute('s3cret', now, body)}", body, now, True),  # no timestamp
         (f"t={now}", body, now, True),  # no signature
+        ("t=\u00b2,v1=00", body, now, True),  # a digit to str.isdigit(), not to int()
         (header, body + b" ", now, False),  # tampered body
         (signing.sign_header("wrong", now, body), body, now, False),
         (header, body, now + signing.SIGNATURE_TOLERANCE_S + 1, False),  # stale
@@ -568,3 +569,191 @@ def test_autotopup_schedule_once_per_day(ecard_url, sandbox_url, demo_dsn):
 
 async def _status_is(dsn: str, pid: str, status: str) -> bool:
     return await payment_status(dsn, pid) == status
+
+
+# ---------------------------------------------------------------- hostile or wrong events
+
+
+def _event(type_: str, pid: str, amount: int, payment_amount: int | None = None, account: object = PUPIL) -> dict:
+    return {"event_id": f"evt_{uuid.uuid4().hex[:12]}", "type": type_, "payment_id": pid,
+            "account_ref": str(account), "amount_kopecks": amount,
+            "payment_amount_kopecks": amount if payment_amount is None else payment_amount}
+
+
+def _refused(r: httpx.Response, *codes: int) -> dict:
+    """A 4xx with a JSON message (never a 500)."""
+    assert r.status_code in codes, (r.status_code, r.text)
+    body = r.json()
+    assert body.get("message") and body.get("code"), body
+    return body
+
+
+async def _refund_commands(dsn: str, pid: str) -> list[int]:
+    rows = await q(dsn, "SELECT (payload->>'amount_kopecks')::bigint FROM commands "
+                        "WHERE kind = 'bank_refund' AND payload->>'payment_id' = $1 ORDER BY seq", pid)
+    return [r[0] for r in rows]
+
+
+async def _journal_balanced(dsn: str) -> bool:
+    return (await q(dsn, "SELECT sum(balance_kopecks) FROM accounts"))[0][0] == 0
+
+
+@needs_gateway
+def test_refunds_never_exceed_the_captured_amount(ecard_url, demo_dsn):
+    """A refund larger than its payment, a negative one, or a second partial one that would
+    take the sum above the capture is refused (4xx, JSON) and moves nothing; the first valid
+    partial refund moves exactly its amount, once, however often it is delivered."""
+    async def main() -> None:
+        pid = f"pay_refund_{uuid.uuid4().hex[:8]}"
+        async with running_gateway(demo_dsn), httpx.AsyncClient() as c:
+            r = await signed_post(c, ecard_url, _event("payment.captured", pid, 20_000))
+            assert r.status_code == 200, r.text
+            await eventually(lambda: _command_done(demo_dsn, pid, 1), "bank_topup applied")
+            await eventually(lambda: _balance_is(demo_dsn, PUPIL, START_BALANCE + 20_000), "credited")
+
+            # More than was ever paid in: refused, nothing submitted, the payment stays captured.
+            body = _refused(await signed_post(c, ecard_url, _event("payment.refunded", pid, 30_000, 20_000)), 409, 422)
+            assert "20000" in body["message"] and "30000" in body["message"], body
+            for bad in (-5_000, 0):
+                _refused(await signed_post(c, ecard_url, _event("payment.refunded", pid, bad, 20_000)), 400, 409, 422)
+            assert await _refund_commands(demo_dsn, pid) == []
+            assert await payment_status(demo_dsn, pid) == "captured"
+
+            # A partial refund, delivered three times (two at once): reversed once.
+            partial = _event("payment.refunded", pid, 15_000, 20_000)
+            replies = await asyncio.gather(*(signed_post(c, ecard_url, partial) for _ in range(2)))
+            replies.append(await signed_post(c, ecard_url, partial))
+            assert [x.status_code for x in replies] == [200, 200, 200], [x.text for x in replies]
+            await eventually(lambda: _command_done(demo_dsn, pid, 2), "bank_refund applied")
+            # A second partial refund would take the refunds to 25,000 > 20,000: refused.
+            _refused(await signed_post(c, ecard_url, _event("payment.refunded", pid, 10_000, 20_000)), 409, 422)
+            assert await _refund_commands(demo_dsn, pid) == [15_000]
+            await eventually(lambda: _balance_is(demo_dsn, PUPIL, START_BALANCE + 5_000), "refund reversed once")
+        assert await payment_status(demo_dsn, pid) == "refunded"
+        assert await balance(demo_dsn, PUPIL) == START_BALANCE + 5_000
+        assert await _journal_balanced(demo_dsn)
+
+    asyncio.run(main())
+
+
+def test_racing_refunds_of_one_payment_pass_the_check_once(ecard_url, demo_dsn):
+    """Two refund events of one payment at once, together more than the capture: exactly one
+    is accepted, whichever wins; the refunds recorded never exceed the captured amount."""
+    async def main() -> None:
+        async with httpx.AsyncClient() as c:
+            for round_ in range(6):
+                pid = f"pay_race_{round_}_{uuid.uuid4().hex[:8]}"
+                r = await signed_post(c, ecard_url, _event("payment.captured", pid, 20_000))
+                assert r.status_code == 200, r.text
+                a, b = (_event("payment.refunded", pid, amount, 20_000) for amount in (12_000, 11_000))
+                replies = await asyncio.gather(signed_post(c, ecard_url, a), signed_post(c, ecard_url, b))
+                codes = sorted(x.status_code for x in replies)
+                assert codes[0] == 200 and 400 <= codes[1] < 500, [x.text for x in replies]
+                refunds = await _refund_commands(demo_dsn, pid)
+                assert len(refunds) == 1 and sum(refunds) <= 20_000, refunds
+
+    asyncio.run(main())
+
+
+BIGINT_MAX = 2**63 - 1
+
+
+@pytest.mark.parametrize("field, value", [
+    ("account_ref", "-1"),
+    ("account_ref", "0"),
+    ("account_ref", "99999999999999999999"),
+    ("account_ref", str(BIGINT_MAX + 1)),
+    ("account_ref", "abc"),
+    ("account_ref", ""),
+    ("account_ref", " 7"),
+    ("account_ref", "7_0"),
+    ("account_ref", "\u0667"),  # an Arabic-Indic seven: int() would take it
+    ("amount_kopecks", -100),
+    ("amount_kopecks", 0),
+    ("amount_kopecks", TOPUP_KOPECKS_MAX + 1),  # fits, but no payment of ecard's is that large
+    ("amount_kopecks", BIGINT_MAX + 1),
+    ("amount_kopecks", 10**30),
+    ("payment_amount_kopecks", -1),
+    ("payment_amount_kopecks", 0),
+    ("payment_amount_kopecks", TOPUP_KOPECKS_MAX + 1),
+    ("payment_amount_kopecks", 2**64),
+    ("payment_id", ""),
+])
+def test_out_of_range_event_fields_are_4xx(ecard_url, demo_dsn, field, value):
+    async def main() -> None:
+        event = _event("payment.captured", f"pay_range_{uuid.uuid4().hex[:8]}", 10_000)
+        event[field] = value
+        async with httpx.AsyncClient() as c:
+            for type_ in ("payment.captured", "payment.refunded", "payment.failed"):
+                event["type"] = type_
+                _refused(await signed_post(c, ecard_url, event), 400, 422)
+        assert await q(demo_dsn, "SELECT * FROM card_payments") == []
+        assert await q(demo_dsn, "SELECT * FROM commands") == []
+
+    asyncio.run(main())
+
+
+def test_out_of_range_topup_requests_are_4xx(ecard_url, demo_dsn):
+    async def main() -> None:
+        async with httpx.AsyncClient() as c:
+            for account in ("99999999999999999999", str(BIGINT_MAX + 1), "-1", "0"):
+                r = await c.post(f"{ecard_url}/accounts/{account}/topups", headers={"Idempotency-Key": "k"},
+                                 json={"amount_kopecks": 1_000, "card_number": CARD_OK})
+                _refused(r, 400, 404, 422)
+                r = await c.put(f"{ecard_url}/accounts/{account}/auto-topup",
+                                json={"amount_kopecks": 1_000, "card_number": CARD_OK, "threshold_kopecks": 1})
+                _refused(r, 400, 404, 422)
+            for amount in (-1, 0, BIGINT_MAX + 1, 10**30):
+                r = await c.post(f"{ecard_url}/accounts/{PUPIL}/topups", headers={"Idempotency-Key": "k"},
+                                 json={"amount_kopecks": amount, "card_number": CARD_OK})
+                _refused(r, 400, 422)
+            for threshold in (-1, BIGINT_MAX + 1, 10**30):
+                r = await c.put(f"{ecard_url}/accounts/{PUPIL}/auto-topup",
+                                json={"amount_kopecks": 1_000, "card_number": CARD_OK, "threshold_kopecks": threshold})
+                _refused(r, 400, 422)
+            # A timestamp of digits that are not ASCII is malformed: the byte 0xb2 arrives as "²"
+            # (headers are Latin-1), a digit to str.isdigit() but not to int().
+            r = await c.post(ecard_url + "/payments/webhook", content=msgspec.json.encode(_event("payment.captured", "p", 1)),
+                             headers={signing.SIGNATURE_HEADER: b"t=\xb2,v1=00", "Content-Type": "application/json"})
+            assert r.status_code == 400, r.text
+        assert await q(demo_dsn, "SELECT * FROM card_payments") == []
+        assert await q(demo_dsn, "SELECT * FROM auto_topups") == []
+
+    asyncio.run(main())
+
+
+def test_capture_for_a_non_pupil_account_is_refused(ecard_url, demo_dsn):
+    """The acquirer's clearing account, a school's revenue or a till's drawer is no pupil: its
+    capture is refused (422), nothing is recorded or submitted, nothing is marked captured."""
+    async def main() -> None:
+        others = await q(demo_dsn, "SELECT DISTINCT ON (kind) id, kind FROM accounts WHERE kind <> 1 ORDER BY kind, id")
+        assert {r["kind"] for r in others} >= {2, 3, 5}
+        async with httpx.AsyncClient() as c:
+            for account, kind in others:
+                pid = f"pay_kind{kind}_{uuid.uuid4().hex[:8]}"
+                for type_ in ("payment.captured", "payment.refunded"):
+                    body = _refused(await signed_post(c, ecard_url, _event(type_, pid, 10_000, account=account)), 422)
+                    assert str(account) in body["message"], body
+                assert await payment_status(demo_dsn, pid) is None
+            # An account that does not exist at all.
+            _refused(await signed_post(c, ecard_url, _event("payment.captured", "pay_nobody", 10_000, account=10**12)), 422)
+        assert await q(demo_dsn, "SELECT * FROM card_payments") == []
+        assert await q(demo_dsn, "SELECT * FROM commands") == []
+
+    asyncio.run(main())
+
+
+def test_event_with_an_odd_origin_is_recorded_as_manual(ecard_url, demo_dsn):
+    """metadata.origin is the acquirer's echo of what ecard sent; anything else (a list, a
+    number, an unknown word) is recorded as manual, never a 500."""
+    async def main() -> None:
+        async with httpx.AsyncClient() as c:
+            for i, origin in enumerate((["auto_threshold"], {"a": 1}, 7, "somebody")):
+                event = {**_event("payment.captured", f"pay_origin_{i}_{uuid.uuid4().hex[:8]}", 1_000),
+                         "metadata": {"origin": origin}}
+                r = await signed_post(c, ecard_url, event)
+                assert r.status_code == 200, r.text
+        rows = await q(demo_dsn, "SELECT origin, status FROM card_payments")
+        assert [tuple(r) for r in rows] == [("manual", "captured")] * 4
+
+    asyncio.run(main())

@@ -11,6 +11,7 @@ from datetime import date
 
 import pytest
 
+from protocol.limits import PREORDER_LINES_MAX
 from staff_api.preorders import editable_until_ms, is_editable, last_editable_day, school_today
 from test_staff_api import T0, Api, ChangeListener, api, audit_rows, sql  # noqa: F401  (api: the fixture)
 
@@ -200,6 +201,66 @@ def test_role_denials(api: Api):
     # the readers
     assert api.as_("cash1", "GET", "/schools/1/preorders/2026-09-10").status_code == 200
     assert api.as_("aud", "GET", "/schools/2/preorders/2026-09-10").status_code == 200
+
+
+def test_no_more_lines_per_pupil_and_day_than_the_till_receives(api: Api):
+    """The till gets at most PREORDER_LINES_MAX lines of a pupil's day (all periods together):
+    a PUT that would store more is 422 and writes nothing, so the cashier never sees a cut list."""
+    api.clock.fixed_ms = T0
+    limit = PREORDER_LINES_MAX
+    # enough products for one period above the limit (the demo school has 10)
+    for code in range(11, limit + 6):
+        sql(api.dsn, "INSERT INTO products (school_id, code, name, price_kopecks) VALUES (1, $1, $2, 1000)",
+            code, f"Блюдо {code}")
+
+    def items(codes) -> dict:
+        return {"items": [{"product_code": c, "quantity": 1} for c in codes]}
+
+    def refused(r, field: str = "items") -> str:
+        assert r.status_code == 422, r.text
+        body = r.json()
+        assert body["field"] == field, body
+        assert str(limit) in body["detail"], body
+        assert not any("\u0400" <= ch <= "\u04ff" for ch in body["detail"]), body  # English, not Russian
+        return body["detail"]
+
+    # one period above the limit
+    refused(api.as_("off1", "PUT", PATH, json=items(range(1, limit + 2))))
+    # exactly the limit in one period is fine
+    assert api.as_("off1", "PUT", PATH, json=items(range(1, limit + 1))).status_code == 200
+    # any further line on that day, in another period, is too many
+    detail = refused(api.op("PUT", "/pupils/5/preorders/2026-09-10/breakfast", json=items([1])))
+    assert "2026-09-10" in detail and "lunch" in detail, detail
+    # the limit is per day: the day after is free
+    assert api.op("PUT", "/pupils/5/preorders/2026-09-11/breakfast", json=items(range(1, 5))).status_code == 200
+    # and per pupil: another pupil's day is free
+    assert api.op("PUT", "/pupils/6/preorders/2026-09-10/breakfast", json=items(range(1, 5))).status_code == 200
+
+    # split over periods: 10 at breakfast, then lunch may hold only limit - 10
+    day = "/pupils/7/preorders/2026-09-12"
+    assert api.op("PUT", f"{day}/breakfast", json=items(range(1, 11))).status_code == 200
+    refused(api.op("PUT", f"{day}/lunch", json=items(range(1, limit - 10 + 2))))
+    assert api.op("PUT", f"{day}/lunch", json=items(range(1, limit - 10 + 1))).status_code == 200
+    refused(api.op("PUT", f"{day}/snack", json=items([3])))
+    # replacing a period counts its new lines, not its old ones
+    assert api.op("PUT", f"{day}/breakfast", json=items(range(1, 9))).status_code == 200
+    assert api.op("PUT", f"{day}/snack", json=items([3, 4])).status_code == 200
+
+    rows = sql(api.dsn, "SELECT account_id, day, count(*) AS n FROM preorders GROUP BY account_id, day "
+                        "ORDER BY account_id, day")
+    assert [(r["account_id"], r["day"].isoformat(), r["n"]) for r in rows] == [
+        (5, "2026-09-10", limit), (5, "2026-09-11", 4), (6, "2026-09-10", 4), (7, "2026-09-12", limit)]
+    assert max(r["n"] for r in rows) <= limit
+    # the refusals wrote no audit row either: 7 accepted changes
+    assert sql(api.dsn, "SELECT count(*) AS n FROM audit_log WHERE action LIKE 'preorder.%'")[0]["n"] == 7
+
+    # a day stored above the limit before the limit existed can still be trimmed and cancelled
+    sql(api.dsn, "INSERT INTO preorders SELECT 8, '2026-09-10', 'lunch', code, 1, 0, 'op' FROM products "
+                 "WHERE school_id = 1 AND code <= $1", limit + 2)
+    refused(api.op("PUT", "/pupils/8/preorders/2026-09-10/snack", json=items([1])))
+    assert api.op("PUT", "/pupils/8/preorders/2026-09-10/lunch", json=items(range(1, limit + 2))).status_code == 422
+    assert api.op("PUT", "/pupils/8/preorders/2026-09-10/lunch", json=items(range(1, 4))).status_code == 200
+    assert api.op("PUT", "/pupils/8/preorders/2026-09-10/lunch", json={"items": []}).status_code == 200
 
 
 def test_cancel_with_an_empty_list(api: Api):
