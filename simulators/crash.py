@@ -26,7 +26,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Awaitable, Callable, Protocol
 
 from protocol import DeviceKind
 from storage.demo_dataset import till_ids, turnstile_ids
@@ -156,8 +156,14 @@ async def run_crash(
     settle_s: float = 60.0,
     host: str = "127.0.0.1",
     out=sys.stdout,
+    before_kill: Callable[[int], Awaitable[None]] | None = None,
+    after_kill: Callable[[int], Awaitable[None]] | None = None,
 ) -> CrashResult:
-    """Load, ``rounds`` SIGKILL+restart cycles, settle, verify. ``make_gateway`` binds ``port``."""
+    """Load, ``rounds`` SIGKILL+restart cycles, settle, verify. ``make_gateway`` binds ``port``.
+
+    ``before_kill(round)`` runs when the round's accepts are reached, right before the
+    SIGKILL (e.g. cut PostgreSQL and wait until the journal queue is full);
+    ``after_kill(round)`` after it, before the restart (e.g. restore PostgreSQL)."""
     started = time.monotonic()
     rng = random.Random(f"{seed}/crash")
     gateway = await asyncio.to_thread(make_gateway().start)
@@ -196,8 +202,12 @@ async def run_crash(
         for round_no in range(1, rounds + 1):
             target += rng.randint(*accepts_per_round)
             await until_accepts(target)
+            if before_kill is not None:
+                await before_kill(round_no)
             await asyncio.to_thread(gateway.kill)
             kills += 1
+            if after_kill is not None:
+                await after_kill(round_no)
             print(f"[crash] round {round_no}: SIGKILL after {stats.accepts} accepts; restarting", file=out, flush=True)
             gateway = await asyncio.to_thread(make_gateway().start)
             print(f"[crash] round {round_no}: gateway back; {stats.progress_line()}", file=out, flush=True)
