@@ -55,6 +55,8 @@ async def load_state(conn: asyncpg.Connection, machine: Machine) -> None:
     for school_id, offset_minutes in await snapshot.schools(conn):
         state.school_offset_ms[school_id] = offset_minutes * 60_000
     unchecked = await load_accounts(conn, state)
+    # Pair assertion: what the writer checkpointed must still be a balanced ledger.
+    assert state.ledger_total() == 0, f"the ledger read back sums to {state.ledger_total()}, not 0"
     identifiers = state.identifiers
     async for chunk in snapshot.identifiers(conn):
         for identifier, account_id, _status in chunk:

@@ -374,6 +374,8 @@ class Machine:
             },
             now_ms,
         )
+        if kind is CommandKind.refund:
+            result.result["refund_of"] = [payload["device_id"], payload["device_txn"]]
         account_id = verdict.account_id
         row = JournalRow(
             0, seq, verdict.kind, account_id, b"", None, debit, credit, verdict.amount_kopecks,

@@ -499,6 +499,8 @@ class PupilInfoQuery(_CardQuery, frozen=True, gc=False):
 
 _DECISION = struct.Struct("<QBBBqBHB")  # txn, outcome, reason, flags, balance, item_index, template_id, n params
 _PARAM = struct.Struct("<q")
+# The whole payload with n params in one pack (one call instead of a join per reply).
+_DECISION_WITH = tuple(struct.Struct("<QBBBqBHB" + "q" * n) for n in range(DISPLAY_PARAMS_MAX + 1))
 
 
 class Decision(Event, frozen=True, gc=False):
@@ -543,19 +545,12 @@ class Decision(Event, frozen=True, gc=False):
             _check(_I64_MIN <= p <= _I64_MAX, "display params must be i64")
 
     def encode_payload(self) -> bytes:
-        head = _DECISION.pack(
-            self.txn,
-            self.outcome,
-            self.reason,
-            self.flags,
-            self.balance_kopecks,
-            self.item_index,
-            self.template_id,
-            len(self.params),
+        params = self.params
+        n = len(params)
+        return _DECISION_WITH[n].pack(
+            self.txn, self.outcome, self.reason, self.flags, self.balance_kopecks, self.item_index, self.template_id,
+            n, *params,
         )
-        if not self.params:
-            return head
-        return head + b"".join(_PARAM.pack(p) for p in self.params)
 
     @classmethod
     def decode_payload(cls, payload: bytes) -> "Decision":

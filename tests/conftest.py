@@ -67,3 +67,19 @@ def demo_dsn(pg_dsn):
     """A fresh database holding the demo dataset (1 school, 1,000 pupils, 4 turnstiles, 2 tills)."""
     _run(_load_demo(pg_dsn))
     return pg_dsn
+
+
+# Fixtures that start processes of their own (servers, gateways, simulators): tests that
+# use them are marked "processes"; tests that reach PostgreSQL are marked "pg". The pure
+# tests run alone, in seconds and without a database: pytest -m "not pg and not processes".
+_PG_FIXTURES = frozenset({"pg_admin_dsn", "pg_dsn", "demo_dsn"})
+_PROCESS_MODULES = ("test_crash", "test_bank", "test_simulators", "test_loadtests", "test_payments", "test_staff_api",
+                    "test_api_to_gateway", "test_preorders")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if _PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.pg)
+        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1].startswith(_PROCESS_MODULES):
+            item.add_marker(pytest.mark.processes)

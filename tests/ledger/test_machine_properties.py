@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ledger.codes import JournalKind
+from ledger.rules import Original
 from protocol import TXN_FLAG_ADVICE, CardPresented, Decision, Item, Passage, Purchase, TopupCash
 from machine_support import (
     LUNCH_MEAL,
@@ -41,6 +42,7 @@ step = st.one_of(
     st.tuples(st.just("entry"), pupil),
     st.tuples(st.just("resend"), st.integers(0, 40)),
     st.tuples(st.just("command"), st.sampled_from(["bank_topup", "correction", "transfer"]), pupil, st.integers(1, 9_000)),
+    st.tuples(st.just("refund"), st.integers(0, 30), st.one_of(st.none(), st.integers(1, 30_000))),
     st.tuples(st.just("commit"), st.integers(0, 5)),
     st.tuples(st.just("full"), st.booleans()),
     st.tuples(st.just("reconnect"),),
@@ -81,6 +83,22 @@ class Device:
     def acked(self, watermark: int) -> None:
         for txn in [t for t in self.kept if t <= watermark and t in self.answered]:
             del self.kept[txn]
+
+
+def _original(store: Store, journal, payload: dict) -> Original | None:
+    """What storage.commands.original_purchase and the processor's in-flight count give the machine."""
+    key = (payload["device_id"], payload["device_txn"])
+    rows = [e.row for e in store.committed if e.row is not None and (e.row.device_id, e.row.device_txn) == key]
+    if not rows:
+        return None
+    row = rows[0]
+    refunded = sum(
+        e.command.result["amount_kopecks"]
+        for e in store.committed + journal.queue
+        if e.command is not None and e.row is not None and e.row.kind == JournalKind.REFUND
+        and e.command.result.get("refund_of") == list(key)
+    )
+    return Original(row.kind, row.account_id, row.debit_account_id, row.credit_account_id, row.amount_kopecks, refunded)
 
 
 def _as_advice(request):
@@ -151,6 +169,14 @@ def test_money_and_events_survive_any_interleaving_of_faults(steps):
             else:
                 payload = {"account_id": who, "amount_kopecks": amount if kind != "correction" else -amount}
             commands[seq] = (kind, payload)
+        elif name == "refund":
+            purchases = [e.row for e in store.committed if e.row is not None and e.row.kind == JournalKind.PURCHASE]
+            if purchases:
+                target = purchases[op[1] % len(purchases)]
+                payload = {"device_id": target.device_id, "device_txn": target.device_txn}
+                if op[2] is not None:
+                    payload["amount_kopecks"] = op[2]
+                commands[len(commands) + 1] = ("refund", payload)
         elif name == "commit":
             commit(op[1] or None)
         elif name == "full":
@@ -167,7 +193,8 @@ def test_money_and_events_survive_any_interleaving_of_faults(steps):
         # The command processor: pending commands not yet decided by this machine.
         for seq, (kind, payload) in commands.items():
             if seq not in applied and seq not in in_flight and journal.has_room():
-                machine.command(seq, kind, payload, None, NOW, 0)
+                original = _original(store, journal, payload) if kind == "refund" else None
+                machine.command(seq, kind, payload, original, NOW, 0)
                 in_flight.add(seq)
         assert machine.state.ledger_total() == 0
 
@@ -199,3 +226,12 @@ def test_money_and_events_survive_any_interleaving_of_faults(steps):
     assert list(reloaded.state.accounts.balance) == list(balances)
     assert all(balances[p] >= -OPENING_KOPECKS * 10 for p in range(1, PUPILS + 1))
     assert {r.kind for r in rows} <= set(JournalKind)
+    # Refunds never exceed their purchase.
+    refunded: dict[tuple, int] = {}
+    for e in store.committed:
+        if e.command is not None and e.row is not None and e.row.kind == JournalKind.REFUND:
+            key = tuple(e.command.result["refund_of"])
+            refunded[key] = refunded.get(key, 0) + e.row.amount_kopecks
+    paid = {(r.device_id, r.device_txn): r.amount_kopecks for r in rows if r.kind == JournalKind.PURCHASE}
+    for key, amount in refunded.items():
+        assert amount <= paid[key], (key, amount, paid[key])
