@@ -1,22 +1,48 @@
 """A simulated device (turnstile or till) speaking protocol v1 to the gateway over TCP.
 
-It implements the device half of the durability contract:
+It is the reference device of docs/protocol.md section 10 (the durability contract):
 
 - every state-changing request takes a fresh txn from a counter that only grows
-  over the device's whole life (the counter is written to the device's log
-  before the request leaves, so a restarted simulator continues above it);
-- an ACCEPTED txn is kept until a DURABLE_ACK (or the watermark of a HELLO_ACK)
-  covers it; after every (re)connect the kept txns are replayed in txn order as
-  advices, then the request whose reply never arrived is sent again with the
-  same txn, and only then new requests go out;
+  over the device's whole life; the request (txn and payload) is written to the
+  device's log before it leaves, so a restarted simulator resends it with the
+  same txn and continues above it (10.1);
+- an ACCEPTED txn is kept until, IN ONE SESSION, its DECISION (fresh or
+  DUPLICATE) arrived and AFTER it a DURABLE_ACK with durable_txn >= txn (10.4).
+  A HELLO_ACK's watermark drops nothing: after every HELLO all kept txns are
+  replayed in txn order as advices, together with the request whose reply never
+  arrived (same txn, plain; a PASSAGE carries ADVICE always), and only then new
+  requests go out (10.5);
+- an advice answered NAK SERVER_BUSY is sent again in the same session after a
+  jittered pause, before anything with a higher txn (10.7); a kept txn answered
+  TXN_TOO_OLD is durable (the gateway forgets accepted decisions only once they
+  are durable) and is dropped (10.11); any other DENY of an advice is final and
+  recorded as a gateway contract error;
+- NAK TXN_OUT_OF_RANGE: the counter is corrupt; it moves to one above the
+  greater of this session's HELLO_ACK durable_txn and the highest txn used, and
+  the request goes again with the new txn in the same session (10.1);
+- a HELLO_ACK below the highest watermark ever seen (a restored database) is
+  logged and counted; nothing else changes (10.6);
 - one request in flight; on a reply timeout the last frame is retransmitted
-  byte for byte a few times, then the connection is dropped and re-established
-  with a bounded, jittered (seeded) backoff until a deadline;
+  byte for byte a few times, then the connection is dropped. Reconnects back off
+  as section 10.12 says: before the n-th consecutive attempt a uniformly random
+  wait in [0, min(30 s, 100 ms * 2^(n-1))] (seeded jitter), n reset once a
+  session lasted 60 s; the device gives up after ``deadline_s`` without a
+  session. A disconnect the simulator injects on purpose (``disconnect_rate``,
+  to lose a reply) is a test fault, not a failing link: it reconnects at once;
 - HEARTBEAT when idle, every heartbeat_interval_ms from the HELLO_ACK.
 
-Every device keeps a JSON-lines log: its txn counter, what the gateway accepted
-(once per txn, a DUPLICATE accept of a logged txn is not logged again) and the
-durable watermarks it saw. ``read_log`` turns it back into the accepted set.
+Every device keeps a JSON-lines log (one object a line, field ``t``):
+
+- ``txn``: the counter and the full request, written before the request leaves;
+- ``accept``: what the gateway accepted (once per txn: a DUPLICATE accept of a
+  logged txn is not logged again) - what simulators.verify compares with the journal;
+- ``answered``: a DENY of the request in flight;
+- ``durable``: a higher watermark seen (what the next HELLO reports);
+- ``dropped``: kept txns confirmed durable (or ended by the gateway's DENY);
+- ``counter``: the counter moved after TXN_OUT_OF_RANGE (``refused``: the corrupt txn);
+- ``watermark_back``: a HELLO_ACK below the highest watermark seen.
+
+``read_log`` turns it back into the counter, the accepted set and what is still kept.
 """
 
 from __future__ import annotations
@@ -74,6 +100,10 @@ class _Dropped(Exception):
     """The connection is gone (or we dropped it): reconnect and go on."""
 
 
+class _Injected(_Dropped):
+    """A disconnect the simulator injected on purpose (a lost reply): reconnect at once."""
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -94,7 +124,11 @@ class Stats:
     connect_failures: int = 0
     replays: int = 0  # advices replayed after a (re)connect
     replays_applied: int = 0  # replayed advices the gateway did not have (lost in a crash): applied now
-    replays_deferred: int = 0  # replayed advices answered TXN_TOO_OLD (kept, replayed later)
+    replays_deferred: int = 0  # advices answered NAK SERVER_BUSY (kept, sent again after a pause)
+    replays_too_old: int = 0  # replayed accepted txns answered TXN_TOO_OLD: durable and forgotten, dropped
+    renumbered: int = 0  # requests sent again with a new txn after NAK TXN_OUT_OF_RANGE
+    watermark_regressions: int = 0  # HELLO_ACKs below the highest watermark seen (restored database)
+    backoff_waits: int = 0  # reconnect attempts that waited first (section 10.12)
     errors: list[str] = field(default_factory=list)  # contract violations seen from the gateway
     resends: int = 0  # requests sent again after a reconnect (reply never arrived)
     retransmits: int = 0
@@ -133,8 +167,10 @@ class Stats:
             f"naks: {naks}\n"
             f"reconnects={self.reconnects} connect_failures={self.connect_failures} replays={self.replays} "
             f"replays_applied={self.replays_applied} replays_deferred={self.replays_deferred} "
-            f"resends={self.resends} retransmits={self.retransmits} "
-            f"injected_disconnects={self.injected_disconnects} heartbeats={self.heartbeats}\n"
+            f"replays_too_old={self.replays_too_old} resends={self.resends} retransmits={self.retransmits} "
+            f"injected_disconnects={self.injected_disconnects} heartbeats={self.heartbeats} "
+            f"backoff_waits={self.backoff_waits} renumbered={self.renumbered} "
+            f"watermark_regressions={self.watermark_regressions}\n"
             f"latency_ms p50={self.quantile_ms(0.5):.2f} p99={self.quantile_ms(0.99):.2f} "
             f"max={max(self.latencies_ms, default=0.0):.2f}"
             + ("".join(f"\nERROR {e}" for e in self.errors[:20]))
@@ -213,12 +249,19 @@ def accepted_record(device_id: int, event: Any, decision: Decision, account_id: 
 
 @dataclass
 class LogState:
-    """What a device's log says: its counter, its accepted txns, its watermark."""
+    """What a device's log says: its counter, its accepted txns, what it still keeps."""
 
-    txn_high: int = 0
-    durable_txn: int = 0
+    txn_high: int = 0  # the counter: the highest txn handed out (after a ``counter`` record, from there)
+    used_high: int = 0  # the highest txn the gateway answered with a DECISION
+    durable_txn: int = 0  # the highest watermark seen (reported in HELLO)
     accepted: dict[int, dict[str, Any]] = field(default_factory=dict)  # txn -> accept record
+    dropped: set[int] = field(default_factory=set)  # accepted txns no longer kept
     sent: dict[int, dict[str, Any]] = field(default_factory=dict)  # txn -> event JSON of the last unanswered request
+
+    @property
+    def kept(self) -> dict[int, dict[str, Any]]:
+        """Accepted txns not yet confirmed durable: replayed after every HELLO."""
+        return {txn: rec for txn, rec in self.accepted.items() if txn not in self.dropped}
 
 
 def read_log(path: Path) -> LogState:
@@ -240,11 +283,18 @@ def read_log(path: Path) -> LogState:
                 state.sent = {rec["txn"]: rec["event"]}
             elif t == "answered":
                 state.sent.pop(rec["txn"], None)
+                state.used_high = max(state.used_high, rec["txn"])
             elif t == "accept":
                 state.accepted.setdefault(rec["txn"], rec)
                 state.sent.pop(rec["txn"], None)
+                state.used_high = max(state.used_high, rec["txn"])
             elif t == "durable":
                 state.durable_txn = max(state.durable_txn, rec["txn"])
+            elif t == "dropped":
+                state.dropped.update(rec["txns"])
+            elif t == "counter":
+                state.txn_high = rec["txn"]  # moved back from a corrupt value (TXN_OUT_OF_RANGE)
+                state.sent.pop(rec.get("refused"), None)
     return state
 
 
@@ -270,8 +320,11 @@ class DeviceConfig:
     reply_timeout_s: float = 1.0
     retransmits: int = 3
     connect_timeout_s: float = 2.0
-    backoff_min_s: float = 0.02
-    backoff_max_s: float = 1.0
+    # Reconnect back-off (docs/protocol.md 10.12): full jitter below min(max, initial * 2^(n-1))
+    # before the n-th consecutive attempt; n starts again once a session lasted backoff_reset_s.
+    backoff_initial_s: float = 0.1
+    backoff_max_s: float = 30.0
+    backoff_reset_s: float = 60.0
     deadline_s: float = 120.0  # give up reaching the gateway after this long without success
     disconnect_rate: float = 0.0  # probability per request to drop the connection abruptly
     heartbeats: bool = True
@@ -297,18 +350,19 @@ class Device:
         self.key = key
         self.config = config
         self.stats = stats if stats is not None else Stats()
-        # Jitter and injected disconnects: seeded, never the global RNG.
+        # Injected disconnects and the reconnect jitter: seeded, never the global RNG (two
+        # streams, so that the back-off does not shift which requests lose their reply).
         self._rng = random.Random(f"{seed}/device/{device_id}")
+        self._backoff_rng = random.Random(f"{seed}/backoff/{device_id}")
         self.log_path = log_path(log_dir, device_id)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         state = read_log(self.log_path)
-        self.txn_high = state.txn_high
-        self.watermark = state.durable_txn
+        self.txn_high = state.txn_high  # the counter: the last txn handed out
+        self.txn_used = state.used_high  # the highest txn answered with a DECISION
+        self.watermark = state.durable_txn  # the highest watermark ever seen (reported in HELLO)
         self.logged: set[int] = set(state.accepted)
-        # Accepted txns not covered by a DURABLE_ACK yet: txn -> request (as first sent).
-        self.kept: dict[int, Any] = {
-            txn: event_from_json(rec["event"]) for txn, rec in state.accepted.items() if txn > self.watermark
-        }
+        # Accepted txns not yet confirmed durable (10.4): txn -> request (as first sent).
+        self.kept: dict[int, Any] = {txn: event_from_json(rec["event"]) for txn, rec in state.kept.items()}
         # A request whose reply never arrived (from a previous life of the simulator).
         self.pending: Any = None
         if state.sent:
@@ -331,6 +385,16 @@ class Device:
         self._disconnected = asyncio.Event()
         self._durable_changed = asyncio.Event()
         self._closing = False
+        # Session-scoped confirmation (10.4): ACCEPTs received in this session, in stream
+        # order before any DURABLE_ACK that can confirm them, and txns confirmed durable
+        # that the requester has not filed into ``kept`` yet.
+        self._decided: set[int] = set()
+        self._confirmed: set[int] = set()
+        self._session_watermark = 0  # durable_txn of this session's HELLO_ACK
+        # Reconnect back-off (10.12).
+        self._failures = 0  # consecutive failed attempts / broken sessions
+        self._wait_before_connect = False
+        self._session_up_at: float | None = None  # monotonic time of the HELLO_ACK
 
     # ------------------------------------------------------------------ public API
 
@@ -340,11 +404,11 @@ class Device:
 
     @property
     def settled(self) -> bool:
-        """Every accepted txn is durable and no request waits for its reply."""
+        """Every accepted txn is confirmed durable and no request waits for its reply."""
         return not self.kept and self.pending is None
 
     async def start(self) -> None:
-        """Connect (replaying what the log says is not durable) and keep the session alive."""
+        """Connect (replaying what the log says is still kept) and keep the session alive."""
         async with self._lock:
             await self._ensure_session()
         self._background = asyncio.create_task(self._keepalive(), name=f"device-{self.device_id}")
@@ -369,6 +433,7 @@ class Device:
         return await self._transaction(lambda txn: CardPresented(txn, 0, direction, now_ms(), identifier))
 
     async def passage(self, identifier: bytes, direction: int, granted_txn: int) -> Decision:
+        # A passage reports a fact: ADVICE on every PASSAGE, first send and resends alike (4.5).
         return await self._transaction(
             lambda txn: Passage(txn, TXN_FLAG_ADVICE, direction, now_ms(), granted_txn, identifier)
         )
@@ -388,7 +453,7 @@ class Device:
             return await self._request(BalanceQuery(identifier), kind=None)
 
     async def wait_settled(self, timeout_s: float) -> bool:
-        """Wait until every kept txn is covered by a DURABLE_ACK (reconnecting as needed)."""
+        """Wait until every kept txn is confirmed durable (reconnecting as needed)."""
         deadline = time.monotonic() + timeout_s
         while not self.settled:
             if not self._reader_alive():
@@ -422,6 +487,7 @@ class Device:
                 await self._ensure_session()
             self.txn_high += 1
             event = build(self.txn_high)
+            # Persisted (txn and payload) before the first byte leaves (10.1).
             self._write({"t": "txn", "txn": event.txn, "event": event_to_json(event)})
             self.pending = event
             return await self._request(event, kind=KIND_OF[type(event)])
@@ -431,45 +497,83 @@ class Device:
         started = time.perf_counter()
         while True:
             await self._ensure_session()
-            if kind is not None and self.pending is not event:
-                # The resend after a reconnect got the answer (and logged it).
-                decision = self._resolved
-                break
-            try:
-                reply = await self._roundtrip(event, inject=True)
-            except _Dropped:
-                self._drop()
-                continue
-            if type(reply) is Nak:
-                # SERVER_BUSY or anything unexpected: back off, reconnect, send the same txn again
-                # (a new session, because this one has seen the txn).
-                self.stats.nak(reply.reason)
-                self._drop()
-                await asyncio.sleep(self._backoff(1))
-                continue
-            if type(reply) is not Decision:
-                self._drop()
-                continue
-            decision = reply
             if kind is not None:
-                self._answered(event, decision)
-            else:
-                self._count(None, decision)
+                if self.pending is None:
+                    # The resend after a reconnect got the answer (and logged it).
+                    decision = self._resolved
+                    break
+                event = self.pending  # possibly renumbered after TXN_OUT_OF_RANGE
+            try:
+                decision = await self._exchange(event, kind, inject=True)
+            except _Dropped as exc:
+                self._drop(broken=not isinstance(exc, _Injected))
+                continue
             break
+        assert decision is not None
         self.stats.latencies_ms.append((time.perf_counter() - started) * 1000)
         return decision
+
+    async def _exchange(self, event: Any, kind: int | None, *, inject: bool = False) -> Decision:
+        """One request on the current session until it is decided. Lock held.
+
+        NAK SERVER_BUSY of an advice: its txn did not count as sent, so it goes again in this
+        session after a jittered pause (before anything with a higher txn). NAK TXN_OUT_OF_RANGE:
+        renumber and go again. Any other NAK, or a broken connection: ``_Dropped``.
+        """
+        busy = renumbered = 0
+        while True:
+            reply = await self._roundtrip(event, inject=inject)
+            inject = False
+            if type(reply) is Decision:
+                if kind is not None:
+                    self._answered(event, reply)
+                else:
+                    self._count(None, reply)
+                return reply
+            if type(reply) is not Nak:
+                raise _Dropped(f"unexpected reply {reply!r}")
+            self.stats.nak(reply.reason)
+            if reply.reason == NakReason.SERVER_BUSY and kind is not None and _is_advice(event):
+                busy += 1
+                self.stats.replays_deferred += 1
+                await asyncio.sleep(self._jitter(busy))
+                continue
+            if reply.reason == NakReason.TXN_OUT_OF_RANGE and kind is not None and event is self.pending:
+                if renumbered:
+                    # Even the txns we used are out of range: the gateway lost them (a restored
+                    # database); renumbering cannot help, the operator must look.
+                    self.stats.errors.append(f"device {self.device_id}: txn {event.txn} still out of range")
+                    raise _Dropped("TXN_OUT_OF_RANGE after renumbering")
+                renumbered += 1
+                event = self._renumber(event)
+                continue
+            raise _Dropped(f"request refused: {_nak_name(reply.reason)} {reply.detail}")
+
+    def _renumber(self, event: Any) -> Any:
+        """NAK TXN_OUT_OF_RANGE: the counter is corrupt. Move it to one above the greater of this
+        session's HELLO_ACK durable_txn and the highest txn used, persist it, and return the same
+        request with the new txn (it goes again in this session: the refused txn did not count)."""
+        base = max(self._session_watermark, self.txn_used, max(self.kept, default=0))
+        self._write({"t": "counter", "txn": base, "refused": event.txn})
+        self.txn_high = base + 1
+        renumbered = msgspec.structs.replace(event, txn=self.txn_high)
+        self._write({"t": "txn", "txn": renumbered.txn, "event": event_to_json(renumbered)})
+        self.pending = renumbered
+        self.stats.renumbered += 1
+        return renumbered
 
     def _answered(self, event: Any, decision: Decision) -> None:
         """The decision of the request in flight (possibly a DUPLICATE): log and keep an accept."""
         self.pending = None
         self._resolved = decision
+        self.txn_used = max(self.txn_used, event.txn)
         self._count(KIND_OF[type(event)], decision)
         if decision.outcome == Outcome.ACCEPT:
             if event.txn not in self.logged:
                 self.logged.add(event.txn)
                 self._write(accepted_record(self.device_id, event, decision, self._account_of.get(event.identifier)))
-            if event.txn > self.watermark:
-                self.kept[event.txn] = event
+            self.kept[event.txn] = event
+            self._drop_confirmed()  # its DURABLE_ACK may have been read before we got here
         else:
             self._write({"t": "answered", "txn": event.txn, "reason": decision.reason})
 
@@ -491,7 +595,6 @@ class Device:
 
     async def _ensure_session(self) -> None:
         """Connected, HELLO answered, kept txns replayed, the lost request resent. Lock held."""
-        attempt = 0
         last_ok = time.monotonic()
         while self._conn is None or self._needs_replay:
             if self._closing:
@@ -499,19 +602,20 @@ class Device:
             if self._conn is None:
                 if time.monotonic() - last_ok > self.config.deadline_s:
                     raise Unavailable(f"device {self.device_id}: gateway unreachable for {self.config.deadline_s} s")
-                if attempt:
-                    await asyncio.sleep(self._backoff(attempt))
-                attempt += 1
+                if self._wait_before_connect:
+                    self._wait_before_connect = False
+                    self.stats.backoff_waits += 1
+                    await asyncio.sleep(self._jitter(self._failures))
                 try:
                     await self._open()
                 except (_Dropped, OSError, TimeoutError):
                     self.stats.connect_failures += 1
-                    self._drop()
+                    self._drop(broken=True)
                     continue
             try:
                 await self._replay()
             except _Dropped:
-                self._drop()
+                self._drop(broken=True)
                 continue
             last_ok = time.monotonic()
 
@@ -521,6 +625,7 @@ class Device:
         self._reader, self._writer = reader, writer
         self._conn = Connection(Role.DEVICE, self.device_id)
         self._replies = asyncio.Queue()
+        self._decided = set()
         self._reader_task = asyncio.create_task(self._read_loop(self._conn, reader, self._replies))
         hello = Hello(self.kind, cfg.firmware, self.watermark, now_ms(), os.urandom(16), b"\0" * 16)
         hello = sign_hello(self.key, self.device_id, hello)
@@ -531,7 +636,15 @@ class Device:
         if type(reply) is not HelloAck:
             raise _Dropped(f"unexpected answer to HELLO: {reply!r}")
         self._heartbeat_s = reply.heartbeat_interval_ms / 1000
-        self._on_durable(reply.durable_txn)
+        self._session_up_at = time.monotonic()
+        # HELLO_ACK confirms nothing (10.4, 10.6): remember the watermark, drop nothing.
+        self._session_watermark = reply.durable_txn
+        if reply.durable_txn < self.watermark:
+            # The gateway is behind what we saw (a restored database): keep everything, replay it,
+            # keep our counter; the operator has to look at it.
+            self.stats.watermark_regressions += 1
+            self._write({"t": "watermark_back", "gateway": reply.durable_txn, "seen": self.watermark})
+        self._note_watermark(reply.durable_txn)
         if self._sessions:
             self.stats.reconnects += 1
         self._sessions += 1
@@ -542,47 +655,58 @@ class Device:
     _resolved: Decision | None = None
 
     async def _replay(self) -> None:
-        """After HELLO: kept txns as advices in txn order, then the request whose reply is missing."""
-        for txn in sorted(self.kept):
+        """After HELLO: every kept txn as an advice and the request whose reply is missing, in txn order."""
+        order = sorted(self.kept)
+        if self.pending is not None:
+            order = sorted(set(order) | {self.pending.txn})
+        for txn in order:
+            if self.pending is not None and txn == self.pending.txn:
+                self.stats.resends += 1
+                await self._exchange(self.pending, KIND_OF[type(self.pending)])
+                continue
             event = self.kept.get(txn)
-            if event is None:  # a DURABLE_ACK arrived meanwhile
+            if event is None:  # confirmed meanwhile
                 continue
             advice = msgspec.structs.replace(event, flags=event.flags | TXN_FLAG_ADVICE)
             self.stats.replays += 1
-            reply = await self._roundtrip(advice, inject=False)
-            if type(reply) is Nak:
-                self.stats.nak(reply.reason)
-                # SERVER_BUSY: keep it, replay later (on a new session, after a backoff).
-                await asyncio.sleep(self._backoff(1))
-                raise _Dropped("advice refused")
-            if type(reply) is not Decision:
-                raise _Dropped(f"unexpected reply {reply!r}")
+            reply = await self._replay_one(advice)
             self._count(KIND_OF[type(event)], reply, replay=True)
+            self.txn_used = max(self.txn_used, txn)
             if reply.outcome == Outcome.ACCEPT:
                 if not reply.flags & DECISION_FLAG_DUPLICATE:
                     self.stats.replays_applied += 1
                 continue
-            # The gateway must not decline an advice. TXN_TOO_OLD happens when this txn fell out of
-            # the gateway's idempotency window while still waiting in its journal queue: the
-            # DURABLE_ACK will cover it, or the next process will take the replay. Keep it either
-            # way (never drop an accepted txn) and go on; anything else is recorded as an error.
             if reply.reason == DenyReason.TXN_TOO_OLD:
-                self.stats.replays_deferred += 1
-            else:
-                self.stats.errors.append(
-                    f"device {self.device_id}: advice txn {txn} declined: {_reason_name(reply.reason)}"
-                )
-        if self.pending is not None:
-            self.stats.resends += 1
-            reply = await self._roundtrip(self.pending, inject=False)
-            if type(reply) is Nak:
-                self.stats.nak(reply.reason)
-                await asyncio.sleep(self._backoff(1))
-                raise _Dropped("resend refused")
-            if type(reply) is not Decision:
-                raise _Dropped(f"unexpected reply {reply!r}")
-            self._answered(self.pending, reply)
+                # We hold an ACCEPT for it and the gateway forgets an accepted decision only once it
+                # is durable: it is durable (10.11).
+                self.stats.replays_too_old += 1
+                self._end_kept(txn, "TXN_TOO_OLD")
+                continue
+            # Any other DENY of an advice is final (10.7): the gateway will not apply what we did.
+            self.stats.errors.append(
+                f"device {self.device_id}: advice txn {txn} declined: {_reason_name(reply.reason)}"
+            )
+            self._end_kept(txn, _reason_name(reply.reason))
         self._needs_replay = False
+
+    async def _replay_one(self, advice: Any) -> Decision:
+        """A kept txn as an advice; SERVER_BUSY: pause and send it again in this session."""
+        busy = 0
+        while True:
+            reply = await self._roundtrip(advice, inject=False)
+            if type(reply) is Decision:
+                return reply
+            if type(reply) is not Nak:
+                raise _Dropped(f"unexpected reply {reply!r}")
+            self.stats.nak(reply.reason)
+            if reply.reason != NakReason.SERVER_BUSY:
+                if reply.reason == NakReason.TXN_OUT_OF_RANGE:
+                    # An accepted txn the gateway does not know: its database lost it.
+                    self.stats.errors.append(f"device {self.device_id}: kept txn {advice.txn} is out of range")
+                raise _Dropped(f"advice refused: {_nak_name(reply.reason)} {reply.detail}")
+            busy += 1
+            self.stats.replays_deferred += 1
+            await asyncio.sleep(self._jitter(busy))
 
     async def _roundtrip(self, event: Any, *, inject: bool) -> Any:
         """Send one frame and wait for its reply, retransmitting on timeouts. Lock held."""
@@ -597,7 +721,7 @@ class Device:
         if inject and self.config.disconnect_rate and self._rng.random() < self.config.disconnect_rate:
             # Drop the TCP connection abruptly right after the request left: the reply is lost.
             self.stats.injected_disconnects += 1
-            raise _Dropped("injected disconnect")
+            raise _Injected("injected disconnect")
         for attempt in range(self.config.retransmits + 1):
             try:
                 reply = await asyncio.wait_for(replies.get(), self.config.reply_timeout_s)
@@ -628,9 +752,13 @@ class Device:
                     if event is CLOSED:
                         return
                     if type(event) is DurableAck:
-                        self._on_durable(event.durable_txn)
-                    else:
-                        replies.put_nowait(event)
+                        if self._conn is conn:
+                            self._on_durable(event.durable_txn)
+                        continue
+                    if type(event) is Decision and event.outcome == Outcome.ACCEPT and event.txn and self._conn is conn:
+                        # Read in stream order: only a DURABLE_ACK read after this can confirm it.
+                        self._decided.add(event.txn)
+                    replies.put_nowait(event)
                 if not data:
                     return
         except (OSError, ProtocolError, asyncio.IncompleteReadError):
@@ -640,18 +768,51 @@ class Device:
             if self._conn is conn:
                 self._disconnected.set()
 
-    def _on_durable(self, txn: int) -> None:
+    def _note_watermark(self, txn: int) -> None:
+        """The highest watermark seen, for the next HELLO (it drops nothing by itself)."""
         if txn > self.watermark:
             self.watermark = txn
             self._write({"t": "durable", "txn": txn})
-        for t in [t for t in self.kept if t <= self.watermark]:
-            del self.kept[t]
+
+    def _on_durable(self, txn: int) -> None:
+        """DURABLE_ACK in the current session: confirms the txns ACCEPTed in it before (10.4)."""
+        self._note_watermark(txn)
+        confirmed = {t for t in self._decided if t <= txn}
+        if confirmed:
+            self._decided -= confirmed
+            self._confirmed |= confirmed
+            self._drop_confirmed()
         self._durable_changed.set()
 
-    def _drop(self, abort: bool = True) -> None:
+    def _drop_confirmed(self) -> None:
+        done = sorted(t for t in self._confirmed if t in self.kept)
+        if not done:
+            return
+        for t in done:
+            del self.kept[t]
+            self._confirmed.discard(t)
+        self._write({"t": "dropped", "txns": done})
+        self._durable_changed.set()
+
+    def _end_kept(self, txn: int, why: str) -> None:
+        """The gateway ended a kept txn by a DENY (TXN_TOO_OLD: durable; any other: final)."""
+        if self.kept.pop(txn, None) is not None:
+            self._write({"t": "dropped", "txns": [txn], "why": why})
+            self._durable_changed.set()
+
+    def _drop(self, abort: bool = True, *, broken: bool = False) -> None:
+        """Close the connection. ``broken``: a failed attempt or a lost session, so the next
+        connection attempt backs off (10.12); a session that lasted backoff_reset_s resets it."""
         writer, self._writer = self._writer, None
         self._conn = None
         self._replies = None
+        self._decided = set()
+        up_at, self._session_up_at = self._session_up_at, None
+        if up_at is not None and time.monotonic() - up_at >= self.config.backoff_reset_s:
+            self._failures = 0
+        if broken:
+            self._failures += 1
+            self._wait_before_connect = True
         if self._reader_task is not None:
             self._reader_task.cancel()
             self._reader_task = None
@@ -665,10 +826,11 @@ class Device:
                 pass
         self._disconnected.set()
 
-    def _backoff(self, attempt: int) -> float:
+    def _jitter(self, n: int) -> float:
+        """Full jitter: uniform in [0, min(max, initial * 2^(n-1))] (docs/protocol.md 10.12)."""
         cfg = self.config
-        cap = min(cfg.backoff_max_s, cfg.backoff_min_s * (2 ** min(attempt, 16)))
-        return cap / 2 + self._rng.random() * cap / 2
+        cap = min(cfg.backoff_max_s, cfg.backoff_initial_s * (2 ** min(max(n, 1) - 1, 32)))
+        return self._backoff_rng.uniform(0, cap)
 
     def _reader_alive(self) -> bool:
         return self._conn is not None and self._reader_task is not None and not self._reader_task.done()
@@ -685,7 +847,7 @@ class Device:
                         pass
             async with self._lock:
                 if self._conn is not None and not self._reader_alive():
-                    self._drop()
+                    self._drop(broken=True)
                 if self._conn is None:
                     try:
                         await self._ensure_session()
@@ -698,7 +860,7 @@ class Device:
                         if type(reply) is Nak:
                             self.stats.nak(reply.reason)
                     except _Dropped:
-                        self._drop()
+                        self._drop(broken=True)
                 if self._reader_alive():
                     self._disconnected.clear()
 
@@ -707,3 +869,7 @@ class Device:
     def _write(self, record: dict[str, Any]) -> None:
         self._log.write(json.dumps(record, separators=(",", ":")) + "\n")
         self._log.flush()
+
+
+def _is_advice(event: Any) -> bool:
+    return bool(event.flags & TXN_FLAG_ADVICE) or type(event) is Passage

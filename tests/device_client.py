@@ -1,4 +1,18 @@
-"""A small asyncio device for tests: speaks protocol v1 through the sans-IO Connection."""
+"""A small asyncio device for tests: speaks protocol v1 through the sans-IO Connection.
+
+It tracks what a device must track about durability (docs/protocol.md 10.4, 10.6):
+
+- ``durable_txn``: the highest watermark seen from any session (HELLO_ACK or
+  DURABLE_ACK); it is what ``hello_event`` reports;
+- ``hello_ack_durable_txn``: the watermark of this session's HELLO_ACK (it
+  confirms nothing; it is the counter base after TXN_OUT_OF_RANGE);
+- ``decided``: txns ACCEPTed in the current session, not yet confirmed;
+- ``confirmed``: txns a device may drop — ACCEPTed in a session and covered
+  by a DURABLE_ACK read after that ACCEPT in the same session.
+
+A new HELLO starts a new session: ``decided`` is emptied, nothing of an earlier
+session confirms anything.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +20,7 @@ import asyncio
 import os
 import time
 
-from protocol import NEED_DATA, CLOSED, Connection, DurableAck, Event, Hello, Role
+from protocol import NEED_DATA, CLOSED, Connection, Decision, DurableAck, Event, Hello, HelloAck, Outcome, Role
 from protocol.auth import sign_hello
 from storage.demo_dataset import demo_device_key
 
@@ -20,7 +34,10 @@ class DeviceClient:
         self.port = port
         self.key = demo_device_key(device_id) if key is None else key
         self.conn = Connection(Role.DEVICE, device_id)
-        self.durable_txn = 0
+        self.durable_txn = 0  # the highest watermark seen, any session
+        self.hello_ack_durable_txn = 0  # this session's HELLO_ACK watermark (confirms nothing)
+        self.decided: set[int] = set()  # ACCEPTed in this session, no DURABLE_ACK after it yet
+        self.confirmed: set[int] = set()  # ACCEPTed, then covered by a DURABLE_ACK, in one session
         self.reader: asyncio.StreamReader | None = None
         self.writer: asyncio.StreamWriter | None = None
 
@@ -42,12 +59,18 @@ class DeviceClient:
     async def hello(self, **kwargs) -> Event:
         return await self.request(self.hello_event(**kwargs))
 
+    def is_confirmed(self, txn: int) -> bool:
+        """May a device drop ``txn``? Only after its ACCEPT and then a covering DURABLE_ACK, in one session."""
+        return txn in self.confirmed
+
     async def send_raw(self, data: bytes) -> None:
         assert self.writer is not None
         self.writer.write(data)
         await self.writer.drain()
 
     async def request(self, event: Event) -> Event:
+        if type(event) is Hello:
+            self.decided = set()  # a new session
         await self.send_raw(self.conn.send(event))
         return await self.reply()
 
@@ -56,7 +79,6 @@ class DeviceClient:
         while True:
             event = await self.next_event()
             if type(event) is DurableAck:
-                self.durable_txn = max(self.durable_txn, event.durable_txn)
                 continue
             return event
 
@@ -65,11 +87,27 @@ class DeviceClient:
         while True:
             event = self.conn.next_event()
             if event is not NEED_DATA:
+                self._observe(event)
                 return event
             data = await asyncio.wait_for(self.reader.read(65536), REPLY_TIMEOUT_S)
             self.conn.receive_data(data)
             if not data:
                 return CLOSED
+
+    def _observe(self, event) -> None:
+        """The durability bookkeeping of section 10.4, in stream order."""
+        cls = type(event)
+        if cls is Decision:
+            if event.outcome == Outcome.ACCEPT and event.txn:
+                self.decided.add(event.txn)
+        elif cls is DurableAck:
+            self.durable_txn = max(self.durable_txn, event.durable_txn)
+            covered = {txn for txn in self.decided if txn <= event.durable_txn}
+            self.decided -= covered
+            self.confirmed |= covered
+        elif cls is HelloAck:
+            self.hello_ack_durable_txn = event.durable_txn
+            self.durable_txn = max(self.durable_txn, event.durable_txn)
 
     async def read_raw_until_closed(self) -> bytes:
         assert self.reader is not None

@@ -28,6 +28,7 @@ from protocol import (
     Event,
     Heartbeat,
     Hello,
+    HelloAck,
     Item,
     MessageType,
     Nak,
@@ -149,14 +150,31 @@ def test_invalid_vectors_cover_the_required_cases():
         "bad_start_byte", "bad_version", "oversized_length", "bad_crc", "unknown_type",
         "reserved_flag_secure_block", "reserved_flag_mac", "truncated_payload", "purchase_total_mismatch",
         "identifier_too_short", "identifier_too_long", "purchase_zero_items", "hello_nonzero_seq",
+        "hello_other_device", "too_many_pending",
     }
     assert required <= names
     assert len(names) == len(INVALID), "vector names must be unique"
     assert {v["nak_reason"] for v in INVALID} >= {
         "BAD_START_BYTE", "UNSUPPORTED_VERSION", "FRAME_TOO_LARGE", "BAD_CRC", "UNSUPPORTED_FLAGS",
         "UNKNOWN_MESSAGE", "MALFORMED_PAYLOAD", "OUT_OF_STATE", "BAD_SEQUENCE", "SEQUENCE_REUSED",
-        "DEVICE_MISMATCH",
+        "DEVICE_MISMATCH", "TOO_MANY_PENDING",
     }
+    # The new reasons of v1 appear in the valid sessions.
+    assert BY_NAME["turnstile_grants.nak_txn_out_of_range"]["fields"]["reason"] == NakReason.TXN_OUT_OF_RANGE
+    assert BY_NAME["turnstile_grants.decision_no_grant"]["fields"]["reason"] == DenyReason.NO_GRANT
+
+
+def test_closes_and_fatal_fields_are_consistent():
+    """'fatal' is framing lost (ERROR, sticky); 'closes' is the gateway ending the connection (section 2.2)."""
+    for v in INVALID:
+        if v["role"] == "device->gateway":
+            assert v["closes"] is v["fatal"], v["name"]
+        else:
+            assert v["closes"] is None, v["name"]
+    for session in VECTORS["sessions"]:
+        assert session["closes"] == (session["end_state"] == "CLOSED"), session["name"]
+    refused = {s["name"]: s for s in VECTORS["sessions"]}["refused"]
+    assert refused["closes"] and refused["end_state"] == "CLOSED"
 
 
 # --------------------------------------------------------------------------- CRC
@@ -218,16 +236,15 @@ def test_session_replays_through_two_connections(session):
         receiver.receive_data(data)
         assert fields_of(receiver.next_event()) == vector["fields"], name
         assert receiver.next_event() is NEED_DATA
-    if session["name"] == "refused":
-        assert gateway.state is State.CLOSED and device.state is State.CLOSED
-    else:
-        assert gateway.state is State.READY and device.state is State.READY
+    end = State[session["end_state"]]
+    assert gateway.state is end and device.state is end
+    assert end is (State.CLOSED if session["name"] == "refused" else State.READY)
 
 
 def test_hello_macs_of_the_vectors():
     keys = {int(k): bytes.fromhex(v) for k, v in VECTORS["device_keys"].items()}
     hellos = [v for v in VALID if v["message_type"] == "HELLO"]
-    assert len(hellos) == 4
+    assert len(hellos) == 5
     for vector in hellos:
         hello = event_from(vector)
         assert isinstance(hello, Hello)
@@ -271,6 +288,11 @@ def test_invalid_frame_is_refused(vector):
         if gateway_side:
             nak = conn.send(err.nak())
             assert nak[13] == MessageType.NAK and nak[14] == int(err.reason)
+            _, _, _, _, nak_device, nak_seq, _ = HEADER.unpack_from(nak, 0)
+            if vector["nak_reason"] == "TOO_MANY_PENDING" or vector["name"] == "hello_other_device":
+                # seq 0; the session's device id, 0 before a HELLO was decoded (sections 2.2, 5).
+                assert nak_seq == 0
+                assert nak_device == (0 if vector["receiver_state"] == "gateway:IDLE" else 1_000_001)
         return
     if gateway_side:
         nak_frame = conn.send(err.nak())
@@ -308,7 +330,27 @@ def _check_connection_goes_on(conn: Connection, vector: dict[str, Any]) -> None:
         raise AssertionError(state)
 
 
-@pytest.mark.parametrize("vector", INVALID, ids=lambda v: v["name"])
+@pytest.mark.parametrize("vector", [v for v in INVALID if v["one_read"]], ids=lambda v: v["name"])
+def test_pending_frames_are_counted_per_read(vector):
+    """TOO_MANY_PENDING is about one read: the same frames, one at a time and each answered, are fine."""
+    conn = receiver_in(vector["receiver_state"])
+    data = bytes.fromhex(vector["hex"])
+    position = 0
+    while position < len(data):
+        length = HEADER.unpack_from(data, position)[3]
+        end = position + limits.HEADER_BYTES + length + limits.CRC_BYTES
+        conn.receive_data(data[position:end])
+        event = conn.next_event()
+        if isinstance(event, Hello):
+            conn.send(HelloAck(1, 0, 10_000))
+        else:
+            assert isinstance(event, Heartbeat)
+            conn.send(Heartbeat(1))
+        position = end
+    assert conn.next_event() is NEED_DATA
+
+
+@pytest.mark.parametrize("vector", [v for v in INVALID if not v["one_read"]], ids=lambda v: v["name"])
 def test_invalid_frame_fed_byte_by_byte(vector):
     conn = receiver_in(vector["receiver_state"])
     data = bytes.fromhex(vector["hex"])
@@ -376,6 +418,19 @@ def test_doc_limits_table_equals_limits_module():
     assert set(rows) == set(names)
     for name in names:
         assert int(rows[name], 0) == getattr(limits, name), name
+
+
+def test_doc_fatal_column_agrees_with_the_vectors():
+    """Section 8's "Fatal" column: yes = fatal in the vectors; closes = a refused HELLO (not fatal)."""
+    column = {
+        m.group(1): m.group(2)
+        for m in re.finditer(r"^\| ([A-Z_]+) \| \d+ \| (yes|no|closes|see text) \|", DOC, re.M)
+    }
+    for v in INVALID:
+        expected = "yes" if v["fatal"] else "no"
+        assert column[v["nak_reason"]] == expected, v["name"]
+    refused = BY_NAME["refused.nak_auth_failed"]
+    assert column[NakReason(refused["fields"]["reason"]).name] == "closes"
 
 
 def test_doc_lists_every_nak_reason_and_deny_reason_with_its_number():

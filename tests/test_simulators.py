@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import socket
+import time
 
+from ledger.codes import JournalKind
 from protocol import (
     CLOSED,
     NEED_DATA,
@@ -18,9 +21,13 @@ from protocol import (
     Heartbeat,
     Hello,
     HelloAck,
+    Nak,
+    NakReason,
+    Passage,
     Retransmit,
     Role,
 )
+from protocol.limits import TXN_GAP_MAX
 from protocol.auth import verify_hello
 from simulators.device import (
     KIND_ENTRY,
@@ -29,15 +36,18 @@ from simulators.device import (
     KIND_TOPUP,
     Device,
     DeviceConfig,
+    Unavailable,
     event_to_json,
+    read_log,
     read_logs,
 )
 from simulators.scenarios import plan_lunch, plan_rush, run_lunch, run_rush
 from simulators.verify import verify
-from storage.demo_dataset import demo_card_uid, demo_device_key, turnstile_ids
+from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids, turnstile_ids
 from tests.support import GatewayProcess, async_wait_until
 
-_KIND_LABEL = {KIND_ENTRY: "entry", KIND_PASSAGE: "passage", KIND_PURCHASE: "purchase", KIND_TOPUP: "topup", 5: "balance"}
+# The gateway's metric label of each journal kind (5: a balance query, never journaled).
+_KIND_LABEL = {k: JournalKind(k).label for k in (KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP, 5)}
 _DECISION_LINE = re.compile(r'^ecard_decisions_total\{kind="(\w+)",reason="(\w+)"\} ([0-9.e+]+)$', re.M)
 
 
@@ -151,6 +161,13 @@ class FakeGateway:
         self.seen: list[tuple[int, bool]] = []  # (txn, advice flag) of every transaction frame decided
         self.lose_reply_of: set[int] = set()  # txns whose first reply is decided but not written
         self.hellos = 0
+        self.hello_durable: list[int] = []  # the durable_txn of every HELLO
+        self.watermark = 0  # the durable_txn our HELLO_ACK reports
+        self.busy: dict[int, int] = {}  # txn -> how many times to answer its advice NAK SERVER_BUSY
+        self.ack_before_reply: dict[int, int] = {}  # txn -> a DURABLE_ACK written just before its DECISION
+        self.gap_check = False  # NAK TXN_OUT_OF_RANGE above the highest txn taken + TXN_GAP_MAX
+        self.txn_known = 0
+        self.naks: list[tuple[int, str]] = []  # (txn, NAK reason name) of every transaction refused
         self.sessions: list[tuple[Connection, asyncio.StreamWriter]] = []
         self.server: asyncio.Server | None = None
         self.port = 0
@@ -187,13 +204,27 @@ class FakeGateway:
                 if type(event) is Hello:
                     assert verify_hello(demo_device_key(conn.device_id), conn.device_id, event)
                     self.hellos += 1
-                    writer.write(conn.send(HelloAck(0, 0, self.heartbeat_interval_ms)))
+                    self.hello_durable.append(event.durable_txn)
+                    writer.write(conn.send(HelloAck(0, self.watermark, self.heartbeat_interval_ms)))
                     continue
                 if type(event) is Heartbeat:
                     self.heartbeats += 1
                     writer.write(conn.send(Heartbeat(0)))
                     continue
-                self.seen.append((event.txn, bool(event.flags & TXN_FLAG_ADVICE)))
+                advice = bool(event.flags & TXN_FLAG_ADVICE)
+                if self.gap_check and event.txn - self.txn_known > TXN_GAP_MAX:
+                    self.naks.append((event.txn, "TXN_OUT_OF_RANGE"))
+                    writer.write(conn.send(Nak(int(NakReason.TXN_OUT_OF_RANGE), "counter corrupt")))
+                    continue
+                if advice and self.busy.get(event.txn):
+                    self.busy[event.txn] -= 1
+                    self.naks.append((event.txn, "SERVER_BUSY"))
+                    writer.write(conn.send(Nak(int(NakReason.SERVER_BUSY), "journal full")))
+                    continue
+                self.txn_known = max(self.txn_known, event.txn)
+                self.seen.append((event.txn, advice))
+                if event.txn in self.ack_before_reply:
+                    writer.write(conn.send(DurableAck(self.ack_before_reply.pop(event.txn))))
                 reply = conn.send(Decision(event.txn, 1, 0, 0, 0, 0xFF, 100, ()))
                 if event.txn in self.lose_reply_of:
                     self.lose_reply_of.discard(event.txn)
@@ -268,5 +299,200 @@ def test_idle_device_sends_heartbeats(tmp_path):
         finally:
             await device.close()
             await fake.stop()
+
+    asyncio.run(scenario())
+
+
+def _fast(port: int, **kw) -> DeviceConfig:
+    """A device config for the fake gateway: short timeouts, a compressed back-off schedule."""
+    return DeviceConfig("127.0.0.1", port, reply_timeout_s=0.2, deadline_s=10, backoff_initial_s=0.01,
+                        backoff_max_s=0.05, **kw)
+
+
+def _records(device: Device, t: str) -> list[dict]:
+    with open(device.log_path) as f:
+        return [r for r in map(json.loads, f) if r["t"] == t]
+
+
+def test_only_a_decision_then_a_durable_ack_in_one_session_drops_a_kept_txn(tmp_path):
+    """docs/protocol.md 10.4: HELLO_ACK drops nothing; a DURABLE_ACK before the DECISION drops nothing."""
+
+    async def scenario() -> None:
+        fake = await FakeGateway().start()
+        device_id = turnstile_ids(1)[0]
+        card = demo_card_uid(1)
+        try:
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), _fast(fake.port), tmp_path,
+                            seed=1)
+            device.register_card(card, 1)
+            await device.start()
+            for _ in range(2):
+                await device.card_presented(card, 1)
+            # A watermark that arrives before the DECISION of txn 3 confirms 1 and 2 (decided
+            # before it in this session) but not 3.
+            fake.ack_before_reply[3] = 3
+            assert (await device.card_presented(card, 1)).txn == 3
+            await asyncio.sleep(0.1)
+            assert sorted(device.kept) == [3] and device.watermark == 3
+            await device.close()
+
+            # A new life: the gateway's HELLO_ACK says 100, and still everything kept is replayed.
+            fake.watermark = 100
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), _fast(fake.port), tmp_path,
+                            seed=1)
+            assert sorted(device.kept) == [3] and device.watermark == 3
+            await device.start()
+            assert fake.hello_durable[-1] == 3  # the highest watermark it had seen
+            assert fake.seen[-1] == (3, True)
+            assert sorted(device.kept) == [3] and device.watermark == 100
+            fake.durable_ack(2)  # below txn 3: confirms nothing
+            await asyncio.sleep(0.1)
+            assert sorted(device.kept) == [3]
+            fake.durable_ack(3)  # after the replayed DECISION, in this session
+            assert await device.wait_settled(5)
+            await device.close()
+            assert read_log(device.log_path).kept == {}
+
+            # The gateway came back from an older database: HELLO_ACK 5 < 100 seen.
+            fake.watermark = 5
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), _fast(fake.port), tmp_path,
+                            seed=1)
+            await device.start()
+            assert fake.hello_durable[-1] == 100
+            assert device.stats.watermark_regressions == 1
+            assert _records(device, "watermark_back") == [{"t": "watermark_back", "gateway": 5, "seen": 100}]
+            assert (await device.card_presented(card, 1)).txn == 4  # the counter never goes back
+            await device.close()
+        finally:
+            await fake.stop()
+
+    asyncio.run(scenario())
+
+
+def test_server_busy_advice_is_sent_again_in_the_same_session(tmp_path):
+    async def scenario() -> None:
+        fake = await FakeGateway().start()
+        device_id = turnstile_ids(1)[0]
+        card = demo_card_uid(1)
+        try:
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), _fast(fake.port), tmp_path,
+                            seed=1)
+            device.register_card(card, 1)
+            await device.start()
+            grant = await device.card_presented(card, 1)
+            fake.busy[2] = 2
+            passage = await device.passage(card, 1, grant.txn)
+            assert passage.txn == 2 and passage.outcome == 1
+            assert fake.naks == [(2, "SERVER_BUSY"), (2, "SERVER_BUSY")]
+            assert fake.seen == [(1, False), (2, True)]  # the PASSAGE carries ADVICE, decided once
+            assert fake.hellos == 1 and device.stats.replays_deferred == 2
+            await device.close()
+        finally:
+            await fake.stop()
+
+    asyncio.run(scenario())
+
+
+def test_unanswered_passage_is_resent_with_the_advice_flag(tmp_path):
+    async def scenario() -> None:
+        fake = await FakeGateway().start()
+        device_id = turnstile_ids(1)[0]
+        card = demo_card_uid(1)
+        try:
+            lost = Passage(2, TXN_FLAG_ADVICE, 1, 1_700_000_000_000, 1, card)
+            log = tmp_path / f"device-{device_id}.jsonl"
+            log.write_text(json.dumps({"t": "txn", "txn": 2, "event": event_to_json(lost)}) + "\n")
+            device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), _fast(fake.port), tmp_path,
+                            seed=1)
+            assert device.pending == lost
+            await device.start()
+            assert fake.seen == [(2, True)] and device.pending is None
+            await device.close()
+        finally:
+            await fake.stop()
+
+    asyncio.run(scenario())
+
+
+def test_txn_out_of_range_moves_the_counter(tmp_path):
+    """docs/protocol.md 10.1: the counter moves to one above the highest txn used; same session."""
+
+    async def scenario() -> None:
+        fake = await FakeGateway().start()
+        fake.gap_check = True
+        device_id = till_ids(1)[0]
+        card = demo_card_uid(1)
+        try:
+            device = Device(device_id, DeviceKind.TILL, demo_device_key(device_id), _fast(fake.port), tmp_path, seed=1)
+            device.register_card(card, 1)
+            await device.start()
+            assert (await device.topup(card, 10_000, 1)).txn == 1
+            corrupt = TXN_GAP_MAX + 10
+            device.txn_high = corrupt  # a bit flip in the stored counter
+            decision = await device.topup(card, 20_000, 1)
+            assert decision.txn == 2 and decision.outcome == 1
+            assert fake.naks == [(corrupt + 1, "TXN_OUT_OF_RANGE")]
+            assert fake.seen == [(1, False), (2, False)] and fake.hellos == 1
+            assert device.stats.renumbered == 1
+            await device.close()
+            state = read_log(device.log_path)
+            assert state.txn_high == 2 and sorted(state.accepted) == [1, 2] and not state.sent
+            device = Device(device_id, DeviceKind.TILL, demo_device_key(device_id), _fast(fake.port), tmp_path, seed=1)
+            assert device.txn_high == 2 and device.pending is None
+            await device.close()
+        finally:
+            await fake.stop()
+
+    asyncio.run(scenario())
+
+
+def test_reconnect_backoff_is_exponential_with_full_jitter(tmp_path):
+    """docs/protocol.md 10.12: waits in [0, min(30 s, 100 ms * 2^(n-1))], reset after a 60 s session."""
+    device_id = turnstile_ids(1)[0]
+
+    def device(seed: int, path) -> Device:
+        return Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), DeviceConfig("127.0.0.1", 1),
+                      path, seed=seed)
+
+    a, b, c = device(1, tmp_path / "a"), device(1, tmp_path / "b"), device(2, tmp_path / "c")
+    waits = [a._jitter(n) for n in range(1, 14)]
+    for n, wait in enumerate(waits, 1):
+        assert 0 <= wait <= min(30.0, 0.1 * 2 ** (n - 1))
+    assert waits == [b._jitter(n) for n in range(1, 14)]  # seeded
+    assert waits != [c._jitter(n) for n in range(1, 14)]
+    assert max(a._jitter(40) for _ in range(200)) > 15  # capped at 30 s, not at 0.1 * 2^39
+    # Consecutive failures count up; a session that lasted 60 s starts the count again.
+    a._drop(broken=True)
+    a._drop(broken=True)
+    assert a._failures == 2
+    a._session_up_at = time.monotonic() - 5
+    a._drop(broken=True)
+    assert a._failures == 3
+    a._session_up_at = time.monotonic() - 61
+    a._drop(broken=True)
+    assert a._failures == 1
+    for d in (a, b, c):
+        d._log.close()
+
+
+def test_unreachable_gateway_backs_off_until_the_deadline(tmp_path):
+    async def scenario() -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]  # nothing listens there once the socket is closed
+        device_id = turnstile_ids(1)[0]
+        cfg = DeviceConfig("127.0.0.1", port, deadline_s=0.5, backoff_initial_s=0.02, backoff_max_s=0.1)
+        device = Device(device_id, DeviceKind.TURNSTILE, demo_device_key(device_id), cfg, tmp_path, seed=1)
+        started = time.monotonic()
+        try:
+            await device.start()
+        except Unavailable:
+            pass
+        else:  # pragma: no cover
+            raise AssertionError("connected to a closed port")
+        assert device.stats.connect_failures >= 3
+        assert device.stats.backoff_waits == device.stats.connect_failures - 1
+        assert time.monotonic() - started >= 0.5
+        device._log.close()
 
     asyncio.run(scenario())

@@ -57,6 +57,7 @@ from protocol import (  # noqa: E402
     Purchase,
     RemoteProtocolError,
     Role,
+    State,
     TopupCash,
     crc16,
 )
@@ -70,8 +71,10 @@ from protocol.limits import (  # noqa: E402
     ITEMS_MAX,
     NAK_DETAIL_BYTES_MAX,
     PAYLOAD_BYTES_MAX,
+    PENDING_FRAMES_MAX,
     PROTOCOL_VERSION,
     START_BYTE,
+    TXN_GAP_MAX,
 )
 
 OUT = Path(__file__).with_name("protocol_v1.json")
@@ -151,6 +154,8 @@ Step = tuple[str, str, Event, str]
 
 LUNCH = (Item(1, 1, 9_500), Item(4, 2, 4_500))  # breakfast + two juices = 185.00 rubles
 BUFFET = (Item(2, 10, 16_500),)  # ten lunches for a class trip, sold offline
+# A corrupt counter: far more than TXN_GAP_MAX above txn 6, the highest the gateway knows.
+CORRUPT_TXN = 6 + TXN_GAP_MAX + 1
 
 SESSIONS: list[tuple[str, int, str, list[Step]]] = [
     (
@@ -189,23 +194,69 @@ SESSIONS: list[tuple[str, int, str, list[Step]]] = [
     (
         "turnstile_reconnect",
         TURNSTILE_ID,
-        "The same turnstile reconnects. Its HELLO reports durable_txn 1; the gateway's watermark is "
-        "still 1, so the device replays accepted txn 2 before anything new: the gateway had decided "
-        "it, answers the stored result with DUPLICATE and applies nothing. Then DURABLE_ACK covers it.",
+        "The same turnstile reconnects. Its HELLO reports durable_txn 1, the highest watermark it has "
+        "seen. A HELLO_ACK confirms nothing, so the device replays everything it keeps (here accepted "
+        "txn 2, whose DURABLE_ACK never came in the first session) before anything new: the gateway had "
+        "decided it, answers the stored result with DUPLICATE and applies nothing. The DURABLE_ACK 2 "
+        "that follows the DECISION in this session lets the device drop txn 2 (section 10.4).",
         [
             ("turnstile_reconnect.hello", DEVICE_TO_GATEWAY,
              hello(TURNSTILE_ID, DeviceKind.TURNSTILE, "turnstile-2.4.1", 1, T0 + 60_000, 0xA2),
              "HELLO: durable_txn 1 seen, fresh nonce"),
             ("turnstile_reconnect.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 60_001, 1, 10_000),
-             "HELLO_ACK: gateway watermark 1"),
+             "HELLO_ACK: gateway watermark 1; it drops nothing on the device"),
             ("turnstile_reconnect.passage_replay", DEVICE_TO_GATEWAY,
              Passage(2, TXN_FLAG_ADVICE, Direction.IN, T0 + 2_500, 1, CARD),
              "PASSAGE txn 2 again (ADVICE), now with seq 1 of the new session"),
             ("turnstile_reconnect.decision_duplicate", GATEWAY_TO_DEVICE,
              decision(2, DenyReason.OK, 0, 105, flags=DECISION_FLAG_DUPLICATE),
              "DECISION ACCEPT with flag DUPLICATE: the stored result, nothing applied"),
-            ("turnstile_reconnect.durable_ack", GATEWAY_TO_DEVICE, DurableAck(3),
-             "DURABLE_ACK 3: the device may drop everything up to txn 3"),
+            ("turnstile_reconnect.durable_ack", GATEWAY_TO_DEVICE, DurableAck(2),
+             "DURABLE_ACK 2 after the DECISION for txn 2 in this session: the device drops txn 2"),
+        ],
+    ),
+    (
+        "turnstile_grants",
+        TURNSTILE_ID,
+        "The turnstile again, in a new session. A pupil is let in (grant txn 4) and goes through "
+        "(PASSAGE txn 5 names grant 4). A PASSAGE naming txn 3, which was a DENY, is refused NO_GRANT "
+        "and not counted. Then the device's counter jumps (corrupt) more than TXN_GAP_MAX above the "
+        "highest txn the gateway knows: NAK TXN_OUT_OF_RANGE, nothing decided, the txn does not count "
+        "as sent. The device moves its counter above the highest txn it used (6) and sends the tap "
+        "again as txn 7 in the same session.",
+        [
+            ("turnstile_grants.hello", DEVICE_TO_GATEWAY,
+             hello(TURNSTILE_ID, DeviceKind.TURNSTILE, "turnstile-2.4.1", 2, T0 + 120_000, 0xA3),
+             "HELLO: durable_txn 2, the highest watermark seen"),
+            ("turnstile_grants.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 120_001, 2, 10_000),
+             "HELLO_ACK: gateway watermark 2; nothing kept, nothing to replay"),
+            ("turnstile_grants.card_presented", DEVICE_TO_GATEWAY,
+             CardPresented(4, 0, Direction.IN, T0 + 121_000, CARD), "CARD_PRESENTED txn 4, direction IN"),
+            ("turnstile_grants.decision_accept", GATEWAY_TO_DEVICE, decision(4, DenyReason.OK, 0, 100),
+             "DECISION ACCEPT: a grant for this card at this device"),
+            ("turnstile_grants.passage", DEVICE_TO_GATEWAY,
+             Passage(5, TXN_FLAG_ADVICE, Direction.IN, T0 + 122_000, 4, CARD),
+             "PASSAGE txn 5 names grant 4 (same device, same identifier), ADVICE as on every PASSAGE"),
+            ("turnstile_grants.decision_passage", GATEWAY_TO_DEVICE, decision(5, DenyReason.OK, 0, 105),
+             "DECISION ACCEPT, template 105: counted as an entry"),
+            ("turnstile_grants.passage_no_grant", DEVICE_TO_GATEWAY,
+             Passage(6, TXN_FLAG_ADVICE, Direction.IN, T0 + 123_000, 3, CARD),
+             "PASSAGE txn 6 names txn 3, which the gateway denied (UNKNOWN_CARD, another card)"),
+            ("turnstile_grants.decision_no_grant", GATEWAY_TO_DEVICE, decision(6, DenyReason.NO_GRANT, 0, 23),
+             "DECISION DENY NO_GRANT, template 23 (the reason number), balance 0: not counted"),
+            ("turnstile_grants.card_txn_out_of_range", DEVICE_TO_GATEWAY,
+             CardPresented(CORRUPT_TXN, 0, Direction.IN, T0 + 124_000, CARD),
+             f"CARD_PRESENTED txn {CORRUPT_TXN}: more than 2^32 above 6, the highest txn the gateway knows"),
+            ("turnstile_grants.nak_txn_out_of_range", GATEWAY_TO_DEVICE,
+             Nak(int(NakReason.TXN_OUT_OF_RANGE), f"txn {CORRUPT_TXN} more than 2^32 above 6"),
+             "NAK TXN_OUT_OF_RANGE: takes the seq, nothing decided, the txn does not count as sent"),
+            ("turnstile_grants.card_renumbered", DEVICE_TO_GATEWAY,
+             CardPresented(7, 0, Direction.IN, T0 + 124_000, CARD),
+             "The same tap as txn 7: one above max(HELLO_ACK durable_txn 2, highest txn used 6)"),
+            ("turnstile_grants.decision_renumbered", GATEWAY_TO_DEVICE, decision(7, DenyReason.OK, 0, 100),
+             "DECISION ACCEPT"),
+            ("turnstile_grants.durable_ack", GATEWAY_TO_DEVICE, DurableAck(7),
+             "DURABLE_ACK 7: txns 4, 5 and 7 were accepted in this session before it, so they are dropped"),
         ],
     ),
     (
@@ -298,8 +349,10 @@ def play_sessions() -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
                     "fields": fields_of(event),
                 }
             )
+        assert device.state is gateway.state, (session_name, device.state, gateway.state)
         index.append({"name": session_name, "device_id": device_id, "description": description,
-                      "frames": [step[0] for step in steps]})
+                      "frames": [step[0] for step in steps], "end_state": gateway.state.name,
+                      "closes": gateway.state is State.CLOSED})
     return vectors, index
 
 
@@ -341,16 +394,22 @@ def invalid_frames() -> list[dict[str, Any]]:
     out: list[dict[str, Any]] = []
 
     def add(name: str, state: str, data: bytes, reason: NakReason, fatal: bool, takes_seq: bool | None,
-            description: str) -> None:
+            description: str, *, one_read: bool = False) -> None:
+        gateway_side = state.startswith("gateway")
         out.append(
             {
                 "name": name,
-                "role": DEVICE_TO_GATEWAY if state.startswith("gateway") else GATEWAY_TO_DEVICE,
+                "role": DEVICE_TO_GATEWAY if gateway_side else GATEWAY_TO_DEVICE,
                 "receiver_state": state,
                 "hex": data.hex(),
+                "one_read": one_read,
                 "nak_reason": reason.name,
                 "nak_reason_code": int(reason),
                 "fatal": fatal,
+                # Only a refused HELLO closes without being fatal, and that is decided above the
+                # Connection (registry, MAC): see the "refused" session. For the frames here a
+                # gateway closes exactly when the error is fatal.
+                "closes": fatal if gateway_side else None,
                 "takes_seq": takes_seq,
                 "description": description,
             }
@@ -379,6 +438,25 @@ def invalid_frames() -> list[dict[str, Any]]:
         f"Only a header declaring a {PAYLOAD_BYTES_MAX + 1}-byte payload: refused before the body arrives.")
     add("device_mismatch", R, raw_frame(T + 1, 1, card_type, card_payload), NakReason.DEVICE_MISMATCH, True, None,
         "A frame of device 1000002 on the session of device 1000001.")
+    other = hello(STRANGER_ID, DeviceKind.TURNSTILE, "turnstile-2.4.1", 0, T0, 0xC2)
+    add("hello_other_device", R, raw_frame(STRANGER_ID, 0, int(MessageType.HELLO), other.encode_payload()),
+        NakReason.DEVICE_MISMATCH, True, None,
+        "A HELLO of device 1000002 (correctly signed) on the open session of device 1000001: refused from "
+        "the header (NAK seq 0), the connection closes, the session is not handed over.")
+    flood = b"".join(
+        raw_frame(T, seq, int(MessageType.HEARTBEAT), Heartbeat(T0 + seq).encode_payload())
+        for seq in range(1, PENDING_FRAMES_MAX + 2)
+    )
+    add("too_many_pending", R, flood, NakReason.TOO_MANY_PENDING, True, None,
+        f"{PENDING_FRAMES_MAX + 1} well-formed HEARTBEATs (seq 1..{PENDING_FRAMES_MAX + 1}) in one read: none is "
+        "answered; one NAK with seq 0 and the session's device id, then the connection closes.", one_read=True)
+    flood_idle = bytes.fromhex(json_hello_payload_frame()) + b"".join(
+        raw_frame(T, seq, int(MessageType.HEARTBEAT), Heartbeat(T0 + seq).encode_payload())
+        for seq in range(1, PENDING_FRAMES_MAX + 1)
+    )
+    add("too_many_pending_with_hello", I, flood_idle, NakReason.TOO_MANY_PENDING, True, None,
+        f"turnstile.hello followed by {PENDING_FRAMES_MAX} HEARTBEATs in one read: not even the HELLO is "
+        "decided; the NAK carries device id 0 and seq 0.", one_read=True)
     # ---- refused before taking a sequence number: non-fatal
     add("bad_crc", R, good[:-2] + bytes((good[-2] ^ 0x01, good[-1])), NakReason.BAD_CRC, False, False,
         "turnstile.card_presented with the low CRC byte flipped.")
@@ -497,6 +575,11 @@ def json_hello_payload() -> str:
     return SESSIONS[0][3][0][2].encode_payload().hex()
 
 
+def json_hello_payload_frame() -> str:
+    """The whole frame of turnstile.hello (device 1000001, seq 0)."""
+    return raw_frame(TURNSTILE_ID, 0, int(MessageType.HELLO), bytes.fromhex(json_hello_payload())).hex()
+
+
 # --------------------------------------------------------------------------- check + render
 
 
@@ -538,6 +621,15 @@ def build() -> dict[str, Any]:
             "'setup' frames of receiver_states (the receiver sends its own frames, receives the peer's)",
             "takes_seq": "gateway receivers only: true if the refused frame took its sequence number "
             "(the NAK is the cached reply to it), false if the next frame must reuse that sequence number",
+            "fatal": "framing is lost: the receiver moves to ERROR, which is sticky (every later read fails "
+            "the same way); a gateway sends the NAK and closes the connection, a device closes it",
+            "closes": "gateway receivers only: the gateway closes the connection after its NAK. True for "
+            "every fatal error; a session's 'closes' is true when a decoded HELLO was refused (the gateway "
+            "moves to CLOSED, not ERROR: not fatal, but the connection ends)",
+            "one_read": "the invalid bytes arrive in one read (TOO_MANY_PENDING is decided per read); "
+            "fed byte by byte they would be a different case",
+            "end_state": "the state both Connections are in after the session's frames (READY, or CLOSED "
+            "after a refused HELLO)",
         },
         "crc": {
             "name": "CRC-16/AUG-CCITT",
