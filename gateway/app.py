@@ -1,7 +1,8 @@
 """The gateway's life cycle: start in order, serve, shut down in order.
 
 Start: file limit, database (named or embedded), migrations, demo data on an
-empty database, the in-memory cache loaded in bulk, the journal writer, the
+empty database, the ledger state loaded in bulk (balances and counters from
+the machine's checkpoints, the idempotency window from the journal), the journal writer, the
 device listener, metrics, the progress line.
 Shutdown (SIGINT/SIGTERM only set an event): stop accepting, flush the journal
 within shutdown_grace_ms (the last DURABLE_ACKs go out), close the device

@@ -171,6 +171,11 @@ class DeviceSession(asyncio.Protocol):
             self.closing = True
             return self.conn.send(reply)
         device = core.state.devices[device_id]
+        if hello.durable_txn > device.durable_txn:
+            log.warning(
+                "device %d saw watermark %d, ours is %d (a database restore, or a device from elsewhere)",
+                device_id, hello.durable_txn, device.durable_txn,
+            )
         previous = core.sessions.opened(self, device_id, device.school_id)
         if previous is not None:
             previous.close("replaced by a new session of the same device")

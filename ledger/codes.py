@@ -93,10 +93,3 @@ class OutboxKind(enum.StrEnum):
     """outbox.kind: events for parents (delivered by the notifier)."""
 
     LOW_BALANCE = "low_balance"
-
-
-class TimeSource(enum.IntEnum):
-    """Which clock a journal row was judged by (journal.happened_at_ms)."""
-
-    GATEWAY = 0  # live requests, and advices whose reader time was outside the offline window
-    READER = 1  # an advice judged at the reader's time (within the offline window)

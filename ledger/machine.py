@@ -59,6 +59,7 @@ from .rules import (
     KIND_TOPUP,
     OK,
     AMOUNT_INVALID,
+    NO_GRANT,
     Original,
     Verdict,
     accept_template,
@@ -242,6 +243,10 @@ class Machine:
         if previous is not None:
             device.session_last_txn = txn
             tally.decisions[kind][previous.reason] += 1
+            if previous.outcome and txn <= device.durable_txn:
+                # Already durable: the device can drop it only on a watermark that comes
+                # after this DECISION in this session (spec 10.3), so one goes out with it.
+                device.ack_pending = True
             return msgspec.structs.replace(previous, flags=DECISION_FLAG_DUPLICATE)
         if txn <= device.forgotten_txn_max:
             device.session_last_txn = txn
@@ -277,10 +282,11 @@ class Machine:
         self.tally.decisions[kind][reason] += 1
         if advice and reason == AMOUNT_INVALID:
             self.tally.security[SecurityEvent.ADVICE_TOPUP_ABOVE_CAP] += 1
-        elif kind == KIND_PASSAGE and reason != OK:
+        elif reason == NO_GRANT:
             self.tally.security[SecurityEvent.PASSAGE_WITHOUT_GRANT] += 1
         balance = 0
-        if reason in BALANCE_SHOWN_ON_DENY and device.kind == DeviceKind.TILL:
+        if reason in BALANCE_SHOWN_ON_DENY and not advice and device.kind == DeviceKind.TILL:
+            # Only once the card and school checks passed (an advice skips them).
             balance = self.state.accounts.balance[verdict.account_id]
         decision = Decision(txn, DENY, reason, 0, balance, verdict.item_index, reason, verdict.params)
         device.remember(txn, decision, self._window)
@@ -320,7 +326,7 @@ class Machine:
         device.undurable.add(txn)
         device.remember(txn, decision, self._window)
         if kind == KIND_ENTRY:
-            device.grant(txn, request.identifier)
+            device.grant(txn, request.identifier, self._window)
         return decision
 
     def _checkpoints(self, debit: int, credit: int) -> tuple[AccountCheckpoint, ...]:
@@ -425,7 +431,7 @@ class Machine:
                 continue
             device.remember(row.device_txn, stored_decision(row), window)
             if row.kind == KIND_ENTRY:
-                device.grant(row.device_txn, bytes(row.identifier))
+                device.grant(row.device_txn, bytes(row.identifier), window)
             counts[row.device_id] = counts.get(row.device_id, 0) + 1
             if row.device_txn > device.txn_seen_max:
                 device.txn_seen_max = row.device_txn

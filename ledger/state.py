@@ -31,9 +31,6 @@ NO_LIMIT = -1
 # HELLO nonces remembered per device: a replayed HELLO inside the clock-skew
 # window is refused. A device says HELLO a few times a day; 32 spans days.
 HELLO_NONCES_MAX = 32
-# Grants (accepted CARD_PRESENTED) remembered per device for PASSAGE checks: a
-# passage follows its grant within seconds, a few txns later at most.
-GRANTS_MAX = 64
 
 _PUPIL = int(AccountKind.PUPIL)
 _ACTIVE = int(IdentifierStatus.ACTIVE)
@@ -225,7 +222,8 @@ class DeviceState:
         # next(iter(d)) walk every deleted slot until it is resized: a deque does not.
         self.recent_order: deque[int] = deque()
         self.forgotten_txn_max = 0
-        # Accepted CARD_PRESENTED txn -> identifier, newest GRANTS_MAX: a PASSAGE must name one.
+        # Accepted CARD_PRESENTED txn -> identifier, as many as the idempotency window
+        # (spec 4.5): a PASSAGE must name one; it follows its grant within seconds.
         self.grants: dict[int, bytes] = {}
         self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
 
@@ -249,10 +247,10 @@ class DeviceState:
             if oldest > self.forgotten_txn_max:
                 self.forgotten_txn_max = oldest
 
-    def grant(self, txn: int, identifier: bytes) -> None:
+    def grant(self, txn: int, identifier: bytes, window: int) -> None:
         grants = self.grants
         grants[txn] = identifier
-        if len(grants) > GRANTS_MAX:
+        if len(grants) > window:
             del grants[next(iter(grants))]
 
     def made_durable(self, txns: list[int]) -> bool:

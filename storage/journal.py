@@ -2,12 +2,14 @@
 
 The gateway appends entries synchronously (no await on the hot path); a flusher
 task writes them every ``flush_interval_ms`` or every ``batch_events_max``
-entries, whichever comes first, in ONE transaction per batch: COPY of the
-journal rows, one set-based UPDATE of the balances they leave, and the results
-of money commands and outbox events that came with them. Only after COMMIT are
-entries dropped from the queue and reported durable, so a failed batch is
-retried whole. A device's durable watermark is the highest txn of its journal
-rows (read back at start); it is not written separately.
+entries, whichever comes first, in ONE statement per batch (atomic): the
+journal rows, one set-based UPDATE of the balances and day counters they leave
+(the machine's checkpoints), the results of money commands and the outbox
+events that came with them. Only after COMMIT are entries dropped from the
+queue and reported durable (the machine then moves the devices' prefix
+watermarks), so a failed batch is retried whole, and exactly: after a failure
+whose outcome is unknown the same entries go again, and rows already there are
+skipped (ON CONFLICT), which the log then reports as such.
 
 The queue is bounded (``queue_events_max``): when PostgreSQL is slow or down the
 gateway keeps deciding while there is room, then refuses with TRY_AGAIN_LATER.

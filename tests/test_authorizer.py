@@ -106,8 +106,8 @@ def test_entry_advice_is_never_declined_even_for_a_card_blocked_since(cache):
 
 
 def test_passage_recorded_for_known_card_unknown_refused(cache):
-    TURNSTILE.grant(1, BLOCKED_CARD)  # the turnstile opened for it (txn 1), then it was blocked
-    TURNSTILE.grant(3, CARD)
+    TURNSTILE.grant(1, BLOCKED_CARD, 256)  # the turnstile opened for it (txn 1), then it was blocked
+    TURNSTILE.grant(3, CARD, 256)
     assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, BLOCKED_CARD), NOW_MS).reason == OK
     assert authorize_passage(cache, TURNSTILE, Passage(4, 0, 1, NOW_MS, 3, CARD), NOW_MS).reason == OK
     assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, UNKNOWN), NOW_MS).reason == DenyReason.UNKNOWN_CARD
@@ -118,7 +118,7 @@ def test_passage_recorded_for_known_card_unknown_refused(cache):
 
 
 def test_passage_naming_no_grant_of_this_card_is_no_grant(cache):
-    TURNSTILE.grant(11, CARD)
+    TURNSTILE.grant(11, CARD, 256)
     never_granted = Passage(13, 0, 1, NOW_MS, 12, CARD)
     assert authorize_passage(cache, TURNSTILE, never_granted, NOW_MS).reason == DenyReason.NO_GRANT
     other_card = Passage(13, 0, 1, NOW_MS, 11, BLOCKED_CARD)
