@@ -15,7 +15,8 @@ import pytest
 
 from loadtests import frames as F
 from loadtests import procs
-from loadtests.bench import Plan, summarize, table
+from loadtests.bench import Plan, saturation, summarize, table
+from loadtests.pyspy import own_time
 from loadtests.loadgen import run_load
 from loadtests.locust_run import run_locust
 from loadtests.workloads import baskets, device_ids, split_devices, workload
@@ -94,7 +95,7 @@ def test_loadgen_counts_match_the_gateway(demo_dsn, tmp_path):
     assert result["errors"] == [] and result["lost"] == 0
     assert result["hello_acked"] == 6
     totals = result["totals"]
-    assert totals["sent"] == totals["decisions"] == 300 and totals["naks"] == 0
+    assert totals["sent"] == totals["decisions"] == 300 and totals["naks"] == 0, (totals, result["outcomes"])
     assert result["window_replies"] == 300 == result["latency_us"]["count"]
     assert set(result["outcomes"]) == {"CARD_PRESENTED", "PURCHASE"}
     assert sum(result["total_outcomes"].values()) == 300
@@ -138,15 +139,82 @@ def test_bench_report_renders_partial_results():
     res = {
         "ceiling": {"1000": {"throughput_per_s": 100.0, "latency_us": {"p99": 5}, "server_cpu_us_per_decision": 10.0}},
         "ecard": {
-            "closed": {"1000": {"throughput_per_s": 70.0, "latency_us": {"p99": 7}, "server_cpu_us_per_decision": 12.0}}
+            "closed": {"1000": {"throughput_per_s": 70.0, "latency_us": {"p99": 7}, "server_cpu_us_per_decision": 12.0}},
+            "held": {
+                "rate": 3_500,
+                "devices": 1_000,
+                "basis": {"ecard_closed_1000_per_s": 70.0, "fraction": 0.5},
+                "ecard": {
+                    "throughput_per_s": 3_500.0,
+                    "latency_us": {"p99": 900},
+                    "server_latency_us": {"0.99": 40},
+                    "durable_lag_ms": {"0.99": 30},
+                    "server_cpu_us_per_decision": 25.0,
+                    "pg_cpu_us_per_journaled": 6.0,
+                    "saturated": [],
+                },
+                "ceiling": {"throughput_per_s": 3_500.0, "latency_us": {"p99": 300}, "server_cpu_us_per_decision": 10.0, "saturated": []},
+                "cpu_per_decision_vs_ceiling": 2.5,
+            },
         },
     }
     res["summary"] = summarize(res)
-    assert res["summary"]["targets"]["throughput_vs_ceiling"]["met"] is True
-    assert res["summary"]["targets"]["cpu_per_decision_vs_ceiling"]["met"] is True
+    targets = res["summary"]["targets"]
+    assert targets["throughput_vs_ceiling"]["met"] is True
+    assert targets["held_cpu_per_decision_vs_ceiling"]["value"] == 2.5
+    assert targets["held_cpu_per_decision_vs_ceiling"]["met"] is False
+    assert targets["held_pg_cpu_us_per_journaled"]["met"] is True
+    assert targets["held_durable_p99_ms"]["met"] is False
+    assert targets["throughput_vs_baseline"]["met"] is None  # no baseline in these results
     text = table(res)
-    assert "ceiling" in text and "ecard" in text and "throughput_vs_ceiling" in text
+    assert "ceiling" in text and "ecard" in text and "held rate 3,500 taps/s" in text
+    assert "PASS" in text and "MISS" in text and "NOT MEASURED" in text
     assert Plan(quick=True).duration_s < Plan(quick=False).duration_s
+    assert Plan(quick=True).held_rate(25_172.4) == 12_600
+
+
+def test_saturation_names_its_reasons():
+    held = {"target_rate": 10_000, "throughput_per_s": 9_990.0, "totals": {"sent": 50_000}, "late": 10,
+            "server_busy_cores": 0.4, "loadgen_busy_cores_per_process": 0.5, "machine_busy_cores": 1.2}
+    assert saturation(held) == []
+    behind = dict(held, throughput_per_s=9_000.0, late=5_000, server_busy_cores=0.95, window_not_decided=3)
+    reasons = saturation(behind)
+    assert len(reasons) == 4
+    assert any("achieved" in r for r in reasons) and any("late taps" in r for r in reasons)
+    assert any("server CPU" in r for r in reasons) and any("refused" in r for r in reasons)
+
+
+def test_postgres_cpu_counts_processes_that_come_and_go():
+    # (pid, start time) -> CPU seconds; "reaped": the postmaster's children_user + children_system.
+    s0 = {"procs": {(1, 0.0): 1.0, (2, 0.0): 5.0, (3, 0.0): 2.0}, "reaped": 10.0, "t": 0.0}
+    # pid 3 exited with 2.5 s in all (reaped), pid 4 started and used 0.25 s, pid 2 used 1 s more.
+    s1 = {"procs": {(1, 0.0): 1.5, (2, 0.0): 6.0, (4, 7.0): 0.25}, "reaped": 12.5, "t": 1.0}
+    assert procs.PostgresCPU.seconds(s0, s1) == pytest.approx(0.5 + 1.0 + 0.25 + 0.5)
+
+
+def test_postgres_cpu_finds_the_server(pg_admin_dsn):
+    pg = procs.PostgresCPU.find(pg_admin_dsn)
+    assert pg is not None and pg.scope in ("server", "machine") and pg.pids
+    s0 = pg.snapshot()
+    assert s0["procs"] and procs.PostgresCPU.seconds(s0, pg.snapshot()) >= 0.0
+
+
+def test_histogram_quantile_reads_bucket_bounds():
+    m = procs.parse_metrics('x_bucket{le="1"} 5\nx_bucket{le="10"} 98\nx_bucket{le="+Inf"} 100\n')
+    assert procs.histogram_quantile(m, "x", 0.5) == 10.0
+    assert procs.histogram_quantile(m, "x", 0.99) == "> 10"
+    assert procs.histogram_quantile(m, "y", 0.99) is None
+
+
+def test_pyspy_own_time_sums_innermost_frames():
+    speedscope = {
+        "shared": {"frames": [{"name": "run", "file": "a.py"}, {"name": "decide", "file": "b.py"}, {"name": "decide", "file": "b.py", "line": 9}]},
+        "profiles": [{"samples": [[0, 1], [0, 2], [0], []], "weights": [1, 1, 2, 1]}],
+    }
+    summary = own_time(speedscope)
+    assert summary["samples"] == 3 and summary["sampled_s"] == 4  # py-spy weighs samples in seconds
+    assert [(r["function"], r["samples"], r["own_fraction"]) for r in summary["top"]] == [("decide", 2, 0.5), ("run", 1, 0.5)]
+    assert sum(r["own_fraction"] for r in summary["top"]) == pytest.approx(1.0)
 
 
 @pytest.mark.slow
@@ -168,8 +236,54 @@ def test_bench_quick_runs_every_phase(tmp_path):
         assert res["baseline"][c]["window_replies"] > 0
         assert res["ecard"]["closed"][c]["window_replies"] > 0
     assert res["ecard"]["paced"]["window_replies"] > 0
+    assert isinstance(res["ecard"]["paced"]["saturated"], list)
+
+    def positive(value):
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+
+    # CPU of the machine, the servers and PostgreSQL over the window (figures, not thresholds).
+    assert res["postgres_cpu"]["scope"] in ("server", "machine")
+    for c in ("1", "100", "1000"):
+        for system in (res["ceiling"][c], res["baseline"][c], res["ecard"]["closed"][c]):
+            assert positive(system["machine_cpu_us_per_decision"])
+            assert positive(system["server_cpu_us_per_decision"])
+            assert system["pg_cpu_window_s"] >= 0
+        assert positive(res["baseline"][c]["pg_cpu_us_per_journaled"])
+        assert positive(res["ecard"]["closed"][c]["pg_cpu_us_per_journaled"])
+    # The held rate: half of ecard's closed loop at 1,000 devices, ecard and the ceiling both paced at it.
+    held = res["ecard"]["held"]
+    assert positive(held["rate"]) and held["basis"]["ecard_closed_1000_per_s"] == res["ecard"]["closed"]["1000"]["throughput_per_s"]
+    for name in ("ecard", "ceiling"):
+        assert held[name]["target_rate"] == held["rate"]
+        assert positive(held[name]["throughput_per_s"])
+        assert positive(held[name]["server_cpu_us_per_decision"])
+        assert positive(held[name]["machine_cpu_us_per_decision"])
+        assert positive(held[name]["latency_us"]["p99"])
+        assert isinstance(held[name]["saturated"], list)
+    assert positive(held["ecard"]["pg_cpu_us_per_journaled"])
+    assert positive(held["ecard"]["server_latency_us"]["0.99"])
+    assert positive(held["ecard"]["durable_lag_ms"]["0.99"])
+    assert positive(held["cpu_per_decision_vs_ceiling"])
+    summary = res["summary"]
+    for key in (
+        "held_cpu_per_decision_vs_ceiling",
+        "held_pg_cpu_us_per_journaled",
+        "held_client_p99_us",
+        "held_durable_p99_ms",
+        "held_server_p99_us",
+        "held_ecard_machine_cpu_us_per_decision",
+        "throughput_vs_ceiling",
+        "throughput_vs_baseline",
+        "rules_throughput_vs_core",
+    ):
+        assert positive(summary[key]), key
+        if key in summary["targets"]:
+            assert summary["targets"][key]["met"] in (True, False)
+    assert res["rules"]["paced"]["target_rate"] == held["rate"]
     storm = res["ecard"]["storm"]
     assert storm["acked"] == 300 and storm["held"]["gateway_devices_connected"] == 300
     assert res["cache"]["cache"]["accounts"] >= 5_000
     assert "crash" not in res  # --quick leaves the long crash phase out
-    assert "targets:" in p.stdout
+    assert "targets (ratios and figures of this run):" in p.stdout
+    assert "held rate" in p.stdout
+    assert ("PASS" in p.stdout or "MISS" in p.stdout) and "NOT MEASURED" not in p.stdout

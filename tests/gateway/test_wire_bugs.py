@@ -13,7 +13,7 @@ from protocol import DeviceKind, HelloAck, Item, NakReason, Purchase, encode_fra
 from protocol.limits import PENDING_FRAMES_MAX
 from storage.demo_dataset import demo_card_uid, till_ids
 from tests.device_client import DeviceClient
-from tests.test_gateway import fetch, running_gateway
+from tests.gateway.test_gateway import fetch, running_gateway
 
 pytestmark = pytest.mark.pg
 

@@ -44,7 +44,7 @@ from protocol import limits
 from protocol.auth import hello_mac, verify_hello
 from protocol.state import TRANSITIONS
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VECTORS_PATH = ROOT / "tests" / "vectors" / "protocol_v1.json"
 DOC_PATH = ROOT / "docs" / "protocol.md"
 VECTORS: dict[str, Any] = json.loads(VECTORS_PATH.read_text(encoding="utf-8"))

@@ -46,7 +46,7 @@ from protocol import (
 from protocol import limits
 from protocol.auth import hello_mac, sign_hello, verify_hello
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "protocol_v1.json").read_text(encoding="utf-8"))
 BY_NAME = {v["name"]: v for v in VECTORS["valid"]}
 D = 1_000_001  # the turnstile of the vectors

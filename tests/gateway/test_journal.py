@@ -12,7 +12,7 @@ import asyncio
 
 from protocol import TXN_FLAG_ADVICE, Decision, DenyReason, DeviceKind, Nak, NakReason
 from tests.support import TcpProxy, async_wait_until, pg_upstream, proxied_dsn
-from tests.test_gateway import TILL, balance, device, fetch, purchase, running_gateway, wait_durable
+from tests.gateway.test_gateway import TILL, balance, device, fetch, purchase, running_gateway, wait_durable
 
 
 def test_database_outage_fills_queue_then_refuses_then_recovers(demo_dsn):

@@ -9,8 +9,8 @@ import time
 from protocol import CardPresented, DenyReason, DeviceKind, Item, Purchase
 from storage.demo_dataset import demo_card_uid
 from tests.support import async_wait_until
-from tests.test_gateway import TILL, TURNSTILE, device, running_gateway
-from tests.test_staff_api import make_api
+from tests.gateway.test_gateway import TILL, TURNSTILE, device, running_gateway
+from tests.staff_api.test_staff_api import make_api
 
 
 def test_block_temporary_card_and_controls_through_the_api_reach_the_taps(demo_dsn):

@@ -12,7 +12,7 @@ from protocol import CardPresented, DenyReason, DeviceKind
 from storage import changes, commands
 from storage.demo_dataset import demo_card_uid
 from tests.support import async_wait_until
-from tests.test_gateway import TILL, TURNSTILE, device, fetch, purchase, running_gateway, wait_durable
+from tests.gateway.test_gateway import TILL, TURNSTILE, device, fetch, purchase, running_gateway, wait_durable
 
 
 async def submit(dsn: str, key: str, kind: str, payload: dict, wait_ms: int = 10_000):
