@@ -30,31 +30,35 @@ def apply_identifier(state: LedgerState, identifier: bytes, row) -> None:
     state.add_identifier(bytes(ident), account_id, status, expires_at_ms)
 
 
-async def load_accounts(conn: asyncpg.Connection, state: LedgerState) -> list[int]:
-    """Every account with its checkpointed balance and counters; returns the ids that
-    have no counters checkpoint yet (never moved since migration 0007)."""
-    unchecked = []
+async def load_accounts(conn: asyncpg.Connection, state: LedgerState) -> None:
+    """Every account with its checkpointed balance and counters.
+
+    The school reference (policies) must be loaded first: a pupil account without a
+    counters checkpoint (never moved since migration 0007) starts with its low-balance
+    alert given if it is below its school's threshold, as the alert was (or is being) sent.
+    """
     max_id = await conn.fetchval("SELECT coalesce(max(id), 0) FROM accounts")
     state.accounts.grow_to(max_id + 1)
     add_account = state.add_account
     restore = state.accounts.restore_counters
     decode = snapshot.decode_counters
+    low_alerted = state.accounts.low_alerted
+    policy = state.policy
+    pupil = int(AccountKind.PUPIL)
     async for chunk in snapshot.accounts(conn):
         for row in chunk:
             add_account(row)
             if row[6] is not None:
                 restore(row[0], decode(row[6]))
-            else:
-                unchecked.append(row[0])
-    return unchecked
+            elif row[1] == pupil and row[4] < policy(row[2]).low_balance_threshold_kopecks:
+                low_alerted[row[0]] = 1
 
 
 async def load_state(conn: asyncpg.Connection, machine: Machine) -> None:
     """Everything the machine decides against, as the last commit left it."""
     state = machine.state
-    for school_id, offset_minutes in await snapshot.schools(conn):
-        state.school_offset_ms[school_id] = offset_minutes * 60_000
-    unchecked = await load_accounts(conn, state)
+    state.apply_school_reference(await snapshot.school_reference(conn))
+    await load_accounts(conn, state)
     # Pair assertion: what the writer checkpointed must still be a balanced ledger.
     assert state.ledger_total() == 0, f"the ledger read back sums to {state.ledger_total()}, not 0"
     identifiers = state.identifiers
@@ -64,18 +68,13 @@ async def load_state(conn: asyncpg.Connection, machine: Machine) -> None:
     for row in await snapshot.devices(conn):
         state.devices[row["id"]] = device_state(row)
     machine.recall(await snapshot.recent_transactions(conn, machine.limits.idempotency_window_txns))
-    await load_reference(conn, state)
-    accounts = state.accounts
-    for account_id in unchecked:
-        if accounts.kind[account_id] == AccountKind.PUPIL:
-            # No checkpoint: below the threshold at start means its alert was given.
-            threshold = state.policy(accounts.school[account_id]).low_balance_threshold_kopecks
-            accounts.low_alerted[account_id] = 1 if accounts.balance[account_id] < threshold else 0
+    await load_reference(conn, state, school_reference=False)
 
 
-async def load_reference(conn: asyncpg.Connection, state: LedgerState) -> None:
+async def load_reference(conn: asyncpg.Connection, state: LedgerState, *, school_reference: bool = True) -> None:
     """Cards with a state, pupils, controls, pre-orders and school reference data."""
-    state.apply_school_reference(await snapshot.school_reference(conn))
+    if school_reference:
+        state.apply_school_reference(await snapshot.school_reference(conn))
     for row in await snapshot.identifiers_with_state(conn):
         apply_identifier(state, bytes(row[0]), row)
     async for chunk in snapshot.pupils(conn):

@@ -41,7 +41,8 @@ class GatewayCore:
         self.metrics = metrics
         self.sessions = SessionRegistry()
         self.clock_ms = wall_clock_ms  # replaced in tests
-        self.acks_pending: list[DeviceState] = []  # devices whose durable watermark moved
+        # Devices whose durable watermark moved and that were not told yet -> when it first moved.
+        self.acks_pending: dict[DeviceState, int] = {}
         self.commands_committed: set[int] = set()  # money commands committed since the last read
 
     def on_commit(self, entries: list[JournalEntry], duration_ns: int) -> None:
@@ -57,15 +58,25 @@ class GatewayCore:
                 # Not taken out of the processor's in-flight set here: a read of pending
                 # commands that began before this COMMIT still sees them pending.
                 self.commands_committed.add(entry.command.seq)
-        # Told with the device's next reply (same write) or by the ack timer, whichever is first.
-        self.acks_pending.extend(self.machine.on_durable(entries))
+        # Told with the device's next reply (same write) or, once it has been quiet for
+        # durable_ack_quiet_ms, by the ack timer.
+        pending = self.acks_pending
+        now_ms = self.clock_ms()
+        for device in self.machine.on_durable(entries):
+            pending.setdefault(device, now_ms)
 
     def send_pending_acks(self) -> None:
-        """Timer: DURABLE_ACK to the devices that got no reply since their last commit."""
-        pending, self.acks_pending = self.acks_pending, []
+        """Timer: DURABLE_ACK to the devices told nothing since their watermark moved a while ago."""
+        pending = self.acks_pending
+        if not pending:
+            return
+        due_ms = self.clock_ms() - self.config.durable_ack_quiet_ms
         sessions = self.sessions
-        for device in pending:
-            if device.ack_pending:
+        for device, since_ms in list(pending.items()):
+            if not device.ack_pending:
+                del pending[device]  # told with a reply meanwhile
+            elif since_ms <= due_ms:
+                del pending[device]
                 device.ack_pending = False
                 session = sessions.of_device(device.device_id)
                 if session is not None:

@@ -263,7 +263,13 @@ class Machine:
         device.session_last_txn = txn
         if txn > device.txn_seen_max:
             device.txn_seen_max = txn
-        at_ms, reader_ms = self.judged_at(request, now_ms)
+        if request.advice:
+            at_ms, reader_ms = self.judged_at(request, now_ms)
+        else:  # judged_at's live branch, inline: most requests are live
+            at_ms = now_ms
+            reader_ms = request.reader_time_ms
+            if not now_ms - self._earliest_ms <= reader_ms <= now_ms + self._skew_ms:
+                reader_ms = None
         state = self.state
         if kind == KIND_PURCHASE:
             verdict = authorize_purchase(state, device, request, at_ms)
@@ -329,14 +335,13 @@ class Machine:
             device.grant(txn, request.identifier, self._window)
         return decision
 
-    def _checkpoints(self, debit: int, credit: int) -> tuple[AccountCheckpoint, ...]:
+    def _checkpoints(self, debit: int, credit: int) -> tuple[AccountCheckpoint, AccountCheckpoint]:
         accounts = self.state.accounts
         kind = accounts.kind
-        return tuple(
-            [
-                accounts.checkpoint(a) if kind[a] == _PUPIL else AccountCheckpoint(a, accounts.balance[a], _NO_COUNTERS)
-                for a in (debit, credit)
-            ]
+        balance = accounts.balance
+        return (
+            accounts.checkpoint(debit) if kind[debit] == _PUPIL else AccountCheckpoint(debit, balance[debit], _NO_COUNTERS),
+            accounts.checkpoint(credit) if kind[credit] == _PUPIL else AccountCheckpoint(credit, balance[credit], _NO_COUNTERS),
         )
 
     def _low_balance(self, account_id: int, key: str, now_ms: int) -> OutboxEvent:

@@ -197,6 +197,7 @@ class DeviceState:
         "recent",
         "recent_order",
         "grants",
+        "grants_order",
         "nonces",
     )
 
@@ -225,6 +226,7 @@ class DeviceState:
         # Accepted CARD_PRESENTED txn -> identifier, as many as the idempotency window
         # (spec 4.5): a PASSAGE must name one; it follows its grant within seconds.
         self.grants: dict[int, bytes] = {}
+        self.grants_order: deque[int] = deque()
         self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
 
     def remember(self, txn: int, decision: Decision, window: int) -> None:
@@ -249,9 +251,12 @@ class DeviceState:
 
     def grant(self, txn: int, identifier: bytes, window: int) -> None:
         grants = self.grants
+        if txn not in grants:
+            self.grants_order.append(txn)
         grants[txn] = identifier
         if len(grants) > window:
-            del grants[next(iter(grants))]
+            # Oldest first from a deque: next(iter(dict)) would walk the deleted slots.
+            del grants[self.grants_order.popleft()]
 
     def made_durable(self, txns: list[int]) -> bool:
         """These accepted txns are committed. Returns True if the watermark moved."""
