@@ -47,7 +47,10 @@ from protocol import (
     Role,
 )
 from protocol.auth import verify_hello
-from storage.journal import encode_items
+try:
+    from protocol.items import encode_items
+except ImportError:  # before the basket codec moved to protocol/
+    from storage.journal import encode_items
 
 log = logging.getLogger("ecard.baseline")
 

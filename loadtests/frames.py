@@ -49,6 +49,22 @@ OFF_TYPE = 13
 OFF_OUTCOME = HEADER_BYTES + 8  # DECISION: txn u64, then outcome u8, reason u8
 OFF_REASON = HEADER_BYTES + 9
 OFF_NAK_REASON = HEADER_BYTES
+OFF_HELLO_ACK_DURABLE = HEADER_BYTES + 8  # HELLO_ACK: server time u64, then the device's durable watermark u64
+U64 = struct.Struct("<Q")
+
+# A session's first txn: this far above the durable watermark the gateway reports in HELLO_ACK.
+# Above every txn an earlier run may have left undurable or denied (fewer than 2^24 per device),
+# far below the 2^32 a txn may run ahead of what the gateway knows (protocol.limits.TXN_GAP_MAX).
+SESSION_TXN_STEP = 1 << 24
+
+
+def first_txn(durable_txn: int) -> int:
+    """The txn a load-generating device starts a session at, from its HELLO_ACK's watermark."""
+    return durable_txn + SESSION_TXN_STEP
+
+
+def hello_ack_durable_txn(frame: bytes) -> int:
+    return U64.unpack_from(frame, OFF_HELLO_ACK_DURABLE)[0]
 
 
 def with_crc(body: bytes) -> bytes:

@@ -99,8 +99,6 @@ class Worker:
         self.expected = len(spec["device_ids"])
         self.all_finished = asyncio.Event()
         self.cpu_window = [0.0, 0.0]
-        # txns must increase per device across sessions and runs: start from the clock in microseconds.
-        self.txn_base = time.time_ns() // 1_000
 
     def outcome(self, mtype: int, frame: bytes) -> str:
         if mtype == F.T_DECISION:
@@ -128,7 +126,9 @@ class Device(asyncio.Protocol):
         self.device_id = device_id
         self.kind = F.device_kind(device_id)
         self.seq = 0
-        self.txn = worker.txn_base
+        # txns must increase per device across sessions and runs, and may not run more than 2^32
+        # ahead of the highest the gateway knows: set from HELLO_ACK's durable watermark (frames.first_txn).
+        self.txn = 0
         self.buf = b""
         self.sent_ns = 0
         self.sent_type = 0
@@ -236,6 +236,7 @@ class Device(asyncio.Protocol):
         if sent_type == F.T_HELLO:
             if mtype == F.T_HELLO_ACK:
                 self.ready = True
+                self.txn = max(self.txn, F.first_txn(F.hello_ack_durable_txn(frame)))
                 w.hello_acked += 1
                 w.last_ack_ns = now_ns
                 if w.hello_acked + w.hello_failed >= w.expected:

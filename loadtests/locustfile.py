@@ -61,6 +61,8 @@ from protocol import (
 from protocol.auth import sign_hello
 from storage.demo_dataset import TILL_ID_BASE, TURNSTILE_ID_BASE, demo_card_uid, demo_device_key
 
+from loadtests.frames import first_txn
+
 TURNSTILES = int(os.environ.get("ECARD_LOCUST_TURNSTILES", "4"))
 TILLS = int(os.environ.get("ECARD_LOCUST_TILLS", "2"))
 TURNSTILE_OFFSET = int(os.environ.get("ECARD_LOCUST_TURNSTILE_OFFSET", "0"))
@@ -124,7 +126,9 @@ class DeviceClient:
         self.events = events
         self.conn = Connection(Role.DEVICE, device_id)
         self.sock: socket.socket | None = None
-        self.txn = time.time_ns() // 1_000  # txns increase across sessions of the same device id
+        # txns increase across sessions of the same device id, from HELLO_ACK's durable watermark
+        # (they may not run more than 2^32 ahead of the highest txn the gateway knows).
+        self.txn = 0
         self.rng = random.Random(device_id)
 
     def connect(self) -> None:
@@ -163,6 +167,7 @@ class DeviceClient:
                 name = "accept" if reply.outcome else "deny:" + _name(DenyReason, reply.reason)
             elif type(reply) is HelloAck:
                 name = "accept"
+                self.txn = max(self.txn, first_txn(reply.durable_txn))
             elif type(reply) is Nak:
                 name = "nak:" + _name(NakReason, reply.reason)
                 exc = ProtocolFailure(f"NAK {name[4:]}: {reply.detail}")

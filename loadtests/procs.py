@@ -18,13 +18,14 @@ import threading
 import time
 import urllib.request
 from pathlib import Path
+from typing import Iterable
 
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 _LISTENING = re.compile(r"listening on ([\d.]+):(\d+)(?:, metrics on http://[\d.]+:(\d+)/metrics)?")
 _METRIC = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(\{[^}]*\})?\s+(\S+)$")
-_CACHE_LOADED = re.compile(r"cache loaded: (\d+) accounts, (\d+) identifiers, (\d+) devices in ([\d.]+) s, RSS (\d+) MiB")
+_CACHE_LOADED = re.compile(r"(?:cache|state) loaded: (\d+) accounts, (\d+) identifiers, (\d+) devices in ([\d.]+) s, RSS (\d+) MiB")
 
 
 class ServerProcess:
@@ -36,6 +37,7 @@ class ServerProcess:
         self.host = "127.0.0.1"
         self.port = 0
         self.metrics_port = 0
+        self.dsn: str | None = None  # the database it journals to, if any
         self._log = None
 
     def start(self, timeout_s: float = 120.0) -> "ServerProcess":
@@ -127,7 +129,7 @@ class ServerProcess:
 
 def gateway(dsn: str, log_path: Path, **env: str) -> ServerProcess:
     """``python -m gateway run`` on free ports against ``dsn`` (not started)."""
-    return ServerProcess(
+    server = ServerProcess(
         ["-m", "gateway", "run"],
         log_path,
         {
@@ -138,6 +140,8 @@ def gateway(dsn: str, log_path: Path, **env: str) -> ServerProcess:
             **env,
         },
     )
+    server.dsn = dsn
+    return server
 
 
 def ceiling(log_path: Path) -> ServerProcess:
@@ -145,7 +149,9 @@ def ceiling(log_path: Path) -> ServerProcess:
 
 
 def baseline(dsn: str, log_path: Path, pool_size: int = 20) -> ServerProcess:
-    return ServerProcess(["-m", "loadtests.baseline", "--dsn", dsn, "--port", "0", "--pool-size", str(pool_size)], log_path)
+    server = ServerProcess(["-m", "loadtests.baseline", "--dsn", dsn, "--port", "0", "--pool-size", str(pool_size)], log_path)
+    server.dsn = dsn
+    return server
 
 
 def parse_metrics(text: str) -> dict[str, dict[str, float]]:
@@ -174,8 +180,29 @@ def quantiles(metrics: dict[str, dict[str, float]], name: str) -> dict[str, floa
     return out
 
 
+def histogram_quantile(metrics: dict[str, dict[str, float]], name: str, q: float) -> float | str | None:
+    """The upper bound of the bucket holding quantile ``q`` of a Prometheus histogram (None if empty;
+    "> B" if it is past the last finite bound B)."""
+    buckets = []
+    for labels, value in metrics.get(name + "_bucket", {}).items():
+        m = re.search(r'le="([^"]+)"', labels)
+        if m:
+            buckets.append((float(m.group(1)), value))
+    buckets.sort()
+    if not buckets or buckets[-1][1] <= 0:
+        return None
+    rank = q * buckets[-1][1]
+    finite = [b for b, _ in buckets if b != float("inf")]
+    for bound, cumulative in buckets:
+        if cumulative >= rank:
+            if bound == float("inf"):
+                return f"> {finite[-1]:g}" if finite else None
+            return bound
+    return None
+
+
 def cache_loaded(log_path: Path) -> dict | None:
-    """The gateway's "cache loaded: ..." log line, parsed."""
+    """The gateway's "cache loaded: ..." (now "state loaded: ...") log line, parsed."""
     try:
         text = log_path.read_text(errors="replace")
     except OSError:
@@ -192,6 +219,182 @@ def cache_loaded(log_path: Path) -> dict | None:
         "load_s": float(m.group(4)),
         "rss_mib": float(m.group(5)),
     }
+
+
+# ----------------------------------------------------------------------------- PostgreSQL's CPU
+
+PG_PROCESS_NAMES = ("postgres", "postmaster")
+
+
+def _is_pg(proc: psutil.Process) -> bool:
+    try:
+        return proc.name() in PG_PROCESS_NAMES
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+
+
+class PostgresCPU:
+    """CPU time (user + system) of a PostgreSQL server: the postmaster and all its children.
+
+    Measured from /proc through psutil like the gateway's own CPU (``ServerProcess.cpu_seconds``),
+    but over a process tree whose members come and go: backends, walwriter, checkpointer,
+    background writer, autovacuum workers, WAL sender... A ``snapshot`` keys every live
+    process by (pid, start time); ``seconds(s0, s1)`` adds, for each process alive at the end,
+    the CPU it used since s0 (all of it if it started after s0), plus what the postmaster
+    reaped meanwhile (its children_user + children_system: the whole CPU of every child that
+    exited), minus the CPU those exited children had already used at s0. So a backend that
+    connects, works and disconnects inside the window is counted, and one that lived across
+    the window's start is counted only for the part inside it.
+
+    The machine and the server may be shared (other engineers' tests on the same PostgreSQL):
+    each process is also classed by its title (``update_process_title``, on by default):
+    "db" for a backend of one of the ``databases`` being measured (or an autovacuum worker on
+    it), "shared" for the postmaster and the auxiliary processes every database uses (walwriter,
+    checkpointer, background writer, launchers, archiver, WAL sender), "other" for the rest (other
+    databases' backends). ``by_class`` splits a window's CPU that way; its "other" also holds
+    the CPU of processes that exited inside the window (they cannot be classed any more).
+
+    ``scope`` says what was found: "server" (the postmaster of the DSN's server, found as the
+    parent of our own backend: ``SELECT pg_backend_pid()``; the embedded server and an external
+    one on this machine alike), "machine" (that did not work, e.g. the server runs in another
+    PID namespace: every postmaster on this machine, i.e. every process named postgres or
+    postmaster, with its children) or the class is not made at all (no PostgreSQL process here:
+    a remote server's CPU cannot be measured from this machine).
+    """
+
+    def __init__(self, roots: list[psutil.Process], scope: str) -> None:
+        self.roots = roots
+        self.scope = scope
+
+    @property
+    def pids(self) -> list[int]:
+        return [r.pid for r in self.roots]
+
+    @classmethod
+    def find(cls, dsn: str) -> "PostgresCPU | None":
+        try:
+            postmaster = asyncio.run(_postmaster_of(dsn))
+        except Exception:  # the query failed: look at the processes alone
+            postmaster = None
+        if postmaster is not None:
+            return cls([postmaster], "server")
+        roots = []
+        for proc in psutil.process_iter(["name"]):
+            if proc.info["name"] in PG_PROCESS_NAMES:
+                try:
+                    parent = proc.parent()
+                except psutil.Error:
+                    continue
+                if parent is None or not _is_pg(parent):
+                    roots.append(proc)
+        return cls(roots, "machine") if roots else None
+
+    def snapshot(self, databases: Iterable[str] = ()) -> dict:
+        """CPU seconds of every live process of the server, keyed by (pid, start time), and their class."""
+        procs: dict[tuple[int, float], float] = {}
+        classes: dict[tuple[int, float], str] = {}
+        databases = set(databases)
+        reaped = 0.0
+        for root in self.roots:
+            try:
+                with root.oneshot():
+                    t = root.cpu_times()
+                    key = (root.pid, root.create_time())
+                    procs[key] = t.user + t.system
+                    classes[key] = "shared"
+                    reaped += t.children_user + t.children_system
+                children = root.children(recursive=True)
+            except psutil.Error:
+                continue
+            for child in children:
+                try:
+                    with child.oneshot():
+                        t = child.cpu_times()
+                        key = (child.pid, child.create_time())
+                        procs[key] = t.user + t.system
+                    classes[key] = _pg_class(child, databases)
+                except psutil.Error:  # exited meanwhile: the postmaster's reaped time has it
+                    pass
+        return {"procs": procs, "classes": classes, "reaped": reaped, "t": time.perf_counter()}
+
+    @staticmethod
+    def seconds(s0: dict, s1: dict) -> float:
+        """The whole server's CPU between two snapshots, exited processes included."""
+        p0, p1 = s0["procs"], s1["procs"]
+        live = sum(cpu - p0.get(key, 0.0) for key, cpu in p1.items())
+        gone = sum(cpu for key, cpu in p0.items() if key not in p1)
+        return max(0.0, live + (s1["reaped"] - s0["reaped"]) - gone)
+
+    @classmethod
+    def by_class(cls, s0: dict, s1: dict) -> dict[str, float]:
+        """{"all", "db", "shared", "other"}: CPU seconds between two snapshots, by process class."""
+        p0, p1, classes = s0["procs"], s1["procs"], s1.get("classes", {})
+        out = {"db": 0.0, "shared": 0.0}
+        for key, cpu in p1.items():
+            c = classes.get(key, "other")
+            if c in out:
+                out[c] += cpu - p0.get(key, 0.0)
+        out["all"] = cls.seconds(s0, s1)
+        out["other"] = max(0.0, out["all"] - out["db"] - out["shared"])
+        return out
+
+
+_PG_SHARED_TITLES = (
+    "checkpointer",
+    "background writer",
+    "walwriter",
+    "autovacuum launcher",
+    "logical replication launcher",
+    "archiver",
+    "stats collector",
+    "walsender",
+    "walreceiver",
+    "startup",
+    "io worker",
+)
+
+
+def _pg_class(proc: psutil.Process, databases: set[str]) -> str:
+    try:
+        title = " ".join(part for part in proc.cmdline() if part)
+    except psutil.Error:
+        return "other"
+    words = set(title.replace(":", " ").split())
+    if databases & words:
+        return "db"
+    if any(name in title for name in _PG_SHARED_TITLES) and "autovacuum worker" not in title:
+        return "shared"
+    return "other"
+
+
+def database_name(dsn: str) -> str:
+    from urllib.parse import urlsplit
+
+    return urlsplit(dsn).path.lstrip("/")
+
+
+async def _postmaster_of(dsn: str) -> psutil.Process | None:
+    """The postmaster of ``dsn``'s server if it runs on this machine: our backend's parent.
+
+    Looked up while the connection is open (the backend exits with it)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn, timeout=10)
+    try:
+        backend_pid = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        try:
+            backend = psutil.Process(backend_pid)
+            postmaster = backend.parent()
+            if postmaster is None or not _is_pg(backend) or not _is_pg(postmaster):
+                return None  # that pid is something else here: the server is elsewhere
+            parent = postmaster.parent()
+            if parent is not None and _is_pg(parent):  # a postmaster's parent is not PostgreSQL
+                return None
+            return postmaster
+        except psutil.Error:
+            return None
+    finally:
+        await conn.close()
 
 
 # ----------------------------------------------------------------------------- databases
@@ -222,6 +425,17 @@ class Databases:
             # so one registered before the server starts removes the directory after it.
             atexit.register(shutil.rmtree, self.data_dir, True)
             self.admin_dsn = database.start_embedded(self.data_dir)
+        self._pg_cpu: PostgresCPU | None | bool = False  # False: not looked for yet
+
+    @property
+    def embedded(self) -> bool:
+        return self.data_dir is not None
+
+    def postgres_cpu(self) -> PostgresCPU | None:
+        """The server's processes for CPU accounting (found once; None if not on this machine)."""
+        if self._pg_cpu is False:
+            self._pg_cpu = PostgresCPU.find(self.admin_dsn)
+        return self._pg_cpu  # type: ignore[return-value]
 
     def create(self, *, migrate: bool = True, **dataset) -> str:
         """A new database, migrated, with ``load_dataset(**dataset)`` if any keyword is given."""
