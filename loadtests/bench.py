@@ -14,6 +14,8 @@ Phases (each server and the load generator run in their own processes):
   e. storm     19,000 devices connect and HELLO at once to one gateway; time to all HELLO_ACKs, held
   f. cache     a gateway started on 2,000,000 accounts: cache load time and RSS
   crash (long) ``python -m simulators crash --rounds 10`` if that module exists (not with --quick)
+  machine  the pure ledger machine alone (``python -m loadtests.machine``): decisions/s, CPU and,
+           under ``valgrind --tool=callgrind``, instructions per decision (not with --quick)
 
 PostgreSQL: ECARD_PG_DSN's server (databases created and dropped here) or an
 embedded one in a temporary directory. ``--quick`` shortens every phase to a
@@ -513,6 +515,20 @@ def phase_cache(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
         dbs.drop(dsn)
 
 
+def phase_machine(plan: Plan) -> dict:
+    """The ledger machine alone (loadtests.machine): decisions/s and CPU per decision in this
+    process, and instructions per decision under callgrind (stable on a noisy machine)."""
+    from . import machine
+
+    n = 20_000 if plan.quick else 200_000
+    log(f"machine: {n:,} decisions of the pure machine (parse, decide, encode; no I/O)")
+    out = machine.run(n)
+    if not plan.quick:
+        log("machine: instructions per decision under valgrind --tool=callgrind")
+        out.update(machine.callgrind(8_000))
+    return out
+
+
 def phase_crash(logs: Path, dbs: procs.Databases) -> dict:
     import importlib.util
 
@@ -819,7 +835,15 @@ def table(res: dict) -> str:
             f"cache: {f['pupils']:,} pupils: loaded in {cl.get('load_s', '-')} s, RSS {cl.get('rss_mib', '-')} MiB "
             f"(RSS when listening {f.get('rss_mib_listening')} MiB; dataset generated in {f.get('dataset_load_s')} s)"
         )
-    for name in ("ceiling", "baseline", "ecard", "rules", "cache", "crash"):
+    mm = res.get("machine")
+    if mm and "error" not in mm:
+        lines.append(
+            f"machine alone (python -m loadtests.machine): {mm.get('decisions_per_s'):,} decisions/s, "
+            f"{mm.get('cpu_us_per_decision')} us CPU per decision"
+            + (f", {mm['instructions_per_decision']:,} instructions per decision (callgrind)"
+               if mm.get("instructions_per_decision") else f" ({mm.get('skipped', 'callgrind not run')})")
+        )
+    for name in ("ceiling", "baseline", "ecard", "rules", "cache", "crash", "machine"):
         if isinstance(res.get(name), dict) and "error" in res[name]:
             lines.append(f"{name}: FAILED: {res[name]['error'][:300]}")
     cr = res.get("crash")
@@ -851,8 +875,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results", help="directory for the JSON results")
     ap.add_argument(
         "--phases",
-        default="ceiling,baseline,ecard,rules,cache,crash",
-        help="comma-separated subset of ceiling,baseline,ecard,rules,cache,crash",
+        default="ceiling,baseline,ecard,rules,cache,crash,machine",
+        help="comma-separated subset of ceiling,baseline,ecard,rules,cache,crash,machine",
     )
     ap.add_argument("--storm-devices", type=int, help="devices in the reconnect storm (default 19,000; 2,000 with --quick)")
     ap.add_argument("--big-pupils", type=int, help="accounts for the cache phase (default 2,000,000; 100,000 with --quick)")
@@ -916,6 +940,7 @@ def main(argv: list[str] | None = None) -> int:
         "rules": lambda: phase_rules(plan, logs, dbs, ((res.get("ecard") or {}).get("held") or {}).get("rate")),
         "cache": lambda: phase_cache(plan, logs, dbs),
         "crash": lambda: phase_crash(logs, dbs),
+        "machine": lambda: phase_machine(plan),
     }
     if args.crash == "skip" or (args.crash == "auto" and args.quick):
         phases.discard("crash")

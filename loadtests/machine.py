@@ -103,11 +103,15 @@ def frames(device_id: int, count: int, rng: random.Random) -> list[bytes]:
     return out
 
 
-def run(decisions: int, seed: int = 1) -> dict:
-    """Decide ``decisions`` requests (half till, half turnstile); returns the figures."""
+def run(decisions: int, seed: int = 1, frames_total: int = 0) -> dict:
+    """Decide ``decisions`` requests (half till, half turnstile); returns the figures.
+
+    ``frames_total``: build this many request frames (at least ``decisions``), so that
+    two runs deciding different numbers do the same set-up work (callgrind's difference)."""
     machine = school()
     rng = random.Random(seed)
     per_device = decisions // 2
+    frames_per_device = max(decisions, frames_total) // 2
     work = []
     for device_id in (TILL_ID, TURNSTILE_ID):
         conn = Connection(Role.GATEWAY)
@@ -115,7 +119,7 @@ def run(decisions: int, seed: int = 1) -> dict:
                                                  bytes(16), bytes(16)))
         conn.receive_data(encode_frame(device_id, 0, hello, reply=False))
         conn.send(machine.hello(device_id, conn.next_event(), NOW_MS))
-        work.append((conn, machine.state.devices[device_id], frames(device_id, per_device, rng)))
+        work.append((conn, machine.state.devices[device_id], frames(device_id, frames_per_device, rng)))
     journal = machine.journal
     request = machine.request
     started = time.perf_counter()
@@ -149,7 +153,7 @@ def callgrind(decisions: int) -> dict:
             out = os.path.join(tmp, f"cg.{n}")
             subprocess.run(
                 ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-                 "loadtests.machine", "--decisions", str(n), "--quiet"],
+                 "loadtests.machine", "--decisions", str(n), "--frames", str(decisions), "--quiet"],
                 check=True, capture_output=True, timeout=1800,
             )
             with open(out) as f:
@@ -163,10 +167,11 @@ def callgrind(decisions: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=200_000)
+    parser.add_argument("--frames", type=int, default=0, help="build this many request frames (callgrind)")
     parser.add_argument("--callgrind", action="store_true", help="also count instructions per decision")
     parser.add_argument("--quiet", action="store_true")
     args = parser.parse_args(argv)
-    figures = run(args.decisions)
+    figures = run(args.decisions, frames_total=args.frames)
     if args.callgrind:
         figures.update(callgrind(min(args.decisions, 20_000)))
     if not args.quiet:
