@@ -90,6 +90,14 @@ class IdentifierStatus(enum.IntEnum):
 
 
 class OutboxKind(enum.StrEnum):
-    """outbox.kind: events for parents (delivered by the notifier)."""
+    """outbox.kind: events for parents (ledger.notices has one Struct per kind)."""
 
+    ENTRY = "entry"
+    EXIT = "exit"
+    PURCHASE = "purchase"
+    CASH_TOPUP = "cash_topup"
+    BANK_TOPUP = "bank_topup"
     LOW_BALANCE = "low_balance"
+    TEMPORARY_CARD_ISSUED = "temporary_card_issued"
+    TEMPORARY_CARD_RETURNED = "temporary_card_returned"
+    CARD_BLOCKED = "card_blocked"

@@ -33,6 +33,7 @@ from protocol import (
     Decision,
     DenyReason,
     DeviceKind,
+    Direction,
     Heartbeat,
     Hello,
     HelloAck,
@@ -49,6 +50,7 @@ from protocol.items import encode_items
 from protocol.limits import TXN_GAP_MAX
 
 from .codes import AccountKind, CommandKind, CommandStatus, JournalKind, OutboxKind
+from .notices import BankTopupNotice, CashTopupNotice, EntryNotice, ExitNotice, LowBalanceNotice, PurchaseNotice
 from .records import AccountCheckpoint, AccountCounters, CommandResult, JournalEntry, JournalRow, OutboxEvent
 from .rules import (
     BALANCE_SHOWN_ON_DENY,
@@ -322,7 +324,14 @@ class Machine:
             amount, pupil_balance, request.advice, reader_ms, now_ms, at_ms, cashier, items,
         )
         checkpoints = self._checkpoints(debit, credit) if amount else ()
-        outbox = (self._low_balance(alert, f"{device.device_id}:{txn}", now_ms),) if alert else ()
+        key = f"{device.device_id}:{txn}"
+        notice = self._notice(kind, device, request, verdict, pupil_balance, at_ms)
+        if notice is None:
+            outbox = (self._low_balance(alert, key, now_ms),) if alert else ()
+        else:
+            tag = type(notice).__struct_config__.tag
+            event = OutboxEvent(f"{key}:{tag}", tag, account_id, notice, now_ms)
+            outbox = (event, self._low_balance(alert, key, now_ms)) if alert else (event,)
         self.journal.append(JournalEntry(row, checkpoints, outbox, None, frame_ns))
         self.tally.decisions[kind][OK] += 1
         # Turnstile screens are seen by the whole queue: they never show a balance.
@@ -344,12 +353,37 @@ class Machine:
             accounts.checkpoint(credit) if kind[credit] == _PUPIL else AccountCheckpoint(credit, balance[credit], _NO_COUNTERS),
         )
 
+    def _notice(self, kind: int, device: DeviceState, request, verdict: Verdict, balance: int, at_ms: int):
+        """What the pupil's parents hear of an accepted request (None: nothing; the
+        turnstile's grant is not an entry until the PASSAGE)."""
+        account_id, school_id = verdict.account_id, device.school_id
+        if kind == KIND_PASSAGE:
+            cls = EntryNotice if request.direction == Direction.IN else ExitNotice
+            return cls(account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id)
+        if kind == KIND_PURCHASE:
+            return PurchaseNotice(
+                account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id,
+                amount_kopecks=verdict.amount_kopecks, balance_kopecks=balance, items=request.items,
+                free_meal=verdict.free_meal,
+            )
+        if kind == KIND_TOPUP:
+            return CashTopupNotice(
+                account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id,
+                amount_kopecks=verdict.amount_kopecks, balance_kopecks=balance,
+            )
+        return None
+
     def _low_balance(self, account_id: int, key: str, now_ms: int) -> OutboxEvent:
         """The event for a balance that just fell below its school's threshold (one per crossing)."""
         state = self.state
-        threshold = state.policy(state.accounts.school[account_id]).low_balance_threshold_kopecks
-        payload = {"balance_kopecks": state.accounts.balance[account_id], "threshold_kopecks": threshold}
-        return OutboxEvent(f"{key}:{OutboxKind.LOW_BALANCE}", OutboxKind.LOW_BALANCE, account_id, payload, now_ms)
+        accounts = state.accounts
+        school_id = accounts.school[account_id]
+        notice = LowBalanceNotice(
+            account_id=account_id, school_id=school_id, at_ms=now_ms, balance_kopecks=accounts.balance[account_id],
+            threshold_kopecks=state.policy(school_id).low_balance_threshold_kopecks,
+        )
+        tag = OutboxKind.LOW_BALANCE.value
+        return OutboxEvent(f"{key}:{tag}", tag, account_id, notice, now_ms)
 
     # ---------------------------------------------------------------- money commands
 
@@ -393,6 +427,13 @@ class Machine:
             balances[account_id], False, now_ms, now_ms, now_ms, None, None,
         )
         outbox = (self._low_balance(alert, f"0:{seq}", now_ms),) if alert else ()
+        if kind is CommandKind.bank_topup:
+            notice = BankTopupNotice(
+                account_id=account_id, school_id=self.state.accounts.school[account_id], at_ms=now_ms,
+                amount_kopecks=verdict.amount_kopecks, balance_kopecks=balances[account_id],
+            )
+            tag = OutboxKind.BANK_TOPUP.value
+            outbox = (OutboxEvent(f"0:{seq}:{tag}", tag, account_id, notice, now_ms),) + outbox
         self.journal.append(JournalEntry(row, self._checkpoints(debit, credit), outbox, result, frame_ns))
         return result
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from .notices import AnyNotice
+
 
 class JournalRow(msgspec.Struct, array_like=True, gc=False, frozen=True):
     """One row of ``journal``: an accepted transaction or an applied money command.
@@ -74,9 +76,9 @@ class OutboxEvent(msgspec.Struct, array_like=True, gc=False, frozen=True):
     """
 
     event_id: str
-    kind: str  # OutboxKind
+    kind: str  # OutboxKind, the payload's tag
     account_id: int
-    payload: dict[str, Any]
+    payload: AnyNotice
     created_at_ms: int
 
 

@@ -58,6 +58,7 @@ from typing import Any
 
 import msgspec
 
+from ledger.codes import JournalKind
 from protocol import (
     CLOSED,
     DECISION_FLAG_DUPLICATE,
@@ -86,7 +87,10 @@ from protocol import (
 from protocol.auth import sign_hello
 
 # Journal kinds (storage schema: journal.kind) by request type.
-KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP = 1, 2, 3, 4
+# Journal kinds (ledger.codes): what each request becomes in the journal.
+KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP = (
+    JournalKind.ENTRY, JournalKind.PASSAGE, JournalKind.PURCHASE, JournalKind.CASH_TOPUP
+)
 KIND_OF = {CardPresented: KIND_ENTRY, Passage: KIND_PASSAGE, Purchase: KIND_PURCHASE, TopupCash: KIND_TOPUP}
 KIND_NAMES = {KIND_ENTRY: "entry", KIND_PASSAGE: "passage", KIND_PURCHASE: "purchase", KIND_TOPUP: "topup"}
 _CLASS_OF = {v: k for k, v in KIND_OF.items()}

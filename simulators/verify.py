@@ -16,8 +16,10 @@ from pathlib import Path
 
 import asyncpg
 
-from storage.demo_dataset import DEMO_OPENING_BALANCE_KOPECKS
+from ledger.codes import AccountKind
 from protocol.items import decode_items
+from storage.demo_dataset import DEMO_OPENING_BALANCE_KOPECKS
+from storage.snapshot import journal_row, journal_row_columns
 
 from .device import KIND_PURCHASE, KIND_TOPUP, read_logs
 
@@ -71,27 +73,16 @@ async def verify(dsn: str, log_dir: Path, *, opening_kopecks: int = DEMO_OPENING
     report.logged_accepts = len(logged)
     conn = await asyncpg.connect(dsn)
     try:
-        records = await conn.fetch(
-            "SELECT device_id, device_txn, kind, account_id, identifier, amount_kopecks, direction, cashier_id,"
-            " items FROM journal"
-        )
+        rows = [journal_row(r) for r in await conn.fetch(f"SELECT {journal_row_columns()} FROM journal")]
         accounts = await conn.fetch("SELECT id, kind, balance_kopecks FROM accounts ORDER BY id")
         drawers = dict(await conn.fetch("SELECT id, drawer_account_id FROM devices WHERE drawer_account_id IS NOT NULL"))
     finally:
         await conn.close()
     journal = {}
-    for r in records:
-        items = None
-        if r["items"] is not None:
-            items = tuple(decode_items(r["items"]))
-        journal[(r["device_id"], r["device_txn"])] = (
-            r["kind"],
-            r["account_id"],
-            bytes(r["identifier"]).hex(),
-            r["amount_kopecks"],
-            r["direction"],
-            r["cashier_id"],
-            items,
+    for r in rows:
+        items = None if r.items is None else tuple(decode_items(r.items))
+        journal[(r.device_id, r.device_txn)] = (
+            r.kind, r.account_id, r.identifier.hex(), r.amount_kopecks, r.direction, r.cashier_id, items
         )
     report.journal_rows = len(journal)
     p = report.problems
@@ -120,13 +111,13 @@ async def verify(dsn: str, log_dir: Path, *, opening_kopecks: int = DEMO_OPENING
     revenue_balance = 0
     for r in accounts:
         account_id, kind, balance = r["id"], r["kind"], r["balance_kopecks"]
-        if kind == 1:
+        if kind == AccountKind.PUPIL:
             want = opening_kopecks + expected.get(account_id, 0)
             if balance != want:
                 p.append(f"pupil {account_id}: balance {balance}, journal says {want}")
-        elif kind == 2:
+        elif kind == AccountKind.REVENUE:
             revenue_balance += balance
-        elif kind == 3:
+        elif kind == AccountKind.DRAWER:
             want = drawer_expected.get(account_id, 0)
             if balance != want:
                 p.append(f"drawer {account_id}: balance {balance}, journal says {want}")

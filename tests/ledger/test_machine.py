@@ -24,6 +24,7 @@ from protocol import (
 from protocol.limits import TXN_GAP_MAX, TXN_MAX
 
 from machine_support import (
+    LUNCH_MEAL,
     FREE_MEALS,
     LUNCH_MEAL,
     REVENUE,
@@ -219,3 +220,45 @@ def test_a_retransmitted_txn_after_a_restart_gets_its_stored_decision():
         first.outcome, first.reason, first.balance_kopecks, first.params
     )
     assert not journal.queue and machine.state.accounts.balance[1] == 5_000
+
+
+def test_parents_hear_of_passages_purchases_and_topups_not_of_grants():
+    import msgspec
+
+    from ledger.notices import NOTICE_DECODER, CashTopupNotice, EntryNotice, ExitNotice, PurchaseNotice
+
+    machine, journal = new_machine(free_meal_pupils=(1,))
+    till, turnstile = machine.state.devices[TILL_ID], machine.state.devices[TURNSTILE_ID]
+    hello(machine, TILL_ID, LUNCH)
+    hello(machine, TURNSTILE_ID, LUNCH)
+    machine.request(turnstile, CardPresented(1, 0, 1, LUNCH, card(2)), LUNCH, 0)
+    assert journal.queue[-1].outbox == (), "a grant is not an entry until the passage"
+    machine.request(turnstile, Passage(2, TXN_FLAG_ADVICE, 1, LUNCH, 1, card(2)), LUNCH, 0)
+    machine.request(turnstile, CardPresented(3, 0, 2, LUNCH, card(2)), LUNCH, 0)
+    machine.request(turnstile, Passage(4, TXN_FLAG_ADVICE, 2, LUNCH, 3, card(2)), LUNCH, 0)
+    machine.request(till, lunch(1, 1, LUNCH), LUNCH, 0)  # free
+    machine.request(till, TopupCash(2, 0, LUNCH, 5_000, 7, card(1)), LUNCH, 0)
+    events = [event for entry in journal.queue for event in entry.outbox]
+    notices = [event.payload for event in events]
+    assert [type(n) for n in notices] == [EntryNotice, ExitNotice, PurchaseNotice, CashTopupNotice]
+    assert [e.kind for e in events] == ["entry", "exit", "purchase", "cash_topup"]
+    assert len({e.event_id for e in events}) == 4
+    purchase = notices[2]
+    assert (purchase.amount_kopecks, purchase.balance_kopecks, purchase.free_meal) == (15_000, 20_000, True)
+    assert [(i.product_code, i.quantity, i.unit_price_kopecks) for i in purchase.items] == [(LUNCH_MEAL, 1, 15_000)]
+    assert notices[3].balance_kopecks == 25_000 and notices[0].at_ms == LUNCH
+    # What the writer stores decodes back into the same notice.
+    for event in events:
+        assert NOTICE_DECODER.decode(msgspec.json.encode(event.payload)) == event.payload
+
+
+def test_a_denied_or_duplicate_request_tells_nobody():
+    machine, journal = new_machine()
+    till = machine.state.devices[TILL_ID]
+    hello(machine, TILL_ID, LUNCH)
+    machine.request(till, lunch(1, 4, LUNCH, price=50_000), LUNCH, 0)  # insufficient funds
+    assert not journal.queue
+    machine.request(till, lunch(2, 4, LUNCH, price=5_000), LUNCH, 0)
+    hello(machine, TILL_ID, LUNCH)
+    machine.request(till, lunch(2, 4, LUNCH, price=5_000), LUNCH, 0)  # resent: DUPLICATE
+    assert sum(len(e.outbox) for e in journal.queue) == 1
