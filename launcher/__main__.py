@@ -1,10 +1,15 @@
 """Start ecard on embedded defaults: PostgreSQL, the gateway (demo data on an empty
-database), the staff API, the sandbox acquirer, the payments webhook and the
-auto top-up worker. Ctrl-C stops them in reverse order, then the database.
+database), the embedded MQTT broker, the notifier and the outbox relay, the staff API,
+the parents' API and USSD, the sandbox acquirer, the payments webhook and the auto top-up
+worker. Ctrl-C stops them in reverse
+order, then the database.
 
     python -m launcher [--data-dir var]
 
-Ports: devices 7700, metrics 9108, staff API 8800, payments 8810, sandbox acquirer 8900.
+Ports: devices 7700, metrics 9108, staff API 8800, payments 8810, sandbox acquirer 8900,
+MQTT 1884 (the embedded amqtt broker, beside a system Mosquitto on 1883; ECARD_MQTT_URL
+names a real broker instead and then none is started), relay metrics 9109, parents' API
+and USSD 8820. What the notifier sent is written under <data-dir>/sent/<channel>/.
 A first operator token is written to <data-dir>/operator-token.txt.
 """
 
@@ -73,6 +78,40 @@ def secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
+def start_mqtt(parts: list[Part], env: dict[str, str]) -> str:
+    """The MQTT broker (embedded, unless ECARD_MQTT_URL names one), the notifier and the
+    outbox relay, each in its own process; returns where they are, for the banner."""
+    from notifier.app import READY_LINE as NOTIFIER_READY
+    from relay.app import READY_LINE as RELAY_READY
+    from relay.broker import READY_LINE as BROKER_READY
+    from relay.config import ConfigError, broker, load_config
+
+    try:
+        config = load_config(env=env)
+    except ConfigError as exc:
+        raise SystemExit(f"relay configuration: {exc}") from None
+    target = broker(config)
+    if target.embedded:
+        mqtt_broker = Part(
+            "mqtt", ["-m", "relay", "broker", "--host", target.host, "--port", str(target.port)], env, ready=BROKER_READY
+        )
+        parts.append(mqtt_broker)
+        mqtt_broker.wait_ready()
+    # The notifier subscribes before the relay publishes: on a fresh broker, events published
+    # before its first subscription would be lost (the relay marks them sent on PUBACK).
+    notifier = Part("notifier", ["-m", "notifier"], env, ready=NOTIFIER_READY)
+    parts.append(notifier)
+    notifier.wait_ready()
+    relay = Part("relay", ["-m", "relay", "run"], env, ready=RELAY_READY)
+    parts.append(relay)
+    relay.wait_ready()
+    return (
+        f"MQTT {target.url}{' (embedded amqtt)' if target.embedded else ''} with the parents' notices under "
+        f"{config.topic_prefix}/events/# (relay metrics http://{config.metrics_host}:{config.metrics_port}/metrics); "
+        "what the notifier sent is under var/sent/<channel>/"
+    )
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m launcher", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", default=os.environ.get("ECARD_DATA_DIR", "var"))
@@ -111,17 +150,21 @@ def main() -> int:
             ).stdout.strip().split()[-1]
             token_path.write_text(token + "\n")
             token_path.chmod(0o600)
+        mqtt = start_mqtt(parts, env)
         for name, argv in (
             ("staff-api", ["-m", "staff_api", "serve", "--host", "127.0.0.1", "--port", "8800"]),
             ("acquirer", ["-m", "payments.sandbox", "--host", "127.0.0.1", "--port", "8900", "--webhook-secret", webhook_secret]),
             ("payments", ["-m", "payments", "serve", "--host", "127.0.0.1", "--port", "8810"]),
             ("autotopup", ["-m", "payments", "autotopup", "--interval-s", "30"]),
+            ("parents-api", ["-m", "parents_api", "--host", "127.0.0.1", "--port", "8820",
+                             "--sent-dir", str(data_dir / "sent")]),
         ):
             parts.append(Part(name, argv, env))
         print(
             "ecard is running: devices 127.0.0.1:7700, metrics http://127.0.0.1:9108/metrics, "
             f"staff API http://127.0.0.1:8800 (operator token in {token_path}), payments http://127.0.0.1:8810, "
-            "sandbox acquirer http://127.0.0.1:8900. Ctrl-C stops everything.",
+            f"sandbox acquirer http://127.0.0.1:8900, parents' API and USSD http://127.0.0.1:8820 "
+            f"(one-time codes written under {data_dir / 'sent'}), {mqtt}. Ctrl-C stops everything.",
             flush=True,
         )
         while not stop.is_set():

@@ -67,7 +67,7 @@ class CardNotice(Notice, tag=OutboxKind.CARD_BLOCKED.value):
 
 class TemporaryCardIssuedNotice(Notice, tag=OutboxKind.TEMPORARY_CARD_ISSUED.value):
     identifier_hex: str  # the temporary card
-    expires_at_ms: int
+    expires_at_ms: int  # 0: no expiry (it stands until the card is found or replaced)
 
 
 class TemporaryCardReturnedNotice(Notice, tag=OutboxKind.TEMPORARY_CARD_RETURNED.value):

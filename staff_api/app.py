@@ -31,6 +31,7 @@ from .errors import (
 from .money import MoneyController
 from .preorders import PreorderController
 from .pupils import PupilController
+from .representatives import RepresentativeController
 from .schools import SchoolController
 
 SCHEMA_PATH = "/schema"
@@ -81,7 +82,7 @@ def create_app(
 
     return Litestar(
         route_handlers=[SchoolController, PupilController, CardController, MoneyController,
-                        StaffController, AuditController, PreorderController],
+                        StaffController, AuditController, PreorderController, RepresentativeController],
         lifespan=[lifespan],
         guards=[auth_guard],
         dependencies={
@@ -101,11 +102,12 @@ def create_app(
             title="ecard staff and operator API",
             version="1.0.0",
             path=SCHEMA_PATH,
-            description="Schools, pupils, cards, parent controls, money commands, staff and audit. "
+            description="Schools, pupils, cards, parent controls, money commands, pupils' representatives, "
+            "staff and audit. "
             "Every request: Authorization: Bearer <token>.",
             security=[{"bearer": []}],
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
-            tags=[Tag(name=n) for n in ("schools", "pupils", "cards", "money", "staff", "audit")],
+            tags=[Tag(name=n) for n in ("schools", "pupils", "cards", "money", "representatives", "staff", "audit")],
         ),
         debug=False,
     )

@@ -2,6 +2,14 @@
 
 Every transition writes an ``identifier_events`` row and notifies the gateway
 (``identifier:<hex>``) for each identifier it touches; callers audit.
+
+What parents are told of goes to the outbox in the same transaction (``card_notice``):
+a temporary card issued (``temporary_card_issued``), a temporary card returned
+(``temporary_card_returned``), a card blocked (``card_blocked``: by the block resource,
+and a broken card's temporary card retired when a new permanent card is bound). The
+payloads are the ledger's ``ledger.notices`` Structs, so the notifier decodes every
+outbox row with one decoder; ``NOTIFY ecard_outbox`` (``storage.outbox.OUTBOX_CHANNEL``)
+wakes the relay at COMMIT.
 """
 
 from __future__ import annotations
@@ -9,10 +17,62 @@ from __future__ import annotations
 from typing import Any
 
 import asyncpg
+import msgspec
 from litestar.exceptions import NotFoundException
+
+from ledger.codes import OutboxKind
+from ledger.notices import CardNotice, Notice, TemporaryCardIssuedNotice, TemporaryCardReturnedNotice
+from ledger.records import OutboxEvent
+from storage.outbox import OUTBOX_CHANNEL
 
 from . import db
 from .errors import Conflict, Unprocessable
+
+_OUTBOX_INSERT = (
+    "INSERT INTO outbox (event_id, kind, account_id, payload, created_at_ms) VALUES ($1, $2, $3, $4::jsonb, $5) "
+    "ON CONFLICT (event_id) DO NOTHING"
+)
+_encode = msgspec.json.Encoder().encode
+
+
+def card_event_id(identifier: bytes, kind: OutboxKind, at_ms: int) -> str:
+    """``card:<identifier hex>:<kind>:<at_ms>``: the same change always gets the same id.
+
+    A card reaches each of these states once (a blocked card is never unbound, so its
+    UID is never bound again), and a retried request finds the state changed and is
+    refused (409) before it writes; the time only makes the id self-explaining.
+    """
+    return f"card:{identifier.hex()}:{kind.value}:{at_ms}"
+
+
+async def card_notice(
+    conn: asyncpg.Connection, kind: OutboxKind, account_id: int, identifier: bytes, at_ms: int,
+    *, expires_at_ms: int | None = None,
+) -> OutboxEvent:
+    """Write the outbox row telling the pupil's representatives of a card event; returns it.
+
+    ``expires_at_ms`` (temporary_card_issued): None, a card without expiry (lost,
+    broken), is stored as 0, the ledger's "no expiry" (``LedgerState.add_identifier``).
+    """
+    school_id = await conn.fetchval("SELECT school_id FROM accounts WHERE id = $1", account_id)
+    common: dict[str, Any] = {"account_id": account_id, "school_id": school_id or 0, "at_ms": at_ms,
+                              "identifier_hex": identifier.hex()}
+    notice: Notice
+    if kind is OutboxKind.TEMPORARY_CARD_ISSUED:
+        notice = TemporaryCardIssuedNotice(**common, expires_at_ms=expires_at_ms or 0)
+    elif kind is OutboxKind.TEMPORARY_CARD_RETURNED:
+        notice = TemporaryCardReturnedNotice(**common)
+    elif kind is OutboxKind.CARD_BLOCKED:
+        notice = CardNotice(**common)
+    else:
+        raise ValueError(f"{kind!r} is not a card event")
+    event = OutboxEvent(event_id=card_event_id(identifier, kind, at_ms), kind=kind.value, account_id=account_id,
+                        payload=notice, created_at_ms=at_ms)  # type: ignore[arg-type]
+    await conn.execute(_OUTBOX_INSERT, event.event_id, event.kind, event.account_id,
+                       _encode(event.payload).decode(), event.created_at_ms)
+    # delivered at COMMIT: the relay publishes at once instead of at its next poll
+    await conn.execute("SELECT pg_notify($1, $2)", OUTBOX_CHANNEL, event.event_id)
+    return event
 
 
 async def card_row(conn: asyncpg.Connection, uid: bytes, *, for_update: bool = False) -> asyncpg.Record:
@@ -69,6 +129,7 @@ async def bind(
             temp = bytes(r["identifier"])
             await conn.execute("UPDATE identifiers SET status = 1 WHERE identifier = $1", temp)
             await db.identifier_event(conn, temp, account_id, "block", uid, actor, now_ms)
+            await card_notice(conn, OutboxKind.CARD_BLOCKED, account_id, temp, now_ms)
             touched.append(temp)
     for t in touched:
         await db.notify(conn, "identifier", t.hex())
@@ -95,6 +156,7 @@ async def block(conn: asyncpg.Connection, uid: bytes, actor: str, now_ms: int) -
     await conn.execute("UPDATE identifiers SET status = 1, expires_at_ms = NULL WHERE identifier = $1", uid)
     await db.identifier_event(conn, uid, row["account_id"], "block", None, actor, now_ms)
     await db.notify(conn, "identifier", uid.hex())
+    await card_notice(conn, OutboxKind.CARD_BLOCKED, row["account_id"], uid, now_ms)
     return row
 
 
@@ -126,6 +188,7 @@ async def issue_temporary(
     await db.notify(conn, "identifier", original.hex())
     await bind(conn, account_id, temp, db.CARD_KINDS["temporary"], actor, now_ms,
                replaces=original, expires_at_ms=expires, field="temporary_uid")
+    await card_notice(conn, OutboxKind.TEMPORARY_CARD_ISSUED, account_id, temp, now_ms, expires_at_ms=expires)
 
 
 async def return_temporary(conn: asyncpg.Connection, temp: bytes, actor: str, now_ms: int) -> bytes | None:
@@ -140,6 +203,7 @@ async def return_temporary(conn: asyncpg.Connection, temp: bytes, actor: str, no
     original = None if row["replaces"] is None else bytes(row["replaces"])
     await db.identifier_event(conn, temp, account_id, "returned", original, actor, now_ms)
     await db.notify(conn, "identifier", temp.hex())
+    await card_notice(conn, OutboxKind.TEMPORARY_CARD_RETURNED, account_id, temp, now_ms)
     if original is not None:
         restored = await conn.fetchval(
             "UPDATE identifiers SET status = 0, expires_at_ms = NULL "

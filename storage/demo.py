@@ -3,7 +3,8 @@
 Accounts are numbered densely: pupils 1..N, then the opening-balances account,
 the school's canteen revenue, and one cash drawer per till. Opening balances are
 a real movement (opening account debited, pupil credited) so the ledger sums to
-zero from the first row.
+zero from the first row. The first pupils have representatives (a parent on every
+channel for every event kind), so the notices of a simulator run have someone to reach.
 """
 
 from __future__ import annotations
@@ -11,9 +12,11 @@ from __future__ import annotations
 import asyncpg
 
 from .demo_dataset import (
+    DEMO_GRANDMOTHER_EVERY,
     DEMO_OPENING_BALANCE_KOPECKS,
     DEMO_PRODUCTS,
     DEMO_PUPILS,
+    DEMO_REPRESENTED_PUPILS,
     DEMO_SCHOOL_ID,
     DEMO_SCHOOL_NAME,
     DEMO_TILLS,
@@ -22,6 +25,7 @@ from .demo_dataset import (
     till_ids,
     turnstile_ids,
 )
+from .representatives import CHANNELS, KINDS
 
 ACCOUNT_PUPIL, ACCOUNT_REVENUE, ACCOUNT_DRAWER, ACCOUNT_OPENING = 1, 2, 3, 4
 ACCOUNT_CLEARING, ACCOUNT_FREE_MEALS, ACCOUNT_CORRECTIONS = 5, 6, 7
@@ -42,6 +46,10 @@ DEMO_PRODUCT_DETAILS = {
 DEMO_MEAL_PERIODS = (("breakfast", 8 * 60, 10 * 60), ("lunch", 11 * 60 + 30, 14 * 60 + 30), ("snack", 15 * 60, 17 * 60))
 IDENTIFIER_SERVICE_CARD = 1
 DEVICE_TURNSTILE, DEVICE_TILL = 1, 2
+# The demo phones +7900000XXXX have four digits for the pupil.
+DEMO_REPRESENTED_PUPILS_MAX = 9_999
+DEMO_GRANDMOTHER_KINDS = ("low_balance", "temporary_card_issued", "temporary_card_returned", "card_blocked")
+assert set(DEMO_GRANDMOTHER_KINDS) <= set(KINDS)
 # Generous for 2 M accounts on a small machine; the statements are set-based.
 LOAD_STATEMENT_TIMEOUT_S = 600.0
 
@@ -58,12 +66,18 @@ async def load_dataset(
     tills: int = DEMO_TILLS,
     opening_balance_kopecks: int = DEMO_OPENING_BALANCE_KOPECKS,
     free_meals: bool = False,
+    represented_pupils: int = DEMO_REPRESENTED_PUPILS,
 ) -> None:
     """One school with ``pupils`` pupils (one service card each) and its devices.
 
     ``free_meals``: pupils of grades 1-4 (and every 20th pupil, a large family) are
     entitled to a free lunch. Off by default, so tests that compare balances
     with purchases do not depend on the hour they run at.
+
+    ``represented_pupils``: pupils 1..N (at most ``pupils`` and 9,999) get a parent,
+    representative N, on every channel for every event kind (phone
+    ``demo_parent_phone``, e-mail ``demo_parent_email``); every 10th of them also a
+    grandmother (SMS; low balance and card events), representatives N+1.. .
     """
     opening_id = pupils + 1
     revenue_id = pupils + 2
@@ -169,3 +183,39 @@ async def load_dataset(
             [(DEMO_SCHOOL_ID, *period) for period in DEMO_MEAL_PERIODS],
             timeout=t,
         )
+        await _load_representatives(conn, min(pupils, represented_pupils, DEMO_REPRESENTED_PUPILS_MAX), t)
+
+
+async def _load_representatives(conn: asyncpg.Connection, represented: int, timeout: float) -> None:
+    """Parents of pupils 1..represented (ids 1..represented), grandmothers of every 10th
+    (ids represented+1..), as set-based statements (migration 0008's tables)."""
+    if represented <= 0:
+        return
+    await conn.execute(
+        """
+        WITH t AS (SELECT (extract(epoch FROM now()) * 1000)::bigint AS m)
+        INSERT INTO representatives (id, school_id, full_name, relation, phone, email, channels, kinds,
+            consent_date, registered_by, registered_at_ms, updated_at_ms)
+        SELECT g, $1::integer, 'Родитель ученика ' || g, 'parent', '+7900000' || lpad(g::text, 4, '0'),
+               'parent' || g || '@example.ru', $2::text[], $3::text[], current_date, 'demo', m, m
+        FROM generate_series(1, $5::bigint) AS g, t
+        UNION ALL
+        SELECT $5::bigint + g / $6::bigint, $1::integer, 'Бабушка ученика ' || g, 'grandmother',
+               '+7900100' || lpad(g::text, 4, '0'), NULL, '{sms}', $4::text[], current_date, 'demo', m, m
+        FROM generate_series($6::bigint, $5::bigint, $6::bigint) AS g, t
+        """,
+        DEMO_SCHOOL_ID, list(CHANNELS), list(KINDS), list(DEMO_GRANDMOTHER_KINDS), represented,
+        DEMO_GRANDMOTHER_EVERY, timeout=timeout,
+    )
+    await conn.execute(
+        """
+        INSERT INTO representative_pupils (account_id, representative_id)
+        SELECT g, g FROM generate_series(1, $1::bigint) AS g
+        UNION ALL
+        SELECT g, $1::bigint + g / $2::bigint FROM generate_series($2::bigint, $1::bigint, $2::bigint) AS g
+        """,
+        represented, DEMO_GRANDMOTHER_EVERY, timeout=timeout,
+    )
+    await conn.execute(
+        "SELECT setval('representatives_id_seq', (SELECT max(id) FROM representatives))", timeout=timeout
+    )

@@ -17,6 +17,13 @@ DEMO_TURNSTILES = 4
 DEMO_TILLS = 2
 DEMO_OPENING_BALANCE_KOPECKS = 50_000  # 500 rubles per pupil at start
 
+# Pupils 1..N of the demo have a parent each (representative N, relation parent), subscribed
+# on every channel to every event kind, so a simulator run shows notices at once; every
+# 10th of them also a grandmother (SMS only: low balance and card events). Capped so a
+# benchmark's millions of pupils load as fast as the demo's thousand.
+DEMO_REPRESENTED_PUPILS = 1_000
+DEMO_GRANDMOTHER_EVERY = 10
+
 TURNSTILE_ID_BASE = 1_000_000  # turnstile n (1-based) has device id 1_000_000 + n
 TILL_ID_BASE = 2_000_000  # till n (1-based) has device id 2_000_000 + n
 UNKNOWN_CARD_PREFIX = b"\x08"  # no demo card starts with this byte
@@ -51,6 +58,20 @@ def demo_card_uid(account_id: int) -> bytes:
 def demo_unknown_uid(n: int) -> bytes:
     """A 7-byte UID that is bound to no account."""
     return UNKNOWN_CARD_PREFIX + n.to_bytes(6, "big")
+
+
+def demo_parent_phone(account_id: int) -> str:
+    """The demo parent's phone of pupil ``account_id`` (1..9999): +7900000XXXX."""
+    return f"+7900000{account_id:04d}"
+
+
+def demo_parent_email(account_id: int) -> str:
+    return f"parent{account_id}@example.ru"
+
+
+def demo_grandmother_phone(account_id: int) -> str:
+    """The demo grandmother's phone of pupil ``account_id`` (every 10th pupil): +7900100XXXX."""
+    return f"+7900100{account_id:04d}"
 
 
 def turnstile_ids(count: int = DEMO_TURNSTILES) -> list[int]:

@@ -30,6 +30,8 @@ import msgspec
 
 from ledger.records import AccountCheckpoint, JournalEntry
 
+from .outbox import OUTBOX_CHANNEL
+
 log = logging.getLogger("ecard.journal")
 
 DONE_CHANNEL = "ecard_command_done"
@@ -76,6 +78,9 @@ WITH j AS (
     SELECT v->>0, v->>1, (v->>2)::bigint, (v->3)::jsonb, (v->>4)::bigint FROM jsonb_array_elements($4::jsonb) AS v
     ON CONFLICT (event_id) DO NOTHING
     RETURNING 1
+), w AS (
+    -- wakes the relay at COMMIT when the batch brought events for parents
+    SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM (SELECT 1 FROM o LIMIT 1) AS any_event
 ), n AS (
     -- delivered at COMMIT: whoever waits for a command learns it is durable; payloads
     -- stay under PostgreSQL's 8000 bytes in groups of NOTIFY_SEQS_MAX
@@ -83,7 +88,7 @@ WITH j AS (
     FROM (SELECT seq, (row_number() OVER ()) / {NOTIFY_SEQS_MAX} AS g FROM c) AS s GROUP BY g
 )
 SELECT (SELECT count(*) FROM j) + 0 * (SELECT count(*) FROM b) + 0 * (SELECT count(*) FROM o)
-       + 0 * (SELECT count(*) FROM n)
+       + 0 * (SELECT count(*) FROM n) + 0 * (SELECT count(*) FROM w)
 """
 _encode = msgspec.json.Encoder().encode
 

@@ -74,12 +74,14 @@ def demo_dsn(pg_dsn):
 # tests run alone, in seconds and without a database: pytest -m "not pg and not processes".
 _PG_FIXTURES = frozenset({"pg_admin_dsn", "pg_dsn", "demo_dsn"})
 _PROCESS_MODULES = ("test_crash", "test_bank", "test_simulators", "test_loadtests", "test_payments", "test_staff_api",
-                    "test_api_to_gateway", "test_preorders")
+                    "test_api_to_gateway", "test_preorders", "test_representatives", "test_relay_mosquitto",
+                    "test_notifier_e2e", "test_notifier_faults", "test_notifier_embedded", "test_parents_")
 
 
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if _PG_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.pg)
-        if item.module is not None and item.module.__name__.rsplit(".", 1)[-1].startswith(_PROCESS_MODULES):
+        name = item.module.__name__.rsplit(".", 1)[-1] if item.module is not None else ""
+        if name.startswith(_PROCESS_MODULES) or name == "test_relay":
             item.add_marker(pytest.mark.processes)

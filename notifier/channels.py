@@ -1,0 +1,337 @@
+"""Channels: how one rendered notice reaches one representative.
+
+A channel is anything with a ``name`` (the representatives table's channel name), the
+``html`` flag (does it want the HTML rendering) and three coroutines:
+
+- ``start()`` / ``close()``: open and release its connections;
+- ``send(delivery, rendered)``: hand the message to the peer and return once the peer has
+  it (SMTP 250, MQTT PUBACK). A failure raises ``TemporaryDeliveryError`` (retried with
+  backoff: a 4xx, a refused or broken connection, a timeout) or ``PermanentDeliveryError``
+  (dead at once: a 5xx refusal of the address, an address the channel cannot use). Any
+  other exception is a bug in the channel and is treated as temporary.
+
+Sends may run concurrently (the worker bounds them); a channel must be safe for that.
+SMS (SMPP) and USSD plug in the same way: add a class here, its name to
+``config.IMPLEMENTED_CHANNELS`` and its templates to ``templates/<channel>/``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+import ssl
+import time
+from email.header import Header
+from email.message import Message
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, formatdate
+from pathlib import Path
+from typing import Protocol
+
+import aiomqtt
+import aiosmtplib
+import msgspec
+
+from storage.deliveries import Claimed
+
+from .config import NotifierConfig, Server
+from .render import Rendered
+
+log = logging.getLogger("ecard.notifier")
+
+
+class DeliveryError(Exception):
+    pass
+
+
+class TemporaryDeliveryError(DeliveryError):
+    """Worth trying again later."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Trying again would give the same answer."""
+
+
+class Channel(Protocol):
+    name: str
+    html: bool
+
+    async def start(self) -> None: ...
+
+    async def send(self, delivery: Claimed, rendered: Rendered) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+# -- e-mail ---------------------------------------------------------------------------------------
+
+
+def message_id(delivery: Claimed, domain: str) -> str:
+    """The same for every attempt of one delivery: a receiver that sees a message twice
+    (the notifier died after the server took it) can tell it is one message."""
+    return f"<delivery-{delivery.id}@{domain}>"
+
+
+def build_email(delivery: Claimed, rendered: Rendered, *, sender: str, sender_name: str) -> Message:
+    """multipart/alternative: the plain text first, the HTML second (the preferred one).
+
+    Built with the compat32 MIME classes and ``Header``: the newer ``EmailMessage`` folds a
+    long Cyrillic subject into encoded words that drop the space at the fold (CPython's
+    folder), and mail clients then show two words run together.
+    """
+    text = MIMEText(rendered.text, "plain", "utf-8")
+    if rendered.html is None:
+        msg: Message = text
+    else:
+        msg = MIMEMultipart("alternative")
+        msg.attach(text)
+        msg.attach(MIMEText(rendered.html, "html", "utf-8"))
+    msg["From"] = formataddr((sender_name, sender), charset="utf-8")
+    msg["To"] = delivery.address
+    msg["Subject"] = Header(rendered.subject, "utf-8")
+    msg["Date"] = formatdate(localtime=False, usegmt=True)
+    msg["Message-ID"] = message_id(delivery, sender.rsplit("@", 1)[1])
+    msg["X-Ecard-Event"] = delivery.event_id
+    return msg
+
+
+class EmailChannel:
+    """SMTP through aiosmtplib: a small pool of open connections, one per send in flight.
+
+    STARTTLS only when configured (aiosmtplib would upgrade by itself whenever the server
+    offers it; the local sink offers nothing); smtps:// is TLS from the first byte.
+    """
+
+    name = "email"
+    html = True
+
+    def __init__(self, server: Server, *, sender: str, sender_name: str, starttls: bool, timeout_ms: int,
+                 connections_max: int, tls_context: ssl.SSLContext | None = None) -> None:
+        self.server = server
+        self.sender = sender
+        self.sender_name = sender_name
+        self.starttls = starttls
+        self.timeout_s = timeout_ms / 1000
+        self.tls_context = tls_context
+        self._idle: list[aiosmtplib.SMTP] = []
+        self._slots = asyncio.Semaphore(connections_max)
+
+    async def start(self) -> None:
+        pass  # connections are opened on demand (a dead server must not stop the notifier)
+
+    async def _connect(self) -> aiosmtplib.SMTP:
+        client = aiosmtplib.SMTP(
+            hostname=self.server.host, port=self.server.port, timeout=self.timeout_s,
+            use_tls=self.server.tls, start_tls=self.starttls, tls_context=self.tls_context,
+            username=self.server.username, password=self.server.password,
+        )
+        await client.connect()
+        return client
+
+    async def send(self, delivery: Claimed, rendered: Rendered) -> None:
+        msg = build_email(delivery, rendered, sender=self.sender, sender_name=self.sender_name)
+        async with self._slots:
+            client = self._idle.pop() if self._idle else None
+            if client is None or not client.is_connected:
+                try:
+                    client = await self._connect()
+                except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                    # Whatever the server says before the envelope is about the server, not the address.
+                    raise TemporaryDeliveryError(f"SMTP {self.server.url}: {type(exc).__name__}: {exc}") from None
+            try:
+                await client.send_message(msg, sender=self.sender, recipients=[delivery.address])
+            except aiosmtplib.SMTPRecipientsRefused as exc:
+                self._idle.append(client)  # aiosmtplib sent RSET: the connection is good
+                refusal = exc.recipients[0]
+                raise _by_code(refusal.code, f"SMTP {refusal.code} {refusal.message}") from None
+            except aiosmtplib.SMTPSenderRefused as exc:
+                # Our own address refused: a configuration matter, never the parent's; retried.
+                await _close_quietly(client)
+                raise TemporaryDeliveryError(f"SMTP {exc.code} {exc.message} (sender {self.sender})") from None
+            except aiosmtplib.SMTPResponseException as exc:
+                # The message refused after DATA: the envelope was reset; a 421 closes the connection.
+                if client.is_connected and exc.code != 421:
+                    self._idle.append(client)
+                else:
+                    await _close_quietly(client)
+                raise _by_code(exc.code, f"SMTP {exc.code} {exc.message}") from None
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError) as exc:
+                await _close_quietly(client)
+                raise TemporaryDeliveryError(f"SMTP {self.server.url}: {type(exc).__name__}: {exc}") from None
+            self._idle.append(client)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for client in idle:
+            try:
+                await asyncio.wait_for(client.quit(), self.timeout_s)
+            except (aiosmtplib.SMTPException, OSError, asyncio.TimeoutError):
+                client.close()
+
+
+def _by_code(code: int, text: str) -> DeliveryError:
+    """RFC 5321: 5xx is a permanent refusal, 4xx a transient one."""
+    return PermanentDeliveryError(text) if 500 <= code < 600 else TemporaryDeliveryError(text)
+
+
+async def _close_quietly(client: aiosmtplib.SMTP | None) -> None:
+    if client is not None:
+        try:
+            client.close()
+        except Exception:  # closing a broken transport: nothing else to do
+            pass
+
+
+# -- app push (MQTT) ------------------------------------------------------------------------------
+
+
+def representative_topic(prefix: str, representative_id: int) -> str:
+    """The representative's own topic; the broker's ACL lets only that representative read it
+    (relay.mosquitto: ``pattern read <prefix>/representatives/%u/#``)."""
+    return f"{prefix}/representatives/{int(representative_id)}/events"
+
+
+class PushMessage(msgspec.Struct, frozen=True):
+    """What the app receives (JSON). ``delivery_id`` is the same on a repeat: the app drops
+    a message it has shown."""
+
+    delivery_id: int
+    event_id: str
+    kind: str
+    account_id: int
+    school_id: int
+    title: str
+    text: str
+    notice: msgspec.Raw  # the ledger.notices Struct, as the event carried it
+
+
+_encode = msgspec.json.Encoder().encode
+
+
+def push_payload(delivery: Claimed, rendered: Rendered) -> bytes:
+    return _encode(PushMessage(delivery.id, delivery.event_id, delivery.kind, delivery.account_id, delivery.school_id,
+                               rendered.subject, rendered.text.rstrip("\n"), msgspec.Raw(delivery.notice)))
+
+
+class PushChannel:
+    """PUBLISH QoS 1, retain false, to ``delivery.address`` (the representative's topic, set
+    when the delivery was made); done at PUBACK. One MQTT connection of its own (clean
+    session), reconnected on the next send after it broke."""
+
+    name = "app_push"
+    html = False
+
+    def __init__(self, server: Server, *, client_id: str, keepalive_s: int, timeout_ms: int,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        self.server = server
+        self.client_id = client_id
+        self.keepalive_s = keepalive_s
+        self.timeout_s = timeout_ms / 1000
+        self.tls_context = tls_context
+        self._client: aiomqtt.Client | None = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        pass  # connected on the first send
+
+    async def _connected(self) -> aiomqtt.Client:
+        async with self._lock:
+            if self._client is None:
+                client = aiomqtt.Client(
+                    self.server.host, self.server.port, identifier=self.client_id, clean_session=True,
+                    username=self.server.username, password=self.server.password, keepalive=self.keepalive_s,
+                    timeout=self.timeout_s, tls_context=self.tls_context,
+                )
+                await client.__aenter__()
+                self._client = client
+            return self._client
+
+    async def send(self, delivery: Claimed, rendered: Rendered) -> None:
+        try:
+            client = await self._connected()
+            await client.publish(delivery.address, push_payload(delivery, rendered), qos=1, retain=False,
+                                 timeout=self.timeout_s)
+        except (aiomqtt.MqttError, OSError, asyncio.TimeoutError) as exc:
+            await self._drop()
+            raise TemporaryDeliveryError(f"MQTT {self.server.url}: {type(exc).__name__}: {exc}") from None
+
+    async def _drop(self) -> None:
+        async with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            try:
+                await client.__aexit__(None, None, None)
+            except Exception:  # the connection is already broken
+                pass
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+# -- what was sent, as files -----------------------------------------------------------------------
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+class RecordingChannel:
+    """Wraps a channel: every message it sent is also written, readable by a person, as one
+    file under ``<root>/<channel>/`` (make run's "what went out"). Written after the send
+    succeeded, atomically (temporary file, then rename)."""
+
+    def __init__(self, inner: Channel, root: Path) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.html = inner.html
+        self.directory = Path(root) / inner.name
+
+    async def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        await self.inner.start()
+
+    async def send(self, delivery: Claimed, rendered: Rendered) -> None:
+        await self.inner.send(delivery, rendered)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        path = self.directory / f"{stamp}-d{delivery.id}-{_UNSAFE.sub('_', delivery.event_id)}.txt"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.describe(delivery, rendered), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def describe(self, delivery: Claimed, rendered: Rendered) -> str:
+        head = [
+            f"Channel: {self.name}",
+            f"To: {delivery.address}",
+            f"Representative: {delivery.representative_id}",
+            f"Event: {delivery.event_id} ({delivery.kind}, account {delivery.account_id})",
+            f"Delivery: {delivery.id}, attempt {delivery.attempts}",
+            f"Subject: {rendered.subject}",
+        ]
+        body = [rendered.text.rstrip("\n")]
+        if self.name == "app_push":
+            body += ["", "Payload:", msgspec.json.format(push_payload(delivery, rendered), indent=2).decode()]
+        return "\n".join(head) + "\n\n" + "\n".join(body) + "\n"
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+
+def build_channels(config: NotifierConfig, smtp: Server, broker: Server) -> dict[str, Channel]:
+    channels: dict[str, Channel] = {}
+    tls = ssl.create_default_context() if broker.tls else None
+    for name in config.channels:
+        if name == "email":
+            channel: Channel = EmailChannel(
+                smtp, sender=config.mail_from, sender_name=config.mail_from_name, starttls=config.smtp_starttls,
+                timeout_ms=config.smtp_timeout_ms, connections_max=config.send_concurrency_max,
+                tls_context=ssl.create_default_context() if (smtp.tls or config.smtp_starttls) else None,
+            )
+        elif name == "app_push":
+            channel = PushChannel(broker, client_id=f"{config.client_id}-push", keepalive_s=config.keepalive_s,
+                                  timeout_ms=config.push_timeout_ms, tls_context=tls)
+        else:  # config validation lets only the implemented ones through
+            raise AssertionError(name)
+        sent = config.sent_path
+        channels[name] = RecordingChannel(channel, sent) if sent is not None else channel
+    return channels

@@ -1,0 +1,64 @@
+"""The Litestar application of the parents' API: pool, senders, routes, error shapes, OpenAPI."""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import asyncpg
+from litestar import Litestar
+from litestar.exceptions import HTTPException, ValidationException
+from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, SecurityScheme, Tag
+
+from . import config
+from .api import ParentController
+from .auth import AuthController
+from .errors import Unprocessable, http_exception_handler, unprocessable_handler, validation_handler
+from .senders import Senders
+from .ussd import ussd
+
+SCHEMA_PATH = "/schema"
+SHUTDOWN_SENDS_WAIT_S = 10.0  # codes still being sent at shutdown get this long
+
+
+def create_app(settings: config.Settings, senders: Senders) -> Litestar:
+    @asynccontextmanager
+    async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.settings = settings
+        app.state.senders = senders
+        app.state.send_tasks = set()
+        app.state.pool = await asyncpg.create_pool(
+            settings.dsn, min_size=config.POOL_SIZE_MIN, max_size=settings.pool_size_max,
+            timeout=config.CONNECT_TIMEOUT_S,
+            server_settings={"statement_timeout": str(config.STATEMENT_TIMEOUT_MS),
+                             "application_name": "ecard-parents-api"},
+        )
+        try:
+            yield
+        finally:
+            if app.state.send_tasks:
+                await asyncio.wait(set(app.state.send_tasks), timeout=SHUTDOWN_SENDS_WAIT_S)
+            await app.state.pool.close()
+
+    return Litestar(
+        route_handlers=[AuthController, ParentController, ussd],
+        lifespan=[lifespan],
+        exception_handlers={
+            Unprocessable: unprocessable_handler,
+            ValidationException: validation_handler,
+            HTTPException: http_exception_handler,
+        },
+        openapi_config=OpenAPIConfig(
+            title="ecard parents' API",
+            version="1.0.0",
+            path=SCHEMA_PATH,
+            description="For pupils' representatives (mobile app, Smart-TV app, portal): one-time codes, bearer "
+            "tokens, children, balances, today's entries, exits and meals, history. Plus the USSD aggregator "
+            "callback (*377*888#).",
+            components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
+            tags=[Tag(name=n) for n in ("auth", "parents", "ussd")],
+        ),
+        debug=False,
+    )

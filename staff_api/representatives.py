@@ -1,0 +1,404 @@
+"""Pupils' representatives (parents, grandparents, nannies, guardians), connected through the
+school by an application: who is told of a pupil's entries, meals, top-ups and cards, and on
+which channels.
+
+A school officer (or the operator) registers the application: one representative, the pupils
+of one school it covers, the channels and event kinds wanted, and the consent to the
+processing of personal data with its date (no consent, no registration). Representatives can
+be changed, suspended, resumed and removed; a removed one stays on record (audit trail) and
+is told nothing from that moment on. The notifier asks ``storage.representatives.subscribers``.
+
+Representatives are not gateway reference data: nothing here notifies the gateway.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Annotated, Any, Literal
+
+import asyncpg
+import msgspec
+from litestar import Controller, delete, get, patch, post
+from litestar.exceptions import NotFoundException
+from litestar.params import FromPath, FromQuery, JSONBody
+from msgspec import UNSET, Meta, UnsetType
+
+from storage.representatives import CHANNELS, KINDS, RELATIONS
+
+from . import db
+from .auth import Principal, PrincipalDep
+from .errors import Conflict, Unprocessable
+from .preorders import school_today
+from .schemas import AccountId, Base, Name
+
+# A pupil may have at most this many representatives that are not removed (suspended ones
+# count: they may be resumed at any time). Two parents and four others (grandparents, a
+# nanny, a guardian) cover a family; the cap bounds what one tap fans out to (every
+# representative on up to six channels, and SMS may become paid) and keeps the set of
+# people who learn where a child is, and when, small and deliberate.
+REPRESENTATIVES_PER_PUPIL_MAX = 6
+# The children of one family at one school; also bounds the pupil rows one request locks.
+PUPILS_PER_APPLICATION_MAX = 20
+WRITERS = ("operator", "officer")
+# Parents' phones and e-mails are personal data the canteen does not need: no cashier.
+READERS = ("operator", "officer", "auditor")
+
+Relation = Literal[RELATIONS]  # type: ignore[valid-type]
+Channel = Literal[CHANNELS]  # type: ignore[valid-type]
+Kind = Literal[KINDS]  # type: ignore[valid-type]  # ledger.codes.OutboxKind, one definition
+PHONE_PATTERN = r"^\+7[0-9]{10}$"
+# The WHATWG (HTML input type=email) address syntax, with at least one dot in the domain.
+EMAIL_PATTERN = (
+    r"^[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]+@[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)+$"
+)
+Phone = Annotated[str, Meta(pattern=PHONE_PATTERN, description="E.164: +7 and 10 digits, +79161234567")]
+Email = Annotated[str, Meta(max_length=254, pattern=EMAIL_PATTERN, description="e-mail address")]
+Channels = Annotated[list[Channel], Meta(min_length=1, max_length=len(CHANNELS) * 4)]
+Kinds = Annotated[list[Kind], Meta(min_length=1, max_length=len(KINDS) * 4)]
+
+
+# --- bodies ---------------------------------------------------------------------------------------
+
+
+class ApplicationBody(Base):
+    """An application to connect one representative to pupils of one school."""
+
+    full_name: Name
+    relation: Relation
+    phone: Phone
+    pupil_ids: Annotated[list[AccountId], Meta(min_length=1, max_length=PUPILS_PER_APPLICATION_MAX)]
+    channels: Channels
+    kinds: Kinds
+    consent: bool  # consent to the processing of personal data: must be true
+    consent_date: date  # the day it was given (not in the future)
+    email: Email | None = None  # required when channels include "email"
+
+
+class RepresentativePatch(Base):
+    full_name: Name | UnsetType = UNSET
+    relation: Relation | UnsetType = UNSET
+    phone: Phone | UnsetType = UNSET
+    email: Email | None | UnsetType = UNSET
+    channels: Channels | UnsetType = UNSET
+    kinds: Kinds | UnsetType = UNSET
+
+
+class RepresentativeOut(Base):
+    id: int
+    school_id: int
+    full_name: str
+    relation: str
+    phone: str
+    email: str | None
+    pupil_ids: list[int]
+    channels: list[str]
+    kinds: list[str]
+    consent_date: str
+    status: Literal["active", "suspended", "removed"]
+    registered_by: str
+    registered_at_ms: int
+    updated_at_ms: int
+    suspended_at_ms: int | None
+    removed_at_ms: int | None
+
+
+class PupilRepresentatives(Base):
+    account_id: int
+    representatives_max: int  # REPRESENTATIVES_PER_PUPIL_MAX
+    not_removed: int  # counted against the maximum (active and suspended)
+    representatives: list[RepresentativeOut]
+
+
+# --- rows ------------------------------------------------------------------------------------------
+
+_COLUMNS = """
+r.id, r.school_id, r.full_name, r.relation, r.phone, r.email, r.channels, r.kinds, r.consent_date,
+r.registered_by, r.registered_at_ms, r.updated_at_ms, r.suspended_at_ms, r.removed_at_ms,
+ARRAY(SELECT rp.account_id FROM representative_pupils rp WHERE rp.representative_id = r.id
+      ORDER BY rp.account_id) AS pupil_ids
+"""
+
+
+def _view(row: asyncpg.Record) -> RepresentativeOut:
+    status = "removed" if row["removed_at_ms"] is not None else (
+        "suspended" if row["suspended_at_ms"] is not None else "active")
+    return RepresentativeOut(
+        id=row["id"], school_id=row["school_id"], full_name=row["full_name"], relation=row["relation"],
+        phone=row["phone"], email=row["email"], pupil_ids=list(row["pupil_ids"]), channels=list(row["channels"]),
+        kinds=list(row["kinds"]), consent_date=row["consent_date"].isoformat(), status=status,  # type: ignore[arg-type]
+        registered_by=row["registered_by"], registered_at_ms=row["registered_at_ms"],
+        updated_at_ms=row["updated_at_ms"], suspended_at_ms=row["suspended_at_ms"],
+        removed_at_ms=row["removed_at_ms"],
+    )
+
+
+async def load(conn: asyncpg.Connection, representative_id: int, *, for_update: bool = False) -> RepresentativeOut:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM representatives r WHERE r.id = $1" + (" FOR UPDATE OF r" if for_update else ""),
+        representative_id,
+    )
+    if row is None:
+        raise NotFoundException(f"no representative {representative_id}")
+    return _view(row)
+
+
+def _canonical(values: list[str], order: tuple[str, ...]) -> list[str]:
+    """Without repeats, in the order of their definition."""
+    wanted = set(values)
+    return [v for v in order if v in wanted]
+
+
+def _check_one_line(**fields: str | None) -> None:
+    """The patterns end with ``$``, which lets one trailing line break through."""
+    for field, value in fields.items():
+        if value is not None and "\n" in value:
+            raise Unprocessable(field, "must not contain a line break")
+
+
+def _check_email_channel(channels: list[str], email: str | None) -> None:
+    if "email" in channels and email is None:
+        raise Unprocessable("email", "required when the channels include \"email\"")
+
+
+async def _check_phone_free(
+    conn: asyncpg.Connection, phone: str, pupil_ids: list[int], exclude_id: int | None = None
+) -> None:
+    """409 when ``phone`` is already a (not removed) representative of one of the pupils."""
+    taken = await conn.fetchrow(
+        """
+        SELECT rp.account_id, r.id FROM representative_pupils rp JOIN representatives r ON r.id = rp.representative_id
+        WHERE rp.account_id = ANY($1::bigint[]) AND r.phone = $2 AND r.removed_at_ms IS NULL
+          AND ($3::bigint IS NULL OR r.id <> $3)
+        ORDER BY rp.account_id, r.id LIMIT 1
+        """,
+        pupil_ids, phone, exclude_id,
+    )
+    if taken is not None:
+        raise Conflict(f"phone {phone} is already representative {taken['id']} of pupil {taken['account_id']}")
+
+
+async def _lock_pupils(conn: asyncpg.Connection, principal: Principal, body_ids: list[int]) -> tuple[int, list[int]]:
+    """Lock the pupils' rows (ascending ids: concurrent applications do not deadlock), check
+    that they exist, that the caller may act for their school and that it is one school.
+    Returns the school and the pupils' ids, ascending, without repeats."""
+    pupil_ids = sorted(set(body_ids))
+    rows = await conn.fetch(
+        "SELECT account_id, school_id FROM pupils WHERE account_id = ANY($1::bigint[]) ORDER BY account_id FOR UPDATE",
+        pupil_ids,
+    )
+    school_of = {r["account_id"]: r["school_id"] for r in rows}
+    missing = [(i, a) for i, a in enumerate(body_ids) if a not in school_of]
+    if missing:
+        raise Unprocessable(
+            f"pupil_ids[{missing[0][0]}]", f"account {missing[0][1]} is not a pupil's account",
+            errors=[{"field": f"pupil_ids[{i}]", "message": f"account {a} is not a pupil's account", "source": "body"}
+                    for i, a in missing],
+        )
+    for account_id in body_ids:
+        principal.require_school(school_of[account_id], f"pupil {account_id}")
+    schools = sorted(set(school_of.values()))
+    if len(schools) > 1:
+        by_school = "; ".join(
+            f"school {s}: {', '.join(str(a) for a in pupil_ids if school_of[a] == s)}" for s in schools)
+        raise Unprocessable("pupil_ids", f"one application covers pupils of one school ({by_school})")
+    return schools[0], pupil_ids
+
+
+async def _check_room(conn: asyncpg.Connection, pupil_ids: list[int]) -> None:
+    """409 when a pupil already has REPRESENTATIVES_PER_PUPIL_MAX representatives not removed."""
+    rows = await conn.fetch(
+        """
+        SELECT rp.account_id, count(*) AS n FROM representative_pupils rp
+        JOIN representatives r ON r.id = rp.representative_id
+        WHERE rp.account_id = ANY($1::bigint[]) AND r.removed_at_ms IS NULL
+        GROUP BY rp.account_id HAVING count(*) >= $2 ORDER BY rp.account_id
+        """,
+        pupil_ids, REPRESENTATIVES_PER_PUPIL_MAX,
+    )
+    if rows:
+        full = ", ".join(f"pupil {r['account_id']} has {r['n']}" for r in rows)
+        raise Conflict(
+            f"at most {REPRESENTATIVES_PER_PUPIL_MAX} representatives per pupil (active and suspended; remove one "
+            f"first): {full}"
+        )
+
+
+def _audit_view(rep: RepresentativeOut) -> dict[str, Any]:
+    return msgspec.to_builtins(rep)
+
+
+# --- resources -------------------------------------------------------------------------------------
+
+
+class RepresentativeController(Controller):
+    tags = ["representatives"]
+
+    @post("/applications", status_code=201)
+    async def register(
+        self, data: JSONBody[ApplicationBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
+    ) -> RepresentativeOut:
+        """Register an application: one representative for pupils of one school, with the channels and
+        event kinds wanted and the consent to the processing of personal data (required)."""
+        principal.require(*WRITERS, action="register representatives")
+        if not data.consent:
+            raise Unprocessable(
+                "consent", "the representative's consent to the processing of personal data is required: "
+                "no consent, no registration")
+        _check_one_line(phone=data.phone, email=data.email)
+        channels = _canonical(data.channels, CHANNELS)
+        kinds = _canonical(data.kinds, KINDS)
+        _check_email_channel(channels, data.email)
+        async with pool.acquire() as conn, conn.transaction():
+            school_id, pupil_ids = await _lock_pupils(conn, principal, data.pupil_ids)
+            offset = (await db.school_row(conn, school_id))["utc_offset_minutes"]
+            today = school_today(now_ms, offset)
+            if data.consent_date > today:
+                raise Unprocessable("consent_date", f"{data.consent_date.isoformat()} is in the future "
+                                                    f"(today is {today.isoformat()} at the school)")
+            await _check_room(conn, pupil_ids)
+            await _check_phone_free(conn, data.phone, pupil_ids)
+            representative_id = await conn.fetchval(
+                """
+                INSERT INTO representatives (school_id, full_name, relation, phone, email, channels, kinds,
+                    consent_date, registered_by, registered_at_ms, updated_at_ms)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) RETURNING id
+                """,
+                school_id, data.full_name, data.relation, data.phone, data.email, channels, kinds,
+                data.consent_date, principal.login, now_ms,
+            )
+            await conn.execute(
+                "INSERT INTO representative_pupils (account_id, representative_id) "
+                "SELECT unnest($1::bigint[]), $2",
+                pupil_ids, representative_id,
+            )
+            out = await load(conn, representative_id)
+            await db.audit(conn, principal.login, "representative.register", f"representative:{representative_id}",
+                           None, _audit_view(out), now_ms)
+        return out
+
+    @get("/representatives/{representative_id:int}")
+    async def get_representative(
+        self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep
+    ) -> RepresentativeOut:
+        """A representative (removed ones too: they stay on record)."""
+        principal.require(*READERS, action="read representatives")
+        async with pool.acquire() as conn:
+            out = await load(conn, representative_id)
+        principal.require_school(out.school_id, f"representative {representative_id}")
+        return out
+
+    @get("/pupils/{account_id:int}/representatives")
+    async def list_for_pupil(
+        self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
+        include_removed: FromQuery[bool] = False,
+    ) -> PupilRepresentatives:
+        """A pupil's representatives by id (removed ones only with include_removed=true)."""
+        principal.require(*READERS, action="read representatives")
+        async with pool.acquire() as conn:
+            principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
+            rows = await conn.fetch(
+                f"""
+                SELECT {_COLUMNS} FROM representatives r
+                WHERE r.id IN (SELECT representative_id FROM representative_pupils WHERE account_id = $1)
+                  AND ($2 OR r.removed_at_ms IS NULL)
+                ORDER BY r.id
+                """,
+                account_id, include_removed,
+            )
+        reps = [_view(r) for r in rows]
+        return PupilRepresentatives(
+            account_id=account_id, representatives_max=REPRESENTATIVES_PER_PUPIL_MAX,
+            not_removed=sum(1 for r in reps if r.status != "removed"), representatives=reps,
+        )
+
+    @patch("/representatives/{representative_id:int}")
+    async def change(
+        self, representative_id: FromPath[int], data: JSONBody[RepresentativePatch], principal: PrincipalDep,
+        pool: db.PoolDep, now_ms: db.NowMs,
+    ) -> RepresentativeOut:
+        """Change the name, relation, phone, e-mail, channels or event kinds."""
+        principal.require(*WRITERS, action="change representatives")
+        changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not UNSET}
+        if not changes:
+            raise Unprocessable("body", "nothing to change")
+        _check_one_line(phone=changes.get("phone"), email=changes.get("email"))
+        if "channels" in changes:
+            changes["channels"] = _canonical(changes["channels"], CHANNELS)
+        if "kinds" in changes:
+            changes["kinds"] = _canonical(changes["kinds"], KINDS)
+        async with pool.acquire() as conn, conn.transaction():
+            before = await _writable(conn, principal, representative_id)
+            _check_email_channel(changes.get("channels", before.channels), changes.get("email", before.email))
+            if "phone" in changes and changes["phone"] != before.phone:
+                # under the pupils' locks, as a registration checks it
+                await conn.execute("SELECT 1 FROM pupils WHERE account_id = ANY($1::bigint[]) ORDER BY account_id "
+                                   "FOR UPDATE", before.pupil_ids)
+                await _check_phone_free(conn, changes["phone"], before.pupil_ids, exclude_id=representative_id)
+            columns = list(changes)
+            assignments = ", ".join(f"{c} = ${i}" for i, c in enumerate(columns, start=3))
+            await conn.execute(
+                f"UPDATE representatives SET updated_at_ms = $2, {assignments} WHERE id = $1",
+                representative_id, now_ms, *[changes[c] for c in columns],
+            )
+            after = await load(conn, representative_id)
+            await db.audit(conn, principal.login, "representative.update", f"representative:{representative_id}",
+                           _audit_view(before), _audit_view(after), now_ms)
+        return after
+
+    @post("/representatives/{representative_id:int}/suspend", status_code=200)
+    async def suspend(
+        self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
+    ) -> RepresentativeOut:
+        """Tell the representative nothing until resumed (it still counts against the maximum)."""
+        return await _transition(pool, principal, representative_id, now_ms, "suspend")
+
+    @post("/representatives/{representative_id:int}/resume", status_code=200)
+    async def resume(
+        self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
+    ) -> RepresentativeOut:
+        """Tell a suspended representative again, from now on."""
+        return await _transition(pool, principal, representative_id, now_ms, "resume")
+
+    @delete("/representatives/{representative_id:int}", status_code=200)
+    async def remove(
+        self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
+    ) -> RepresentativeOut:
+        """Remove for good: told nothing from now on; the row stays for the audit trail."""
+        return await _transition(pool, principal, representative_id, now_ms, "remove")
+
+
+async def _writable(conn: asyncpg.Connection, principal: Principal, representative_id: int) -> RepresentativeOut:
+    """The representative, locked; 403 for another school, 409 once removed."""
+    rep = await load(conn, representative_id, for_update=True)
+    principal.require_school(rep.school_id, f"representative {representative_id}")
+    if rep.status == "removed":
+        raise Conflict(f"representative {representative_id} was removed (at {rep.removed_at_ms} ms); "
+                       "it stays on record and changes no more")
+    return rep
+
+
+_TRANSITIONS = {
+    # action: (status required, SQL assignment, refusal)
+    "suspend": ("active", "suspended_at_ms = $2", "only an active representative can be suspended"),
+    "resume": ("suspended", "suspended_at_ms = NULL", "only a suspended representative can be resumed"),
+    "remove": (None, "removed_at_ms = $2", ""),
+}
+
+
+async def _transition(
+    pool: asyncpg.Pool, principal: Principal, representative_id: int, now_ms: int, action: str
+) -> RepresentativeOut:
+    principal.require(*WRITERS, action=f"{action} representatives")
+    required, assignment, refusal = _TRANSITIONS[action]
+    async with pool.acquire() as conn, conn.transaction():
+        before = await _writable(conn, principal, representative_id)
+        if required is not None and before.status != required:
+            raise Conflict(f"representative {representative_id} is {before.status}: {refusal}")
+        await conn.execute(
+            f"UPDATE representatives SET {assignment}, updated_at_ms = $2 WHERE id = $1", representative_id, now_ms
+        )
+        after = await load(conn, representative_id)
+        await db.audit(conn, principal.login, f"representative.{action}", f"representative:{representative_id}",
+                       _audit_view(before), _audit_view(after), now_ms)
+    return after

@@ -1,0 +1,361 @@
+"""The notifier's records (migration 0009): events taken in, and one delivery per
+(event, representative, channel).
+
+The notifier (``notifier/``) writes here and nowhere else; operators and the parents'
+API read through the functions at the end (by event, by representative, by pupil, the
+dead letters, paginated by id).
+
+Taking an event in (``take_in``) is one statement in the caller's transaction: the
+``processed_events`` row with ``ON CONFLICT (event_id) DO NOTHING`` and, only when that
+row is new, the delivery records. An event redelivered by MQTT (QoS 1 is at least once)
+creates nothing; a crash before COMMIT creates nothing either, and the event comes again.
+
+Sending (``claim_due`` / ``finish``): a notifier process claims due deliveries with
+``FOR UPDATE SKIP LOCKED`` (so several processes never claim the same one), marks them
+``sending`` with a lease (``next_attempt_at_ms`` = now + lease) and commits before it
+sends; after each send it writes the outcome. A claim whose process died is taken again
+when its lease ends (or at once by the same process after a restart,
+``reclaim_interrupted``) and counted in ``interrupted_attempts``.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import asyncpg
+import msgspec
+
+PENDING, SENDING, SENT, FAILED, DEAD, CANCELLED = "pending", "sending", "sent", "failed", "dead", "cancelled"
+STATUSES = (PENDING, SENDING, SENT, FAILED, DEAD, CANCELLED)
+# One page of a read: a parent's screen or an operator's table, never the whole history.
+PAGE_ROWS_MAX = 500
+
+
+class Target(msgspec.Struct, frozen=True, array_like=True):
+    """Where one delivery goes: a representative on one channel, at one address."""
+
+    representative_id: int
+    channel: str
+    address: str
+
+
+class Delivery(msgspec.Struct, frozen=True):
+    """A delivery record as operators and the parents' API read it."""
+
+    id: int
+    event_id: str
+    representative_id: int
+    channel: str
+    address: str
+    status: str
+    attempts: int
+    interrupted_attempts: int
+    next_attempt_at_ms: int
+    last_error: str | None
+    created_at_ms: int
+    updated_at_ms: int
+    sent_at_ms: int | None
+    kind: str
+    account_id: int
+    at_ms: int
+
+
+class Claimed(msgspec.Struct, frozen=True):
+    """A delivery claimed for sending, with what rendering it needs."""
+
+    id: int
+    event_id: str
+    representative_id: int
+    channel: str
+    address: str
+    attempts: int  # including this one
+    interrupted: bool  # the previous claim's process died during its send
+    kind: str
+    account_id: int
+    school_id: int
+    created_at_ms: int  # the outbox row's
+    notice: bytes  # ledger.notices JSON
+    representative_active: bool  # neither suspended nor removed now
+
+
+class Outcome(msgspec.Struct, frozen=True, array_like=True):
+    """What became of one claimed delivery."""
+
+    id: int
+    status: str  # sent, failed, dead or cancelled
+    next_attempt_at_ms: int
+    last_error: str | None
+
+
+class ProcessedEvent(msgspec.Struct, frozen=True):
+    event_id: str
+    kind: str
+    account_id: int
+    school_id: int
+    at_ms: int
+    created_at_ms: int
+    received_at_ms: int
+    deliveries: int
+    notice: msgspec.Raw
+
+
+# -- taking events in ---------------------------------------------------------------------------
+
+_TAKE_IN = """
+WITH event AS (
+    INSERT INTO processed_events
+        (event_id, kind, account_id, school_id, at_ms, created_at_ms, received_at_ms, notice, deliveries)
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, cardinality($9::bigint[]))
+    ON CONFLICT (event_id) DO NOTHING
+    RETURNING event_id
+), made AS (
+    INSERT INTO deliveries (event_id, representative_id, channel, address, status, next_attempt_at_ms,
+                            created_at_ms, updated_at_ms)
+    SELECT event.event_id, t.representative_id, t.channel, t.address, 'pending', $7, $7, $7
+    FROM event, unnest($9::bigint[], $10::text[], $11::text[]) AS t(representative_id, channel, address)
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM event) AS new, (SELECT count(*) FROM made) AS made
+"""
+
+
+async def take_in(
+    conn: asyncpg.Connection,
+    *,
+    event_id: str,
+    kind: str,
+    account_id: int,
+    school_id: int,
+    at_ms: int,
+    created_at_ms: int,
+    notice_json: str,
+    targets: list[Target],
+    now_ms: int,
+    timeout_s: float | None = None,
+) -> int | None:
+    """Record the event and its deliveries; None if the event was taken in before (nothing
+    written), else the number of delivery records made. Call it inside a transaction when
+    it must commit together with other statements."""
+    row = await conn.fetchrow(
+        _TAKE_IN,
+        event_id, kind, account_id, school_id, at_ms, created_at_ms, now_ms, notice_json,
+        [t.representative_id for t in targets], [t.channel for t in targets], [t.address for t in targets],
+        timeout=timeout_s,
+    )
+    if not row["new"]:
+        return None
+    assert row["made"] == len(targets), (row["made"], len(targets))
+    return int(row["made"])
+
+
+# -- sending ------------------------------------------------------------------------------------
+
+# Due: pending or failed whose time has come, or sending whose lease ended (its process
+# died during the send). The lease is next_attempt_at_ms itself, so one partial index
+# serves both. A claim taken over from a dead process gets its reason on the record.
+_CLAIM = """
+WITH due AS (
+    SELECT id, status = 'sending' AS interrupted FROM deliveries
+    WHERE status IN ('pending', 'sending', 'failed') AND next_attempt_at_ms <= $1 AND channel = ANY ($5::text[])
+    ORDER BY next_attempt_at_ms, id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE deliveries AS d
+SET status = 'sending', attempts = d.attempts + 1,
+    interrupted_attempts = d.interrupted_attempts + due.interrupted::int,
+    last_error = CASE WHEN due.interrupted THEN $6 ELSE d.last_error END,
+    claimed_by = $3, next_attempt_at_ms = $1 + $4, updated_at_ms = $1
+FROM due, processed_events AS e, representatives AS r
+WHERE d.id = due.id AND e.event_id = d.event_id AND r.id = d.representative_id
+RETURNING d.id, d.event_id, d.representative_id, d.channel, d.address, d.attempts, due.interrupted,
+          e.kind, e.account_id, e.school_id, e.created_at_ms, e.notice::text AS notice,
+          r.removed_at_ms IS NULL AND r.suspended_at_ms IS NULL AS active
+"""
+INTERRUPTED_ERROR = "interrupted: the notifier stopped during the send; sent again (the peer may see it twice)"
+
+
+async def claim_due(
+    conn: asyncpg.Connection,
+    *,
+    now_ms: int,
+    limit: int,
+    lease_ms: int,
+    worker: str,
+    channels: Iterable[str],
+    timeout_s: float | None = None,
+) -> list[Claimed]:
+    """Claim up to ``limit`` due deliveries of these channels for ``worker`` (committed
+    before the caller sends), oldest due first."""
+    assert 0 < limit <= PAGE_ROWS_MAX and lease_ms > 0
+    channels = list(channels)
+    # One statement: it commits (autocommit) before the caller sends.
+    rows = await conn.fetch(_CLAIM, now_ms, limit, worker, lease_ms, channels, INTERRUPTED_ERROR, timeout=timeout_s)
+    return [
+        Claimed(
+            id=r["id"], event_id=r["event_id"], representative_id=r["representative_id"], channel=r["channel"],
+            address=r["address"], attempts=r["attempts"], interrupted=bool(r["interrupted"]), kind=r["kind"],
+            account_id=r["account_id"], school_id=r["school_id"], created_at_ms=r["created_at_ms"],
+            notice=r["notice"].encode(), representative_active=bool(r["active"]),
+        )
+        for r in sorted(rows, key=lambda r: r["id"])
+    ]
+
+
+_FINISH = """
+UPDATE deliveries AS d
+SET status = o.status, next_attempt_at_ms = o.next_attempt_at_ms, last_error = o.last_error,
+    sent_at_ms = CASE WHEN o.status = 'sent' THEN $2 ELSE d.sent_at_ms END,
+    claimed_by = NULL, updated_at_ms = $2
+FROM unnest($1::bigint[], $4::text[], $5::bigint[], $6::text[]) AS o(id, status, next_attempt_at_ms, last_error)
+WHERE d.id = o.id AND d.status = 'sending' AND d.claimed_by = $3
+"""
+
+
+async def finish(
+    conn: asyncpg.Connection, outcomes: list[Outcome], *, now_ms: int, worker: str, timeout_s: float | None = None
+) -> int:
+    """Write the outcomes of ``worker``'s claims; returns how many rows changed (a claim
+    whose lease was taken over by another process is left to that one)."""
+    if not outcomes:
+        return 0
+    for o in outcomes:
+        assert o.status in (SENT, FAILED, DEAD, CANCELLED), o.status
+    status = await conn.execute(
+        _FINISH,
+        [o.id for o in outcomes], now_ms, worker, [o.status for o in outcomes],
+        [o.next_attempt_at_ms for o in outcomes], [o.last_error for o in outcomes],
+        timeout=timeout_s,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def reclaim_interrupted(conn: asyncpg.Connection, *, worker: str, now_ms: int, timeout_s: float | None = None) -> int:
+    """At the start of a process: the claims a previous process of the same name held when
+    it died are due at once (no need to wait for their lease). Returns how many."""
+    status = await conn.execute(
+        "UPDATE deliveries SET next_attempt_at_ms = $2 WHERE status = 'sending' AND claimed_by = $1",
+        worker, now_ms, timeout=timeout_s,
+    )
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def requeue(conn: asyncpg.Connection, delivery_id: int, *, now_ms: int, timeout_s: float | None = None) -> bool:
+    """An operator's retry of a dead letter: due at once, with a fresh count of attempts."""
+    status = await conn.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = 0, next_attempt_at_ms = $2, updated_at_ms = $2 "
+        "WHERE id = $1 AND status = 'dead'",
+        delivery_id, now_ms, timeout=timeout_s,
+    )
+    return status.endswith(" 1")
+
+
+async def next_due_at_ms(conn: asyncpg.Connection, channels: Iterable[str], timeout_s: float | None = None) -> int | None:
+    """When the earliest unfinished delivery of these channels is due (None: nothing is)."""
+    return await conn.fetchval(
+        "SELECT min(next_attempt_at_ms) FROM deliveries "
+        "WHERE status IN ('pending', 'sending', 'failed') AND channel = ANY ($1::text[])",
+        list(channels), timeout=timeout_s,
+    )
+
+
+# -- what the texts need: school, products, pupil ------------------------------------------------
+
+
+class SchoolReference(msgspec.Struct, frozen=True):
+    name: str
+    utc_offset_minutes: int
+    products: dict[int, str]  # code -> name
+
+
+async def school_reference(conn: asyncpg.Connection, school_id: int, timeout_s: float | None = None) -> SchoolReference | None:
+    row = await conn.fetchrow("SELECT name, utc_offset_minutes FROM schools WHERE id = $1", school_id, timeout=timeout_s)
+    if row is None:
+        return None
+    products = await conn.fetch("SELECT code, name FROM products WHERE school_id = $1", school_id, timeout=timeout_s)
+    return SchoolReference(row["name"], row["utc_offset_minutes"], {p["code"]: p["name"] for p in products})
+
+
+async def pupil_name(conn: asyncpg.Connection, account_id: int, timeout_s: float | None = None) -> str | None:
+    return await conn.fetchval("SELECT full_name FROM pupils WHERE account_id = $1", account_id, timeout=timeout_s)
+
+
+# -- reads for operators and the parents' API ----------------------------------------------------
+
+_DELIVERY_COLUMNS = """
+d.id, d.event_id, d.representative_id, d.channel, d.address, d.status, d.attempts, d.interrupted_attempts,
+d.next_attempt_at_ms, d.last_error, d.created_at_ms, d.updated_at_ms, d.sent_at_ms,
+e.kind, e.account_id, e.at_ms
+"""
+
+
+def _delivery(r: asyncpg.Record) -> Delivery:
+    return Delivery(**dict(r))
+
+
+def _page(limit: int) -> int:
+    if not 0 < limit <= PAGE_ROWS_MAX:
+        raise ValueError(f"limit must be 1..{PAGE_ROWS_MAX}")
+    return limit
+
+
+async def by_event(conn: asyncpg.Connection, event_id: str) -> list[Delivery]:
+    """Every delivery of one event (a few: its representatives times their channels)."""
+    rows = await conn.fetch(
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN processed_events e USING (event_id) "
+        "WHERE d.event_id = $1 ORDER BY d.id",
+        event_id,
+    )
+    return [_delivery(r) for r in rows]
+
+
+async def by_representative(
+    conn: asyncpg.Connection, representative_id: int, *, limit: int = 50, before_id: int | None = None
+) -> list[Delivery]:
+    """A representative's deliveries, newest first; the next page starts before the last id."""
+    rows = await conn.fetch(
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN processed_events e USING (event_id) "
+        "WHERE d.representative_id = $1 AND d.id < $2 ORDER BY d.id DESC LIMIT $3",
+        representative_id, before_id if before_id is not None else 2**63 - 1, _page(limit),
+    )
+    return [_delivery(r) for r in rows]
+
+
+async def by_status(
+    conn: asyncpg.Connection, status: str, *, limit: int = 50, before_id: int | None = None
+) -> list[Delivery]:
+    """Deliveries in one status, newest first (``dead``: the dead letters, on their own index)."""
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}")
+    rows = await conn.fetch(
+        f"SELECT {_DELIVERY_COLUMNS} FROM deliveries d JOIN processed_events e USING (event_id) "
+        "WHERE d.status = $1 AND d.id < $2 ORDER BY d.id DESC LIMIT $3",
+        status, before_id if before_id is not None else 2**63 - 1, _page(limit),
+    )
+    return [_delivery(r) for r in rows]
+
+
+async def dead_letters(conn: asyncpg.Connection, *, limit: int = 50, before_id: int | None = None) -> list[Delivery]:
+    return await by_status(conn, DEAD, limit=limit, before_id=before_id)
+
+
+async def events_of_pupil(
+    conn: asyncpg.Connection, account_id: int, *, limit: int = 50, before_at_ms: int | None = None
+) -> list[ProcessedEvent]:
+    """A pupil's events as the notifier took them in, newest first (the parents' history feed);
+    the next page starts before the last ``at_ms``."""
+    rows = await conn.fetch(
+        "SELECT event_id, kind, account_id, school_id, at_ms, created_at_ms, received_at_ms, deliveries, "
+        "notice::text AS notice FROM processed_events WHERE account_id = $1 AND at_ms < $2 "
+        "ORDER BY at_ms DESC, event_id DESC LIMIT $3",
+        account_id, before_at_ms if before_at_ms is not None else 2**63 - 1, _page(limit),
+    )
+    return [
+        ProcessedEvent(**{**dict(r), "notice": msgspec.Raw(r["notice"].encode())}) for r in rows
+    ]
+
+
+async def status_counts(conn: asyncpg.Connection) -> dict[str, int]:
+    """How many deliveries are in each status (a full scan: for tests and occasional checks)."""
+    rows = await conn.fetch("SELECT status, count(*) AS n FROM deliveries GROUP BY status")
+    return {r["status"]: int(r["n"]) for r in rows}

@@ -1,0 +1,112 @@
+"""The notifier's pure parts: retry policy, configuration, who gets what, the e-mail and push
+messages. No database, no broker."""
+
+from __future__ import annotations
+
+import json
+import random
+from email import message_from_bytes, policy
+
+import msgspec
+import pytest
+
+from notifier.channels import build_email, push_payload, representative_topic
+from notifier.config import (
+    DELIVERY_ATTEMPTS_MAX,
+    DELIVERY_BACKOFF_MS_MAX,
+    DELIVERY_BACKOFF_MS_MIN,
+    ConfigError,
+    load_config,
+)
+from notifier.render import Rendered
+from notifier.retry import after_failure, retry_delay_ms
+from notifier.service import targets_of
+from storage.deliveries import Claimed
+from storage.representatives import Subscriber
+
+
+def test_backoff_doubles_from_the_minimum_to_the_cap_with_jitter():
+    rng = random.Random(7)
+    for attempts in range(1, 30):
+        ceiling = min(DELIVERY_BACKOFF_MS_MAX, DELIVERY_BACKOFF_MS_MIN * 2 ** (attempts - 1))
+        for _ in range(50):
+            assert ceiling / 2 <= retry_delay_ms(attempts, DELIVERY_BACKOFF_MS_MIN, DELIVERY_BACKOFF_MS_MAX, rng) <= ceiling
+    draws = {retry_delay_ms(3, 1_000, 60_000, rng) for _ in range(100)}
+    assert len(draws) > 50  # jitter: a burst of failures does not come back in one instant
+
+
+def test_the_attempts_span_is_what_the_limits_promise():
+    """The sum of the waits between DELIVERY_ATTEMPTS_MAX attempts: about 20 to 45 minutes."""
+    ceilings = [min(DELIVERY_BACKOFF_MS_MAX, DELIVERY_BACKOFF_MS_MIN * 2 ** (n - 1)) for n in range(1, DELIVERY_ATTEMPTS_MAX)]
+    assert 20 * 60_000 <= sum(ceilings) / 2 and sum(ceilings) <= 50 * 60_000
+
+
+def test_a_failure_is_retried_until_the_limit_then_dead():
+    rng = random.Random(1)
+    limits = {"attempts_max": 3, "base_ms": 100, "cap_ms": 1_000, "rng": rng, "now_ms": 10_000}
+    status, at = after_failure(attempts=1, permanent=False, **limits)
+    assert status == "failed" and 10_050 <= at <= 10_100
+    status, at = after_failure(attempts=2, permanent=False, **limits)
+    assert status == "failed" and 10_100 <= at <= 10_200
+    assert after_failure(attempts=3, permanent=False, **limits) == ("dead", 10_000)
+    assert after_failure(attempts=1, permanent=True, **limits) == ("dead", 10_000)
+
+
+def test_configuration_from_the_environment_and_its_checks():
+    config = load_config(env={"ECARD_MQTT_URL": "mqtt://notifier:s3cret@broker.example:1884",
+                              "ECARD_NOTIFIER_CHANNELS": "email",
+                              "ECARD_NOTIFIER_DELIVERY_ATTEMPTS_MAX": "5"})
+    assert config.channels == ("email",) and config.delivery_attempts_max == 5
+    assert config.shared and config.events_filter == "$share/notifier/ecard/v1/events/#"
+    assert config.sent_path is not None  # the embedded SMTP sink: make run writes what it sent
+    embedded = load_config(env={})
+    assert not embedded.shared and embedded.events_filter == "ecard/v1/events/#"  # amqtt has no $share
+    assert load_config(env={}, subscription="shared").shared
+    assert load_config(env={"ECARD_NOTIFIER_SMTP_URL": "smtp://relay.example:587"}).sent_path is None
+    for bad in ({"ECARD_NOTIFIER_CHANNELS": "sms"}, {"ECARD_NOTIFIER_SMTP_URL": "http://x"},
+                {"ECARD_NOTIFIER_DELIVERY_LEASE_MS": "1000"}, {"ECARD_NOTIFIER_CLIENT_ID": "a/b"},
+                {"ECARD_NOTIFIER_DELIVERY_BACKOFF_MS_MAX": "1"}):
+        with pytest.raises(ConfigError):
+            load_config(env=bad)
+
+
+def test_targets_follow_the_channels_this_notifier_sends_on():
+    subs = [Subscriber(1, "Иванова О. П.", "parent", "+79000000001", "p@example.ru", ("email", "sms", "app_push", "email")),
+            Subscriber(2, "Иванова Н. И.", "grandmother", "+79000000002", None, ("sms", "tv_push"))]
+    targets = targets_of(subs, ("email", "app_push"), "ecard/v1")
+    assert [(t.representative_id, t.channel, t.address) for t in targets] == [
+        (1, "email", "p@example.ru"), (1, "app_push", "ecard/v1/representatives/1/events")]
+    assert targets_of(subs, ("email",), "ecard/v1")[0].channel == "email"
+
+
+def claimed(**kw) -> Claimed:
+    values = dict(id=42, event_id="2000001:1000:purchase", representative_id=1, channel="email",
+                  address="parent1@example.ru", attempts=1, interrupted=False, kind="purchase", account_id=1,
+                  school_id=1, created_at_ms=1, notice=b'{"kind":"purchase","account_id":1}',
+                  representative_active=True)
+    values.update(kw)
+    return Claimed(**values)
+
+
+def test_the_email_is_multipart_alternative_with_a_stable_message_id():
+    subject = "Иванов Иван: на лицевом счёте осталось \u221215,00\u00a0₽ — длинная тема, чтобы её перенесли"
+    msg = build_email(claimed(), Rendered(subject, "Текст\n", "<p>Текст</p>"), sender="noreply@ecard.localhost",
+                      sender_name="Проход и питание")
+    raw = msg.as_bytes()
+    assert all(len(line) <= 998 for line in raw.splitlines())  # RFC 5322's line limit
+    parsed = message_from_bytes(raw, policy=policy.default)
+    assert parsed.get_content_type() == "multipart/alternative"
+    assert str(parsed["Subject"]) == subject  # no space lost at a fold
+    assert str(parsed["From"]) == "Проход и питание <noreply@ecard.localhost>"
+    assert parsed["Message-ID"] == "<delivery-42@ecard.localhost>"
+    assert parsed.get_body(("plain",)).get_content() == "Текст\n"
+    assert parsed.get_body(("html",)).get_content() == "<p>Текст</p>"
+
+
+def test_the_push_payload_carries_the_event_and_the_text():
+    assert representative_topic("ecard/v1", 17) == "ecard/v1/representatives/17/events"
+    payload = json.loads(push_payload(claimed(channel="app_push"), Rendered("Заголовок", "Текст\n")))
+    assert payload == {"delivery_id": 42, "event_id": "2000001:1000:purchase", "kind": "purchase", "account_id": 1,
+                       "school_id": 1, "title": "Заголовок", "text": "Текст",
+                       "notice": {"kind": "purchase", "account_id": 1}}
+    assert msgspec.json.decode(push_payload(claimed(), Rendered("a", "b")))["delivery_id"] == 42

@@ -1,0 +1,147 @@
+"""storage.deliveries against PostgreSQL: durable de-duplication, claims that never overlap,
+leases taken over, outcomes guarded by the claim, the reads operators and parents use."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+import msgspec
+import pytest
+
+from notifier_support import purchase, seed
+from storage import deliveries as store
+from storage.deliveries import Outcome, Target
+
+NOW = 1_764_063_660_000
+
+
+async def take(conn, event_id: str, targets: list[Target], account_id: int = 1, at_ms: int = NOW, now_ms: int = NOW):
+    _, notice = purchase(account_id)
+    return await store.take_in(
+        conn, event_id=event_id, kind="purchase", account_id=account_id, school_id=1, at_ms=at_ms,
+        created_at_ms=at_ms, notice_json=msgspec.json.encode(notice).decode(), targets=targets, now_ms=now_ms,
+    )
+
+
+def run(dsn: str, body):
+    async def main():
+        conn = await asyncpg.connect(dsn)
+        try:
+            return await body(conn)
+        finally:
+            await conn.close()
+
+    return asyncio.run(main())
+
+
+TARGETS = [Target(1, "email", "parent1@example.ru"), Target(1, "app_push", "ecard/v1/representatives/1/events"),
+           Target(2, "email", "granny1@example.ru")]
+
+
+def test_an_event_is_taken_in_once(pg_dsn):
+    seed(pg_dsn)
+
+    async def body(conn):
+        assert await take(conn, "e1", TARGETS) == 3
+        assert await take(conn, "e1", TARGETS) is None  # a redelivery: nothing written
+        assert await take(conn, "e1", TARGETS[:1]) is None
+        assert await take(conn, "e2", TARGETS) == 3
+        assert await conn.fetchval("SELECT count(*) FROM deliveries") == 6
+        tr = conn.transaction()  # rolled back (a crash before COMMIT): nothing stays
+        await tr.start()
+        assert await take(conn, "e3", TARGETS) == 3
+        await tr.rollback()
+        assert await conn.fetchval("SELECT count(*) FROM processed_events WHERE event_id = 'e3'") == 0
+        assert await take(conn, "e3", TARGETS) == 3  # it comes again after the rollback and is taken in
+        assert await take(conn, "e4", []) == 0  # nobody to tell: recorded all the same
+        assert await take(conn, "e4", TARGETS) is None
+        rows = await store.by_event(conn, "e1")
+        assert [(d.representative_id, d.channel, d.status, d.attempts) for d in rows] == [
+            (1, "email", "pending", 0), (1, "app_push", "pending", 0), (2, "email", "pending", 0)]
+
+    run(pg_dsn, body)
+
+
+def test_claims_never_overlap_and_outcomes_need_the_claim(pg_dsn):
+    seed(pg_dsn)
+
+    async def body(conn):
+        for n in range(20):
+            await take(conn, f"e{n}", TARGETS)
+        other = await asyncpg.connect(pg_dsn)
+        try:
+            a, b = await asyncio.gather(
+                store.claim_due(conn, now_ms=NOW, limit=40, lease_ms=1_000, worker="a", channels=["email", "app_push"]),
+                store.claim_due(other, now_ms=NOW, limit=40, lease_ms=1_000, worker="b", channels=["email", "app_push"]),
+            )
+        finally:
+            await other.close()
+        assert len(a) + len(b) == 60 and not {d.id for d in a} & {d.id for d in b}
+        assert all(d.attempts == 1 and not d.interrupted and d.representative_active for d in a + b)
+        # Only e-mail asked for: push deliveries are left alone.
+        assert await store.claim_due(conn, now_ms=NOW, limit=10, lease_ms=1_000, worker="c", channels=["email"]) == []
+        # b's outcome written by a is ignored: the claim is b's.
+        assert await store.finish(conn, [Outcome(b[0].id, "sent", NOW, None)], now_ms=NOW, worker="a") == 0
+        assert await store.finish(conn, [Outcome(d.id, "sent", NOW, None) for d in a], now_ms=NOW, worker="a") == len(a)
+        # b dies: after the lease its claims are due again, taken over and counted as interrupted.
+        taken = await store.claim_due(conn, now_ms=NOW + 1_000, limit=100, lease_ms=1_000, worker="c",
+                                      channels=["email", "app_push"])
+        assert {d.id for d in taken} == {d.id for d in b}
+        assert all(d.attempts == 2 and d.interrupted for d in taken)
+        record = (await store.by_event(conn, taken[0].event_id))
+        mine = next(d for d in record if d.id == taken[0].id)
+        assert mine.interrupted_attempts == 1 and mine.last_error.startswith("interrupted")
+        # c restarts: its own claims are due at once, without waiting for the lease.
+        assert await store.reclaim_interrupted(conn, worker="c", now_ms=NOW + 1_001) == len(taken)
+        again = await store.claim_due(conn, now_ms=NOW + 1_001, limit=100, lease_ms=1_000, worker="c",
+                                      channels=["email", "app_push"])
+        assert len(again) == len(taken)
+        outcomes = [Outcome(d.id, "failed", NOW + 5_000, "SMTP 451 later") for d in again]
+        assert await store.finish(conn, outcomes, now_ms=NOW + 1_002, worker="c") == len(again)
+        assert await store.claim_due(conn, now_ms=NOW + 4_999, limit=100, lease_ms=1_000, worker="c",
+                                     channels=["email", "app_push"]) == []
+        assert await store.next_due_at_ms(conn, ["email", "app_push"]) == NOW + 5_000
+        counts = await store.status_counts(conn)
+        assert counts == {"sent": len(a), "failed": len(again)}
+
+    run(pg_dsn, body)
+
+
+def test_a_suspended_representative_is_seen_at_the_claim(pg_dsn):
+    seed(pg_dsn)
+
+    async def body(conn):
+        await take(conn, "e1", TARGETS)
+        await conn.execute("UPDATE representatives SET suspended_at_ms = 1 WHERE id = 2")
+        claimed = await store.claim_due(conn, now_ms=NOW, limit=10, lease_ms=1_000, worker="a", channels=["email"])
+        assert {(d.representative_id, d.representative_active) for d in claimed} == {(1, True), (2, False)}
+
+    run(pg_dsn, body)
+
+
+def test_reads_are_paginated_newest_first(pg_dsn):
+    seed(pg_dsn)
+
+    async def body(conn):
+        for n in range(7):
+            await take(conn, f"e{n}", TARGETS, at_ms=NOW + n)
+        page1 = await store.by_representative(conn, 1, limit=5)
+        page2 = await store.by_representative(conn, 1, limit=5, before_id=page1[-1].id)
+        page3 = await store.by_representative(conn, 1, limit=5, before_id=page2[-1].id)
+        page4 = await store.by_representative(conn, 1, limit=5, before_id=page3[-1].id)
+        ids = [d.id for d in page1 + page2 + page3]
+        assert len(ids) == 14 and ids == sorted(ids, reverse=True) and len(page3) == 4 and page4 == []
+        assert all(d.representative_id == 1 and d.kind == "purchase" and d.account_id == 1 for d in page1)
+        events = await store.events_of_pupil(conn, 1, limit=4)
+        more = await store.events_of_pupil(conn, 1, limit=4, before_at_ms=events[-1].at_ms)
+        assert [e.event_id for e in events + more] == [f"e{n}" for n in range(6, -1, -1)]
+        assert msgspec.json.decode(events[0].notice)["kind"] == "purchase" and events[0].deliveries == 3
+        assert await store.events_of_pupil(conn, 2) == []
+        assert await store.dead_letters(conn) == []
+        with pytest.raises(ValueError):
+            await store.by_representative(conn, 1, limit=store.PAGE_ROWS_MAX + 1)
+        with pytest.raises(ValueError):
+            await store.by_status(conn, "lost")
+
+    run(pg_dsn, body)
