@@ -20,9 +20,10 @@ import asyncpg
 import msgspec
 from litestar import Controller, delete, get, patch, post
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from msgspec import UNSET, Meta, UnsetType
 
+from storage import deliveries as delivery_store
 from storage.representatives import CHANNELS, KINDS, RELATIONS
 
 from . import db
@@ -287,6 +288,31 @@ class RepresentativeController(Controller):
             out = await load(conn, representative_id)
         principal.require_school(out.school_id, f"representative {representative_id}")
         return out
+
+    @get("/representatives/{representative_id:int}/deliveries")
+    async def deliveries_of(
+        self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
+        limit: int = Parameter(default=50, ge=1, le=delivery_store.PAGE_ROWS_MAX),
+        before_id: int | None = Parameter(default=None, ge=1, le=2**63 - 1),
+    ) -> list[delivery_store.Delivery]:
+        """What the notifier sent this representative (or is still trying to), newest first;
+        the next page: before_id = the last id of this one."""
+        principal.require(*READERS, action="read deliveries")
+        async with pool.acquire() as conn:
+            out = await load(conn, representative_id)
+            principal.require_school(out.school_id, f"representative {representative_id}")
+            return await delivery_store.by_representative(conn, representative_id, limit=limit, before_id=before_id)
+
+    @get("/deliveries/dead")
+    async def dead_letters(
+        self, principal: PrincipalDep, pool: db.PoolDep,
+        limit: int = Parameter(default=50, ge=1, le=delivery_store.PAGE_ROWS_MAX),
+        before_id: int | None = Parameter(default=None, ge=1, le=2**63 - 1),
+    ) -> list[delivery_store.Delivery]:
+        """Deliveries the notifier gave up on (city-wide: operators and auditors)."""
+        principal.require("operator", "auditor", action="read the dead letters")
+        async with pool.acquire() as conn:
+            return await delivery_store.dead_letters(conn, limit=limit, before_id=before_id)
 
     @get("/pupils/{account_id:int}/representatives")
     async def list_for_pupil(

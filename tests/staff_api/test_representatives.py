@@ -451,3 +451,34 @@ def test_card_event_wakes_the_relay_at_commit(api: Api):
 
     asyncio.run(scenario())
     assert notes == [f"card:{card.hex()}:card_blocked:{T0}", f"card:{demo_card_uid(57).hex()}:card_blocked:{T0}"]
+
+
+# --- delivery records, as the operator reads them -----------------------------------------------
+
+
+def _delivered(dsn: str, representative_id: int, account_id: int, statuses: list[str]) -> None:
+    sql(dsn, "INSERT INTO processed_events (event_id, kind, account_id, school_id, at_ms, created_at_ms,"
+             " received_at_ms, notice, deliveries) VALUES ($1, 'entry', $2, 1, 1, 1, 1, '{}'::jsonb, $3)",
+        f"1000001:{account_id}:entry", account_id, len(statuses))
+    for n, status in enumerate(statuses):
+        sql(dsn, "INSERT INTO deliveries (event_id, representative_id, channel, address, status, next_attempt_at_ms,"
+                 " created_at_ms, updated_at_ms) VALUES ($1, $2, $3, 'x', $4, 0, $5, $5)",
+            f"1000001:{account_id}:entry", representative_id, ["email", "app_push", "sms"][n], status, 10 + n)
+
+
+def test_operators_read_a_representatives_deliveries_and_the_dead_letters(api):
+    _delivered(api.dsn, 7, 7, ["sent", "dead", "pending"])
+    r = api.as_("op", "GET", "/representatives/7/deliveries")
+    assert r.status_code == 200, r.text
+    assert [(d["channel"], d["status"]) for d in r.json()] == [("sms", "pending"), ("app_push", "dead"), ("email", "sent")]
+    page = api.as_("op", "GET", "/representatives/7/deliveries", params={"limit": 2}).json()
+    rest = api.as_("op", "GET", "/representatives/7/deliveries", params={"limit": 2, "before_id": page[-1]["id"]}).json()
+    assert [d["channel"] for d in page + rest] == ["sms", "app_push", "email"]
+    assert api.as_("off1", "GET", "/representatives/7/deliveries").status_code == 200
+    assert api.as_("aud", "GET", "/representatives/7/deliveries").status_code == 200
+    assert api.as_("cash1", "GET", "/representatives/7/deliveries").status_code == 403
+    assert api.as_("op", "GET", "/representatives/999999/deliveries").status_code == 404
+    assert api.as_("op", "GET", "/representatives/7/deliveries", params={"limit": 0}).status_code == 422
+    dead = api.as_("aud", "GET", "/deliveries/dead")
+    assert dead.status_code == 200 and [d["channel"] for d in dead.json()] == ["app_push"]
+    assert api.as_("off1", "GET", "/deliveries/dead").status_code == 403
