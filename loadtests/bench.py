@@ -13,6 +13,9 @@ Phases (each server and the load generator run in their own processes):
                and whether it saturated (achieved < 95 %, late taps > 1 %, gateway > 0.9 core, ...)
   e. storm     19,000 devices connect and HELLO at once to one gateway; time to all HELLO_ACKs, held
   f. cache     a gateway started on 2,000,000 accounts: cache load time and RSS
+  notices  issue 8 part 4: tap -> handed to the channel (SMTP, MQTT push) per delivery under a
+           morning rush at several schools (3 x 1,000 pupils, parents on e-mail and app push):
+           gateway, MQTT broker, relay and notifier as processes (loadtests/notices.py)
   crash (long) ``python -m simulators crash --rounds 10`` if that module exists (not with --quick)
   machine  the pure ledger machine alone (``python -m loadtests.machine``): decisions/s, CPU and,
            under ``valgrind --tool=callgrind``, instructions per decision (not with --quick)
@@ -58,6 +61,7 @@ from pathlib import Path
 
 import psutil
 
+from . import notices
 from . import procs
 from . import pyspy
 from .loadgen import run_load
@@ -80,6 +84,8 @@ TARGETS = {
     "rules_throughput_vs_core_min": 0.9,
     "cache_load_s_max": 10.0,
     "cache_rss_mib_max": 600,
+    # issue 8 part 4: tap -> handed to the channel (SMTP 250 / PUBACK), every delivery of the rush
+    "notices_tap_to_channel_p99_ms_max": 1_000,
 }
 # A paced phase saturated (the rate is not held, its latencies are queueing) when any of these holds.
 SATURATION = {
@@ -105,6 +111,13 @@ class Plan:
         self.storm_devices = 2_000 if quick else 19_000
         self.big_pupils = 100_000 if quick else 2_000_000
         self.pupils = 100_000
+        # notices: schools x pupils (a parent each), the rush's window, a share also buying at a till
+        self.notices_schools = 3
+        self.notices_pupils = 100 if quick else 1_000
+        self.notices_turnstiles = 4
+        self.notices_tills = 2
+        self.notices_window_s = 3.0 if quick else 30.0
+        self.notices_purchase_rate = 0.3
 
     def processes(self, devices: int) -> int:
         # 2 cores: one process drives the closed loop; a second one only at 1,000 devices.
@@ -574,6 +587,9 @@ CHECKS = {
     "rules_paced_server_p99_us": ("server_p99_us_max", "<", "rules server-side p99 us, paced"),
     "cache_load_s": ("cache_load_s_max", "<", "cache load s, big dataset"),
     "cache_rss_mib": ("cache_rss_mib_max", "<=", "cache RSS MiB, big dataset"),
+    "notices_tap_to_channel_p99_ms": (
+        "notices_tap_to_channel_p99_ms_max", "<", "tap -> handed to the channel p99 ms (< 1 s)"
+    ),
 }
 
 
@@ -638,6 +654,14 @@ def summarize(res: dict) -> dict:
     if f.get("cache"):
         s["cache_load_s"] = f["cache"]["load_s"]
         s["cache_rss_mib"] = f["cache"]["rss_mib"]
+    n = res.get("notices") or {}
+    tap = (n.get("tap_to_channel_ms") or {}).get("all") or {}
+    if tap.get("count"):
+        s["notices_tap_to_channel_p50_ms"] = tap.get("p50")
+        s["notices_tap_to_channel_p99_ms"] = tap.get("p99")
+        s["notices_tap_to_channel_max_ms"] = tap.get("max")
+        s["notices_deliveries"] = n.get("deliveries")
+        s["notices_delivered_all"] = (n.get("state") or {}).get("drained")
     s["interference"] = interference(res)
     verdicts = {}
     for key, (target, op, what) in CHECKS.items():
@@ -836,14 +860,18 @@ def table(res: dict) -> str:
             f"(RSS when listening {f.get('rss_mib_listening')} MiB; dataset generated in {f.get('dataset_load_s')} s)"
         )
     mm = res.get("machine")
-    if mm and "error" not in mm:
+    if mm and "error" not in mm and "decisions_per_s" in mm:  # (without the phase: the machine's description)
         lines.append(
             f"machine alone (python -m loadtests.machine): {mm.get('decisions_per_s'):,} decisions/s, "
             f"{mm.get('cpu_us_per_decision')} us CPU per decision"
             + (f", {mm['instructions_per_decision']:,} instructions per decision (callgrind)"
                if mm.get("instructions_per_decision") else f" ({mm.get('skipped', 'callgrind not run')})")
         )
-    for name in ("ceiling", "baseline", "ecard", "rules", "cache", "crash", "machine"):
+    nt = res.get("notices")
+    if nt and "error" not in nt:
+        lines.append("")
+        lines += notices.render(nt)
+    for name in ("ceiling", "baseline", "ecard", "rules", "cache", "notices", "crash", "machine"):
         if isinstance(res.get(name), dict) and "error" in res[name]:
             lines.append(f"{name}: FAILED: {res[name]['error'][:300]}")
     cr = res.get("crash")
@@ -875,8 +903,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results", help="directory for the JSON results")
     ap.add_argument(
         "--phases",
-        default="ceiling,baseline,ecard,rules,cache,crash,machine",
-        help="comma-separated subset of ceiling,baseline,ecard,rules,cache,crash,machine",
+        default="ceiling,baseline,ecard,rules,cache,notices,crash,machine",
+        help="comma-separated subset of ceiling,baseline,ecard,rules,cache,notices,crash,machine",
     )
     ap.add_argument("--storm-devices", type=int, help="devices in the reconnect storm (default 19,000; 2,000 with --quick)")
     ap.add_argument("--big-pupils", type=int, help="accounts for the cache phase (default 2,000,000; 100,000 with --quick)")
@@ -939,6 +967,7 @@ def main(argv: list[str] | None = None) -> int:
         "ecard": lambda: phase_ecard(plan, logs, dbs),
         "rules": lambda: phase_rules(plan, logs, dbs, ((res.get("ecard") or {}).get("held") or {}).get("rate")),
         "cache": lambda: phase_cache(plan, logs, dbs),
+        "notices": lambda: notices.phase_notices(plan, logs, dbs),
         "crash": lambda: phase_crash(logs, dbs),
         "machine": lambda: phase_machine(plan),
     }

@@ -16,6 +16,7 @@ import pytest
 from loadtests import frames as F
 from loadtests import procs
 from loadtests.bench import Plan, saturation, summarize, table
+from loadtests.notices import summary_ms
 from loadtests.pyspy import own_time
 from loadtests.loadgen import run_load
 from loadtests.locust_run import run_locust
@@ -166,8 +167,20 @@ def test_bench_report_renders_partial_results():
     assert targets["held_pg_cpu_us_per_journaled"]["met"] is True
     assert targets["held_durable_p99_ms"]["met"] is False
     assert targets["throughput_vs_baseline"]["met"] is None  # no baseline in these results
+    assert targets["notices_tap_to_channel_p99_ms"]["met"] is None  # no notices phase in these results
+    res["notices"] = {
+        "schools": 3, "pupils_per_school": 10, "window_s": 1.0, "purchase_rate": 0.3, "channels": ["email", "app_push"],
+        "broker": "test", "rush": {"requests": 40}, "state": {"outbox": 25, "drained": True}, "deliveries": 50,
+        "tap_to_channel_ms": {"all": summary_ms([5, 7, 1_500]), "email": summary_ms([5, 1_500]), "app_push": summary_ms([7])},
+        "by_kind": {"entry": summary_ms([5, 7, 1_500])},
+    }
+    res["summary"] = summarize(res)
+    assert res["summary"]["targets"]["notices_tap_to_channel_p99_ms"] == {
+        "value": 1_500, "target": "< 1000", "met": False, "what": "tap -> handed to the channel p99 ms (< 1 s)"
+    }
     text = table(res)
     assert "ceiling" in text and "ecard" in text and "held rate 3,500 taps/s" in text
+    assert "notices: 3 schools x 10 pupils" in text and "tap -> handed to the channel p99" in text
     assert "PASS" in text and "MISS" in text and "NOT MEASURED" in text
     assert Plan(quick=True).duration_s < Plan(quick=False).duration_s
     assert Plan(quick=True).held_rate(25_172.4) == 12_600
@@ -219,7 +232,7 @@ def test_pyspy_own_time_sums_innermost_frames():
 
 @pytest.mark.slow
 def test_bench_quick_runs_every_phase(tmp_path):
-    """``python -m loadtests.bench --quick`` end to end (about 45 s): every phase reports, none fails."""
+    """``python -m loadtests.bench --quick`` end to end (about a minute): every phase reports, none fails."""
     out = tmp_path / "results"
     p = subprocess.run(
         [sys.executable, "-m", "loadtests.bench", "--quick", "--out", str(out), "--storm-devices", "300", "--big-pupils", "5000"],
@@ -284,6 +297,21 @@ def test_bench_quick_runs_every_phase(tmp_path):
     assert storm["acked"] == 300 and storm["held"]["gateway_devices_connected"] == 300
     assert res["cache"]["cache"]["accounts"] >= 5_000
     assert "crash" not in res  # --quick leaves the long crash phase out
+    # Notices (issue 8 part 4): tap -> handed to the channel under a rush at several schools.
+    notices = res["notices"]
+    assert notices["schools"] >= 2 and notices["state"]["drained"] is True
+    assert positive(notices["events"]) and positive(notices["deliveries"])
+    assert positive(notices["events_per_s"]) and positive(notices["deliveries_per_s"])
+    assert notices["rush"]["errors"] == [] and positive(notices["rush"]["accepts"])
+    for channel in ("all", "email", "app_push"):
+        t = notices["tap_to_channel_ms"][channel]
+        assert positive(t["count"]), channel
+        for q in ("p50", "p99", "max"):
+            assert positive(t[q]), (channel, q)
+    assert set(notices["by_kind"]) >= {"entry", "purchase"}
+    assert positive(summary["notices_tap_to_channel_p99_ms"])
+    assert summary["targets"]["notices_tap_to_channel_p99_ms"]["met"] in (True, False)
+    assert "tap -> handed to the channel p99" in p.stdout
     assert "targets (ratios and figures of this run):" in p.stdout
     assert "held rate" in p.stdout
     assert ("PASS" in p.stdout or "MISS" in p.stdout) and "NOT MEASURED" not in p.stdout

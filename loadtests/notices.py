@@ -1,0 +1,530 @@
+"""The ``notices`` phase of ``make bench``: tap -> handed to the channel, under a morning rush.
+
+Issue 8, part 4. Several schools (``schools`` x ``pupils`` pupils, every pupil with a
+parent on e-mail and app push: the demo loader's representatives, then the schools split
+by SQL below), and every process of the notices' path as its own process:
+
+    simulated devices -> gateway -> outbox -> relay -> MQTT broker -> notifier -> SMTP sink / MQTT push
+
+- the broker: a Mosquitto of this run on a free port (the system binary, with room for the
+  notifier's batches and backlog: ``max_inflight_messages 100``, ``max_queued_messages``
+  generous), under a topic prefix of this run; without a binary the system Mosquitto on
+  127.0.0.1:1883 (same prefix); without either the embedded amqtt broker
+  (``python -m relay broker``) on a free port;
+- ``python -m gateway run``, ``python -m notifier`` (its embedded SMTP sink, e-mail and
+  app push only), ``python -m relay run``, started in that order (the notifier holds its
+  subscription before the relay publishes anything);
+- the devices: ``simulators`` turnstiles (CARD_PRESENTED, then PASSAGE: an entry notice is
+  made on PASSAGE) in this process, each school its own turnstiles and tills; the rush's
+  arrivals are spread uniformly over ``window_s`` like ``python -m simulators rush``, and a
+  share of the pupils also buys a basket at a till of their school in the same window.
+
+Measured per delivery, from the database once everything is sent: the tap (the device's
+own send time, ``journal.device_time_ms``: the simulators' clock is this machine's; for an
+entry, whose notice the PASSAGE makes, the CARD_PRESENTED granted just before it) and
+the decision (``journal.decided_at_ms``) to ``deliveries.sent_at_ms`` (the SMTP server's
+250 / the broker's PUBACK), joined through the event id ``<device_id>:<txn>:<kind>``
+(journal key) and ``processed_events``/``outbox``. Also the notifier's own metric
+``ecard_notifier_delivery_seconds`` (outbox row -> peer), bucket bounds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import random
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from . import procs
+
+CHANNELS = ("email", "app_push")
+# How long the pipeline may take to hand over the last notices after the rush.
+DRAIN_TIMEOUT_S = 120.0
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class ReadyProcess(procs.ServerProcess):
+    """A process that is ready when its output shows ``ready`` (a regex); metrics port from it."""
+
+    def __init__(self, args: list[str], log_path: Path, env: dict[str, str], ready: str) -> None:
+        super().__init__(args, log_path, env)
+        self.ready = re.compile(ready)
+
+    def start(self, timeout_s: float = 120.0) -> "ReadyProcess":
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, *self.args], cwd=procs.ROOT, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        assert self.proc.stdout is not None
+        timer = threading.Timer(timeout_s, self.kill)
+        timer.start()
+        try:
+            while True:
+                raw = self.proc.stdout.readline()
+                if not raw:
+                    code = self.proc.wait(timeout=10)
+                    raise RuntimeError(f"{self.args} exited with {code} before it was ready; see {self.log_path}")
+                self._log.write(raw)
+                self._log.flush()
+                line = raw.decode(errors="replace")
+                if self.ready.search(line):
+                    m = re.search(r"metrics on http://[\d.]+:(\d+)/metrics", line)
+                    self.metrics_port = int(m.group(1)) if m else 0
+                    break
+        except BaseException:
+            self.kill()
+            raise
+        finally:
+            timer.cancel()
+        threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True).start()
+        return self
+
+
+class Broker:
+    """The MQTT broker of the phase: see the module's docstring."""
+
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.tag = uuid.uuid4().hex[:8]
+        self.prefix = f"ecardbench-{self.tag}/v1"
+        self.port = 0
+        self.kind = ""
+        self.proc: subprocess.Popen | ReadyProcess | None = None
+        self._log = None
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def start(self) -> "Broker":
+        binary = shutil.which("mosquitto") or ("/usr/sbin/mosquitto" if os.path.exists("/usr/sbin/mosquitto") else None)
+        if binary is not None:
+            self.port = free_port()
+            conf = self.logs / "mosquitto-notices.conf"
+            conf.write_text(
+                f"listener {self.port} 127.0.0.1\nallow_anonymous true\npersistence false\n"
+                "max_inflight_messages 100\nmax_queued_messages 200000\nlog_dest stdout\n"
+            )
+            self._log = open(self.logs / "mosquitto-notices.log", "ab")
+            self.proc = subprocess.Popen([binary, "-c", str(conf)], stdout=self._log, stderr=subprocess.STDOUT)
+            deadline = time.monotonic() + 30
+            while not accepts(self.port):
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"mosquitto did not start; see {self.logs / 'mosquitto-notices.log'}")
+                time.sleep(0.05)
+            self.kind = f"mosquitto ({binary}) of this run"
+        elif accepts(1883):
+            self.port, self.kind = 1883, "the system Mosquitto on 127.0.0.1:1883"
+        else:
+            self.port = free_port()
+            self.proc = ReadyProcess(
+                ["-m", "relay", "broker", "--port", str(self.port)], self.logs / "broker-notices.log", {}, "listening on"
+            ).start()
+            self.kind = "embedded amqtt (python -m relay broker)"
+        return self
+
+    def stop(self) -> None:
+        if isinstance(self.proc, ReadyProcess):
+            self.proc.stop()
+        elif self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self._log is not None:
+            self._log.close()
+
+
+def notifier(dsn: str, broker: Broker, logs: Path) -> ReadyProcess:
+    data = logs / "notifier-data"
+    data.mkdir(parents=True, exist_ok=True)
+    env = {
+        "ECARD_PG_DSN": dsn,
+        "ECARD_MQTT_URL": broker.url,
+        "ECARD_DATA_DIR": str(data),
+        "ECARD_NOTIFIER_TOPIC_PREFIX": broker.prefix,
+        "ECARD_NOTIFIER_SHARE_GROUP": f"bench-{broker.tag}",
+        "ECARD_NOTIFIER_CLIENT_ID": f"bench-notifier-{broker.tag}",
+        "ECARD_NOTIFIER_CHANNELS": ",".join(CHANNELS),
+        "ECARD_NOTIFIER_METRICS_PORT": "0",
+        "ECARD_NOTIFIER_SMTP_SINK_PORT": "0",
+        "ECARD_NOTIFIER_SENT_DIR": "",
+        "ECARD_LOG_LEVEL": "WARNING",
+    }
+    if broker.kind.startswith("embedded"):
+        env["ECARD_NOTIFIER_SUBSCRIPTION"] = "plain"
+    return ReadyProcess(["-m", "notifier"], logs / "notifier-notices.log", env, "ecard notifier running")
+
+
+def relay(dsn: str, broker: Broker, logs: Path) -> ReadyProcess:
+    env = {
+        "ECARD_PG_DSN": dsn,
+        "ECARD_MQTT_URL": broker.url,
+        "ECARD_RELAY_TOPIC_PREFIX": broker.prefix,
+        "ECARD_RELAY_CLIENT_ID": f"bench-relay-{broker.tag}",
+        "ECARD_RELAY_METRICS_PORT": "0",
+        "ECARD_LOG_LEVEL": "WARNING",
+    }
+    return ReadyProcess(["-m", "relay", "run"], logs / "relay-notices.log", env, "ecard relay running")
+
+
+# ----------------------------------------------------------------------------- the schools
+
+
+async def split_schools(dsn: str, schools: int, pupils: int, turnstiles: int, tills: int) -> None:
+    """The demo loader's one school of ``schools * pupils`` pupils, split into ``schools``
+    schools: school s has pupils (s-1)*pupils+1 .. s*pupils (and their representatives),
+    turnstiles and tills (s-1)*n+1 .. s*n, its own revenue account, products, meal periods
+    and policy (copies of school 1's)."""
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            next_id = int(await conn.fetchval("SELECT max(id) FROM accounts"))
+            for s in range(2, schools + 1):
+                lo, hi = (s - 1) * pupils + 1, s * pupils
+                await conn.execute(
+                    "INSERT INTO schools (id, name, utc_offset_minutes)"
+                    " SELECT $1::integer, name || ' (' || $1::integer || ')', utc_offset_minutes FROM schools WHERE id = 1", s
+                )
+                for table in ("school_policies", "meal_periods", "products"):
+                    await conn.execute(f"CREATE TEMP TABLE copy_{table} AS SELECT * FROM {table} WHERE school_id = 1")
+                    await conn.execute(f"UPDATE copy_{table} SET school_id = $1", s)
+                    await conn.execute(f"INSERT INTO {table} SELECT * FROM copy_{table}")
+                    await conn.execute(f"DROP TABLE copy_{table}")
+                next_id += 1
+                await conn.execute(
+                    "INSERT INTO accounts (id, kind, school_id, holder_name) VALUES ($1, 2, $2, $3)",
+                    next_id, s, f"Выручка столовой {s}",
+                )
+                await conn.execute("UPDATE accounts SET school_id = $1 WHERE kind = 1 AND id BETWEEN $2 AND $3", s, lo, hi)
+                await conn.execute("UPDATE pupils SET school_id = $1 WHERE account_id BETWEEN $2 AND $3", s, lo, hi)
+                await conn.execute(
+                    "UPDATE representatives SET school_id = $1 WHERE id IN"
+                    " (SELECT representative_id FROM representative_pupils WHERE account_id BETWEEN $2 AND $3)",
+                    s, lo, hi,
+                )
+                ts = [turnstile_id(n) for n in range((s - 1) * turnstiles + 1, s * turnstiles + 1)]
+                ks = [till_id(n) for n in range((s - 1) * tills + 1, s * tills + 1)]
+                await conn.execute("UPDATE devices SET school_id = $1 WHERE id = ANY($2::bigint[])", s, ts + ks)
+                await conn.execute(
+                    "UPDATE accounts SET school_id = $1 WHERE id IN (SELECT drawer_account_id FROM devices"
+                    " WHERE id = ANY($2::bigint[]) AND drawer_account_id IS NOT NULL)", s, ks,
+                )
+    finally:
+        await conn.close()
+
+
+def turnstile_id(n: int) -> int:
+    from storage.demo_dataset import TURNSTILE_ID_BASE
+
+    return TURNSTILE_ID_BASE + n
+
+
+def till_id(n: int) -> int:
+    from storage.demo_dataset import TILL_ID_BASE
+
+    return TILL_ID_BASE + n
+
+
+# ----------------------------------------------------------------------------- the rush
+
+
+def plan_school(seed: int, school: int, pupils: int, turnstiles: int, tills: int, window_s: float,
+                purchase_rate: float) -> tuple[list[list], list[list]]:
+    """School ``school``'s rush: every pupil taps in at one of its turnstiles (CARD_PRESENTED,
+    then PASSAGE) at a uniform time in the window; ``purchase_rate`` of them also buys a
+    basket at one of its tills, a little later, inside the window."""
+    from simulators.scenarios import IN, Action, normal_basket
+    from storage.demo_dataset import demo_card_uid
+
+    rng = random.Random(f"{seed}/notices/{school}")
+    gates: list[list] = [[] for _ in range(turnstiles)]
+    tills_plan: list[list] = [[] for _ in range(tills)]
+    for pupil in range((school - 1) * pupils + 1, school * pupils + 1):
+        at = rng.uniform(0, window_s)
+        gates[rng.randrange(turnstiles)].append(Action(at, "entry", demo_card_uid(pupil), pupil, IN, True))
+        if rng.random() < purchase_rate:
+            buy = min(window_s, at + rng.uniform(0, window_s / 4))
+            tills_plan[rng.randrange(tills)].append(Action(buy, "purchase", demo_card_uid(pupil), pupil, items=normal_basket(rng)))
+    for p in gates + tills_plan:
+        p.sort(key=lambda a: a.at_s)
+    return gates, tills_plan
+
+
+async def drive(port: int, log_dir: Path, *, schools: int, pupils: int, turnstiles: int, tills: int,
+                window_s: float, purchase_rate: float, seed: int) -> dict:
+    from protocol import DeviceKind
+    from simulators.scenarios import Fleet, play
+
+    fleet = Fleet("127.0.0.1", port, log_dir, seed, 0.0, 120.0)
+    plans: list[list] = []
+    for s in range(1, schools + 1):
+        gates, tills_plan = plan_school(seed, s, pupils, turnstiles, tills, window_s, purchase_rate)
+        for n, plan in zip(range((s - 1) * turnstiles + 1, s * turnstiles + 1), gates):
+            fleet.add(turnstile_id(n), DeviceKind.TURNSTILE)
+            plans.append(plan)
+        for n, plan in zip(range((s - 1) * tills + 1, s * tills + 1), tills_plan):
+            fleet.add(till_id(n), DeviceKind.TILL)
+            plans.append(plan)
+    t0 = time.monotonic()
+    with open(log_dir / "progress.log", "w") as out:
+        settled = await play(fleet, plans, progress_s=2.0, out=out)
+    st = fleet.stats
+    return {
+        "devices": len(fleet.devices),
+        "planned_actions": sum(len(p) for p in plans),
+        "requests": st.requests,
+        "accepts": st.accepts,
+        "denies": dict(st.denies),
+        "naks": dict(st.naks),
+        "errors": st.errors[:20],
+        "settled": settled,
+        "run_s": round(time.monotonic() - t0, 2),
+        "device_reply_ms": {"p50": round(st.quantile_ms(0.5), 2), "p99": round(st.quantile_ms(0.99), 2)},
+    }
+
+
+# ----------------------------------------------------------------------------- measuring
+
+_STATE = """
+SELECT (SELECT count(*) FROM outbox) AS outbox,
+       (SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL) AS unsent,
+       (SELECT count(*) FROM processed_events) AS processed,
+       (SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending', 'failed')) AS open,
+       (SELECT count(*) FROM deliveries) AS deliveries
+"""
+
+_LATENCIES = """
+SELECT d.channel, pe.kind, d.sent_at_ms,
+       d.sent_at_ms - COALESCE(g.device_time_ms, j.device_time_ms, j.decided_at_ms) AS from_tap,
+       d.sent_at_ms - j.decided_at_ms AS from_decision,
+       d.sent_at_ms - pe.created_at_ms AS from_outbox,
+       COALESCE(g.device_time_ms, j.device_time_ms, j.decided_at_ms) AS tap_ms,
+       o.sent_at_ms - o.created_at_ms AS outbox_to_published,
+       pe.received_at_ms - o.sent_at_ms AS published_to_taken_in,
+       d.sent_at_ms - pe.received_at_ms AS taken_in_to_channel
+FROM deliveries AS d
+JOIN processed_events AS pe ON pe.event_id = d.event_id
+JOIN outbox AS o ON o.event_id = d.event_id
+JOIN journal AS j ON j.device_id = split_part(d.event_id, ':', 1)::bigint
+                 AND j.device_txn = split_part(d.event_id, ':', 2)::bigint
+-- an entry's notice comes from the PASSAGE; the tap is the CARD_PRESENTED granted just before
+-- it on the same turnstile (the simulators send the passage right after the grant, next txn)
+LEFT JOIN journal AS g ON j.kind = 2 AND g.kind = 1 AND g.device_id = j.device_id
+                      AND g.device_txn = j.device_txn - 1 AND g.account_id = j.account_id
+WHERE d.status = 'sent' AND split_part(d.event_id, ':', 1) <> '0'
+"""
+
+
+async def _fetch(dsn: str, sql: str) -> list:
+    import asyncpg
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        return await conn.fetch(sql)
+    finally:
+        await conn.close()
+
+
+def wait_delivered(dsn: str, timeout_s: float = DRAIN_TIMEOUT_S) -> dict:
+    """Until every outbox row is published, taken in and every delivery finished (or the timeout)."""
+    t0 = time.monotonic()
+    while True:
+        (row,) = asyncio.run(_fetch(dsn, _STATE))
+        state = dict(row)
+        done = state["outbox"] > 0 and state["unsent"] == 0 and state["processed"] >= state["outbox"] and state["open"] == 0
+        if done or time.monotonic() - t0 > timeout_s:
+            state["drained"] = done
+            state["drain_wait_s"] = round(time.monotonic() - t0, 2)
+            return state
+        time.sleep(0.2)
+
+
+def _quantile(data: list[float], q: float) -> float:
+    """Nearest rank on sorted data."""
+    return data[max(0, min(len(data) - 1, math.ceil(q * len(data)) - 1))]
+
+
+def summary_ms(values: list[float]) -> dict:
+    if not values:
+        return {"count": 0}
+    data = sorted(values)
+    return {
+        "count": len(data),
+        "p50": _quantile(data, 0.5),
+        "p90": _quantile(data, 0.9),
+        "p99": _quantile(data, 0.99),
+        "max": data[-1],
+        "mean": round(sum(data) / len(data), 1),
+    }
+
+
+def latencies(rows: list) -> dict:
+    out: dict = {"tap_to_channel_ms": {}, "decision_to_channel_ms": {}, "outbox_to_channel_ms": {}, "by_kind": {}}
+    for key, column in (("tap_to_channel_ms", "from_tap"), ("decision_to_channel_ms", "from_decision"),
+                        ("outbox_to_channel_ms", "from_outbox")):
+        out[key]["all"] = summary_ms([r[column] for r in rows])
+        for channel in CHANNELS:
+            out[key][channel] = summary_ms([r[column] for r in rows if r["channel"] == channel])
+    # Where the time goes: the relay (outbox row -> the broker's PUBACK, outbox.sent_at_ms), the
+    # broker and the notifier's intake (-> processed_events.received_at_ms), the notifier's
+    # delivery (-> deliveries.sent_at_ms). The relay marks a whole batch once all its PUBACKs are
+    # in, so the first stage holds the batch's publishing and the middle one is often negative
+    # (the notifier took the event in before the relay marked its batch).
+    out["stages_ms"] = {
+        stage: summary_ms([r[stage] for r in rows if r[stage] is not None])
+        for stage in ("outbox_to_published", "published_to_taken_in", "taken_in_to_channel")
+    }
+    for kind in sorted({r["kind"] for r in rows}):
+        out["by_kind"][kind] = summary_ms([r["from_tap"] for r in rows if r["kind"] == kind])
+    if rows:
+        first, last = min(r["tap_ms"] for r in rows), max(r["sent_at_ms"] for r in rows)
+        span_s = max(0.001, (last - first) / 1000)
+        out["first_tap_to_last_sent_s"] = round(span_s, 2)
+        out["deliveries_per_s"] = round(len(rows) / span_s, 1)
+    return out
+
+
+def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
+    schools, pupils = plan.notices_schools, plan.notices_pupils
+    turnstiles, tills = plan.notices_turnstiles, plan.notices_tills
+    total = schools * pupils
+    out: dict = {
+        "schools": schools,
+        "pupils_per_school": pupils,
+        "turnstiles_per_school": turnstiles,
+        "tills_per_school": tills,
+        "window_s": plan.notices_window_s,
+        "purchase_rate": plan.notices_purchase_rate,
+        "channels": list(CHANNELS),
+    }
+    log(f"notices: database with {schools} schools x {pupils:,} pupils, each with a parent on {', '.join(CHANNELS)}")
+    dsn = dbs.create(pupils=total, turnstiles=schools * turnstiles, tills=schools * tills, represented_pupils=total)
+    asyncio.run(split_schools(dsn, schools, pupils, turnstiles, tills))
+    broker = Broker(logs).start()
+    out["broker"] = broker.kind
+    out["topic_prefix"] = broker.prefix
+    started: list[procs.ServerProcess] = []
+    try:
+        gw = procs.gateway(dsn, logs / "gateway-notices.log").start()
+        started.append(gw)
+        nt = notifier(dsn, broker, logs).start()  # before the relay: it holds its subscription first
+        started.append(nt)
+        rl = relay(dsn, broker, logs).start()
+        started.append(rl)
+        sim_dir = logs / "sim-notices"
+        sim_dir.mkdir(parents=True, exist_ok=True)
+        log(f"notices: rush over {plan.notices_window_s:g} s: {total:,} pupils tap in at {schools * turnstiles} turnstiles, "
+            f"{plan.notices_purchase_rate:.0%} also buy at {schools * tills} tills (broker: {broker.kind})")
+        gw0 = gw.metrics()
+        cpu0 = {name: p.cpu_seconds() for name, p in (("gateway", gw), ("notifier", nt), ("relay", rl))}
+        out["rush"] = asyncio.run(drive(
+            gw.port, sim_dir, schools=schools, pupils=pupils, turnstiles=turnstiles, tills=tills,
+            window_s=plan.notices_window_s, purchase_rate=plan.notices_purchase_rate, seed=7,
+        ))
+        state = wait_delivered(dsn)
+        out["state"] = state
+        cpu1 = {name: p.cpu_seconds() for name, p in (("gateway", gw), ("notifier", nt), ("relay", rl))}
+        out["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu0}
+        gm = gw.metrics()
+        out["gateway"] = {
+            "server_latency_us": procs.quantiles(gm, "ecard_decision_latency_quantile_us"),
+            "durable_lag_ms": procs.quantiles(gm, "ecard_durable_lag_quantile_ms"),
+            "decisions": int(procs.metric_sum(gm, "ecard_decisions_total") - procs.metric_sum(gw0, "ecard_decisions_total")),
+        }
+        nm = nt.metrics()
+        out["notifier_metric_delivery_s"] = {
+            q: procs.histogram_quantile(nm, "ecard_notifier_delivery_seconds", float(q)) for q in ("0.5", "0.99")
+        }
+        rows = asyncio.run(_fetch(dsn, _LATENCIES))
+        out.update(latencies(rows))
+        out["events"] = state["processed"]
+        out["deliveries"] = len(rows)
+        run_s = (out["rush"] or {}).get("run_s") or 0
+        out["events_per_s"] = round(state["outbox"] / run_s, 1) if run_s else None
+        out["taps_per_s"] = round(out["rush"]["requests"] / run_s, 1) if run_s else None
+        if not state["drained"]:
+            out["warning"] = f"not everything was delivered within {DRAIN_TIMEOUT_S:g} s: {state}"
+    finally:
+        for p in reversed(started):
+            p.stop()
+        broker.stop()
+        dbs.drop(dsn)
+    t = out.get("tap_to_channel_ms", {}).get("all", {})
+    log(f"notices: {out.get('deliveries', 0):,} deliveries of {out.get('events', 0):,} events: tap -> channel "
+        f"p50 {t.get('p50')} ms, p99 {t.get('p99')} ms, max {t.get('max')} ms")
+    return out
+
+
+def render(n: dict) -> list[str]:
+    """Lines for the bench's table."""
+    lines = [
+        f"notices: {n['schools']} schools x {n['pupils_per_school']:,} pupils (parents on {', '.join(n['channels'])}), "
+        f"rush over {n['window_s']:g} s, {n['purchase_rate']:.0%} also buy; broker: {n.get('broker')}",
+    ]
+    r = n.get("rush") or {}
+    st = n.get("state") or {}
+    lines.append(
+        f"  {r.get('requests', 0):,} taps ({n.get('taps_per_s')}/s), {st.get('outbox', 0):,} events ({n.get('events_per_s')}/s), "
+        f"{n.get('deliveries', 0):,} deliveries sent ({n.get('deliveries_per_s')}/s from the first tap to the last send); "
+        f"{'all delivered' if st.get('drained') else 'NOT all delivered'}"
+    )
+    lines.append(f"  {'from':<22} {'channel':<9} {'count':>7} {'p50 ms':>7} {'p90 ms':>7} {'p99 ms':>7} {'max ms':>7}")
+    for key, label in (("tap_to_channel_ms", "tap (device)"), ("decision_to_channel_ms", "decision (gateway)"),
+                       ("outbox_to_channel_ms", "outbox row")):
+        for channel in ("all", *n.get("channels", CHANNELS)):
+            s = (n.get(key) or {}).get(channel) or {}
+            if not s.get("count"):
+                continue
+            lines.append(
+                f"  {label:<22} {channel:<9} {s['count']:>7,} {s['p50']:>7,} {s['p90']:>7,} {s['p99']:>7,} {s['max']:>7,}"
+            )
+    for kind, s in (n.get("by_kind") or {}).items():
+        if s.get("count"):
+            lines.append(f"  tap -> channel, {kind:<14} {s['count']:>7,} deliveries, p50 {s['p50']:,} ms, p99 {s['p99']:,} ms")
+    stages = n.get("stages_ms") or {}
+    if stages:
+        lines.append("  stages (p50 / p99 ms): " + "; ".join(
+            f"{name.replace('_', ' ')} {(stages.get(name) or {}).get('p50')} / {(stages.get(name) or {}).get('p99')}"
+            for name in ("outbox_to_published", "published_to_taken_in", "taken_in_to_channel")
+        ))
+    g = n.get("gateway") or {}
+    lines.append(
+        f"  gateway meanwhile: server p99 {g.get('server_latency_us', {}).get('0.99')} us, "
+        f"tap->durable p99 {g.get('durable_lag_ms', {}).get('0.99')} ms; CPU s gateway/relay/notifier "
+        f"{(n.get('cpu_s') or {}).get('gateway')}/{(n.get('cpu_s') or {}).get('relay')}/{(n.get('cpu_s') or {}).get('notifier')}; "
+        f"notifier's ecard_notifier_delivery_seconds p99 <= {(n.get('notifier_metric_delivery_s') or {}).get('0.99')} s"
+    )
+    if n.get("warning"):
+        lines.append(f"  WARNING: {n['warning']}")
+    return lines
