@@ -1,7 +1,7 @@
 """python -m notifier [--config notifier.toml]
 
 Takes the parents' events in from MQTT (the relay's stream), records one delivery per
-(event, representative, channel) and sends them: e-mail (SMTP) and app push (MQTT).
+(event, representative, channel) and sends them: e-mail (SMTP), app and Smart-TV push (MQTT), SMS (SMPP).
 Every setting is a field of notifier/config.py (TOML file, or ECARD_NOTIFIER_<FIELD>;
 ECARD_PG_DSN, ECARD_MQTT_URL, ECARD_DATA_DIR are shared). See docs/notifier.md.
 """

@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 from storage import database
 
 from .channels import build_channels
-from .config import NotifierConfig, Server, broker, smtp_server
+from .config import NotifierConfig, Server, broker, smsc_server, smtp_server
 from .reference import ReferenceCache
 from .render import Renderer
 from .service import Deliverer, Intake, NotifierMetrics
@@ -52,6 +52,13 @@ async def serve(config: NotifierConfig) -> int:
 
         sink_server, port, _ = await start_sink(smtp.host, smtp.port, Path(config.data_dir) / "mail")
         smtp = Server(smtp.host, port, None, None, False, True)  # the port it got (0 picks one)
+    smsc = smsc_server(config)
+    simulator = None
+    if smsc.embedded and "sms" in config.channels:
+        from .smsc import SmscSimulator
+
+        simulator = SmscSimulator(smsc.host, smsc.port)
+        await simulator.start()
     registry = CollectorRegistry()
     metrics = NotifierMetrics(registry)
     metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
@@ -60,12 +67,13 @@ async def serve(config: NotifierConfig) -> int:
         dsn, min_size=1, max_size=POOL_CONNECTIONS_MAX, timeout=database.CONNECT_TIMEOUT_S,
         command_timeout=config.statement_timeout_ms / 1000,
     )
-    channels = build_channels(config, smtp, mqtt)
+    reference = ReferenceCache(pool, config.reference_ttl_ms, config.statement_timeout_ms / 1000)
+    renderer = Renderer()
+    channels = build_channels(config, smtp, mqtt, smsc, pool=pool, renderer=renderer, reference=reference)
     for channel in channels.values():
         await channel.start()
     rng = random.Random()
-    reference = ReferenceCache(pool, config.reference_ttl_ms, config.statement_timeout_ms / 1000)
-    deliverer = Deliverer(config, pool, channels, Renderer(), reference, metrics, rng)
+    deliverer = Deliverer(config, pool, channels, renderer, reference, metrics, rng)
     intake = Intake(config, mqtt, pool, metrics, deliverer.wake, rng)
     stop_intake = asyncio.Event()
     delivering = asyncio.create_task(deliverer.run(stop), name="deliver")
@@ -81,6 +89,7 @@ async def serve(config: NotifierConfig) -> int:
         f"{READY_LINE}: events from {mqtt.url}{' (embedded broker)' if mqtt.embedded else ''} "
         f"as {config.events_filter} (client {config.client_id}); channels {', '.join(channels)}; "
         f"e-mail via {smtp.url}{' (embedded SMTP sink, mail kept in ' + str(Path(config.data_dir) / 'mail') + ')' if smtp.embedded else ''}; "
+        f"{'SMS via ' + smsc.url + (' (embedded SMSC simulator)' if smsc.embedded else '') + '; ' if 'sms' in channels else ''}"
         f"{'messages written under ' + str(sent) + '; ' if sent else ''}"
         f"metrics on http://{config.metrics_host}:{metrics_port}/metrics",
         flush=True,
@@ -105,6 +114,8 @@ async def serve(config: NotifierConfig) -> int:
         if sink_server is not None:
             sink_server.close()
             await sink_server.wait_closed()
+        if simulator is not None:
+            await simulator.stop()
     return 0
 
 

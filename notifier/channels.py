@@ -11,7 +11,7 @@ A channel is anything with a ``name`` (the representatives table's channel name)
   other exception is a bug in the channel and is treated as temporary.
 
 Sends may run concurrently (the worker bounds them); a channel must be safe for that.
-SMS (SMPP) and USSD plug in the same way: add a class here, its name to
+SMS (notifier/sms.py) plugs in the same way; so would USSD: add a class, its name to
 ``config.IMPLEMENTED_CHANNELS`` and its templates to ``templates/<channel>/``.
 """
 
@@ -53,6 +53,24 @@ class TemporaryDeliveryError(DeliveryError):
 
 class PermanentDeliveryError(DeliveryError):
     """Trying again would give the same answer."""
+
+
+class DeferDelivery(DeliveryError):
+    """Not now (SMS quiet hours, the daily digest's time): pending again, due at ``until_ms``;
+    not counted as an attempt."""
+
+    def __init__(self, until_ms: int, reason: str) -> None:
+        super().__init__(reason)
+        self.until_ms = until_ms
+
+
+class SkipDelivery(DeliveryError):
+    """Nothing to send, and nothing to retry: ``status`` is cancelled (over the daily SMS cap)
+    or sent (the event went out in the carrier of a daily digest)."""
+
+    def __init__(self, status: str, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
 
 
 class Channel(Protocol):
@@ -194,6 +212,11 @@ def representative_topic(prefix: str, representative_id: int) -> str:
     return f"{prefix}/representatives/{int(representative_id)}/events"
 
 
+def tv_topic(prefix: str, representative_id: int) -> str:
+    """The Smart-TV app's topic of the representative (same ACL pattern as the app's)."""
+    return f"{prefix}/representatives/{int(representative_id)}/tv"
+
+
 class PushMessage(msgspec.Struct, frozen=True):
     """What the app receives (JSON). ``delivery_id`` is the same on a repeat: the app drops
     a message it has shown."""
@@ -225,7 +248,8 @@ class PushChannel:
     html = False
 
     def __init__(self, server: Server, *, client_id: str, keepalive_s: int, timeout_ms: int,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None, name: str = "app_push") -> None:
+        self.name = name  # app_push, or tv_push (the Smart-TV app: the same PUBLISH to its own topic)
         self.server = server
         self.client_id = client_id
         self.keepalive_s = keepalive_s
@@ -309,7 +333,7 @@ class RecordingChannel:
             f"Subject: {rendered.subject}",
         ]
         body = [rendered.text.rstrip("\n")]
-        if self.name == "app_push":
+        if self.name in ("app_push", "tv_push"):
             body += ["", "Payload:", msgspec.json.format(push_payload(delivery, rendered), indent=2).decode()]
         return "\n".join(head) + "\n\n" + "\n".join(body) + "\n"
 
@@ -317,7 +341,8 @@ class RecordingChannel:
         await self.inner.close()
 
 
-def build_channels(config: NotifierConfig, smtp: Server, broker: Server) -> dict[str, Channel]:
+def build_channels(config: NotifierConfig, smtp: Server, broker: Server, smsc: Server | None = None,
+                   pool=None, renderer=None, reference=None) -> dict[str, Channel]:
     channels: dict[str, Channel] = {}
     tls = ssl.create_default_context() if broker.tls else None
     for name in config.channels:
@@ -330,6 +355,18 @@ def build_channels(config: NotifierConfig, smtp: Server, broker: Server) -> dict
         elif name == "app_push":
             channel = PushChannel(broker, client_id=f"{config.client_id}-push", keepalive_s=config.keepalive_s,
                                   timeout_ms=config.push_timeout_ms, tls_context=tls)
+        elif name == "tv_push":
+            channel = PushChannel(broker, client_id=f"{config.client_id}-tv", keepalive_s=config.keepalive_s,
+                                  timeout_ms=config.push_timeout_ms, tls_context=tls, name="tv_push")
+        elif name == "sms":
+            from .sms import SmsChannel
+
+            assert smsc is not None
+            sms = SmsChannel(smsc, pool=pool, renderer=renderer, reference=reference,
+                             per_second=config.sms_per_second_max, timeout_ms=config.sms_submit_timeout_ms,
+                             source_addr=config.sms_source_addr, sent_dir=config.sent_path)
+            channels[name] = sms  # writes its own files (the text sent may be a digest)
+            continue
         else:  # config validation lets only the implemented ones through
             raise AssertionError(name)
         sent = config.sent_path

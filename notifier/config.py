@@ -74,12 +74,18 @@ EMBEDDED_BROKER_PORT = 1884
 # The embedded SMTP sink of `make run` (aiosmtpd, inside the notifier).
 EMBEDDED_SMTP_HOST = "127.0.0.1"
 EMBEDDED_SMTP_PORT = 8025
+# The embedded SMSC simulator of `make run` (smpp34, inside the notifier, notifier/smsc.py).
+EMBEDDED_SMSC_HOST = "127.0.0.1"
+EMBEDDED_SMSC_PORT = 2775
+# SMS (notifier/sms.py has the reasons): PDUs a second, and submit_sm to its response.
+SMS_PER_SECOND_MAX = 10
+SMS_SUBMIT_TIMEOUT_MS = 10_000
 TOPIC_PREFIX = "ecard/v1"
 SHARE_GROUP = "notifier"
 
 # The channels this notifier can send on (notifier.channels); the representatives table
 # knows the leaflet's six (storage.representatives.CHANNELS).
-IMPLEMENTED_CHANNELS = ("email", "app_push")
+IMPLEMENTED_CHANNELS = ("email", "app_push", "tv_push", "sms")
 
 
 class ConfigError(ValueError):
@@ -109,6 +115,14 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     smtp_starttls: bool = False
     smtp_sink_host: str = EMBEDDED_SMTP_HOST
     smtp_sink_port: int = EMBEDDED_SMTP_PORT  # 0 picks a free port (tests)
+    # smpp://system_id:password@host:port; empty: the embedded SMSC simulator below, started
+    # inside this process (smpp34).
+    smpp_url: str = ""
+    smsc_sim_host: str = EMBEDDED_SMSC_HOST
+    smsc_sim_port: int = EMBEDDED_SMSC_PORT
+    sms_source_addr: str = "ECARD"
+    sms_per_second_max: int = SMS_PER_SECOND_MAX
+    sms_submit_timeout_ms: int = SMS_SUBMIT_TIMEOUT_MS
     mail_from: str = "noreply@ecard.localhost"
     mail_from_name: str = "Проход и питание"
     # Every message sent is also written, readable, under <sent_dir>/<channel>/. None: on
@@ -143,12 +157,18 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         for channel in self.channels:
             _require(channel in IMPLEMENTED_CHANNELS, "channels", f"{channel!r} is not implemented (only {IMPLEMENTED_CHANNELS})")
         _require("@" in self.mail_from, "mail_from", "must be an e-mail address")
+        _require(0 < self.smsc_sim_port < 65536, "smsc_sim_port", "must be 1..65535")
+        _require(1 <= self.sms_per_second_max <= 10_000, "sms_per_second_max", "must be 1..10000")
+        _require(100 <= self.sms_submit_timeout_ms, "sms_submit_timeout_ms", "must be at least 100")
+        _require(bool(re.match(r"^[A-Za-z0-9+]{1,20}$", self.sms_source_addr)), "sms_source_addr",
+                 "must be 1..20 of [A-Za-z0-9+]")
         _require(1 <= self.delivery_attempts_max <= 100, "delivery_attempts_max", "must be 1..100")
         _require(1 <= self.delivery_backoff_ms_min, "delivery_backoff_ms_min", "must be at least 1")
         _require(self.delivery_backoff_ms_max >= self.delivery_backoff_ms_min, "delivery_backoff_ms_max",
                  "must be at least delivery_backoff_ms_min")
-        _require(self.delivery_lease_ms > max(self.smtp_timeout_ms, self.push_timeout_ms), "delivery_lease_ms",
-                 "must be longer than smtp_timeout_ms and push_timeout_ms (a live sender is never overtaken)")
+        _require(self.delivery_lease_ms > max(self.smtp_timeout_ms, self.push_timeout_ms, self.sms_submit_timeout_ms),
+                 "delivery_lease_ms", "must be longer than smtp_timeout_ms, push_timeout_ms and sms_submit_timeout_ms "
+                 "(a live sender is never overtaken)")
         _require(10 <= self.delivery_poll_interval_ms <= 60_000, "delivery_poll_interval_ms", "must be 10..60000")
         _require(1 <= self.send_concurrency_max <= 500, "send_concurrency_max", "must be 1..500")
         _require(1 <= self.ingest_batch_events_max <= 10_000, "ingest_batch_events_max", "must be 1..10000")
@@ -163,10 +183,15 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         _require(self.reference_ttl_ms >= 0, "reference_ttl_ms", "must be >= 0")
         broker(self)
         smtp_server(self)
+        smsc_server(self)
 
     @property
     def embedded_smtp(self) -> bool:
         return not self.smtp_url
+
+    @property
+    def embedded_smsc(self) -> bool:
+        return not self.smpp_url
 
     @property
     def sent_path(self) -> Path | None:
@@ -212,6 +237,14 @@ def smtp_server(config: NotifierConfig) -> Server:
     if not config.smtp_url:
         return Server(config.smtp_sink_host, config.smtp_sink_port, None, None, False, True)
     return _parse(config.smtp_url, "smtp_url", ("smtp", "smtps"), 25, 465)
+
+
+def smsc_server(config: NotifierConfig) -> Server:
+    if not config.smpp_url:
+        return Server(config.smsc_sim_host, config.smsc_sim_port, None, None, False, True)
+    server = _parse(config.smpp_url, "smpp_url", ("smpp", "smpps"), 2775, 3550)
+    _require(not server.tls, "smpp_url", "smpps (TLS) is not supported by the SMPP client; use smpp://")
+    return server
 
 
 def _parse(url: str, field: str, schemes: tuple[str, str], port: int, tls_port: int) -> Server:

@@ -42,7 +42,15 @@ from storage import deliveries as store
 from storage import representatives
 from storage.deliveries import CANCELLED, DEAD, SENT, Claimed, Outcome, Target
 
-from .channels import Channel, PermanentDeliveryError, TemporaryDeliveryError, representative_topic
+from .channels import (
+    Channel,
+    DeferDelivery,
+    PermanentDeliveryError,
+    SkipDelivery,
+    TemporaryDeliveryError,
+    representative_topic,
+    tv_topic,
+)
 from .config import NotifierConfig, Server
 from .reference import ReferenceCache
 from .render import Renderer, RenderError, Rendered, notice_context
@@ -116,6 +124,10 @@ def targets_of(subscribers: list[representatives.Subscriber], channels: tuple[st
                     out.append(Target(s.representative_id, channel, s.email))
             elif channel == "app_push":
                 out.append(Target(s.representative_id, channel, representative_topic(prefix, s.representative_id)))
+            elif channel == "tv_push":
+                out.append(Target(s.representative_id, channel, tv_topic(prefix, s.representative_id)))
+            elif channel == "sms":
+                out.append(Target(s.representative_id, channel, s.phone))
     return out
 
 
@@ -380,6 +392,10 @@ class Deliverer:
                 outcome = await self._attempt(delivery, channel)
             finally:
                 self.metrics.in_flight.dec()
+            if isinstance(outcome, DeferDelivery):
+                self.metrics.finished.labels(delivery.channel, "deferred").inc()
+                await self._defer(delivery, outcome)
+                return
         self.metrics.finished.labels(delivery.channel, outcome.status).inc()
         if outcome.status == SENT:
             self.metrics.latency.labels(delivery.channel).observe(max(0, now_ms() - delivery.created_at_ms) / 1000)
@@ -388,12 +404,24 @@ class Deliverer:
                         delivery.event_id, delivery.attempts, outcome.last_error)
         await self._finish(outcome, stop)
 
-    async def _attempt(self, delivery: Claimed, channel: Channel) -> Outcome:
+    async def _defer(self, delivery: Claimed, deferred: DeferDelivery) -> None:
+        try:
+            async with self.pool.acquire() as conn:
+                await store.defer(conn, delivery.id, until_ms=deferred.until_ms, reason=f"deferred: {deferred}",
+                                  now_ms=now_ms(), worker=self.config.client_id, timeout_s=self.timeout_s)
+        except _DB_LOST as exc:  # the lease runs out and the delivery is claimed again, and deferred again
+            log.warning("delivery %d: deferral not written: %s", delivery.id, exc)
+
+    async def _attempt(self, delivery: Claimed, channel: Channel) -> Outcome | DeferDelivery:
         try:
             notice = NOTICE_DECODER.decode(delivery.notice)
             rendered = await self._render(delivery, notice, channel)
             await channel.send(delivery, rendered)
             return Outcome(delivery.id, SENT, now_ms(), None)
+        except DeferDelivery as exc:
+            return exc
+        except SkipDelivery as exc:
+            return Outcome(delivery.id, exc.status, now_ms(), str(exc)[:1000])
         except (PermanentDeliveryError, RenderError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             return self._failed(delivery, exc, permanent=True)
         except TemporaryDeliveryError as exc:

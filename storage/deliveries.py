@@ -359,3 +359,131 @@ async def status_counts(conn: asyncpg.Connection) -> dict[str, int]:
     """How many deliveries are in each status (a full scan: for tests and occasional checks)."""
     rows = await conn.fetch("SELECT status, count(*) AS n FROM deliveries GROUP BY status")
     return {r["status"]: int(r["n"]) for r in rows}
+
+
+# -- SMS (migration 0012): the SMSC's message ids, receipts, deferrals, digests ------------------
+
+_SMS_DELIVERED = """
+UPDATE deliveries AS d
+SET receipt_status = s.status, delivered_at_ms = CASE WHEN s.status = 'DELIVRD' THEN s.at ELSE NULL END
+FROM (
+    SELECT p.delivery_id,
+           CASE WHEN count(*) FILTER (WHERE p.stat = 'DELIVRD') = max(p.parts) THEN 'DELIVRD'
+                ELSE max(p.stat) FILTER (WHERE p.stat IS NOT NULL AND p.stat <> 'DELIVRD') END AS status,
+           max(p.receipt_at_ms) AS at
+    FROM sms_parts p WHERE p.delivery_id = $1 GROUP BY p.delivery_id
+) AS s
+WHERE d.id = s.delivery_id AND s.status IS NOT NULL
+"""
+
+
+async def sms_submitted(conn: asyncpg.Connection, delivery_id: int, message_ids: list[str], *, now_ms: int,
+                        timeout_s: float | None = None) -> None:
+    """The SMSC accepted every part of ``delivery_id``: its message ids (in part order) are
+    kept; receipts that came first are matched now."""
+    async with conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO sms_parts (smsc_message_id, delivery_id, part, parts, submitted_at_ms)
+            SELECT m, $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS t(m, n)
+            ON CONFLICT (smsc_message_id) DO UPDATE
+            SET delivery_id = EXCLUDED.delivery_id, part = EXCLUDED.part, parts = EXCLUDED.parts,
+                submitted_at_ms = EXCLUDED.submitted_at_ms
+            """,
+            delivery_id, message_ids, len(message_ids), now_ms, timeout=timeout_s,
+        )
+        await conn.execute("UPDATE deliveries SET smsc_message_id = $2, sms_parts = $3 WHERE id = $1",
+                           delivery_id, message_ids[0], len(message_ids), timeout=timeout_s)
+        await conn.execute(_SMS_DELIVERED, delivery_id, timeout=timeout_s)
+
+
+async def sms_receipt(conn: asyncpg.Connection, smsc_message_id: str, stat: str, *, now_ms: int,
+                      timeout_s: float | None = None) -> int | None:
+    """A delivery receipt (deliver_sm) for one part; returns its delivery id when known."""
+    async with conn.transaction():
+        delivery_id = await conn.fetchval(
+            """
+            INSERT INTO sms_parts (smsc_message_id, stat, receipt_at_ms) VALUES ($1, $2, $3)
+            ON CONFLICT (smsc_message_id) DO UPDATE SET stat = EXCLUDED.stat, receipt_at_ms = EXCLUDED.receipt_at_ms
+            RETURNING delivery_id
+            """,
+            smsc_message_id, stat, now_ms, timeout=timeout_s,
+        )
+        if delivery_id is not None:
+            await conn.execute(_SMS_DELIVERED, delivery_id, timeout=timeout_s)
+    return delivery_id
+
+
+async def sms_sent_since(conn: asyncpg.Connection, representative_id: int, since_ms: int,
+                         timeout_s: float | None = None) -> int:
+    """SMS messages (not parts) the SMSC accepted for a representative since ``since_ms``."""
+    return int(await conn.fetchval(
+        "SELECT count(DISTINCT p.delivery_id) FROM sms_parts p JOIN deliveries d ON d.id = p.delivery_id "
+        "WHERE d.representative_id = $1 AND p.submitted_at_ms >= $2",
+        representative_id, since_ms, timeout=timeout_s,
+    ))
+
+
+async def defer(conn: asyncpg.Connection, delivery_id: int, *, until_ms: int, reason: str, now_ms: int, worker: str,
+                timeout_s: float | None = None) -> bool:
+    """A claimed delivery that must wait (quiet hours, the digest's time): pending again,
+    due at ``until_ms``; the claim does not count as an attempt."""
+    status = await conn.execute(
+        "UPDATE deliveries SET status = 'pending', attempts = greatest(attempts - 1, 0), next_attempt_at_ms = $2, "
+        "last_error = $3, claimed_by = NULL, updated_at_ms = $4 WHERE id = $1 AND status = 'sending' AND claimed_by = $5",
+        delivery_id, until_ms, reason, now_ms, worker, timeout=timeout_s,
+    )
+    return status.endswith(" 1")
+
+
+class DigestClaim(msgspec.Struct, frozen=True):
+    carrier_delivery_id: int
+    covered: list[int]
+
+
+async def claim_digest(conn: asyncpg.Connection, *, representative_id: int, delivery_id: int, period_start_ms: int,
+                       period_end_ms: int, now_ms: int, timeout_s: float | None = None) -> DigestClaim:
+    """The digest of one representative's period: the first delivery to ask becomes its
+    carrier and covers every unfinished SMS delivery of the period's events; later ones read it."""
+    row = await conn.fetchrow(
+        """
+        INSERT INTO sms_digests (representative_id, period_end_ms, carrier_delivery_id, covered, created_at_ms)
+        SELECT $1, $2, $3, array(
+            SELECT d.id FROM deliveries d JOIN processed_events e USING (event_id)
+            WHERE d.representative_id = $1 AND d.channel = 'sms' AND e.at_ms >= $4 AND e.at_ms < $2
+              AND (d.status IN ('pending', 'sending', 'failed')) ORDER BY e.at_ms, d.id), $5
+        ON CONFLICT (representative_id, period_end_ms) DO NOTHING
+        RETURNING carrier_delivery_id, covered
+        """,
+        representative_id, period_end_ms, delivery_id, period_start_ms, now_ms, timeout=timeout_s,
+    )
+    if row is None:
+        row = await conn.fetchrow(
+            "SELECT carrier_delivery_id, covered FROM sms_digests WHERE representative_id = $1 AND period_end_ms = $2",
+            representative_id, period_end_ms, timeout=timeout_s,
+        )
+    return DigestClaim(row["carrier_delivery_id"], list(row["covered"]))
+
+
+async def digest_events(conn: asyncpg.Connection, delivery_ids: list[int],
+                        timeout_s: float | None = None) -> list[tuple[int, str, str, int, int]]:
+    """(account_id, kind, notice JSON, school_id, at_ms) of the covered deliveries, oldest first."""
+    rows = await conn.fetch(
+        "SELECT e.account_id, e.kind, e.notice::text AS notice, e.school_id, e.at_ms FROM deliveries d "
+        "JOIN processed_events e USING (event_id) WHERE d.id = ANY ($1::bigint[]) ORDER BY e.at_ms, d.id",
+        delivery_ids, timeout=timeout_s,
+    )
+    return [(r["account_id"], r["kind"], r["notice"], r["school_id"], r["at_ms"]) for r in rows]
+
+
+class SmsReceipt(msgspec.Struct, frozen=True):
+    smsc_message_id: str | None
+    sms_parts: int | None
+    receipt_status: str | None
+    delivered_at_ms: int | None
+
+
+async def sms_receipt_of(conn: asyncpg.Connection, delivery_id: int) -> SmsReceipt | None:
+    row = await conn.fetchrow(
+        "SELECT smsc_message_id, sms_parts, receipt_status, delivered_at_ms FROM deliveries WHERE id = $1", delivery_id)
+    return SmsReceipt(**dict(row)) if row is not None else None

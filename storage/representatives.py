@@ -51,3 +51,46 @@ async def subscribers(
                    email=r["email"], channels=tuple(r["channels"]))
         for r in rows
     ]
+
+
+# -- SMS settings (migration 0012: representative_sms; no row: the defaults) ---------------------
+
+SMS_PLANS = ("free", "paid")
+
+
+class SmsSettings(msgspec.Struct, frozen=True):
+    """A representative's SMS plan and limits (migration 0012's defaults when no row)."""
+
+    plan: str = "free"
+    daily_cap: int = 20  # notifier.sms.SMS_PER_DAY_MAX
+    quiet_from_minute: int = 22 * 60  # school local time; equal to quiet_to_minute: no quiet hours
+    quiet_to_minute: int = 7 * 60
+    digest: bool = False
+    digest_minute: int = 20 * 60
+
+
+async def sms_settings(conn: asyncpg.Connection | asyncpg.Pool, representative_id: int,
+                       timeout_s: float | None = None) -> SmsSettings:
+    row = await conn.fetchrow(
+        "SELECT plan, daily_cap, quiet_from_minute, quiet_to_minute, digest, digest_minute "
+        "FROM representative_sms WHERE representative_id = $1", representative_id, timeout=timeout_s,
+    )
+    return SmsSettings(**dict(row)) if row is not None else SmsSettings()
+
+
+async def set_sms_settings(conn: asyncpg.Connection | asyncpg.Pool, representative_id: int, settings: SmsSettings,
+                           *, now_ms: int) -> None:
+    """Insert or replace a representative's SMS settings (the staff API's or the parents' API's)."""
+    if settings.plan not in SMS_PLANS:
+        raise ValueError(f"plan must be one of {SMS_PLANS}")
+    await conn.execute(
+        """
+        INSERT INTO representative_sms (representative_id, plan, daily_cap, quiet_from_minute, quiet_to_minute,
+                                        digest, digest_minute, updated_at_ms)
+        VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+        ON CONFLICT (representative_id) DO UPDATE SET plan = $2, daily_cap = $3, quiet_from_minute = $4,
+            quiet_to_minute = $5, digest = $6, digest_minute = $7, updated_at_ms = $8
+        """,
+        representative_id, settings.plan, settings.daily_cap, settings.quiet_from_minute, settings.quiet_to_minute,
+        settings.digest, settings.digest_minute, now_ms,
+    )

@@ -294,6 +294,8 @@ class NotifierProcess:
             "ECARD_NOTIFIER_KEEPALIVE_S": "5",
             "ECARD_NOTIFIER_SENT_DIR": str(sent_dir) if sent_dir is not None else "",
             "PYTHONUNBUFFERED": "1",
+            # SMS and TV push have tests of their own (test_notifier_sms.py); these tests count e-mails and pushes
+            "ECARD_NOTIFIER_CHANNELS": "email,app_push",
             **env,
         }
         if smtp is not None:

@@ -63,7 +63,7 @@ def test_configuration_from_the_environment_and_its_checks():
     assert not embedded.shared and embedded.events_filter == "ecard/v1/events/#"  # amqtt has no $share
     assert load_config(env={}, subscription="shared").shared
     assert load_config(env={"ECARD_NOTIFIER_SMTP_URL": "smtp://relay.example:587"}).sent_path is None
-    for bad in ({"ECARD_NOTIFIER_CHANNELS": "sms"}, {"ECARD_NOTIFIER_SMTP_URL": "http://x"},
+    for bad in ({"ECARD_NOTIFIER_CHANNELS": "ussd"}, {"ECARD_NOTIFIER_SMPP_URL": "smpps://smsc.example"}, {"ECARD_NOTIFIER_SMTP_URL": "http://x"},
                 {"ECARD_NOTIFIER_DELIVERY_LEASE_MS": "1000"}, {"ECARD_NOTIFIER_CLIENT_ID": "a/b"},
                 {"ECARD_NOTIFIER_DELIVERY_BACKOFF_MS_MAX": "1"}):
         with pytest.raises(ConfigError):
