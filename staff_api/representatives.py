@@ -18,12 +18,13 @@ from typing import Annotated, Any, Literal
 
 import asyncpg
 import msgspec
-from litestar import Controller, delete, get, patch, post
+from litestar import Controller, delete, get, patch, post, put
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 from msgspec import UNSET, Meta, UnsetType
 
 from storage import deliveries as delivery_store
+from storage import representatives as representative_store
 from storage.representatives import CHANNELS, KINDS, RELATIONS
 
 from . import db
@@ -232,6 +233,18 @@ def _audit_view(rep: RepresentativeOut) -> dict[str, Any]:
 # --- resources -------------------------------------------------------------------------------------
 
 
+MinuteOfDay = Annotated[int, Meta(ge=0, le=1439, description="minutes after midnight, school local time")]
+
+
+class SmsSettingsBody(Base):
+    plan: Literal["free", "paid"] = "free"
+    daily_cap: Annotated[int, Meta(ge=0, le=500)] = 20
+    quiet_from_minute: MinuteOfDay = 22 * 60
+    quiet_to_minute: MinuteOfDay = 7 * 60
+    digest: bool = False
+    digest_minute: MinuteOfDay = 20 * 60
+
+
 class RepresentativeController(Controller):
     tags = ["representatives"]
 
@@ -302,6 +315,34 @@ class RepresentativeController(Controller):
             out = await load(conn, representative_id)
             principal.require_school(out.school_id, f"representative {representative_id}")
             return await delivery_store.by_representative(conn, representative_id, limit=limit, before_id=before_id)
+
+    @get("/representatives/{representative_id:int}/sms")
+    async def get_sms(
+        self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep
+    ) -> SmsSettingsBody:
+        """The representative's SMS plan, daily cap, quiet hours and digest (defaults if never set)."""
+        principal.require(*READERS, action="read representatives")
+        async with pool.acquire() as conn:
+            out = await load(conn, representative_id)
+            principal.require_school(out.school_id, f"representative {representative_id}")
+            return SmsSettingsBody(**msgspec.structs.asdict(await representative_store.sms_settings(conn, representative_id)))
+
+    @put("/representatives/{representative_id:int}/sms")
+    async def put_sms(
+        self, representative_id: FromPath[int], data: JSONBody[SmsSettingsBody], principal: PrincipalDep,
+        pool: db.PoolDep, now_ms: db.NowMs,
+    ) -> SmsSettingsBody:
+        """Set the SMS plan (free: one part; paid: up to 6 joined parts), the daily cap, quiet
+        hours (minutes of the school day; equal values: none) and the daily digest. Audited."""
+        principal.require(*WRITERS, action="change representatives")
+        async with pool.acquire() as conn, conn.transaction():
+            await _writable(conn, principal, representative_id)
+            before = await representative_store.sms_settings(conn, representative_id)
+            after = representative_store.SmsSettings(**msgspec.structs.asdict(data))
+            await representative_store.set_sms_settings(conn, representative_id, after, now_ms=now_ms)
+            await db.audit(conn, principal.login, "representative.sms", f"representative:{representative_id}",
+                           msgspec.to_builtins(before), msgspec.to_builtins(after), now_ms)
+        return data
 
     @get("/deliveries/dead")
     async def dead_letters(

@@ -482,3 +482,24 @@ def test_operators_read_a_representatives_deliveries_and_the_dead_letters(api):
     dead = api.as_("aud", "GET", "/deliveries/dead")
     assert dead.status_code == 200 and [d["channel"] for d in dead.json()] == ["app_push"]
     assert api.as_("off1", "GET", "/deliveries/dead").status_code == 403
+
+
+def test_a_representatives_sms_plan_is_set_by_the_school_and_audited(api):
+    assert api.as_("op", "GET", "/representatives/7/sms").json() == {
+        "plan": "free", "daily_cap": 20, "quiet_from_minute": 1320, "quiet_to_minute": 420, "digest": False,
+        "digest_minute": 1200,
+    }
+    body = {"plan": "paid", "daily_cap": 5, "quiet_from_minute": 1260, "quiet_to_minute": 480, "digest": True,
+            "digest_minute": 1140}
+    r = api.as_("off1", "PUT", "/representatives/7/sms", json=body)
+    assert r.status_code == 200, r.text
+    assert api.as_("aud", "GET", "/representatives/7/sms").json() == body
+    row = sql(api.dsn, "SELECT plan, daily_cap, digest FROM representative_sms WHERE representative_id = 7")[0]
+    assert (row["plan"], row["daily_cap"], row["digest"]) == ("paid", 5, True)
+    assert [a["action"] for a in audit_rows(api.dsn, "representative:7")][-1:] == ["representative.sms"]
+    for bad in ({"plan": "gold"}, {"daily_cap": -1}, {"quiet_from_minute": 1440}, {"digest": "yes"}, {"extra": 1}):
+        assert api.as_("op", "PUT", "/representatives/7/sms", json={**body, **bad}).status_code in (400, 422), bad
+    assert api.as_("aud", "PUT", "/representatives/7/sms", json=body).status_code == 403
+    assert api.as_("cash1", "GET", "/representatives/7/sms").status_code == 403
+    assert api.as_("op", "PUT", "/representatives/999999/sms", json=body).status_code == 404
+    assert sql(api.dsn, "SELECT daily_cap FROM representative_sms WHERE representative_id = 7")[0]["daily_cap"] == 5
