@@ -16,6 +16,8 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from relay.layout import valid_prefix
+
 # -- the limits, with their units and reasons
 
 # A delivery is tried at most this many times, then it is dead (a dead letter an operator
@@ -150,7 +152,7 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         _require(0 < self.broker_port < 65536, "broker_port", "must be 1..65535")
         _require(0 <= self.metrics_port < 65536, "metrics_port", "must be 0..65535 (0 picks a free port)")
         _require(0 <= self.smtp_sink_port < 65536, "smtp_sink_port", "must be 0..65535 (0 picks a free port)")
-        _require(_valid_prefix(self.topic_prefix), "topic_prefix", "must be topic levels without '+', '#' or empty levels")
+        _require(valid_prefix(self.topic_prefix), "topic_prefix", "must be topic levels without '+', '#' or empty levels")
         _require(bool(re.match(r"^[A-Za-z0-9._-]{1,64}$", self.client_id)), "client_id", "must be 1..64 of [A-Za-z0-9._-]")
         _require(bool(re.match(r"^[A-Za-z0-9_-]{1,64}$", self.share_group)), "share_group", "must be 1..64 of [A-Za-z0-9_-]")
         _require(len(self.channels) >= 1, "channels", "must name at least one channel")
@@ -265,11 +267,6 @@ def _parse(url: str, field: str, schemes: tuple[str, str], port: int, tls_port: 
         tls,
         False,
     )
-
-
-def _valid_prefix(prefix: str) -> bool:
-    levels = prefix.split("/")
-    return all(levels) and not any(c in prefix for c in "+#\0") and not prefix.startswith("$")
 
 
 def _require(condition: bool, field: str, message: str) -> None:

@@ -18,6 +18,8 @@ from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from relay.layout import valid_prefix
+
 # -- the limits, with their units and reasons
 
 # How often the relay looks for new outbox rows when nothing woke it. Every writer of
@@ -109,7 +111,7 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     def __post_init__(self) -> None:
         _require(0 < self.broker_port < 65536, "broker_port", "must be 1..65535")
         _require(0 <= self.metrics_port < 65536, "metrics_port", "must be 0..65535 (0 picks a free port)")
-        _require(_valid_prefix(self.topic_prefix), "topic_prefix", "must be topic levels without '+', '#' or empty levels")
+        _require(valid_prefix(self.topic_prefix), "topic_prefix", "must be topic levels without '+', '#' or empty levels")
         # MQTT 3.1.1 promises 23 characters everywhere; Mosquitto and amqtt take longer ones.
         _require(1 <= len(self.client_id) <= 64, "client_id", "must be 1..64 characters")
         _require(10 <= self.poll_interval_ms <= 60_000, "poll_interval_ms", "must be 10..60000")
@@ -179,11 +181,6 @@ def broker(config: RelayConfig) -> Broker:
         tls,
         False,
     )
-
-
-def _valid_prefix(prefix: str) -> bool:
-    levels = prefix.split("/")
-    return all(levels) and not any(c in prefix for c in "+#\0") and not prefix.startswith("$")
 
 
 def _require(condition: bool, field: str, message: str) -> None:

@@ -42,6 +42,12 @@ _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder(Message).decode
 
 
+
+def valid_prefix(prefix: str) -> bool:
+    """A topic prefix: one or more non-empty levels, no wildcards, not a $SYS-like topic."""
+    levels = prefix.split("/")
+    return all(levels) and not any(c in prefix for c in "+#\0") and not prefix.startswith("$")
+
 def event_topic(prefix: str, school_id: int, kind: str, account_id: int) -> str:
     assert _LEVEL.match(kind), f"outbox kind {kind!r} cannot be a topic level"
     return f"{prefix}/{EVENTS}/{int(school_id)}/{kind}/{int(account_id)}"
