@@ -183,6 +183,22 @@ class TcpProxy:
         await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
         self._writers.difference_update((writer, up_writer))
 
+    def _on_proxy_thread(self, fn) -> None:
+        """Run ``fn`` on the proxy's loop and return once it has run: a cut is in force when cut() returns."""
+        import concurrent.futures
+
+        done: concurrent.futures.Future[None] = concurrent.futures.Future()
+
+        def call() -> None:
+            try:
+                fn()
+                done.set_result(None)
+            except BaseException as exc:  # pragma: no cover - surfaced to the caller
+                done.set_exception(exc)
+
+        self._loop.call_soon_threadsafe(call)
+        done.result(10)
+
     def cut(self) -> None:
         def do() -> None:
             self._cut = True
@@ -190,10 +206,10 @@ class TcpProxy:
                 w.transport.abort()
             self._writers.clear()
 
-        self._loop.call_soon_threadsafe(do)
+        self._on_proxy_thread(do)
 
     def restore(self) -> None:
-        self._loop.call_soon_threadsafe(setattr, self, "_cut", False)
+        self._on_proxy_thread(lambda: setattr(self, "_cut", False))
 
     def close(self) -> None:
         def do() -> None:

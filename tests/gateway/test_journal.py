@@ -42,10 +42,10 @@ def test_database_outage_fills_queue_then_refuses_then_recovers(demo_dsn):
             busy = await d.request(purchase(txn, 30, price=100, flags=TXN_FLAG_ADVICE))
             assert type(busy) is Nak and busy.reason == NakReason.SERVER_BUSY
             assert gw.core.state.accounts.balance[30] == 50_000 - 100 * accepted
+            await async_wait_until(lambda: gw.core.journal.flush_failures > 0, 10, "the writer to meet the outage")
             proxy.restore()
             await async_wait_until(lambda: gw.core.journal.depth == 0, 30, "the queue to drain after recovery")
             await asyncio.wait_for(wait_durable(d, txn - 2), 10)
-            assert gw.core.journal.flush_failures > 0
             # The advice that met a full queue is replayed and now applied.
             later = await d.request(purchase(txn, 30, price=100, flags=TXN_FLAG_ADVICE))
             assert later.outcome == 1
