@@ -27,3 +27,6 @@ loadtest: $(STAMP)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
+
+deskreader-deps: $(STAMP)
+	$(PY) -m deskreader.install
