@@ -14,12 +14,14 @@ import asyncpg
 from ledger.codes import AccountKind
 from ledger.machine import Machine
 from ledger.state import DeviceState, LedgerState, controls_from_row
-from storage import snapshot
+from storage import building, devices as device_store, snapshot
 
 
 def device_state(row) -> DeviceState:
+    """A row of storage.devices: identity, keys (current and next), revocation."""
+    next_key = row["next_key"]
     return DeviceState(row["id"], row["school_id"], row["kind"], bytes(row["key"]), row["drawer_account_id"],
-                       row["durable_txn"])
+                       row["durable_txn"], None if next_key is None else bytes(next_key), row["revoked"])
 
 
 def apply_identifier(state: LedgerState, identifier: bytes, row) -> None:
@@ -65,10 +67,11 @@ async def load_state(conn: asyncpg.Connection, machine: Machine) -> None:
     async for chunk in snapshot.identifiers(conn):
         for identifier, account_id, _status in chunk:
             identifiers[identifier] = account_id  # the few with a state follow in load_reference
-    for row in await snapshot.devices(conn):
+    for row in await device_store.devices(conn):
         state.devices[row["id"]] = device_state(row)
     machine.recall(await snapshot.recent_transactions(conn, machine.limits.idempotency_window_txns))
     await load_reference(conn, state, school_reference=False)
+    state.apply_alarm_events(await building.alarm_events(conn))  # an alarm on at the stop is on
 
 
 async def load_reference(conn: asyncpg.Connection, state: LedgerState, *, school_reference: bool = True) -> None:

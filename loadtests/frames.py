@@ -16,9 +16,18 @@ from binascii import crc_hqx
 
 from protocol import Hello, MessageType, encode_frame
 from protocol.auth import sign_hello
-from protocol.codes import DeviceKind
+from protocol.codes import FLAG_MAC, DeviceKind
 from protocol.connection import CRC_INIT
-from protocol.limits import CRC_BYTES, HEADER_BYTES, PROTOCOL_VERSION, START_BYTE
+from protocol.limits import (
+    CRC_BYTES,
+    FRAME_MAC_BYTES,
+    HEADER_BYTES,
+    HELLO_CRYPTOGRAM_BYTES,
+    HELLO_NONCE_BYTES,
+    PROTOCOL_VERSION,
+    START_BYTE,
+)
+from protocol.secure import FrameMac, cryptogram, session_keys
 
 CRC = struct.Struct("<H")
 HEADER = struct.Struct("<BBBHIIB")
@@ -139,3 +148,61 @@ def frame_end(buf: bytes | bytearray) -> int:
 
 def crc_ok(frame: bytes) -> bool:
     return CRC.unpack_from(frame, len(frame) - CRC_BYTES)[0] == crc_hqx(frame[:-CRC_BYTES], CRC_INIT)
+
+
+# ---------------------------------------------------------------------------- secure channel
+
+_MAC_END = FRAME_MAC_BYTES + CRC_BYTES
+_NO_CRYPTOGRAM = bytes(HELLO_CRYPTOGRAM_BYTES)
+
+
+class DeviceChannel:
+    """A load-generating device's side of the secure channel (docs/protocol.md, section 5a),
+    on raw frames: ``seal`` turns a bare frame into a MACed one, ``check`` verifies a
+    gateway frame and moves the chain. The same chain rules as ``protocol.Connection``."""
+
+    __slots__ = ("tx", "rx", "own", "own_prev", "reply", "peer")
+
+    def __init__(self, tx_key: bytes, rx_key: bytes, hello_mac: bytes, proof: bytes) -> None:
+        self.tx = FrameMac(tx_key)
+        self.rx = FrameMac(rx_key)
+        self.own = self.own_prev = hello_mac[:FRAME_MAC_BYTES]
+        self.reply = self.peer = proof[:FRAME_MAC_BYTES]
+
+    @classmethod
+    def open(cls, key: bytes, device_id: int, hello: bytes, ack: bytes) -> "DeviceChannel | None":
+        """After HELLO_ACK: the channel, or None when the cryptogram does not verify. The
+        comparison servers of the benchmark (ceiling, baseline) speak the bare framing and send
+        an all-zero cryptogram: ``plain_peer`` tells them apart; a real device refuses both."""
+        rnd_a = hello[HEADER_BYTES + 2 + hello[HEADER_BYTES + 1] + 16 :][:HELLO_NONCE_BYTES]
+        hello_mac = hello[-CRC_BYTES - 16 : -CRC_BYTES]
+        proof = ack[-CRC_BYTES - HELLO_CRYPTOGRAM_BYTES : -CRC_BYTES]
+        rnd_b = ack[-CRC_BYTES - 2 * HELLO_CRYPTOGRAM_BYTES : -CRC_BYTES - HELLO_CRYPTOGRAM_BYTES]
+        keys = session_keys(key, device_id, rnd_a, rnd_b)
+        if cryptogram(keys, ack[: -CRC_BYTES - HELLO_CRYPTOGRAM_BYTES]) != proof:
+            return None
+        return cls(keys.device_to_gateway, keys.gateway_to_device, hello_mac, proof)
+
+    @staticmethod
+    def plain_peer(ack: bytes) -> bool:
+        return ack[-CRC_BYTES - HELLO_CRYPTOGRAM_BYTES : -CRC_BYTES] == _NO_CRYPTOGRAM
+
+    def seal(self, frame: bytes) -> bytes:
+        body = bytearray(frame[:-CRC_BYTES])
+        body[2] |= FLAG_MAC
+        length = (body[3] | body[4] << 8) + FRAME_MAC_BYTES
+        body[3], body[4] = length & 0xFF, length >> 8
+        mac = self.tx.sign(self.own + self.reply, bytes(body))
+        self.own_prev, self.own = self.own, mac
+        return with_crc(bytes(body) + mac)
+
+    def check(self, frame: bytes) -> bool:
+        """A gateway frame: reply (answers our frame in flight) or DURABLE_ACK."""
+        reply = frame[OFF_TYPE] != T_DURABLE_ACK
+        mac = frame[-_MAC_END:-CRC_BYTES]
+        if not self.rx.verify(self.peer, frame[:-_MAC_END], mac):
+            return False
+        self.peer = mac
+        if reply:
+            self.reply = mac
+        return True

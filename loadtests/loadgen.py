@@ -118,7 +118,7 @@ class Worker:
 class Device(asyncio.Protocol):
     __slots__ = (
         "w", "device_id", "kind", "seq", "txn", "buf", "sent_ns", "sent_type", "transport", "ready",
-        "replies", "next_due", "loop", "in_flight", "done", "hello", "interval", "owed",
+        "replies", "next_due", "loop", "in_flight", "done", "hello", "interval", "owed", "key", "channel",
     )
 
     def __init__(self, worker: Worker, device_id: int, hello: bytes) -> None:
@@ -142,6 +142,8 @@ class Device(asyncio.Protocol):
         self.hello = hello
         self.interval = 0.0
         self.owed = False  # paced: a tap came due while the previous one was in flight
+        self.key = demo_device_key(device_id)
+        self.channel: F.DeviceChannel | None = None  # the secure channel, once HELLO_ACK verified
 
     # -- sending
 
@@ -167,14 +169,15 @@ class Device(asyncio.Protocol):
         self.in_flight = True
         w.totals["sent"] += 1
         self.sent_ns = time.perf_counter_ns()
-        self.transport.write(frame)  # type: ignore[union-attr]
+        self.transport.write(self.channel.seal(frame) if self.channel is not None else frame)  # type: ignore[union-attr]
 
     def send_heartbeat(self) -> None:
         self.seq += 1
         self.sent_type = F.T_HEARTBEAT
         self.in_flight = True
         self.sent_ns = time.perf_counter_ns()
-        self.transport.write(F.heartbeat_frame(self.device_id, self.seq, time.time_ns() // 1_000_000))  # type: ignore[union-attr]
+        frame = F.heartbeat_frame(self.device_id, self.seq, time.time_ns() // 1_000_000)
+        self.transport.write(self.channel.seal(frame) if self.channel is not None else frame)  # type: ignore[union-attr]
 
     def paced_tick(self) -> None:
         """Paced: the timer of the next tap fired."""
@@ -223,6 +226,14 @@ class Device(asyncio.Protocol):
             frame = buf[:end]
             buf = buf[end:]
             mtype = frame[F.OFF_TYPE]
+            channel = self.channel
+            if channel is not None and not channel.check(frame):
+                w = self.w
+                if len(w.errors) < 20:
+                    w.errors.append(f"device {self.device_id}: a gateway frame's MAC does not verify")
+                self.transport.close()  # type: ignore[union-attr]
+                self.finish()
+                return
             if mtype == F.T_DURABLE_ACK:
                 self.w.totals["durable_acks"] += 1
                 continue
@@ -235,6 +246,14 @@ class Device(asyncio.Protocol):
         sent_type = self.sent_type
         if sent_type == F.T_HELLO:
             if mtype == F.T_HELLO_ACK:
+                self.channel = F.DeviceChannel.open(self.key, self.device_id, self.hello, frame)
+                if self.channel is None and not F.DeviceChannel.plain_peer(frame):
+                    w.hello_failed += 1
+                    w.errors.append(f"device {self.device_id}: the gateway's cryptogram does not verify")
+                    if w.hello_acked + w.hello_failed >= w.expected:
+                        w.all_acked.set()
+                    self.finish()
+                    return
                 self.ready = True
                 self.txn = max(self.txn, F.first_txn(F.hello_ack_durable_txn(frame)))
                 w.hello_acked += 1

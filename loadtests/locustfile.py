@@ -124,7 +124,7 @@ class DeviceClient:
         self.device_id = device_id
         self.kind = 2 if device_id > TILL_ID_BASE else 1
         self.events = events
-        self.conn = Connection(Role.DEVICE, device_id)
+        self.conn = Connection(Role.DEVICE, device_id, demo_device_key(device_id))  # the secure channel (spec 5a)
         self.sock: socket.socket | None = None
         # txns increase across sessions of the same device id, from HELLO_ACK's durable watermark
         # (they may not run more than 2^32 ahead of the highest txn the gateway knows).

@@ -13,9 +13,9 @@ import struct
 from hashlib import sha256
 
 from .events import Hello
-from .limits import HELLO_MAC_BYTES
+from .limits import DEVICE_KEY_BYTES, HELLO_MAC_BYTES
 
-DEVICE_KEY_BYTES = 16
+__all__ = ["DEVICE_KEY_BYTES", "hello_key", "hello_mac", "sign_hello", "verify_hello"]
 _DOMAIN = b"ecard-hello-v1"
 _DEVICE_ID = struct.Struct("<I")
 
@@ -35,3 +35,11 @@ def sign_hello(key: bytes, device_id: int, hello: Hello) -> Hello:
 
 def verify_hello(key: bytes, device_id: int, hello: Hello) -> bool:
     return hmac.compare_digest(hello_mac(key, device_id, hello), hello.mac)
+
+
+def hello_key(keys: tuple[bytes | None, ...], device_id: int, hello: Hello) -> bytes | None:
+    """The first of ``keys`` (current, next: a rotation in progress) the HELLO verifies under."""
+    for key in keys:
+        if key is not None and verify_hello(key, device_id, hello):
+            return key
+    return None

@@ -46,6 +46,25 @@ PREORDER_LINES_MAX = 16
 HELLO_NONCE_BYTES = 16
 HELLO_MAC_BYTES = 16  # truncated HMAC-SHA256, as in many MAC-truncation profiles (RFC 2104 section 5)
 
+# Secure channel (docs/protocol.md, section 5a).
+# AES-128: the device key, the session keys and the CMAC block are 16 bytes.
+DEVICE_KEY_BYTES = 16
+# RND.B, the gateway's challenge in HELLO_ACK: 128 random bits never repeat by chance.
+HELLO_RND_B_BYTES = 16
+# The gateway's cryptogram in HELLO_ACK is a whole AES-CMAC (128 bits): it is sent once a
+# session and is the device's only proof that the gateway holds its key.
+HELLO_CRYPTOGRAM_BYTES = 16
+# Every frame after HELLO_ACK ends with an 8-byte MAC (AES-CMAC truncated to 64 bits, as
+# NIST SP 800-38B section 5.5 allows; OSDP sends 4 bytes). A forger succeeds with
+# probability 2^-64 per try and gets at most MAC_FAILURES_MAX tries per session, so 64 bits
+# are far beyond need at 8 bytes a frame.
+FRAME_MAC_BYTES = 8
+# A CRC-valid frame whose MAC fails never happens by accident (TCP and the CRC catch line
+# errors): it is a forged, replayed, reordered or foreign frame, or a wrong key. One or two
+# may be a confused device; the third in one session ends it (the gateway closes, a device
+# closes), so an attacker gets 3 tries per handshake and each handshake costs a fresh HELLO.
+MAC_FAILURES_MAX = 3
+
 # Money on the wire: amounts are u32 kopecks (up to 42,949,672.95 rubles, far
 # above any school purchase); balances are i64 kopecks because they may go
 # negative under a grace policy and are sums.

@@ -33,7 +33,7 @@ class DeviceClient:
         self.kind = kind
         self.port = port
         self.key = demo_device_key(device_id) if key is None else key
-        self.conn = Connection(Role.DEVICE, device_id)
+        self.conn = Connection(Role.DEVICE, device_id, self.key)  # the secure channel (spec 5a)
         self.durable_txn = 0  # the highest watermark seen, any session
         self.hello_ack_durable_txn = 0  # this session's HELLO_ACK watermark (confirms nothing)
         self.decided: set[int] = set()  # ACCEPTed in this session, no DURABLE_ACK after it yet
@@ -62,6 +62,25 @@ class DeviceClient:
     def is_confirmed(self, txn: int) -> bool:
         """May a device drop ``txn``? Only after its ACCEPT and then a covering DURABLE_ACK, in one session."""
         return txn in self.confirmed
+
+    def crafted(self, event: Event, payload: bytes) -> bytes:
+        """The frame of request ``event`` with ``payload`` in place of its own (an invalid one,
+        say), framed, MACed and chained as the Connection would send it: the session goes on
+        as if ``event`` had been sent. Test-only: a real device cannot send what no event encodes."""
+        from binascii import crc_hqx
+
+        from protocol.connection import CRC_INIT, HEADER
+        from protocol.limits import FRAME_MAC_BYTES
+
+        conn = self.conn
+        sent = conn.send(event)
+        head = HEADER.pack(*HEADER.unpack_from(sent)[:3], len(payload) + FRAME_MAC_BYTES, *HEADER.unpack_from(sent)[4:])
+        body = head + payload
+        body += conn._tx.sign(conn._own_mac_prev + conn._reply_mac, body)
+        conn._own_mac = body[-FRAME_MAC_BYTES:]
+        frame = body + crc_hqx(body, CRC_INIT).to_bytes(2, "little")
+        conn._last_request = frame
+        return frame
 
     async def send_raw(self, data: bytes) -> None:
         assert self.writer is not None

@@ -236,17 +236,10 @@ def test_malformed_payload_takes_its_sequence_and_is_nakked(demo_dsn):
             good = purchase(1, 3)
             bad_total = good.encode_payload()
             bad_total = bad_total[:17] + struct.pack("<I", 1) + bad_total[21:]  # total != sum of items
-            header = struct.pack("<BBBHIIB", 0xEC, 1, 0, len(bad_total), TILL, 1, 0x12)
-            from protocol import crc16
-
-            frame = header + bad_total + struct.pack("<H", crc16(header + bad_total))
-            await d.send_raw(frame)
-            d.conn.state = d.conn.state.__class__.BUSY
-            d.conn._pending_seq = 1
+            await d.send_raw(d.crafted(good, bad_total))  # framed and MACed as the device would
             reply = await d.reply()
             assert type(reply) is Nak and reply.reason == NakReason.MALFORMED_PAYLOAD
             assert gw.core.state.accounts.balance[3] == 50_000
-            d.conn._last_seq = 1
             decided = await d.request(purchase(2, 3))  # the session goes on at seq 2
             assert decided.outcome == 1
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import re
 import socket
 import time
@@ -205,7 +206,8 @@ class FakeGateway:
                     assert verify_hello(demo_device_key(conn.device_id), conn.device_id, event)
                     self.hellos += 1
                     self.hello_durable.append(event.durable_txn)
-                    writer.write(conn.send(HelloAck(0, self.watermark, self.heartbeat_interval_ms)))
+                    ack = HelloAck(0, self.watermark, self.heartbeat_interval_ms, os.urandom(16))
+                    writer.write(conn.accept_hello(ack, demo_device_key(conn.device_id)))  # the secure channel
                     continue
                 if type(event) is Heartbeat:
                     self.heartbeats += 1
