@@ -170,6 +170,7 @@ class Gateway:
         self.metrics_port = self._metrics_server.server_port
         self._tasks.append(asyncio.create_task(self._sweep_idle(), name="idle-sweeper"))
         self._tasks.append(asyncio.create_task(self._ack_timer(), name="durable-acks"))
+        self._tasks.append(asyncio.create_task(self._expire_grants(), name="grant-expiry"))
         self._tasks.append(asyncio.create_task(self._loop_lag(metrics), name="loop-lag"))
         if config.progress_interval_ms:
             self._tasks.append(asyncio.create_task(self._progress(), name="progress"))
@@ -203,6 +204,15 @@ class Gateway:
         while True:
             await asyncio.sleep(interval_s)
             core.send_pending_acks()
+
+    async def _expire_grants(self) -> None:
+        """Grants nobody went through are recorded as expired (ledger Machine.expire_grants)."""
+        core = self.core
+        assert core is not None
+        interval_s = self.config.grant_expiry_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval_s)
+            core.machine.expire_grants(core.clock_ms(), time.perf_counter_ns())
 
     async def _progress(self) -> None:
         core = self.core

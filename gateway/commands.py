@@ -28,7 +28,7 @@ import asyncpg
 
 from ledger.rules import Original
 from ledger.state import controls_from_row
-from storage import changes, commands as command_store, snapshot
+from storage import changes, commands as command_store, devices as device_store, snapshot
 
 from .reference import apply_identifier, device_state, reload_all
 from .server import GatewayCore
@@ -137,7 +137,7 @@ class CommandProcessor:
                         state.controls.pop(account_id, None)
             elif entity == "device":
                 device_id = int(key)
-                self._apply_device(device_id, await snapshot.device(conn, device_id))
+                self._apply_device(device_id, await device_store.device(conn, device_id))
             elif entity == "school":
                 school_id = int(key)
                 state.apply_school_reference(await snapshot.school_reference(conn, school_id), school_id)
@@ -158,15 +158,25 @@ class CommandProcessor:
         if existing is None:
             devices[device_id] = device_state(row)
             return
-        changed_identity = existing.key != bytes(row["key"]) or existing.kind != row["kind"]
+        fresh = device_state(row)
         if existing.school_id != row["school_id"] and session is not None:
             core.sessions.moved_school(session, existing.school_id, row["school_id"])
-        existing.school_id = row["school_id"]
-        existing.kind = row["kind"]
-        existing.key = bytes(row["key"])
-        existing.drawer_account_id = row["drawer_account_id"]
-        if changed_identity and session is not None:
-            session.close("device key or kind changed")  # it must authenticate again
+        changed_kind = existing.kind != fresh.kind
+        existing.school_id = fresh.school_id
+        existing.kind = fresh.kind
+        existing.key = fresh.key
+        existing.next_key = fresh.next_key
+        existing.revoked = fresh.revoked
+        existing.drawer_account_id = fresh.drawer_account_id
+        if session is None:
+            return
+        if fresh.revoked:
+            session.close("device revoked")  # cut off at once; its HELLOs are refused from now on
+        elif changed_kind or session.key not in (fresh.key, fresh.next_key):
+            # Its session key was retired (a rotation promoted or dropped) or its kind changed:
+            # it must authenticate again. A session under a key that stays valid goes on
+            # (a rotation without downtime).
+            session.close("device key retired or kind changed")
 
     # ---------------------------------------------------------------- money commands
 
@@ -191,6 +201,8 @@ class CommandProcessor:
             # From here to the journal append: no await (the decision is atomic).
             result = machine.command(seq, kind, payload, original, core.clock_ms(), time.perf_counter_ns())
             in_flight.add(seq)
+            if machine.mode_changes:
+                core.send_mode_changes()  # a school officer raised or reset a fire alarm
             if result.status == command_store.STATUS_APPLIED:
                 self.commands_applied += 1
                 if kind == "refund":

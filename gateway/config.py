@@ -82,6 +82,16 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     offline_window_ms: int = 72 * 3_600_000
     # How far a reader's clock may be off the gateway's (devices sync at HELLO).
     reader_clock_skew_ms: int = 300_000
+    # A grant unlocks the turnstile's arm for this long (the turnstile's own timer, told
+    # to it by its configuration): a PASSAGE later than that after its grant, on the
+    # turnstile's clock, is GRANT_EXPIRED. Ten seconds: a child with a school bag.
+    passage_window_ms: int = 10_000
+    # How long after the window a PASSAGE report may still be on its way (retransmits,
+    # a quick reconnect) before its grant is recorded as expired, unused.
+    passage_report_ms_max: int = 5_000
+    # How often grants nobody went through are looked for (a second: the record is for
+    # the guard's log, not for a decision).
+    grant_expiry_interval_ms: int = 1_000
 
     # Money commands (staff API, payments) wake the gateway by NOTIFY; this poll
     # catches one whose notification was lost (reconnects).
@@ -116,6 +126,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
         _require(16 <= self.idempotency_window_txns <= 65_536, "idempotency_window_txns", "must be 16..65536")
         _require(0 <= self.offline_window_ms <= 30 * 86_400_000, "offline_window_ms", "must be 0..30 days")
         _require(0 <= self.reader_clock_skew_ms <= 3_600_000, "reader_clock_skew_ms", "must be 0..1 hour")
+        _require(1_000 <= self.passage_window_ms <= 120_000, "passage_window_ms", "must be 1000..120000")
+        _require(0 <= self.passage_report_ms_max <= 600_000, "passage_report_ms_max", "must be 0..600000")
+        _require(10 <= self.grant_expiry_interval_ms <= 60_000, "grant_expiry_interval_ms", "must be 10..60000")
         _require(self.hello_clock_skew_ms_max >= 1_000, "hello_clock_skew_ms_max", "must be at least 1000")
         _require(self.topup_kopecks_max > 0, "topup_kopecks_max", "must be positive")
         _require(10 <= self.commands_poll_interval_ms <= 60_000, "commands_poll_interval_ms", "must be 10..60000")
@@ -167,4 +180,6 @@ def machine_limits(config: Config) -> MachineLimits:
         offline_window_ms=config.offline_window_ms,
         reader_clock_skew_ms=config.reader_clock_skew_ms,
         heartbeat_interval_ms=config.heartbeat_interval_ms,
+        passage_window_ms=config.passage_window_ms,
+        passage_report_ms_max=config.passage_report_ms_max,
     )

@@ -12,18 +12,39 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
+
+import msgspec
 
 from ledger.machine import Machine
 from ledger.records import JournalEntry
 from ledger.state import DeviceState
-from protocol import CLOSED, NEED_DATA, Connection, DurableAck, Hello, Nak, NakReason, RemoteProtocolError, Retransmit, Role
+from protocol import (
+    CLOSED,
+    NEED_DATA,
+    Connection,
+    DeviceKind,
+    DurableAck,
+    Hello,
+    Mode,
+    Nak,
+    NakReason,
+    RemoteProtocolError,
+    Retransmit,
+    Role,
+)
+from protocol.auth import hello_key
+from protocol.limits import HELLO_RND_B_BYTES
 
 from .config import Config
 from .metrics import GatewayMetrics
 from .sessions import SessionRegistry
 
 log = logging.getLogger("ecard.gateway")
+
+
+_TURNSTILE = int(DeviceKind.TURNSTILE)
 
 
 def wall_clock_ms() -> int:
@@ -65,6 +86,17 @@ class GatewayCore:
         for device in self.machine.on_durable(entries):
             pending.setdefault(device, now_ms)
 
+    def send_mode_changes(self) -> None:
+        """The machine raised or reset a school's fire alarm: MODE to every turnstile session
+        of that school, at once (the mode in force now: a raise and a reset in one batch
+        end in the latest)."""
+        machine = self.machine
+        changes, machine.mode_changes = machine.mode_changes, []
+        for school_id in dict.fromkeys(school for school, _ in changes):
+            mode = machine.mode_of(school_id)
+            for session in self.sessions.of_school(school_id, _TURNSTILE):
+                session.send_unsolicited(mode)
+
     def send_pending_acks(self) -> None:
         """Timer: DURABLE_ACK to the devices told nothing since their watermark moved a while ago."""
         pending = self.acks_pending
@@ -84,13 +116,14 @@ class GatewayCore:
 
 
 class DeviceSession(asyncio.Protocol):
-    __slots__ = ("core", "conn", "transport", "device", "last_seen_ms", "paused", "closing")
+    __slots__ = ("core", "conn", "transport", "device", "key", "last_seen_ms", "paused", "closing")
 
     def __init__(self, core: GatewayCore) -> None:
         self.core = core
         self.conn = Connection(Role.GATEWAY)
         self.transport: asyncio.Transport | None = None
         self.device: DeviceState | None = None
+        self.key: bytes | None = None  # the device key this session's HELLO verified under
         self.last_seen_ms = 0
         self.paused = False
         self.closing = False
@@ -169,6 +202,8 @@ class DeviceSession(asyncio.Protocol):
             out.append(conn.send(DurableAck(device.durable_txn)))
         if out:
             self.transport.write(b"".join(out) if len(out) > 1 else out[0])  # type: ignore[union-attr]
+        if core.machine.mode_changes:
+            core.send_mode_changes()  # a fire panel raised or reset the alarm
 
     # ---------------------------------------------------------------- requests
 
@@ -182,6 +217,8 @@ class DeviceSession(asyncio.Protocol):
             self.closing = True
             return self.conn.send(reply)
         device = core.state.devices[device_id]
+        key = hello_key((device.key, device.next_key), device_id, hello)
+        assert key is not None, "Machine.hello accepted the HELLO under one of these keys"
         if hello.durable_txn > device.durable_txn:
             log.warning(
                 "device %d saw watermark %d, ours is %d (a database restore, or a device from elsewhere)",
@@ -191,14 +228,25 @@ class DeviceSession(asyncio.Protocol):
         if previous is not None:
             previous.close("replaced by a new session of the same device")
         self.device = device
-        return self.conn.send(reply)
+        self.key = key
+        # The secure channel (docs/protocol.md, section 5a): our challenge RND.B, our
+        # cryptogram, and from here on a MAC on every frame both ways.
+        reply = msgspec.structs.replace(reply, rnd_b=secrets.token_bytes(HELLO_RND_B_BYTES))
+        accepted = self.conn.accept_hello(reply, key)
+        if device.kind == _TURNSTILE and device.school_id in core.state.alarms:
+            # A turnstile that comes (back) during its school's fire alarm is released at once.
+            accepted += self.conn.send(core.machine.mode_of(device.school_id))
+        return accepted
 
     # ---------------------------------------------------------------- unsolicited and closing
 
     def send_durable_ack(self, txn: int) -> None:
+        self.send_unsolicited(DurableAck(txn))
+
+    def send_unsolicited(self, event: DurableAck | Mode) -> None:
         if self.closing or self.transport is None:
             return
-        self.transport.write(self.conn.send(DurableAck(txn)))
+        self.transport.write(self.conn.send(event))
 
     def _close_after(self, out: list[bytes]) -> None:
         self.closing = True

@@ -25,6 +25,10 @@ class JournalKind(enum.IntEnum):
     TRANSFER = 8
     REFUND = 9
     CORRECTION = 10
+    # The building: a fire alarm raised and reset (by a fire panel's txn, or a school
+    # officer's command with device_id 0 and device_txn = commands.seq); no money moves.
+    FIRE_ALARM = 11
+    FIRE_RESET = 12
 
     @property
     def label(self) -> str:
@@ -40,6 +44,8 @@ class CommandKind(enum.IntEnum):
     transfer = JournalKind.TRANSFER
     refund = JournalKind.REFUND
     correction = JournalKind.CORRECTION
+    fire_alarm = JournalKind.FIRE_ALARM  # a school officer raises the alarm (payload: school_id)
+    fire_reset = JournalKind.FIRE_RESET  # and resets it
 
 
 class CommandStatus(enum.IntEnum):
@@ -87,6 +93,41 @@ class IdentifierStatus(enum.IntEnum):
     ACTIVE = 0
     BLOCKED = 1  # for good (lost, stolen, replaced, temporary card returned)
     SUSPENDED = 2  # a temporary card stands for it until expires_at_ms
+
+
+class PassbackMode(enum.IntEnum):
+    """school_policies.anti_passback: what a school does with a card used against the
+    pupil's presence (entering while inside, leaving while outside) or too soon."""
+
+    OFF = 0
+    SOFT = 1  # allow, and record the violation
+    HARD = 2  # deny with DenyReason.ANTI_PASSBACK (and record it)
+
+
+class Presence(enum.IntEnum):
+    """Where a pupil is, as the passages of the current school day say (AccountCounters.presence)."""
+
+    UNKNOWN = 0  # no passage today (or since the school's presence was reconciled)
+    INSIDE = 1
+    OUTSIDE = 2
+
+
+class AccessKind(enum.IntEnum):
+    """access_events.kind: what happened at a school's doors besides entries and exits
+    (those are journal rows: JournalKind.PASSAGE)."""
+
+    GRANT_EXPIRED = 1  # a turnstile opened for a card and nobody went through
+    PASSBACK_VIOLATION = 2  # soft anti-passback: allowed, recorded
+    PASSBACK_DENIED = 3  # hard anti-passback: refused, recorded
+    PRESENCE_RESET = 4  # the school's presence reconciled (after an evacuation): everyone may enter
+    FIRE_ALARM = 5  # a fire alarm began (device_id, device_txn: the alarm's key; detail: who raised it)
+    MUSTERED = 6  # a pupil inside at the alarm: the muster list (keyed by the alarm, one per account)
+    TURNSTILE_RELEASED = 7  # a turnstile confirmed it released both ways (device_id: the turnstile)
+    FIRE_RESET = 8  # the alarm was reset (device_id, device_txn: the reset's key; detail: the alarm's key)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
 
 
 class OutboxKind(enum.StrEnum):

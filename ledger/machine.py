@@ -21,6 +21,7 @@ function the live path uses.
 
 from __future__ import annotations
 
+from collections import deque
 from typing import Protocol
 
 import msgspec
@@ -34,9 +35,13 @@ from protocol import (
     DenyReason,
     DeviceKind,
     Direction,
+    FireAlarm,
+    FireReset,
     Heartbeat,
     Hello,
     HelloAck,
+    Mode,
+    ModeApplied,
     Nak,
     NakReason,
     Passage,
@@ -44,23 +49,35 @@ from protocol import (
     PupilInfoQuery,
     Purchase,
     TopupCash,
+    TurnstileMode,
 )
-from protocol.auth import verify_hello
+from protocol.auth import hello_key
 from protocol.items import encode_items
 from protocol.limits import TXN_GAP_MAX
 
-from .codes import AccountKind, CommandKind, CommandStatus, JournalKind, OutboxKind
+from .codes import AccessKind, AccountKind, CommandKind, CommandStatus, JournalKind, OutboxKind
 from .notices import BankTopupNotice, CashTopupNotice, EntryNotice, ExitNotice, LowBalanceNotice, PurchaseNotice
-from .records import AccountCheckpoint, AccountCounters, CommandResult, JournalEntry, JournalRow, OutboxEvent
+from .records import (
+    AccessEvent,
+    AccountCheckpoint,
+    AccountCounters,
+    CommandResult,
+    JournalEntry,
+    JournalRow,
+    OutboxEvent,
+)
 from .rules import (
     BALANCE_SHOWN_ON_DENY,
     KIND_BALANCE,
     KIND_ENTRY,
+    KIND_FIRE_ALARM,
+    KIND_FIRE_RESET,
     KIND_PASSAGE,
     KIND_PURCHASE,
     KIND_TOPUP,
     OK,
     AMOUNT_INVALID,
+    ANTI_PASSBACK,
     NO_GRANT,
     Original,
     Verdict,
@@ -73,16 +90,39 @@ from .rules import (
     authorize_topup,
     commit,
 )
-from .state import DeviceState, LedgerState
+from .state import Alarm, DeviceState, Grant, LedgerState
 
 ACCEPT, DENY = 1, 0
 TRY_AGAIN_LATER = int(DenyReason.TRY_AGAIN_LATER)
 TXN_TOO_OLD = int(DenyReason.TXN_TOO_OLD)
-_KIND_OF = {CardPresented: KIND_ENTRY, Passage: KIND_PASSAGE, Purchase: KIND_PURCHASE, TopupCash: KIND_TOPUP}
+_KIND_OF = {
+    CardPresented: KIND_ENTRY, Passage: KIND_PASSAGE, Purchase: KIND_PURCHASE, TopupCash: KIND_TOPUP,
+    FireAlarm: KIND_FIRE_ALARM, FireReset: KIND_FIRE_RESET,
+}
 _PUPIL = int(AccountKind.PUPIL)
 _APPLIED = int(CommandStatus.APPLIED)
 _REFUSED = int(CommandStatus.REFUSED)
 _NO_COUNTERS = AccountCounters()  # the counters of a non-pupil account: always empty
+_GRANT_EXPIRED = int(AccessKind.GRANT_EXPIRED)
+_PASSBACK_VIOLATION = int(AccessKind.PASSBACK_VIOLATION)
+_PASSBACK_DENIED = int(AccessKind.PASSBACK_DENIED)
+_PRESENCE_RESET = int(AccessKind.PRESENCE_RESET)
+_FIRE_ALARM = int(AccessKind.FIRE_ALARM)
+_MUSTERED = int(AccessKind.MUSTERED)
+_TURNSTILE_RELEASED = int(AccessKind.TURNSTILE_RELEASED)
+_FIRE_RESET = int(AccessKind.FIRE_RESET)
+_WRONG_DEVICE_KIND = int(DenyReason.WRONG_DEVICE_KIND)
+_WRONG_SCHOOL = int(DenyReason.WRONG_SCHOOL)
+_FIRE_PANEL = int(DeviceKind.FIRE_PANEL)
+_TURNSTILE = int(DeviceKind.TURNSTILE)
+_RELEASED = int(TurnstileMode.RELEASED)
+_NORMAL = int(TurnstileMode.NORMAL)
+# Grants waiting for their expiry check. The shell checks every second, so this holds
+# a few seconds of entries (15 s at 13k taps/s is 200 k); the bound only matters where
+# nobody checks (the machine benchmarked alone), and then the oldest are forgotten.
+GRANT_EXPIRIES_MAX = 1_000_000
+# Expiries in one journal entry: one group commit stays small however many expire at once.
+EXPIRED_PER_ENTRY_MAX = 1_000
 
 
 class SecurityEvent:
@@ -92,8 +132,10 @@ class SecurityEvent:
     HELLO_WATERMARK_AHEAD = "hello_watermark_ahead"
     TXN_OUT_OF_RANGE = "txn_out_of_range"
     PASSAGE_WITHOUT_GRANT = "passage_without_grant"
+    GRANT_EXPIRY_UNRECORDED = "grant_expiry_unrecorded"
 
-    ALL = (ADVICE_TOPUP_ABOVE_CAP, HELLO_WATERMARK_AHEAD, TXN_OUT_OF_RANGE, PASSAGE_WITHOUT_GRANT)
+    ALL = (ADVICE_TOPUP_ABOVE_CAP, HELLO_WATERMARK_AHEAD, TXN_OUT_OF_RANGE, PASSAGE_WITHOUT_GRANT,
+           GRANT_EXPIRY_UNRECORDED)
 
 
 class MachineLimits(msgspec.Struct, frozen=True, kw_only=True):
@@ -106,6 +148,12 @@ class MachineLimits(msgspec.Struct, frozen=True, kw_only=True):
     offline_window_ms: int  # an advice is judged at its own time if it happened within this
     reader_clock_skew_ms: int  # a reader's clock may be this far off the gateway's
     heartbeat_interval_ms: int  # told to the device in HELLO_ACK
+    # A grant opens the turnstile's arm for this long (the turnstile's own timer); a
+    # PASSAGE later than that after its grant, on the turnstile's clock, is GRANT_EXPIRED.
+    passage_window_ms: int = 10_000
+    # How long after the window a PASSAGE report may still be on its way (a retransmit,
+    # a reconnect) before the grant is recorded as expired, unused.
+    passage_report_ms_max: int = 5_000
 
 
 class Tally:
@@ -138,7 +186,8 @@ def stored_decision(row: JournalRow) -> Decision:
 
 
 class Machine:
-    __slots__ = ("state", "journal", "limits", "tally", "_window", "_earliest_ms", "_skew_ms")
+    __slots__ = ("state", "journal", "limits", "tally", "_window", "_earliest_ms", "_skew_ms", "_expiries",
+                 "mode_changes")
 
     def __init__(self, state: LedgerState, journal: JournalSink, limits: MachineLimits) -> None:
         self.state = state
@@ -148,6 +197,13 @@ class Machine:
         self._window = limits.idempotency_window_txns
         self._earliest_ms = limits.offline_window_ms + limits.reader_clock_skew_ms
         self._skew_ms = limits.reader_clock_skew_ms
+        # Grants in the order they were made: (gateway time after which an unused one is
+        # recorded as expired, device id, txn). Bounded like the grants themselves.
+        self._expiries: deque[tuple[int, int, int]] = deque()
+        # (school id, TurnstileMode) the turnstiles of a school must be told, in order: the
+        # shell drains it after each call and sends MODE to every turnstile session there
+        # (the mode now in force: ``mode_of``).
+        self.mode_changes: list[tuple[int, int]] = []
 
     # ---------------------------------------------------------------- sessions
 
@@ -157,7 +213,9 @@ class Machine:
         reason, detail = None, ""
         if device is None:
             reason, detail = NakReason.UNKNOWN_DEVICE, f"device {device_id} is not registered"
-        elif not verify_hello(device.key, device_id, hello):
+        elif device.revoked:
+            reason, detail = NakReason.DEVICE_REVOKED, f"device {device_id} is revoked"
+        elif hello_key((device.key, device.next_key), device_id, hello) is None:
             reason, detail = NakReason.AUTH_FAILED, "bad HELLO MAC"
         elif abs(hello.device_time_ms - now_ms) > self.limits.hello_clock_skew_ms_max:
             reason, detail = NakReason.AUTH_FAILED, "device clock too far off"
@@ -188,6 +246,10 @@ class Machine:
             return self._balance(device, event, now_ms)
         if cls is PupilInfoQuery:
             return self._pupil_info(device, event, now_ms)
+        if cls is ModeApplied:
+            if self.turnstile_mode(device, event.mode, event.alarm_at_ms, now_ms, frame_ns) != event.mode:
+                self.mode_changes.append((device.school_id, -1))  # -1: whatever the school's alarm says
+            return Heartbeat(now_ms)
         return self._transaction(device, event, now_ms, frame_ns)
 
     def _nak(self, reason: NakReason, detail: str) -> Nak:
@@ -265,6 +327,8 @@ class Machine:
         device.session_last_txn = txn
         if txn > device.txn_seen_max:
             device.txn_seen_max = txn
+        if kind >= KIND_FIRE_ALARM:
+            return self._fire_request(device, kind, request, now_ms, frame_ns)
         if request.advice:
             at_ms, reader_ms = self.judged_at(request, now_ms)
         else:  # judged_at's live branch, inline: most requests are live
@@ -278,14 +342,16 @@ class Machine:
         elif kind == KIND_ENTRY:
             verdict = authorize_entry(state, device, request, at_ms)
         elif kind == KIND_PASSAGE:
-            verdict = authorize_passage(state, device, request, at_ms)
+            verdict = authorize_passage(state, device, request, at_ms, self.limits.passage_window_ms)
         else:
             verdict = authorize_topup(state, device, request, at_ms, self.limits.topup_kopecks_max)
         if verdict.reason != OK:
-            return self._deny(device, kind, txn, verdict, request.advice)
+            return self._deny(device, kind, txn, verdict, request.advice, at_ms, frame_ns)
         return self._accept(device, kind, request, verdict, now_ms, at_ms, reader_ms, frame_ns)
 
-    def _deny(self, device: DeviceState, kind: int, txn: int, verdict: Verdict, advice: bool) -> Decision:
+    def _deny(
+        self, device: DeviceState, kind: int, txn: int, verdict: Verdict, advice: bool, at_ms: int, frame_ns: int
+    ) -> Decision:
         reason = verdict.reason
         self.tally.decisions[kind][reason] += 1
         if advice and reason == AMOUNT_INVALID:
@@ -298,6 +364,12 @@ class Machine:
             balance = self.state.accounts.balance[verdict.account_id]
         decision = Decision(txn, DENY, reason, 0, balance, verdict.item_index, reason, verdict.params)
         device.remember(txn, decision, self._window)
+        if reason == ANTI_PASSBACK:
+            # Refused at the door: the guard's log keeps it (a retransmit is answered from
+            # the window; after a restart its record is not written twice: same key).
+            event = AccessEvent(_PASSBACK_DENIED, device.school_id, verdict.account_id, device.device_id, txn,
+                                verdict.direction, at_ms, verdict.passback)
+            self.journal.append(JournalEntry(None, (), (), None, frame_ns, (event,)))
         return decision
 
     def _accept(
@@ -309,21 +381,28 @@ class Machine:
         account_id = verdict.account_id
         accounts = state.accounts
         pupil_balance = accounts.balance[account_id]
-        direction = cashier = items = None
+        direction = cashier = items = granted = None
+        access = ()
+        txn = request.txn
+        amount = verdict.amount_kopecks
+        debit, credit = verdict.debit_account_id, verdict.credit_account_id
+        checkpoints = self._checkpoints(debit, credit) if amount else ()
         if kind == KIND_PURCHASE:
             items = encode_items(request.items)
         elif kind == KIND_TOPUP:
             cashier = request.cashier_id
         else:
             direction = request.direction
-        txn = request.txn
-        amount = verdict.amount_kopecks
-        debit, credit = verdict.debit_account_id, verdict.credit_account_id
+            if kind == KIND_PASSAGE:
+                granted = request.granted_txn
+                checkpoints = (accounts.checkpoint(account_id),)  # its presence moved
+            elif verdict.passback:
+                access = (AccessEvent(_PASSBACK_VIOLATION, device.school_id, account_id, device.device_id, txn,
+                                      direction, at_ms, verdict.passback),)
         row = JournalRow(
             device.device_id, txn, kind, account_id, request.identifier, direction, debit or None, credit or None,
-            amount, pupil_balance, request.advice, reader_ms, now_ms, at_ms, cashier, items,
+            amount, pupil_balance, request.advice, reader_ms, now_ms, at_ms, cashier, items, granted,
         )
-        checkpoints = self._checkpoints(debit, credit) if amount else ()
         key = f"{device.device_id}:{txn}"
         notice = self._notice(kind, device, request, verdict, pupil_balance, at_ms)
         if notice is None:
@@ -332,7 +411,7 @@ class Machine:
             tag = type(notice).__struct_config__.tag
             event = OutboxEvent(f"{key}:{tag}", tag, account_id, notice, now_ms)
             outbox = (event, self._low_balance(alert, key, now_ms)) if alert else (event,)
-        self.journal.append(JournalEntry(row, checkpoints, outbox, None, frame_ns))
+        self.journal.append(JournalEntry(row, checkpoints, outbox, None, frame_ns, access))
         self.tally.decisions[kind][OK] += 1
         # Turnstile screens are seen by the whole queue: they never show a balance.
         shown = pupil_balance if kind == KIND_PURCHASE or kind == KIND_TOPUP else 0
@@ -341,8 +420,132 @@ class Machine:
         device.undurable.add(txn)
         device.remember(txn, decision, self._window)
         if kind == KIND_ENTRY:
-            device.grant(txn, request.identifier, self._window)
+            self._grant(device, txn, Grant(request.identifier, account_id, direction, request.reader_time_ms, now_ms))
+        elif kind == KIND_PASSAGE:
+            del device.grants[granted]  # used up: one opening, one person
         return decision
+
+    def _grant(self, device: DeviceState, txn: int, grant: Grant) -> None:
+        device.grant(txn, grant, self._window)
+        expiries = self._expiries
+        limits = self.limits
+        expiries.append((grant.decided_at_ms + limits.passage_window_ms + limits.passage_report_ms_max,
+                         device.device_id, txn))
+        if len(expiries) > GRANT_EXPIRIES_MAX:
+            expiries.popleft()  # nobody ticks (a bench of the machine alone): forget the oldest
+            self.tally.security[SecurityEvent.GRANT_EXPIRY_UNRECORDED] += 1
+
+    # ---------------------------------------------------------------- the building
+
+    def expire_grants(self, now_ms: int, frame_ns: int) -> int:
+        """Record the grants nobody went through (the shell calls this every second or so).
+
+        A grant is expired once ``passage_window_ms + passage_report_ms_max`` passed on
+        the gateway's clock without its PASSAGE. It stays usable: a PASSAGE the turnstile
+        reports later with its own times inside the window (after a reconnect) still
+        counts; the device's report is the truth. Returns how many were recorded.
+        """
+        expiries = self._expiries
+        if not expiries or expiries[0][0] > now_ms or not self.journal.has_room():
+            return 0
+        devices = self.state.devices
+        events = []
+        window_ms = self.limits.passage_window_ms
+        while expiries and expiries[0][0] <= now_ms and len(events) < EXPIRED_PER_ENTRY_MAX:
+            _, device_id, txn = expiries.popleft()
+            device = devices.get(device_id)
+            grant = device.grants.get(txn) if device is not None else None
+            if grant is None:
+                continue  # went through (or the window forgot it)
+            events.append(AccessEvent(_GRANT_EXPIRED, device.school_id, grant.account_id, device_id, txn,
+                                      grant.direction, grant.decided_at_ms + window_ms, ""))
+        if events:
+            self.journal.append(JournalEntry(None, (), (), None, frame_ns, tuple(events)))
+        return len(events)
+
+    # ---------------------------------------------------------------- fire alarm
+
+    def _fire(self, kind: int, school_id: int, device_id: int, txn: int, source: str, now_ms: int) -> tuple:
+        """Raise (``KIND_FIRE_ALARM``) or reset a school's alarm. Idempotent: raising a
+        raised alarm or resetting a quiet school changes nothing. Returns the access events
+        to journal with the request's row.
+
+        Raising takes the muster at that instant (who is inside, from the passages) and
+        queues MODE RELEASED for the school's turnstiles; resetting queues MODE NORMAL and
+        reconciles the school's presence (everyone left unread through released turnstiles,
+        so nobody may be refused re-entry by anti-passback)."""
+        state = self.state
+        alarm = state.alarms.get(school_id)
+        if kind == KIND_FIRE_ALARM:
+            if alarm is not None:
+                return ()
+            state.alarms[school_id] = Alarm(school_id, device_id, txn, now_ms, source)
+            self.mode_changes.append((school_id, _RELEASED))
+            muster = [AccessEvent(_MUSTERED, school_id, account_id, device_id, txn, None, now_ms, "")
+                      for account_id in state.inside(school_id, now_ms)]
+            return (AccessEvent(_FIRE_ALARM, school_id, 0, device_id, txn, None, now_ms, source), *muster)
+        if alarm is None:
+            return ()
+        del state.alarms[school_id]
+        state.presence_reset_ms[school_id] = now_ms
+        self.mode_changes.append((school_id, _NORMAL))
+        return (
+            AccessEvent(_FIRE_RESET, school_id, 0, device_id, txn, None, now_ms, f"{source}; alarm {alarm.key}"),
+            AccessEvent(_PRESENCE_RESET, school_id, 0, device_id, txn, None, now_ms, "evacuation"),
+        )
+
+    def _fire_request(self, device: DeviceState, kind: int, request, now_ms: int, frame_ns: int) -> Decision:
+        """FIRE_ALARM / FIRE_RESET from a fire panel: journaled like any txn (the panel keeps
+        it until durable), the alarm judged at the gateway's time (it is happening now)."""
+        txn = request.txn
+        if device.kind != _FIRE_PANEL:
+            return self._deny(device, kind, txn, Verdict(_WRONG_DEVICE_KIND, kind), request.advice, now_ms, frame_ns)
+        access = self._fire(kind, device.school_id, device.device_id, txn, f"panel {device.device_id}", now_ms)
+        row = JournalRow(device.device_id, txn, kind, 0, b"", None, None, None, 0, 0, request.advice,
+                         request.reader_time_ms, now_ms, now_ms, None, None)
+        self.journal.append(JournalEntry(row, (), (), None, frame_ns, access))
+        self.tally.decisions[kind][OK] += 1
+        template, params = accept_template(kind, 0, 0, 0)
+        decision = Decision(txn, ACCEPT, OK, 0, 0, NO_ITEM_INDEX, template, params)
+        device.undurable.add(txn)
+        device.remember(txn, decision, self._window)
+        return decision
+
+    def mode_of(self, school_id: int) -> Mode:
+        """The MODE a turnstile of the school must be in now (sent after HELLO_ACK too)."""
+        alarm = self.state.alarms.get(school_id)
+        return Mode(_NORMAL, 0) if alarm is None else Mode(_RELEASED, alarm.raised_at_ms)
+
+    def turnstile_mode(self, device: DeviceState, mode: int, alarm_at_ms: int, now_ms: int, frame_ns: int) -> int:
+        """A turnstile confirms the mode it is in (MODE_APPLIED). A release for its school's
+        current alarm is recorded once (the time all turnstiles took to open). Returns the
+        mode it should be in: the shell sends MODE again if they differ."""
+        alarm = self.state.alarms.get(device.school_id)
+        expected = _RELEASED if alarm is not None else _NORMAL
+        if (
+            alarm is not None
+            and device.kind == _TURNSTILE
+            and mode == _RELEASED
+            and alarm_at_ms == alarm.raised_at_ms
+            and device.device_id not in alarm.released
+            and self.journal.has_room()
+        ):
+            alarm.released[device.device_id] = now_ms
+            event = AccessEvent(_TURNSTILE_RELEASED, device.school_id, 0, device.device_id, alarm.raised_at_ms, None,
+                                now_ms, alarm.key)
+            self.journal.append(JournalEntry(None, (), (), None, frame_ns, (event,)))
+        return expected
+
+    def reset_presence(self, school_id: int, now_ms: int, detail: str, frame_ns: int) -> bool:
+        """Reconcile a school's presence (after an evacuation): nobody counts as inside or
+        outside any more, so every pupil may enter again under anti-passback. Journaled,
+        so a restart keeps it. False when the journal has no room (try again)."""
+        if not self.journal.has_room():
+            return False
+        self.state.presence_reset_ms[school_id] = now_ms
+        event = AccessEvent(_PRESENCE_RESET, school_id, 0, 0, 0, None, now_ms, detail)
+        self.journal.append(JournalEntry(None, (), (), None, frame_ns, (event,)))
+        return True
 
     def _checkpoints(self, debit: int, credit: int) -> tuple[AccountCheckpoint, AccountCheckpoint]:
         accounts = self.state.accounts
@@ -400,6 +603,8 @@ class Machine:
         if kind is None or type(payload) is not dict:
             return self._refuse_command(seq, {"reason": "MALFORMED", "detail": "unknown kind or payload"}, now_ms,
                                         frame_ns)
+        if kind is CommandKind.fire_alarm or kind is CommandKind.fire_reset:
+            return self._fire_command(seq, int(kind), payload, now_ms, frame_ns)
         verdict = authorize_command(self.state, kind, payload, original, self.limits.command_amount_kopecks_max)
         self.tally.decisions[verdict.kind][verdict.reason] += 1
         if verdict.reason != OK:
@@ -435,6 +640,28 @@ class Machine:
             tag = OutboxKind.BANK_TOPUP.value
             outbox = (OutboxEvent(f"0:{seq}:{tag}", tag, account_id, notice, now_ms),) + outbox
         self.journal.append(JournalEntry(row, self._checkpoints(debit, credit), outbox, result, frame_ns))
+        return result
+
+    def _fire_command(self, seq: int, kind: int, payload: dict, now_ms: int, frame_ns: int) -> CommandResult:
+        """A school officer raises or resets the alarm: payload {"school_id", "by"}."""
+        school_id, by = payload.get("school_id"), payload.get("by")
+        if type(school_id) is not int or school_id not in self.state.school_offset_ms or type(by) is not str:
+            self.tally.decisions[kind][_WRONG_SCHOOL] += 1
+            return self._refuse_command(seq, {"reason": "WRONG_SCHOOL", "params": []}, now_ms, frame_ns)
+        active = self.state.alarms.get(school_id)
+        access = self._fire(kind, school_id, 0, seq, f"staff {by}", now_ms)
+        alarm = self.state.alarms.get(school_id) or active
+        result = CommandResult(seq, _APPLIED, {
+            "reason": "OK",
+            "changed": bool(access),
+            "alarm": None if alarm is None else {"key": alarm.key, "raised_at_ms": alarm.raised_at_ms,
+                                                 "source": alarm.source},
+            "mustered": sum(1 for e in access if e.kind == _MUSTERED),
+            "journal": {"device_id": 0, "device_txn": seq},
+        }, now_ms)
+        row = JournalRow(0, seq, kind, 0, b"", None, None, None, 0, 0, False, now_ms, now_ms, now_ms, None, None)
+        self.tally.decisions[kind][OK] += 1
+        self.journal.append(JournalEntry(row, (), (), result, frame_ns, access))
         return result
 
     def _refuse_command(self, seq: int, refusal: dict, now_ms: int, frame_ns: int) -> CommandResult:
@@ -477,7 +704,11 @@ class Machine:
                 continue
             device.remember(row.device_txn, stored_decision(row), window)
             if row.kind == KIND_ENTRY:
-                device.grant(row.device_txn, bytes(row.identifier), window)
+                reader_ms = row.device_time_ms if row.device_time_ms is not None else row.happened_at_ms
+                grant = Grant(bytes(row.identifier), row.account_id, row.direction or 0, reader_ms, row.decided_at_ms)
+                self._grant(device, row.device_txn, grant)
+            elif row.kind == KIND_PASSAGE and row.granted_txn is not None:
+                device.grants.pop(row.granted_txn, None)
             counts[row.device_id] = counts.get(row.device_id, 0) + 1
             if row.device_txn > device.txn_seen_max:
                 device.txn_seen_max = row.device_txn

@@ -40,6 +40,7 @@ class JournalRow(msgspec.Struct, array_like=True, gc=False, frozen=True):
     happened_at_ms: int  # the time the rules judged it at (reader's time for an advice in the window)
     cashier_id: int | None  # TOPUP: the cashier
     items: bytes | None  # PURCHASE: the basket in the wire layout (protocol.encode_items)
+    granted_txn: int | None = None  # PASSAGE: the CARD_PRESENTED (grant) it used up
 
 
 class AccountCounters(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -53,6 +54,9 @@ class AccountCounters(msgspec.Struct, array_like=True, gc=False, frozen=True):
     items_day: int = 0  # school-local day of items_today and period_spent
     items_today: int = 0  # units bought on items_day (parent's item count limit)
     period_spent: tuple[tuple[str, int], ...] = ()  # (meal period, kopecks) on items_day
+    presence: int = 0  # Presence after the last counted passage
+    passage_ms: int = 0  # the judged time of that passage (presence holds on its school day only)
+    entry_ms: int = 0  # the judged time of the last counted entry (timed anti-passback)
 
 
 class AccountCheckpoint(msgspec.Struct, array_like=True, gc=False, frozen=True):
@@ -95,6 +99,25 @@ class CommandResult(msgspec.Struct, frozen=True):
         return self.status == 0
 
 
+class AccessEvent(msgspec.Struct, array_like=True, gc=False, frozen=True):
+    """Something that happened at a school's doors that is not an entry or exit:
+    a grant nobody used, an anti-passback violation, a presence reset (``access_events``).
+
+    Key: (kind, device_id, device_txn, account_id), so a retried commit or a replay never
+    records one twice: (device_id, device_txn) is the key of what caused it (a device's
+    txn, a command's 0 and seq); a school officer's reconciliation has 0, 0 and no key.
+    """
+
+    kind: int  # AccessKind
+    school_id: int
+    account_id: int  # 0 for school-wide events
+    device_id: int
+    device_txn: int  # the CARD_PRESENTED it concerns; 0 for school-wide events
+    direction: int | None
+    at_ms: int  # when it happened (judged time)
+    detail: str  # what exactly: "inside", "outside", "interval", "evacuation", ...
+
+
 class JournalEntry(msgspec.Struct, gc=False):
     """What one decision asks the journal writer to make durable, atomically."""
 
@@ -103,3 +126,4 @@ class JournalEntry(msgspec.Struct, gc=False):
     outbox: tuple[OutboxEvent, ...]
     command: CommandResult | None
     enqueued_ns: int  # perf_counter_ns when the frame that caused it arrived (durable lag)
+    access: tuple[AccessEvent, ...] = ()

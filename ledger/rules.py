@@ -11,9 +11,16 @@ machine decides which). Meal period, free meal and day counters all use it.
 
 The rules (each rule is one check returning one named DenyReason):
 - entry (CARD_PRESENTED): turnstile of the card's school; card known, active;
-  account active.
+  account active; then the school's anti-passback rule (``passback``): entering
+  while inside, leaving while outside, or entering again sooner than the school's
+  interval is a violation: HARD denies it (ANTI_PASSBACK), SOFT allows it and the
+  machine records it. Presence is the last counted passage's, on its own school
+  day (every night resets it) and after the school's last reconciliation.
 - passage (PASSAGE): a known card, and granted_txn names a CARD_PRESENTED this
-  device was granted for the same card (NO_GRANT otherwise).
+  device was granted for the same card and direction and not yet used
+  (NO_GRANT otherwise), within ``passage_window_ms`` of it on the turnstile's own
+  clock (GRANT_EXPIRED otherwise). An accepted passage uses the grant up and sets
+  the pupil's presence.
 - purchase (PURCHASE, all or nothing): till of the card's school; card known,
   active (not blocked, not suspended, a temporary card not expired); account
   active; then the parent's controls, item by item (banned product, banned
@@ -38,7 +45,7 @@ import msgspec
 
 from protocol import BalanceQuery, CardPresented, DenyReason, DeviceKind, Direction, Passage, Purchase, TopupCash
 
-from .codes import AccountKind, AccountStatus, CommandKind, IdentifierStatus, JournalKind
+from .codes import AccountKind, AccountStatus, CommandKind, IdentifierStatus, JournalKind, PassbackMode, Presence
 from .state import NO_LIMIT, Controls, DeviceState, LedgerState
 
 KIND_ENTRY = int(JournalKind.ENTRY)
@@ -46,6 +53,8 @@ KIND_PASSAGE = int(JournalKind.PASSAGE)
 KIND_PURCHASE = int(JournalKind.PURCHASE)
 KIND_TOPUP = int(JournalKind.CASH_TOPUP)
 KIND_BALANCE = int(JournalKind.BALANCE)
+KIND_FIRE_ALARM = int(JournalKind.FIRE_ALARM)
+KIND_FIRE_RESET = int(JournalKind.FIRE_RESET)
 
 # Display templates for accepts (denies use the DenyReason number as template id).
 TEMPLATE_ACCEPT_ENTRY = 100
@@ -54,6 +63,8 @@ TEMPLATE_ACCEPT_PURCHASE = 102
 TEMPLATE_ACCEPT_TOPUP = 103
 TEMPLATE_BALANCE = 104
 TEMPLATE_PASSAGE_RECORDED = 105
+TEMPLATE_FIRE_ALARM_ACCEPTED = 106
+TEMPLATE_FIRE_RESET_ACCEPTED = 107
 
 OK = int(DenyReason.OK)
 UNKNOWN_CARD = int(DenyReason.UNKNOWN_CARD)
@@ -77,6 +88,8 @@ NOT_SAME_FAMILY = int(DenyReason.NOT_SAME_FAMILY)
 UNKNOWN_ORIGINAL = int(DenyReason.UNKNOWN_ORIGINAL)
 REFUND_EXCEEDS = int(DenyReason.REFUND_EXCEEDS)
 NO_GRANT = int(DenyReason.NO_GRANT)
+ANTI_PASSBACK = int(DenyReason.ANTI_PASSBACK)
+GRANT_EXPIRED = int(DenyReason.GRANT_EXPIRED)
 NO_ITEM = 0xFF
 FREE_MEAL_PERIOD = "lunch"
 # Till denies that come after the card and school checks passed: the cashier may
@@ -101,6 +114,10 @@ _PUPIL = int(AccountKind.PUPIL)
 _ACCOUNT_ACTIVE = int(AccountStatus.ACTIVE)
 _BLOCKED = int(IdentifierStatus.BLOCKED)
 _SUSPENDED = int(IdentifierStatus.SUSPENDED)
+_IN = int(Direction.IN)
+_INSIDE = int(Presence.INSIDE)
+_OUTSIDE = int(Presence.OUTSIDE)
+_HARD = int(PassbackMode.HARD)
 
 
 class Verdict(msgspec.Struct, frozen=True, gc=False):
@@ -118,6 +135,8 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     period: str = ""  # purchase: the meal period it falls in
     free_meal: bool = False  # purchase: paid from the free-meal budget
     on_grace: bool = False  # purchase: allowed below zero by the grace policy
+    direction: int = 0  # entry, passage: protocol Direction
+    passback: str = ""  # entry: the anti-passback rule it broke ("inside", "outside", "interval"), "" for none
 
 
 def _card(state: LedgerState, identifier: bytes, kind: int, at_ms: int) -> Verdict | int:
@@ -147,29 +166,71 @@ def _at_school(state: LedgerState, device: DeviceState, account_id: int, kind: i
     return None
 
 
+def passback(state: LedgerState, account_id: int, direction: int, at_ms: int) -> str:
+    """The school's anti-passback rule a card used in ``direction`` at ``at_ms`` breaks:
+    "inside" (entering while inside), "outside" (leaving while outside), "interval"
+    (entering sooner than the school's interval after the last entry), or ""."""
+    school_id = state.accounts.school[account_id]
+    policy = state.policy(school_id)
+    if not policy.anti_passback:
+        return ""
+    presence = state.presence_of(account_id, at_ms)
+    if direction == _IN:
+        if presence == _INSIDE:
+            return "inside"
+        interval = policy.passback_entry_interval_ms
+        if interval:
+            entry_ms = state.accounts.entry_ms[account_id]
+            if (
+                entry_ms
+                and at_ms - entry_ms < interval
+                and entry_ms > state.presence_reset_ms.get(school_id, 0)
+                and state.day_of(school_id, entry_ms) == state.day_of(school_id, at_ms)
+            ):
+                return "interval"
+    elif presence == _OUTSIDE:
+        return "outside"
+    return ""
+
+
 def authorize_entry(state: LedgerState, device: DeviceState, request: CardPresented, at_ms: int) -> Verdict:
     if device.kind != TURNSTILE:
         return Verdict(WRONG_DEVICE_KIND, KIND_ENTRY)
+    direction = request.direction
     if request.advice:
         account_id = state.identifiers.get(request.identifier)
-        return Verdict(UNKNOWN_CARD if account_id is None else OK, KIND_ENTRY, account_id or 0)
+        return Verdict(UNKNOWN_CARD if account_id is None else OK, KIND_ENTRY, account_id or 0, direction=direction)
     found = _card(state, request.identifier, KIND_ENTRY, at_ms)
     if type(found) is Verdict:
         return found
-    return _at_school(state, device, found, KIND_ENTRY) or Verdict(OK, KIND_ENTRY, found)
+    wrong = _at_school(state, device, found, KIND_ENTRY)
+    if wrong is not None:
+        return wrong
+    if device.school_id in state.alarms:
+        return Verdict(OK, KIND_ENTRY, found, direction=direction)  # an evacuation: never refused by passback
+    broken = passback(state, found, direction, at_ms)
+    if broken and state.policy(device.school_id).anti_passback == _HARD:
+        return Verdict(ANTI_PASSBACK, KIND_ENTRY, found, direction=direction, passback=broken)
+    return Verdict(OK, KIND_ENTRY, found, direction=direction, passback=broken)
 
 
-def authorize_passage(state: LedgerState, device: DeviceState, request: Passage, at_ms: int) -> Verdict:
+def authorize_passage(
+    state: LedgerState, device: DeviceState, request: Passage, at_ms: int, passage_window_ms: int
+) -> Verdict:
     if device.kind != TURNSTILE:
         return Verdict(WRONG_DEVICE_KIND, KIND_PASSAGE)
     account_id = state.identifiers.get(request.identifier)
     if account_id is None:
         return Verdict(UNKNOWN_CARD, KIND_PASSAGE)
-    if device.grants.get(request.granted_txn) != request.identifier:
-        # Not a turnstile opening this device reported for this card: a forged or
-        # confused passage is not counted as an entry or exit.
+    grant = device.grants.get(request.granted_txn)
+    if grant is None or grant.identifier != request.identifier or grant.direction != request.direction:
+        # Not an opening this device reported for this card and direction, or one
+        # already used: a forged, confused or second passage is not counted.
         return Verdict(NO_GRANT, KIND_PASSAGE, account_id)
-    return Verdict(OK, KIND_PASSAGE, account_id)
+    if request.reader_time_ms - grant.reader_time_ms > passage_window_ms:
+        # The turnstile's own clock says the arm had locked again before this passage.
+        return Verdict(GRANT_EXPIRED, KIND_PASSAGE, account_id)
+    return Verdict(OK, KIND_PASSAGE, account_id, direction=request.direction)
 
 
 def _controls_deny(
@@ -392,6 +453,8 @@ def commit(state: LedgerState, verdict: Verdict, at_ms: int) -> tuple[int, int, 
     assert verdict.reason == OK
     amount = verdict.amount_kopecks
     if not amount:
+        if verdict.kind == KIND_PASSAGE:
+            _count_passage(state, verdict, at_ms)
         return 0, 0, 0
     accounts = state.accounts
     balance = accounts.balance
@@ -416,6 +479,21 @@ def commit(state: LedgerState, verdict: Verdict, at_ms: int) -> tuple[int, int, 
         elif accounts.low_alerted[account_id]:
             accounts.low_alerted[account_id] = 0
     return balance[debit], balance[credit], alert
+
+
+def _count_passage(state: LedgerState, verdict: Verdict, at_ms: int) -> None:
+    """A counted passage sets the pupil's presence; an older one replayed late does not
+    undo a newer one (presence follows the latest passage in time, not in arrival)."""
+    accounts = state.accounts
+    pupil = verdict.account_id
+    if at_ms < accounts.passage_ms[pupil]:
+        return
+    accounts.passage_ms[pupil] = at_ms
+    if verdict.direction == _IN:
+        accounts.presence[pupil] = _INSIDE
+        accounts.entry_ms[pupil] = at_ms
+    else:
+        accounts.presence[pupil] = _OUTSIDE
 
 
 def _count_purchase(state: LedgerState, verdict: Verdict, at_ms: int) -> None:
@@ -459,4 +537,8 @@ def accept_template(kind: int, direction: int, amount_kopecks: int, balance_kope
         return TEMPLATE_ACCEPT_PURCHASE, (amount_kopecks, balance_kopecks)
     if kind == KIND_TOPUP:
         return TEMPLATE_ACCEPT_TOPUP, (amount_kopecks, balance_kopecks)
+    if kind == KIND_FIRE_ALARM:
+        return TEMPLATE_FIRE_ALARM_ACCEPTED, ()
+    if kind == KIND_FIRE_RESET:
+        return TEMPLATE_FIRE_RESET_ACCEPTED, ()
     return TEMPLATE_BALANCE, (balance_kopecks,)

@@ -22,7 +22,7 @@ import msgspec
 from protocol import Decision, PreorderLine
 from protocol.limits import PHOTO_REF_BYTES_MAX, PREORDER_LINES_MAX
 
-from .codes import AccountKind, IdentifierStatus
+from .codes import AccessKind, AccountKind, IdentifierStatus, Presence
 from .records import AccountCheckpoint, AccountCounters
 
 DAY_MS = 86_400_000
@@ -34,6 +34,25 @@ HELLO_NONCES_MAX = 32
 
 _PUPIL = int(AccountKind.PUPIL)
 _ACTIVE = int(IdentifierStatus.ACTIVE)
+_UNKNOWN = int(Presence.UNKNOWN)
+_INSIDE = int(Presence.INSIDE)
+_FIRE_ALARM_EVENT = int(AccessKind.FIRE_ALARM)
+_TURNSTILE_RELEASED_EVENT = int(AccessKind.TURNSTILE_RELEASED)
+_FIRE_RESET_EVENT = int(AccessKind.FIRE_RESET)
+
+
+def presence_at(presence: int, passage_ms: int, reset_ms: int, utc_offset_ms: int, at_ms: int) -> int:
+    """The one presence rule (the gateway's muster and anti-passback, the staff API's
+    "who is inside"): the last counted passage (``presence`` at ``passage_ms``) says where
+    a pupil is, on its own school day only (every night resets it: nothing runs at
+    midnight) and only after the school's last reconciliation (``reset_ms``)."""
+    if (
+        not passage_ms
+        or passage_ms <= reset_ms
+        or (passage_ms + utc_offset_ms) // DAY_MS != (at_ms + utc_offset_ms) // DAY_MS
+    ):
+        return _UNKNOWN
+    return presence
 
 
 class Accounts:
@@ -55,6 +74,9 @@ class Accounts:
         "items_day",
         "items_today",
         "period_spent",
+        "presence",
+        "passage_ms",
+        "entry_ms",
     )
 
     def __init__(self) -> None:
@@ -73,6 +95,9 @@ class Accounts:
         self.items_day = array("l")  # the school day of items_today and period_spent
         self.items_today = array("l")  # units bought on items_day
         self.period_spent: dict[int, dict[str, int]] = {}  # account -> meal period -> kopecks (sparse)
+        self.presence = array("b")  # Presence after the last counted passage (see LedgerState.presence_of)
+        self.passage_ms = array("q")  # judged time of that passage: presence holds on its school day only
+        self.entry_ms = array("q")  # judged time of the last counted entry (timed anti-passback)
 
     def __len__(self) -> int:
         return len(self.balance)
@@ -97,6 +122,9 @@ class Accounts:
             (self.family, 0),
             (self.items_day, 0),
             (self.items_today, 0),
+            (self.presence, 0),
+            (self.passage_ms, 0),
+            (self.entry_ms, 0),
         ):
             column.extend(array(column.typecode, [fill]) * missing)
 
@@ -123,6 +151,9 @@ class Accounts:
             self.items_day[account_id],
             self.items_today[account_id],
             tuple(spent.items()) if spent else (),
+            self.presence[account_id],
+            self.passage_ms[account_id],
+            self.entry_ms[account_id],
         )
 
     def checkpoint(self, account_id: int) -> AccountCheckpoint:
@@ -137,6 +168,9 @@ class Accounts:
         self.low_alerted[account_id] = 1 if c.low_alerted else 0
         self.items_day[account_id] = c.items_day
         self.items_today[account_id] = c.items_today
+        self.presence[account_id] = c.presence
+        self.passage_ms[account_id] = c.passage_ms
+        self.entry_ms[account_id] = c.entry_ms
         if c.period_spent:
             self.period_spent[account_id] = dict(c.period_spent)
         else:
@@ -167,6 +201,8 @@ class Policy(msgspec.Struct, frozen=True, gc=False):
     grace_kopecks: int = 0
     grace_meals: int = 0
     low_balance_threshold_kopecks: int = 10_000
+    anti_passback: int = 0  # PassbackMode
+    passback_entry_interval_ms: int = 0  # timed anti-passback: two entries at least this far apart; 0: off
 
 
 class MealPeriod(msgspec.Struct, frozen=True, gc=False):
@@ -178,6 +214,36 @@ class MealPeriod(msgspec.Struct, frozen=True, gc=False):
 DEFAULT_POLICY = Policy()
 
 
+class Grant(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """A turnstile opened for a card (an accepted CARD_PRESENTED): what its PASSAGE must match."""
+
+    identifier: bytes
+    account_id: int
+    direction: int
+    reader_time_ms: int  # the turnstile's clock at the grant (the PASSAGE's is compared to it)
+    decided_at_ms: int  # the gateway's clock at the grant (its expiry is judged by it)
+
+
+class Alarm:
+    """A school's fire alarm while it lasts: its key (the journal key of what raised it:
+    a fire panel's txn, or a school officer's command with device 0), its time, who raised
+    it, and which turnstiles confirmed they released both ways (device id -> gateway ms)."""
+
+    __slots__ = ("school_id", "device_id", "device_txn", "raised_at_ms", "source", "released")
+
+    def __init__(self, school_id: int, device_id: int, device_txn: int, raised_at_ms: int, source: str) -> None:
+        self.school_id = school_id
+        self.device_id = device_id
+        self.device_txn = device_txn
+        self.raised_at_ms = raised_at_ms
+        self.source = source
+        self.released: dict[int, int] = {}
+
+    @property
+    def key(self) -> str:
+        return f"{self.device_id}:{self.device_txn}"
+
+
 class DeviceState:
     """A registered device: its identity, its durable watermark, its decided txns."""
 
@@ -186,6 +252,8 @@ class DeviceState:
         "school_id",
         "kind",
         "key",
+        "next_key",
+        "revoked",
         "drawer_account_id",
         "journaled_txn_max",
         "durable_txn",
@@ -201,11 +269,14 @@ class DeviceState:
         "nonces",
     )
 
-    def __init__(self, device_id: int, school_id: int, kind: int, key: bytes, drawer_account_id: int, durable_txn: int):
+    def __init__(self, device_id: int, school_id: int, kind: int, key: bytes, drawer_account_id: int, durable_txn: int,
+                 next_key: bytes | None = None, revoked: bool = False):
         self.device_id = device_id
         self.school_id = school_id
         self.kind = kind
         self.key = key
+        self.next_key = next_key  # a key rotation in progress: HELLO verifies under key or next_key
+        self.revoked = revoked  # revoked through the staff API: every HELLO refused
         self.drawer_account_id = drawer_account_id
         self.journaled_txn_max = durable_txn  # the highest txn of its journal rows
         # The watermark told to the device: a PREFIX, every txn <= it that was
@@ -223,9 +294,10 @@ class DeviceState:
         # next(iter(d)) walk every deleted slot until it is resized: a deque does not.
         self.recent_order: deque[int] = deque()
         self.forgotten_txn_max = 0
-        # Accepted CARD_PRESENTED txn -> identifier, as many as the idempotency window
-        # (spec 4.5): a PASSAGE must name one; it follows its grant within seconds.
-        self.grants: dict[int, bytes] = {}
+        # Accepted CARD_PRESENTED txn -> its Grant, as many as the idempotency window
+        # (spec 4.5): a PASSAGE must name one; it follows its grant within seconds and
+        # uses it up (one opening, one person).
+        self.grants: dict[int, Grant] = {}
         self.grants_order: deque[int] = deque()
         self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
 
@@ -249,14 +321,16 @@ class DeviceState:
             if oldest > self.forgotten_txn_max:
                 self.forgotten_txn_max = oldest
 
-    def grant(self, txn: int, identifier: bytes, window: int) -> None:
+    def grant(self, txn: int, grant: "Grant", window: int) -> None:
         grants = self.grants
+        order = self.grants_order
         if txn not in grants:
-            self.grants_order.append(txn)
-        grants[txn] = identifier
-        if len(grants) > window:
+            order.append(txn)
+        grants[txn] = grant
+        while len(order) > window:
             # Oldest first from a deque: next(iter(dict)) would walk the deleted slots.
-            del grants[self.grants_order.popleft()]
+            # (A used grant is gone from the dict already.)
+            grants.pop(order.popleft(), None)
 
     def made_durable(self, txns: list[int]) -> bool:
         """These accepted txns are committed. Returns True if the watermark moved."""
@@ -291,6 +365,9 @@ class LedgerState:
         "meal_periods",
         "photo_refs",
         "preorders",
+        "presence_reset_ms",
+        "alarms",
+        "school_pupils",
     )
 
     def __init__(self) -> None:
@@ -312,6 +389,12 @@ class LedgerState:
         self.photo_refs: dict[int, str] = {}  # account id -> key in the photo store (sparse)
         # account id -> school day -> pre-ordered lines (upcoming days only, sparse)
         self.preorders: dict[int, dict[int, tuple[PreorderLine, ...]]] = {}
+        # school id -> when its presence was last reconciled (after an evacuation):
+        # passages before it no longer say who is inside
+        self.presence_reset_ms: dict[int, int] = {}
+        self.alarms: dict[int, Alarm] = {}  # school id -> its fire alarm, while one lasts
+        # school id -> its pupils' account ids: the muster reads one school, not 2 M accounts
+        self.school_pupils: dict[int, array] = {}
 
     # ---------------------------------------------------------------- time in a school
 
@@ -335,6 +418,31 @@ class LedgerState:
     def policy(self, school_id: int) -> Policy:
         return self.policies.get(school_id, DEFAULT_POLICY)
 
+    def presence_of(self, account_id: int, at_ms: int) -> int:
+        """Presence (INSIDE, OUTSIDE, UNKNOWN) of a pupil at ``at_ms`` (see ``presence_at``)."""
+        accounts = self.accounts
+        passage_ms = accounts.passage_ms[account_id]
+        if not passage_ms:
+            return _UNKNOWN
+        school_id = accounts.school[account_id]
+        return presence_at(
+            accounts.presence[account_id], passage_ms, self.presence_reset_ms.get(school_id, 0),
+            self.school_offset_ms.get(school_id, 0), at_ms,
+        )
+
+    def inside(self, school_id: int, at_ms: int) -> list[int]:
+        """The pupils of a school inside at ``at_ms`` (the muster list), by account id."""
+        accounts = self.accounts
+        school, passage = accounts.school, accounts.passage_ms
+        presence_of = self.presence_of
+        return sorted(
+            {
+                i
+                for i in self.school_pupils.get(school_id, ())
+                if passage[i] and school[i] == school_id and presence_of(i, at_ms) == _INSIDE
+            }
+        )
+
     def spent_today(self, account_id: int, now_ms: int) -> int:
         accounts = self.accounts
         if accounts.spent_day[account_id] != self.day_of(accounts.school[account_id], now_ms):
@@ -350,6 +458,11 @@ class LedgerState:
     def add_account(self, row: Any) -> None:
         account_id, kind, school_id, status, balance, limit = row[:6]
         self.accounts.set(account_id, kind, school_id, status, balance, limit)
+        if kind == _PUPIL:
+            pupils = self.school_pupils.get(school_id)
+            if pupils is None:
+                pupils = self.school_pupils[school_id] = array("q")
+            pupils.append(account_id)
         if kind == AccountKind.REVENUE:
             self.revenue_account[school_id] = account_id
         elif kind == AccountKind.FREE_MEALS:
@@ -365,6 +478,10 @@ class LedgerState:
         account_id, kind, school_id, status, _balance, limit = row[:6]
         accounts = self.accounts
         if accounts.exists(account_id):
+            before = accounts.school[account_id]
+            if before != school_id and accounts.kind[account_id] == _PUPIL:
+                # a pupil moved school (rare): re-indexed; ``inside`` also checks the column
+                self.school_pupils.setdefault(school_id, array("q")).append(account_id)
             accounts.kind[account_id] = kind
             accounts.school[account_id] = school_id
             accounts.status[account_id] = status
@@ -415,13 +532,31 @@ class LedgerState:
             self.school_offset_ms[sid] = offset_minutes * MINUTE_MS
         for sid, code, category, allergens, diet, hot in data["products"]:
             self.products[(sid, code)] = Product(code, category, frozenset(allergens or ()), frozenset(diet or ()), hot)
-        for sid, grace, grace_meals, threshold in data["policies"]:
-            self.policies[sid] = Policy(grace, grace_meals, threshold)
+        for sid, grace, grace_meals, threshold, *passback in data["policies"]:
+            self.policies[sid] = Policy(grace, grace_meals, threshold, *passback)
         periods: dict[int, list[MealPeriod]] = {}
         for sid, name, starts, ends in data["periods"]:
             periods.setdefault(sid, []).append(MealPeriod(name, starts, ends))
         for sid, items in periods.items():
             self.meal_periods[sid] = tuple(items)
+        for sid, reset_ms in data.get("presence_resets", ()):
+            if reset_ms > self.presence_reset_ms.get(sid, 0):
+                self.presence_reset_ms[sid] = reset_ms
+
+    def apply_alarm_events(self, events: Any) -> None:
+        """After a restart: the schools' alarms as the journaled access events left them
+        (FIRE_ALARM, TURNSTILE_RELEASED, FIRE_RESET, oldest first): an alarm not reset is
+        still on, with the turnstiles that had confirmed their release."""
+        for e in events:
+            if e.kind == _FIRE_ALARM_EVENT:
+                if e.school_id not in self.alarms:
+                    self.alarms[e.school_id] = Alarm(e.school_id, e.device_id, e.device_txn, e.at_ms, e.detail)
+            elif e.kind == _TURNSTILE_RELEASED_EVENT:
+                alarm = self.alarms.get(e.school_id)
+                if alarm is not None and alarm.key == e.detail:
+                    alarm.released.setdefault(e.device_id, e.at_ms)
+            elif e.kind == _FIRE_RESET_EVENT:
+                self.alarms.pop(e.school_id, None)
 
     def restore(self, checkpoint: AccountCheckpoint) -> None:
         """An account as the journal writer's last commit left it."""

@@ -13,6 +13,7 @@ from .codes import (
     MessageType,
     NakReason,
     Outcome,
+    TurnstileMode,
 )
 from .connection import (
     CLOSED,
@@ -33,10 +34,14 @@ from .events import (
     Decision,
     DurableAck,
     Event,
+    FireAlarm,
+    FireReset,
     Heartbeat,
     Hello,
     HelloAck,
     Item,
+    Mode,
+    ModeApplied,
     Nak,
     Passage,
     PayloadError,
@@ -54,4 +59,5 @@ __all__ = [
     "HelloAck", "Item", "LocalProtocolError", "MessageType", "NEED_DATA", "NO_ITEM_INDEX", "Nak",
     "NakReason", "Outcome", "Passage", "PayloadError", "PreorderLine", "ProtocolError", "PupilInfo", "PupilInfoQuery", "Purchase", "RemoteProtocolError",
     "Retransmit", "Role", "State", "TXN_FLAG_ADVICE", "TopupCash", "crc16", "encode_frame", "next_seq",
+    "FireAlarm", "FireReset", "Mode", "ModeApplied", "TurnstileMode",
 ]

@@ -19,9 +19,13 @@ class MessageType(enum.IntEnum):
     TOPUP_CASH = 0x13
     BALANCE_QUERY = 0x14
     PUPIL_INFO_QUERY = 0x15
+    FIRE_ALARM = 0x16  # fire panel -> gateway: the school's alarm went off
+    FIRE_RESET = 0x17  # fire panel -> gateway: the alarm is over
+    MODE_APPLIED = 0x18  # turnstile -> gateway: the mode it is now in (the answer to MODE)
     DECISION = 0x20
     DURABLE_ACK = 0x21
     PUPIL_INFO = 0x22
+    MODE = 0x23  # gateway -> turnstile, unsolicited: release both ways (fire alarm) or back to normal
     NAK = 0x7F
 
 
@@ -34,6 +38,13 @@ class DeviceKind(enum.IntEnum):
 class Direction(enum.IntEnum):
     IN = 1
     OUT = 2
+
+
+class TurnstileMode(enum.IntEnum):
+    """MODE.mode: what a turnstile does with its arm."""
+
+    NORMAL = 0  # opens per grant
+    RELEASED = 1  # fire alarm: free passage both ways until told NORMAL
 
 
 class Outcome(enum.IntEnum):
@@ -74,6 +85,11 @@ class DenyReason(enum.IntEnum):
     REFUND_EXCEEDS = 22
     # A PASSAGE whose granted_txn names no CARD_PRESENTED this device was granted for that card.
     NO_GRANT = 23
+    # CARD_PRESENTED against the school's anti-passback rule in hard mode: entering while
+    # inside, leaving while outside, or entering again sooner than the school's interval.
+    ANTI_PASSBACK = 24
+    # A PASSAGE that came later than passage_window_ms after its grant: the turnstile had closed.
+    GRANT_EXPIRED = 25
 
 
 class NakReason(enum.IntEnum):
@@ -98,13 +114,18 @@ class NakReason(enum.IntEnum):
     SERVER_BUSY = 17
     # A txn more than TXN_GAP_MAX above the highest txn known from the device.
     TXN_OUT_OF_RANGE = 18
+    # Secure channel (section 5a): a frame whose MAC does not verify (forged, replayed,
+    # reordered, altered or foreign). Takes no seq; the MAC_FAILURES_MAX-th closes.
+    MAC_INVALID = 19
+    # HELLO of a device the staff API revoked. Closes.
+    DEVICE_REVOKED = 20
 
 
 # Flags of the frame header (byte 2).
 FLAG_REPLY = 0x01  # set on every frame the gateway sends (like OSDP's address bit 7)
-FLAG_SECURE_BLOCK = 0x02  # reserved for the authenticated channel; must be 0 in v1
-FLAG_MAC = 0x04  # reserved for the per-frame MAC; must be 0 in v1
-FLAGS_KNOWN = FLAG_REPLY
+FLAG_SECURE_BLOCK = 0x02  # reserved; must be 0 (the secure channel needs no security block)
+FLAG_MAC = 0x04  # the frame ends with a FRAME_MAC_BYTES MAC: every frame after HELLO_ACK, both ways
+FLAGS_KNOWN = FLAG_REPLY | FLAG_MAC
 
 # Flags inside transaction payloads (CARD_PRESENTED, PASSAGE, PURCHASE, TOPUP_CASH).
 TXN_FLAG_ADVICE = 0x01  # already happened (offline or accepted earlier): never declined

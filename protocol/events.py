@@ -26,13 +26,16 @@ from .codes import (
     Direction,
     MessageType,
     Outcome,
+    TurnstileMode,
 )
 from .limits import (
     AMOUNT_KOPECKS_MAX,
     DISPLAY_PARAMS_MAX,
     FIRMWARE_BYTES_MAX,
+    HELLO_CRYPTOGRAM_BYTES,
     HELLO_MAC_BYTES,
     HELLO_NONCE_BYTES,
+    HELLO_RND_B_BYTES,
     IDENTIFIER_BYTES_MAX,
     IDENTIFIER_BYTES_MIN,
     CASHIER_NOTE_BYTES_MAX,
@@ -155,28 +158,43 @@ class Hello(Event, frozen=True, gc=False):
         return cls(kind, firmware, durable_txn, device_time_ms, nonce, mac)
 
 
-_HELLO_ACK = struct.Struct("<QQI")
+_HELLO_ACK = struct.Struct(f"<QQI{HELLO_RND_B_BYTES}s{HELLO_CRYPTOGRAM_BYTES}s")
+_ZERO_RND_B = bytes(HELLO_RND_B_BYTES)
+_ZERO_CRYPTOGRAM = bytes(HELLO_CRYPTOGRAM_BYTES)
 
 
 class HelloAck(Event, frozen=True, gc=False):
-    """Gateway -> device: the session is open."""
+    """Gateway -> device: the session is open.
+
+    ``rnd_b`` is the gateway's challenge and ``cryptogram`` its proof that it holds the
+    device key (section 5a); the connection fills both in (``Connection.accept_hello``).
+    """
 
     message_type: ClassVar[MessageType] = MessageType.HELLO_ACK
     server_time_ms: int
     durable_txn: int  # the gateway's durable watermark for this device
     heartbeat_interval_ms: int
+    rnd_b: bytes = _ZERO_RND_B
+    cryptogram: bytes = _ZERO_CRYPTOGRAM
 
     def __post_init__(self) -> None:
         _check_u64(self.server_time_ms, "server_time_ms")
         _check_u64(self.durable_txn, "durable_txn")
         _check(0 < self.heartbeat_interval_ms <= 0xFFFFFFFF, "heartbeat_interval_ms must be a positive u32")
+        _check(type(self.rnd_b) is bytes and len(self.rnd_b) == HELLO_RND_B_BYTES, "rnd_b must be 16 bytes")
+        _check(
+            type(self.cryptogram) is bytes and len(self.cryptogram) == HELLO_CRYPTOGRAM_BYTES,
+            "cryptogram must be 16 bytes",
+        )
 
     def encode_payload(self) -> bytes:
-        return _HELLO_ACK.pack(self.server_time_ms, self.durable_txn, self.heartbeat_interval_ms)
+        return _HELLO_ACK.pack(
+            self.server_time_ms, self.durable_txn, self.heartbeat_interval_ms, self.rnd_b, self.cryptogram
+        )
 
     @classmethod
     def decode_payload(cls, payload: bytes) -> "HelloAck":
-        _check(len(payload) == _HELLO_ACK.size, "HELLO_ACK must be 20 bytes")
+        _check(len(payload) == _HELLO_ACK.size, f"HELLO_ACK must be {_HELLO_ACK.size} bytes")
         return cls(*_HELLO_ACK.unpack(payload))
 
 
@@ -684,6 +702,82 @@ class PupilInfo(Event, frozen=True, gc=False):
         return cls(outcome, reason, photo, note, lines)
 
 
+# --------------------------------------------------------------------------- the building
+
+_PANEL_TXN = struct.Struct("<QBQ")  # txn, flags, reader_time_ms
+
+
+class _PanelTxn(Event, frozen=True, gc=False):
+    """A fire panel's transaction: a numbered, journaled request like a sale (section 4.12)."""
+
+    txn: int
+    flags: int
+    reader_time_ms: int
+
+    def __post_init__(self) -> None:
+        if not (0 < self.txn <= TXN_MAX and self.flags in _TXN_FLAG_VALUES and 0 <= self.reader_time_ms <= _U64):
+            _check_txn(self.txn)
+            _check_txn_flags(self.flags)
+            _check_u64(self.reader_time_ms, "reader_time_ms")
+
+    @property
+    def advice(self) -> bool:
+        return bool(self.flags & TXN_FLAG_ADVICE)
+
+    def encode_payload(self) -> bytes:
+        return _PANEL_TXN.pack(self.txn, self.flags, self.reader_time_ms)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes):
+        _check(len(payload) == _PANEL_TXN.size, f"{cls.message_type.name} must be {_PANEL_TXN.size} bytes")
+        return cls(*_PANEL_TXN.unpack(payload))
+
+
+class FireAlarm(_PanelTxn, frozen=True, gc=False):
+    """Fire panel -> gateway: the school's fire alarm went off."""
+
+    message_type: ClassVar[MessageType] = MessageType.FIRE_ALARM
+
+
+class FireReset(_PanelTxn, frozen=True, gc=False):
+    """Fire panel -> gateway: the alarm is over (reset at the panel)."""
+
+    message_type: ClassVar[MessageType] = MessageType.FIRE_RESET
+
+
+_MODE = struct.Struct("<BQ")  # mode, alarm_at_ms
+_MODES = frozenset(int(m) for m in TurnstileMode)
+
+
+class _TurnstileMode(Event, frozen=True, gc=False):
+    mode: int  # TurnstileMode
+    alarm_at_ms: int  # the alarm's time (gateway clock) for RELEASED; 0 for NORMAL
+
+    def __post_init__(self) -> None:
+        _check(self.mode in _MODES, "mode must be 0 (normal) or 1 (released)")
+        _check_u64(self.alarm_at_ms, "alarm_at_ms")
+
+    def encode_payload(self) -> bytes:
+        return _MODE.pack(self.mode, self.alarm_at_ms)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes):
+        _check(len(payload) == _MODE.size, f"{cls.message_type.name} must be {_MODE.size} bytes")
+        return cls(*_MODE.unpack(payload))
+
+
+class Mode(_TurnstileMode, frozen=True, gc=False):
+    """Gateway -> turnstile, unsolicited: release both ways (a fire alarm) or back to normal."""
+
+    message_type: ClassVar[MessageType] = MessageType.MODE
+
+
+class ModeApplied(_TurnstileMode, frozen=True, gc=False):
+    """Turnstile -> gateway: the mode it is in now (after a MODE; after HELLO_ACK when released)."""
+
+    message_type: ClassVar[MessageType] = MessageType.MODE_APPLIED
+
+
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.message_type: cls
     for cls in (
@@ -700,6 +794,10 @@ EVENT_TYPES: dict[int, type[Event]] = {
         DurableAck,
         PupilInfo,
         Nak,
+        FireAlarm,
+        FireReset,
+        Mode,
+        ModeApplied,
     )
 }
 

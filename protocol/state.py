@@ -6,8 +6,8 @@ sent it, LocalProtocolError when we tried to send it. ERROR is sticky.
 
 The gateway answers one request before it parses the next (OSDP's "one
 command, one reply"), so BUSY is the short stretch between a decoded request
-and its reply. DURABLE_ACK is the one unsolicited message: the gateway may send
-it whenever a session is open.
+and its reply. DURABLE_ACK and MODE are the unsolicited messages: the gateway may
+send them whenever a session is open.
 """
 
 from __future__ import annotations
@@ -20,9 +20,13 @@ from .events import (
     Decision,
     DurableAck,
     Event,
+    FireAlarm,
+    FireReset,
     Heartbeat,
     Hello,
     HelloAck,
+    Mode,
+    ModeApplied,
     Nak,
     Passage,
     Purchase,
@@ -57,7 +61,10 @@ class Direction(enum.Enum):
     __hash__ = object.__hash__  # members are singletons; Enum's own hash is Python code on the hot path
 
 
-REQUESTS: tuple[type[Event], ...] = (Heartbeat, CardPresented, Passage, Purchase, TopupCash, BalanceQuery, PupilInfoQuery)
+REQUESTS: tuple[type[Event], ...] = (
+    Heartbeat, CardPresented, Passage, Purchase, TopupCash, BalanceQuery, PupilInfoQuery, FireAlarm, FireReset,
+    ModeApplied,
+)
 REPLIES: tuple[type[Event], ...] = (Decision, Heartbeat, PupilInfo, Nak)
 
 G, D = Role.GATEWAY, Role.DEVICE
@@ -76,6 +83,8 @@ TRANSITIONS: dict[tuple[Role, State, Direction, type[Event]], State] = {
     **{(G, State.BUSY, S, rep): State.READY for rep in REPLIES},
     (G, State.READY, S, DurableAck): State.READY,
     (G, State.BUSY, S, DurableAck): State.BUSY,
+    (G, State.READY, S, Mode): State.READY,  # unsolicited, like DURABLE_ACK
+    (G, State.BUSY, S, Mode): State.BUSY,
     # -- device side
     (D, State.IDLE, S, Hello): State.HELLO,
     (D, State.READY, S, Hello): State.HELLO,
@@ -88,4 +97,6 @@ TRANSITIONS: dict[tuple[Role, State, Direction, type[Event]], State] = {
     (D, State.READY, R, DurableAck): State.READY,
     (D, State.BUSY, R, DurableAck): State.BUSY,
     (D, State.HELLO, R, DurableAck): State.HELLO,
+    (D, State.READY, R, Mode): State.READY,
+    (D, State.BUSY, R, Mode): State.BUSY,
 }

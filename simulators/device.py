@@ -71,10 +71,14 @@ from protocol import (
     DenyReason,
     DeviceKind,
     DurableAck,
+    FireAlarm,
+    FireReset,
     Heartbeat,
     Hello,
     HelloAck,
     Item,
+    Mode,
+    ModeApplied,
     Nak,
     NakReason,
     Outcome,
@@ -83,6 +87,7 @@ from protocol import (
     Purchase,
     Role,
     TopupCash,
+    TurnstileMode,
 )
 from protocol.auth import sign_hello
 
@@ -91,8 +96,15 @@ from protocol.auth import sign_hello
 KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE, KIND_TOPUP = (
     JournalKind.ENTRY, JournalKind.PASSAGE, JournalKind.PURCHASE, JournalKind.CASH_TOPUP
 )
-KIND_OF = {CardPresented: KIND_ENTRY, Passage: KIND_PASSAGE, Purchase: KIND_PURCHASE, TopupCash: KIND_TOPUP}
-KIND_NAMES = {KIND_ENTRY: "entry", KIND_PASSAGE: "passage", KIND_PURCHASE: "purchase", KIND_TOPUP: "topup"}
+KIND_FIRE_ALARM, KIND_FIRE_RESET = JournalKind.FIRE_ALARM, JournalKind.FIRE_RESET
+KIND_OF = {
+    CardPresented: KIND_ENTRY, Passage: KIND_PASSAGE, Purchase: KIND_PURCHASE, TopupCash: KIND_TOPUP,
+    FireAlarm: KIND_FIRE_ALARM, FireReset: KIND_FIRE_RESET,
+}
+KIND_NAMES = {
+    KIND_ENTRY: "entry", KIND_PASSAGE: "passage", KIND_PURCHASE: "purchase", KIND_TOPUP: "topup",
+    KIND_FIRE_ALARM: "fire_alarm", KIND_FIRE_RESET: "fire_reset",
+}
 _CLASS_OF = {v: k for k, v in KIND_OF.items()}
 
 
@@ -238,7 +250,7 @@ def accepted_record(device_id: int, event: Any, decision: Decision, account_id: 
         "device_id": device_id,
         "txn": event.txn,
         "kind": kind,
-        "identifier": event.identifier.hex(),
+        "identifier": getattr(event, "identifier", b"").hex(),
         "account_id": account_id,
         "amount_kopecks": amount,
         "direction": getattr(event, "direction", None),
@@ -399,6 +411,15 @@ class Device:
         self._failures = 0  # consecutive failed attempts / broken sessions
         self._wait_before_connect = False
         self._session_up_at: float | None = None  # monotonic time of the HELLO_ACK
+        # The building (docs/building.md). A turnstile's arm: NORMAL, or RELEASED both ways by
+        # the gateway's MODE during a fire alarm; it stays released when the gateway is lost
+        # until told NORMAL. ``fire_input`` is the panel's wired contact: released by itself.
+        self.mode = int(TurnstileMode.NORMAL)
+        self.alarm_at_ms = 0
+        self.fire_input = False
+        self.mode_at = 0.0  # monotonic time the last MODE arrived
+        self.mode_changed = asyncio.Event()
+        self._mode_report: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -419,6 +440,8 @@ class Device:
 
     async def close(self) -> None:
         self._closing = True
+        if self._mode_report is not None:
+            self._mode_report.cancel()
         if self._background is not None:
             self._background.cancel()
             try:
@@ -428,6 +451,37 @@ class Device:
         async with self._lock:
             self._drop(abort=False)
         self._log.close()
+
+    @property
+    def released(self) -> bool:
+        """The arm turns freely both ways: the gateway said so, or the panel's wire does."""
+        return self.fire_input or self.mode == TurnstileMode.RELEASED
+
+    async def fire_alarm(self) -> Decision:
+        """A fire panel: the alarm went off (journaled; kept until durable like a sale)."""
+        return await self._transaction(lambda txn: FireAlarm(txn, 0, now_ms()))
+
+    async def fire_reset(self) -> Decision:
+        return await self._transaction(lambda txn: FireReset(txn, 0, now_ms()))
+
+    def _on_mode(self, event: Mode) -> None:
+        if event.mode != self.mode:
+            self.mode_at = time.monotonic()
+        self.mode, self.alarm_at_ms = event.mode, event.alarm_at_ms
+        self._write({"t": "mode", "mode": event.mode, "alarm_at_ms": event.alarm_at_ms})
+        self.mode_changed.set()
+        if self._mode_report is None or self._mode_report.done():
+            self._mode_report = asyncio.create_task(self._report_mode(), name=f"mode-{self.device_id}")
+
+    async def _report_mode(self) -> None:
+        """MODE_APPLIED: the gateway records the release (and corrects a wrong mode)."""
+        async with self._lock:
+            if self._conn is None:
+                return  # reported after the next HELLO
+            try:
+                await self._roundtrip(ModeApplied(self.mode, self.alarm_at_ms), inject=False)
+            except _Dropped:
+                self._drop(broken=True)
 
     def register_card(self, identifier: bytes, account_id: int | None) -> None:
         """What the simulator knows about a card (for the log's account id column)."""
@@ -575,7 +629,8 @@ class Device:
         if decision.outcome == Outcome.ACCEPT:
             if event.txn not in self.logged:
                 self.logged.add(event.txn)
-                self._write(accepted_record(self.device_id, event, decision, self._account_of.get(event.identifier)))
+                account_id = self._account_of.get(getattr(event, "identifier", b""))  # a fire panel's: none
+                self._write(accepted_record(self.device_id, event, decision, account_id))
             self.kept[event.txn] = event
             self._drop_confirmed()  # its DURABLE_ACK may have been read before we got here
         else:
@@ -627,7 +682,7 @@ class Device:
         cfg = self.config
         reader, writer = await asyncio.wait_for(asyncio.open_connection(cfg.host, cfg.port), cfg.connect_timeout_s)
         self._reader, self._writer = reader, writer
-        self._conn = Connection(Role.DEVICE, self.device_id)
+        self._conn = Connection(Role.DEVICE, self.device_id, self.key)  # the secure channel (spec 5a)
         self._replies = asyncio.Queue()
         self._decided = set()
         self._reader_task = asyncio.create_task(self._read_loop(self._conn, reader, self._replies))
@@ -654,6 +709,13 @@ class Device:
         self._sessions += 1
         self._needs_replay = True
         self._disconnected.clear()
+        if self.kind == DeviceKind.TURNSTILE and self.mode != TurnstileMode.NORMAL:
+            # Released (through a lost connection, maybe): say so after HELLO_ACK; the gateway
+            # answers MODE NORMAL if the alarm is over (docs/building.md). A turnstile in NORMAL
+            # has nothing to report: during an alarm the gateway sends MODE after HELLO_ACK.
+            reply = await self._roundtrip(ModeApplied(self.mode, self.alarm_at_ms), inject=False)
+            if type(reply) is Nak:
+                self.stats.nak(reply.reason)
 
     _needs_replay = False
     _resolved: Decision | None = None
@@ -758,6 +820,10 @@ class Device:
                     if type(event) is DurableAck:
                         if self._conn is conn:
                             self._on_durable(event.durable_txn)
+                        continue
+                    if type(event) is Mode:
+                        if self._conn is conn:
+                            self._on_mode(event)
                         continue
                     if type(event) is Decision and event.outcome == Outcome.ACCEPT and event.txn and self._conn is conn:
                         # Read in stream order: only a DURABLE_ACK read after this can confirm it.

@@ -19,7 +19,10 @@ from storage import commands
 from . import db
 from .admin import AuditController, StaffController
 from .auth import Principal, authenticate
+from .building import BuildingController, FireController
 from .cards import CardController
+from .desk import DeskController
+from .devices import ENROL_PATH, DeviceController
 from .errors import (
     Unprocessable,
     check_violation_handler,
@@ -45,6 +48,8 @@ async def auth_guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> 
     """Runs before any parameter or body is parsed: 401 comes before 422."""
     if connection.scope["path"].startswith(SCHEMA_PATH):
         return  # the OpenAPI document is public
+    if connection.scope["path"] == ENROL_PATH:
+        return  # a device enrolling itself: its one-time code is the credential (staff_api.devices)
     pool: asyncpg.Pool = connection.app.state.pool
     connection.state.principal = await authenticate(connection, pool)  # type: ignore[arg-type]
 
@@ -82,7 +87,8 @@ def create_app(
 
     return Litestar(
         route_handlers=[SchoolController, PupilController, CardController, MoneyController,
-                        StaffController, AuditController, PreorderController, RepresentativeController],
+                        StaffController, AuditController, PreorderController, RepresentativeController, DeskController,
+                        BuildingController, DeviceController],
         lifespan=[lifespan],
         guards=[auth_guard],
         dependencies={

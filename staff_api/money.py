@@ -45,8 +45,10 @@ def _key(header: str | None) -> str:
 
 async def run_command(
     pool: asyncpg.Pool, principal: Principal, key: str, kind: str, payload: dict[str, Any],
-    now_ms: int, wait_ms: int,
+    now_ms: int, wait_ms: int, audit_action: str | None = None,
 ) -> Response[CommandOut]:
+    """Queue a command for the gateway (once per key), audit it, wait (bounded) for its
+    result: 200 applied, 409 refused, 202 still pending."""
     async with pool.acquire() as conn:
         async with conn.transaction():
             # One request per key at a time, so only the first is audited.
@@ -57,7 +59,7 @@ async def run_command(
             except commands.IdempotencyConflict as exc:
                 raise Conflict(f"IdempotencyConflict: {exc}") from None
             if existed is None:
-                await db.audit(conn, principal.login, f"money.{kind}", f"command:{queued.seq}", None,
+                await db.audit(conn, principal.login, audit_action or f"money.{kind}", f"command:{queued.seq}", None,
                                {"kind": kind, "payload": payload, "idempotency_key": key}, now_ms)
         result = await commands.wait_result(conn, queued.seq, wait_ms)
     body = CommandOut(

@@ -34,11 +34,18 @@ class Base(Struct, forbid_unknown_fields=True, omit_defaults=False):
 # --- schools -------------------------------------------------------------------------------
 
 
+PassbackModeName = Literal["off", "soft", "hard"]  # ledger.codes.PassbackMode, lower-case
+
+
 class SchoolPolicy(Base):
     grace_kopecks: Kopecks = 0
     grace_meals: Annotated[int, Meta(ge=0, le=100)] = 0
     low_balance_threshold_kopecks: Kopecks = 10_000
     preorder_lock_days: Annotated[int, Meta(ge=0, le=60)] = 3
+    # anti-passback: off; soft (allow, record the violation); hard (deny, record it)
+    anti_passback: PassbackModeName = "off"
+    # timed anti-passback: two entries at least this many seconds apart (0: no interval)
+    passback_entry_interval_s: Annotated[int, Meta(ge=0, le=86_400)] = 0
 
 
 class MealPeriodBody(Base):

@@ -9,6 +9,8 @@ from litestar import Controller, get, put
 
 from litestar.params import FromPath, JSONBody
 
+from ledger.codes import PassbackMode
+
 from . import db
 from .auth import PrincipalDep
 from .errors import Unprocessable
@@ -36,11 +38,16 @@ async def _school_out(conn: asyncpg.Connection, row: asyncpg.Record, *, detail: 
     if not detail:
         return out
     policy = await conn.fetchrow(
-        "SELECT grace_kopecks, grace_meals, low_balance_threshold_kopecks, preorder_lock_days "
-        "FROM school_policies WHERE school_id = $1",
+        "SELECT grace_kopecks, grace_meals, low_balance_threshold_kopecks, preorder_lock_days, anti_passback,"
+        " passback_entry_interval_s FROM school_policies WHERE school_id = $1",
         row["id"],
     )
-    out.policy = SchoolPolicy(**dict(policy)) if policy else SchoolPolicy()
+    if policy:
+        values = dict(policy)
+        values["anti_passback"] = PassbackMode(values["anti_passback"]).name.lower()
+        out.policy = SchoolPolicy(**values)
+    else:
+        out.policy = SchoolPolicy()
     periods = await conn.fetch(
         "SELECT name, starts_minute, ends_minute FROM meal_periods WHERE school_id = $1 ORDER BY starts_minute",
         row["id"],
@@ -80,7 +87,7 @@ class SchoolController(Controller):
     async def put_policy(
         self, school_id: FromPath[int], data: JSONBody[SchoolPolicy], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> SchoolPolicy:
-        """Grace (negative balance), low-balance threshold, pre-order lock. Operator only."""
+        """Grace (negative balance), low-balance threshold, pre-order lock, anti-passback. Operator only."""
         principal.require("operator", action="change a school policy")
         async with pool.acquire() as conn, conn.transaction():
             await db.school_row(conn, school_id)
@@ -88,12 +95,14 @@ class SchoolController(Controller):
             after = await conn.fetchrow(
                 """
                 INSERT INTO school_policies (school_id, grace_kopecks, grace_meals,
-                    low_balance_threshold_kopecks, preorder_lock_days)
-                VALUES ($1, $2, $3, $4, $5)
+                    low_balance_threshold_kopecks, preorder_lock_days, anti_passback, passback_entry_interval_s)
+                VALUES ($1, $2, $3, $4, $5, $6, $7)
                 ON CONFLICT (school_id) DO UPDATE SET grace_kopecks = EXCLUDED.grace_kopecks,
                     grace_meals = EXCLUDED.grace_meals,
                     low_balance_threshold_kopecks = EXCLUDED.low_balance_threshold_kopecks,
-                    preorder_lock_days = EXCLUDED.preorder_lock_days
+                    preorder_lock_days = EXCLUDED.preorder_lock_days,
+                    anti_passback = EXCLUDED.anti_passback,
+                    passback_entry_interval_s = EXCLUDED.passback_entry_interval_s
                 RETURNING *
                 """,
                 school_id,
@@ -101,6 +110,8 @@ class SchoolController(Controller):
                 data.grace_meals,
                 data.low_balance_threshold_kopecks,
                 data.preorder_lock_days,
+                int(PassbackMode[data.anti_passback.upper()]),
+                data.passback_entry_interval_s,
             )
             await db.audit(conn, principal.login, "school.policy", f"school:{school_id}",
                            db.row_dict(before), db.row_dict(after), now_ms)

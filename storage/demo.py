@@ -21,6 +21,7 @@ from .demo_dataset import (
     DEMO_SCHOOL_NAME,
     DEMO_TILLS,
     DEMO_TURNSTILES,
+    FIRE_PANEL_ID,
     demo_device_key,
     till_ids,
     turnstile_ids,
@@ -45,7 +46,7 @@ DEMO_PRODUCT_DETAILS = {
 # (name, starts minute, ends minute) in school time
 DEMO_MEAL_PERIODS = (("breakfast", 8 * 60, 10 * 60), ("lunch", 11 * 60 + 30, 14 * 60 + 30), ("snack", 15 * 60, 17 * 60))
 IDENTIFIER_SERVICE_CARD = 1
-DEVICE_TURNSTILE, DEVICE_TILL = 1, 2
+DEVICE_TURNSTILE, DEVICE_TILL, DEVICE_FIRE_PANEL = 1, 2, 3
 # The demo phones +7900000XXXX have four digits for the pupil.
 DEMO_REPRESENTED_PUPILS_MAX = 9_999
 DEMO_GRANDMOTHER_KINDS = ("low_balance", "temporary_card_issued", "temporary_card_returned", "card_blocked")
@@ -131,7 +132,7 @@ async def load_dataset(
         ] + [
             (dev, DEMO_SCHOOL_ID, DEVICE_TILL, demo_device_key(dev), f"Касса {n}", revenue_id + n)
             for n, dev in enumerate(till_list, 1)
-        ]
+        ] + [(FIRE_PANEL_ID, DEMO_SCHOOL_ID, DEVICE_FIRE_PANEL, demo_device_key(FIRE_PANEL_ID), "Пожарная панель", None)]
         await conn.copy_records_to_table(
             "devices",
             records=device_rows,

@@ -26,6 +26,7 @@ DEMO_GRANDMOTHER_EVERY = 10
 
 TURNSTILE_ID_BASE = 1_000_000  # turnstile n (1-based) has device id 1_000_000 + n
 TILL_ID_BASE = 2_000_000  # till n (1-based) has device id 2_000_000 + n
+FIRE_PANEL_ID = 3_000_001  # the demo school's fire panel
 UNKNOWN_CARD_PREFIX = b"\x08"  # no demo card starts with this byte
 
 # (code, name shown on the till, price in kopecks)

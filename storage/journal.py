@@ -47,16 +47,16 @@ NOTIFY_SEQS_MAX = 500
 # 19.5 us of backend CPU per journal row against 10-11 us as jsonb, measured with
 # 2,000-row batches; binary arrays through ``unnest`` cost PostgreSQL about the same
 # as jsonb and the gateway more.) Positions r->>N are the fields of ledger.records.JournalRow
-# in order; $2 holds AccountCheckpoint arrays, $4 OutboxEvent arrays.
+# in order; $2 holds AccountCheckpoint arrays, $4 OutboxEvent arrays, $5 AccessEvent arrays.
 _FLUSH = f"""
 WITH j AS (
     INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, debit_account_id,
                          credit_account_id, amount_kopecks, balance_after_kopecks, advice, device_time_ms,
-                         decided_at_ms, happened_at_ms, cashier_id, items)
+                         decided_at_ms, happened_at_ms, cashier_id, items, granted_txn)
     SELECT (r->>0)::bigint, (r->>1)::bigint, (r->>2)::smallint, (r->>3)::bigint, decode(r->>4, 'base64'),
            (r->>5)::smallint, (r->>6)::bigint, (r->>7)::bigint, (r->>8)::bigint, (r->>9)::bigint,
            (r->>10)::boolean, (r->>11)::bigint, (r->>12)::bigint, (r->>13)::bigint, (r->>14)::bigint,
-           decode(r->>15, 'base64')
+           decode(r->>15, 'base64'), (r->>16)::bigint
     FROM jsonb_array_elements($1::jsonb) AS r
     ON CONFLICT (device_id, device_txn) DO NOTHING
     RETURNING 1
@@ -78,6 +78,14 @@ WITH j AS (
     SELECT v->>0, v->>1, (v->>2)::bigint, (v->3)::jsonb, (v->>4)::bigint FROM jsonb_array_elements($4::jsonb) AS v
     ON CONFLICT (event_id) DO NOTHING
     RETURNING 1
+), a AS (
+    -- what happened at the doors besides entries and exits (ledger.records.AccessEvent)
+    INSERT INTO access_events (kind, school_id, account_id, device_id, device_txn, direction, at_ms, detail)
+    SELECT (v->>0)::smallint, (v->>1)::bigint, (v->>2)::bigint, (v->>3)::bigint, (v->>4)::bigint,
+           (v->>5)::smallint, (v->>6)::bigint, v->>7
+    FROM jsonb_array_elements($5::jsonb) AS v
+    ON CONFLICT (kind, device_id, device_txn, account_id) WHERE device_id <> 0 OR device_txn <> 0 DO NOTHING
+    RETURNING 1
 ), w AS (
     -- wakes the relay at COMMIT when the batch brought events for parents
     SELECT pg_notify('{OUTBOX_CHANNEL}', '') FROM (SELECT 1 FROM o LIMIT 1) AS any_event
@@ -88,7 +96,7 @@ WITH j AS (
     FROM (SELECT seq, (row_number() OVER ()) / {NOTIFY_SEQS_MAX} AS g FROM c) AS s GROUP BY g
 )
 SELECT (SELECT count(*) FROM j) + 0 * (SELECT count(*) FROM b) + 0 * (SELECT count(*) FROM o)
-       + 0 * (SELECT count(*) FROM n) + 0 * (SELECT count(*) FROM w)
+       + 0 * (SELECT count(*) FROM n) + 0 * (SELECT count(*) FROM w) + 0 * (SELECT count(*) FROM a)
 """
 _encode = msgspec.json.Encoder().encode
 
@@ -194,6 +202,7 @@ class JournalWriter:
         accounts: dict[int, AccountCheckpoint] = {}
         outbox = []
         commands = []
+        access = []
         for entry in batch:
             for checkpoint in entry.accounts:
                 accounts[checkpoint.account_id] = checkpoint  # entries are in decision order: the last one wins
@@ -203,6 +212,8 @@ class JournalWriter:
                 outbox.extend(entry.outbox)
             if entry.command is not None:
                 commands.append(entry.command)
+            if entry.access:
+                access.extend(entry.access)
         started_ns = time.perf_counter_ns()
         conn = await self._ensure_connection()
         encode = _encode
@@ -213,6 +224,7 @@ class JournalWriter:
             encode(list(accounts.values())).decode(),
             encode(commands).decode(),
             encode(outbox).decode(),
+            encode(access).decode(),
             timeout=self._statement_timeout_s,
         )
         self._retry_events = 0

@@ -11,6 +11,7 @@ from typing import AsyncIterator
 import asyncpg
 import msgspec
 
+from ledger.codes import AccessKind
 from ledger.records import AccountCounters, JournalRow
 
 # 50 k rows per round trip: few round trips, and a chunk of Records stays a few MiB.
@@ -72,7 +73,7 @@ async def devices(conn: asyncpg.Connection) -> list[asyncpg.Record]:
 _JOURNAL_FIELDS = (
     "device_id", "device_txn", "kind", "account_id", "identifier", "direction", "debit_account_id",
     "credit_account_id", "amount_kopecks", "balance_after_kopecks", "advice", "device_time_ms", "decided_at_ms",
-    "happened_at_ms", "cashier_id", "items",
+    "happened_at_ms", "cashier_id", "items", "granted_txn",
 )
 assert _JOURNAL_FIELDS == JournalRow.__struct_fields__, "journal columns follow ledger.records.JournalRow"
 
@@ -122,7 +123,12 @@ _CONTROLS = (
     " c.banned_categories, c.blocked_allergens, c.required_diet, c.cashier_note FROM account_controls c"
 )
 _PRODUCTS = "SELECT school_id, code, category, allergens, diet_flags, hot_meal FROM products"
-_POLICIES = "SELECT school_id, grace_kopecks, grace_meals, low_balance_threshold_kopecks FROM school_policies"
+_POLICIES = (
+    "SELECT school_id, grace_kopecks, grace_meals, low_balance_threshold_kopecks, anti_passback,"
+    " passback_entry_interval_s * 1000 FROM school_policies"
+)
+# When each school's presence was last reconciled (after an evacuation).
+_PRESENCE_RESETS = f"SELECT school_id, max(at_ms) FROM access_events WHERE kind = {int(AccessKind.PRESENCE_RESET)}"
 _PERIODS = "SELECT school_id, name, starts_minute, ends_minute FROM meal_periods ORDER BY school_id, starts_minute"
 
 
@@ -183,6 +189,11 @@ async def school_reference(conn: asyncpg.Connection, school_id: int | None = Non
         ),
         "schools": await conn.fetch(
             "SELECT id, utc_offset_minutes FROM schools" + ("" if school_id is None else " WHERE id = $1"),
+            *args,
+            timeout=t,
+        ),
+        "presence_resets": await conn.fetch(
+            _PRESENCE_RESETS + ("" if school_id is None else " AND school_id = $1") + " GROUP BY school_id",
             *args,
             timeout=t,
         ),

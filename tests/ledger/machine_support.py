@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from ledger.codes import AccountKind
+from ledger.codes import AccessKind, AccountKind
 from ledger.machine import Machine, MachineLimits
 from ledger.records import JournalEntry
 from ledger.state import DAY_MS, NO_LIMIT, DeviceState, LedgerState, MealPeriod, Policy, Product
@@ -116,6 +116,11 @@ class Store:
         for entry in self.committed:
             for checkpoint in entry.accounts:
                 state.restore(checkpoint)
+            for event in entry.access:  # the schools' reconciliations, as the gateway loads them
+                if event.kind == AccessKind.PRESENCE_RESET:
+                    reset = state.presence_reset_ms
+                    reset[event.school_id] = max(reset.get(event.school_id, 0), event.at_ms)
+        state.apply_alarm_events(e for entry in self.committed for e in entry.access)
         devices: dict[int, int] = {}
         for entry in self.committed:
             if entry.row is not None and entry.row.device_id:

@@ -20,8 +20,9 @@ from ledger.rules import (
     authorize_topup,
     commit,
 )
-from ledger.codes import AccountKind, IdentifierStatus
-from ledger.state import DAY_MS, NO_LIMIT, LedgerState, DeviceState
+from ledger.codes import AccountKind, IdentifierStatus, PassbackMode, Presence
+from ledger.rules import Verdict
+from ledger.state import DAY_MS, NO_LIMIT, DeviceState, Grant, LedgerState, Policy
 from gateway.display import render, template_names
 from protocol import BalanceQuery, CardPresented, DenyReason, Item, Passage, Purchase, TopupCash, TXN_FLAG_ADVICE
 
@@ -105,25 +106,114 @@ def test_entry_advice_is_never_declined_even_for_a_card_blocked_since(cache):
     assert v.reason == OK and v.account_id == 3
 
 
+WINDOW_MS = 10_000
+
+
+def grant(device: DeviceState, txn: int, card: bytes, direction: int = 1, reader_ms: int = NOW_MS) -> None:
+    device.grant(txn, Grant(card, 0, direction, reader_ms, reader_ms), 256)
+
+
+def passage(device: DeviceState, p: Passage, cache: LedgerState):
+    return authorize_passage(cache, device, p, NOW_MS, WINDOW_MS)
+
+
 def test_passage_recorded_for_known_card_unknown_refused(cache):
-    TURNSTILE.grant(1, BLOCKED_CARD, 256)  # the turnstile opened for it (txn 1), then it was blocked
-    TURNSTILE.grant(3, CARD, 256)
-    assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, BLOCKED_CARD), NOW_MS).reason == OK
-    assert authorize_passage(cache, TURNSTILE, Passage(4, 0, 1, NOW_MS, 3, CARD), NOW_MS).reason == OK
-    assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, UNKNOWN), NOW_MS).reason == DenyReason.UNKNOWN_CARD
-    assert (
-        authorize_passage(cache, TILL, Passage(2, 0, 1, NOW_MS, 1, CARD), NOW_MS).reason == DenyReason.WRONG_DEVICE_KIND
-    )
-    assert authorize_passage(cache, TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, CARD), NOW_MS).kind == KIND_PASSAGE
+    grant(TURNSTILE, 1, BLOCKED_CARD)  # the turnstile opened for it (txn 1), then it was blocked
+    grant(TURNSTILE, 3, CARD)
+    assert passage(TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, BLOCKED_CARD), cache).reason == OK
+    assert passage(TURNSTILE, Passage(4, 0, 1, NOW_MS, 3, CARD), cache).reason == OK
+    assert passage(TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, UNKNOWN), cache).reason == DenyReason.UNKNOWN_CARD
+    assert passage(TILL, Passage(2, 0, 1, NOW_MS, 1, CARD), cache).reason == DenyReason.WRONG_DEVICE_KIND
+    assert passage(TURNSTILE, Passage(2, 0, 1, NOW_MS, 1, CARD), cache).kind == KIND_PASSAGE
 
 
 def test_passage_naming_no_grant_of_this_card_is_no_grant(cache):
-    TURNSTILE.grant(11, CARD, 256)
+    grant(TURNSTILE, 11, CARD)
     never_granted = Passage(13, 0, 1, NOW_MS, 12, CARD)
-    assert authorize_passage(cache, TURNSTILE, never_granted, NOW_MS).reason == DenyReason.NO_GRANT
+    assert passage(TURNSTILE, never_granted, cache).reason == DenyReason.NO_GRANT
     other_card = Passage(13, 0, 1, NOW_MS, 11, BLOCKED_CARD)
-    assert authorize_passage(cache, TURNSTILE, other_card, NOW_MS).reason == DenyReason.NO_GRANT
-    assert authorize_passage(cache, TURNSTILE, Passage(13, 0, 1, NOW_MS, 11, CARD), NOW_MS).reason == OK
+    assert passage(TURNSTILE, other_card, cache).reason == DenyReason.NO_GRANT
+    other_way = Passage(13, 0, 2, NOW_MS, 11, CARD)  # granted IN, went OUT: not this opening
+    assert passage(TURNSTILE, other_way, cache).reason == DenyReason.NO_GRANT
+    assert passage(TURNSTILE, Passage(13, 0, 1, NOW_MS, 11, CARD), cache).reason == OK
+
+
+def test_passage_after_the_window_on_the_turnstiles_own_clock_is_grant_expired(cache):
+    # The turnstile's clock runs a minute ahead of the gateway's: only its own two times count.
+    ahead = NOW_MS + 60_000
+    grant(TURNSTILE, 21, CARD, reader_ms=ahead)
+    assert passage(TURNSTILE, Passage(22, 0, 1, ahead + WINDOW_MS, 21, CARD), cache).reason == OK
+    late = Passage(22, 0, 1, ahead + WINDOW_MS + 1, 21, CARD)
+    assert passage(TURNSTILE, late, cache).reason == DenyReason.GRANT_EXPIRED
+
+
+# ---------------------------------------------------------------- anti-passback
+
+
+def passage_verdict(cache: LedgerState, account_id: int, direction: int, at_ms: int):
+    v = Verdict(OK, KIND_PASSAGE, account_id, direction=direction)
+    commit(cache, v, at_ms)
+
+
+def policy(cache: LedgerState, mode: PassbackMode, interval_ms: int = 0) -> None:
+    cache.policies[1] = Policy(anti_passback=int(mode), passback_entry_interval_ms=interval_ms)
+
+
+def entering(cache, at_ms=NOW_MS, direction=1):
+    return authorize_entry(cache, TURNSTILE, CardPresented(1, 0, direction, at_ms, CARD), at_ms)
+
+
+def test_passback_off_lets_a_card_in_twice(cache):
+    passage_verdict(cache, 1, 1, NOW_MS - 60_000)
+    assert cache.presence_of(1, NOW_MS) == Presence.INSIDE
+    v = entering(cache)
+    assert (v.reason, v.passback) == (OK, "")
+
+
+@pytest.mark.parametrize("mode", [PassbackMode.SOFT, PassbackMode.HARD])
+def test_passback_entering_while_inside_and_leaving_while_outside(cache, mode):
+    policy(cache, mode)
+    expected = OK if mode is PassbackMode.SOFT else DenyReason.ANTI_PASSBACK
+    assert (entering(cache).reason, entering(cache).passback) == (OK, "")  # nothing known today: allowed
+    assert entering(cache, direction=2).reason == OK  # leaving with unknown presence: allowed
+    passage_verdict(cache, 1, 1, NOW_MS - 60_000)
+    v = entering(cache)
+    assert (v.reason, v.passback) == (expected, "inside")
+    assert entering(cache, direction=2).passback == ""  # inside: leaving is right
+    passage_verdict(cache, 1, 2, NOW_MS - 30_000)
+    v = entering(cache, direction=2)
+    assert (v.reason, v.passback) == (expected, "outside")
+    assert entering(cache).passback == ""  # outside: entering is right (no interval set)
+
+
+def test_passback_timed_interval_between_two_entries(cache):
+    policy(cache, PassbackMode.HARD, interval_ms=5 * 60_000)
+    passage_verdict(cache, 1, 1, NOW_MS - 120_000)
+    passage_verdict(cache, 1, 2, NOW_MS - 60_000)  # out again a minute later
+    v = entering(cache)  # two minutes after the last entry: too soon
+    assert (v.reason, v.passback) == (DenyReason.ANTI_PASSBACK, "interval")
+    assert entering(cache, at_ms=NOW_MS + 3 * 60_000).reason == OK  # five minutes after it
+
+
+def test_presence_resets_every_night_and_on_reconciliation(cache):
+    policy(cache, PassbackMode.HARD)
+    passage_verdict(cache, 1, 1, NOW_MS)
+    assert entering(cache, at_ms=NOW_MS + 1).reason == DenyReason.ANTI_PASSBACK
+    next_day = NOW_MS + DAY_MS
+    assert cache.presence_of(1, next_day) == Presence.UNKNOWN
+    assert entering(cache, at_ms=next_day).reason == OK
+    # an evacuation: reconciled, everyone may enter again
+    cache.presence_reset_ms[1] = NOW_MS + 2
+    assert cache.presence_of(1, NOW_MS + 3) == Presence.UNKNOWN
+    assert entering(cache, at_ms=NOW_MS + 3).reason == OK
+
+
+def test_an_old_passage_replayed_late_does_not_undo_a_newer_one(cache):
+    passage_verdict(cache, 1, 1, NOW_MS)
+    passage_verdict(cache, 1, 2, NOW_MS - 10_000)  # an offline exit from before, replayed now
+    assert cache.presence_of(1, NOW_MS + 1) == Presence.INSIDE
+    assert cache.inside(1, NOW_MS + 1) == [1]
+    assert cache.inside(2, NOW_MS + 1) == []
 
 
 # ---------------------------------------------------------------- purchase

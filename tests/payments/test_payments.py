@@ -500,9 +500,13 @@ def test_autotopup_threshold_charges_once(ecard_url, sandbox_url, demo_dsn):
             # Two workers at once: one payment (the acquirer's idempotency key).
             a, b = await asyncio.gather(autotopup.run_once(c1, acq, now, callback_url=callback),
                                         autotopup.run_once(c2, acq, now, callback_url=callback))
-            assert [x.account_id for x in a] == [PUPIL] and [x.account_id for x in b] == [PUPIL]
-            assert a[0].payment_id == b[0].payment_id and a[0].reason == "threshold"
-            pid = a[0].payment_id
+            # Whichever ran first charged; the other either met the same payment (same key) or,
+            # if it started after the first had recorded it, found the account in flight.
+            charged = a + b
+            assert a or b
+            assert {x.account_id for x in charged} == {PUPIL} and len({x.payment_id for x in charged}) == 1
+            assert charged[0].reason == "threshold"
+            pid = charged[0].payment_id
             await eventually(lambda: _status_is(demo_dsn, pid, "captured"), "capture recorded")
             # In flight (the credit is not applied yet): no second charge, whatever the time.
             assert await autotopup.run_once(c1, acq, now + 60_000, callback_url=callback) == []

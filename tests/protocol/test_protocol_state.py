@@ -41,6 +41,10 @@ from protocol import (
     PreorderLine,
     PupilInfo,
     PupilInfoQuery,
+    FireAlarm,
+    FireReset,
+    Mode,
+    ModeApplied,
 )
 from protocol.state import TRANSITIONS, Direction
 
@@ -61,6 +65,10 @@ SAMPLES: dict[type[Event], Event] = {
     PupilInfo: PupilInfo(1, 0, "p", "n", (PreorderLine(2, 1),)),
     DurableAck: DurableAck(1),
     Nak: Nak(int(NakReason.OUT_OF_STATE), "x"),
+    FireAlarm: FireAlarm(5, 0, 0),
+    FireReset: FireReset(6, 0, 0),
+    Mode: Mode(1, 5),
+    ModeApplied: ModeApplied(1, 5),
 }
 assert set(SAMPLES) == set(EVENT_TYPES.values())
 
@@ -123,7 +131,7 @@ def _id(combo: tuple) -> str:
 
 
 def test_the_product_is_complete():
-    assert len(COMBINATIONS) == len(Role) * len(State) * len(Direction) * len(EVENT_TYPES) == 2 * 6 * 2 * 13
+    assert len(COMBINATIONS) == len(Role) * len(State) * len(Direction) * len(EVENT_TYPES) == 2 * 6 * 2 * 17
     assert set(TRANSITIONS) <= set(COMBINATIONS)
 
 

@@ -42,11 +42,15 @@ from protocol import (  # noqa: E402
     Direction,
     DurableAck,
     Event,
+    FireAlarm,
+    FireReset,
     Heartbeat,
     Hello,
     HelloAck,
     Item,
     MessageType,
+    Mode,
+    ModeApplied,
     Nak,
     NakReason,
     Outcome,
@@ -59,6 +63,7 @@ from protocol import (  # noqa: E402
     Role,
     State,
     TopupCash,
+    TurnstileMode,
     crc16,
 )
 from protocol.auth import sign_hello  # noqa: E402
@@ -85,7 +90,9 @@ GATEWAY_TO_DEVICE = "gateway->device"
 TURNSTILE_ID = 1_000_001
 TILL_ID = 2_000_001
 STRANGER_ID = 1_000_002  # a turnstile whose HELLO is refused
+PANEL_ID = 3_000_001  # the school's fire panel
 KEYS = {
+    PANEL_ID: bytes.fromhex("f0e1d2c3b4a5968778695a4b3c2d1e0f"),
     TURNSTILE_ID: bytes.fromhex("00112233445566778899aabbccddeeff"),
     TILL_ID: bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
     STRANGER_ID: bytes.fromhex("deadbeefdeadbeefdeadbeefdeadbeef"),
@@ -301,6 +308,81 @@ SESSIONS: list[tuple[str, int, str, list[Step]]] = [
             ("till.pupil_info", GATEWAY_TO_DEVICE,
              PupilInfo(1, 0, "photos/1/7.jpg", "Аллергия на орехи", (PreorderLine(2, 1),)),
              "PUPIL_INFO ACCEPT: photo reference, cashier note (UTF-8), one pre-ordered line (product 2 x 1)"),
+        ],
+    ),
+    (
+        "turnstile_doors",
+        TURNSTILE_ID,
+        "The turnstile in a school with hard anti-passback. The pupil of txn 4 went in (PASSAGE 5, "
+        "turnstile_grants): the same card presented IN again is refused ANTI_PASSBACK. A grant whose "
+        "PASSAGE comes later than passage_window_ms (10 s) after it on the turnstile's own clock is "
+        "refused GRANT_EXPIRED: the arm had locked again.",
+        [
+            ("turnstile_doors.hello", DEVICE_TO_GATEWAY,
+             hello(TURNSTILE_ID, DeviceKind.TURNSTILE, "turnstile-2.4.1", 7, T0 + 180_000, 0xA4),
+             "HELLO: durable_txn 7"),
+            ("turnstile_doors.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 180_001, 7, 10_000), "HELLO_ACK"),
+            ("turnstile_doors.card_inside", DEVICE_TO_GATEWAY,
+             CardPresented(8, 0, Direction.IN, T0 + 181_000, CARD), "CARD_PRESENTED txn 8 IN: the pupil is inside"),
+            ("turnstile_doors.decision_anti_passback", GATEWAY_TO_DEVICE,
+             decision(8, DenyReason.ANTI_PASSBACK, 0, 24),
+             "DECISION DENY ANTI_PASSBACK, template 24: the arm stays locked"),
+            ("turnstile_doors.card_out", DEVICE_TO_GATEWAY,
+             CardPresented(9, 0, Direction.OUT, T0 + 182_000, CARD), "CARD_PRESENTED txn 9 OUT"),
+            ("turnstile_doors.decision_out", GATEWAY_TO_DEVICE, decision(9, DenyReason.OK, 0, 101),
+             "DECISION ACCEPT, template 101 (ACCEPT_EXIT): a grant"),
+            ("turnstile_doors.passage_late", DEVICE_TO_GATEWAY,
+             Passage(10, TXN_FLAG_ADVICE, Direction.OUT, T0 + 182_000 + 10_001, 9, CARD),
+             "PASSAGE txn 10 names grant 9, 10.001 s after it on the turnstile's clock"),
+            ("turnstile_doors.decision_grant_expired", GATEWAY_TO_DEVICE,
+             decision(10, DenyReason.GRANT_EXPIRED, 0, 25), "DECISION DENY GRANT_EXPIRED, template 25: not counted"),
+        ],
+    ),
+    (
+        "fire_panel",
+        PANEL_ID,
+        "The school's fire panel raises the alarm and later resets it: numbered, journaled "
+        "transactions like a sale, kept by the panel until durable.",
+        [
+            ("fire_panel.hello", DEVICE_TO_GATEWAY,
+             hello(PANEL_ID, DeviceKind.FIRE_PANEL, "panel-3.1", 0, T0 + 200_000, 0xD1), "HELLO: fire panel"),
+            ("fire_panel.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 200_001, 0, 10_000), "HELLO_ACK"),
+            ("fire_panel.fire_alarm", DEVICE_TO_GATEWAY, FireAlarm(1, 0, T0 + 201_000),
+             "FIRE_ALARM txn 1: the alarm went off"),
+            ("fire_panel.decision_alarm", GATEWAY_TO_DEVICE, decision(1, DenyReason.OK, 0, 106),
+             "DECISION ACCEPT, template 106 (FIRE_ALARM_ACCEPTED): turnstiles released, muster taken"),
+            ("fire_panel.durable_ack", GATEWAY_TO_DEVICE, DurableAck(1), "DURABLE_ACK 1"),
+            ("fire_panel.fire_reset", DEVICE_TO_GATEWAY, FireReset(2, 0, T0 + 900_000),
+             "FIRE_RESET txn 2: the alarm is over"),
+            ("fire_panel.decision_reset", GATEWAY_TO_DEVICE, decision(2, DenyReason.OK, 0, 107),
+             "DECISION ACCEPT, template 107 (FIRE_RESET_ACCEPTED)"),
+        ],
+    ),
+    (
+        "turnstile_fire",
+        TURNSTILE_ID,
+        "A turnstile of that school during the alarm: MODE RELEASED arrives unsolicited (seq 0, like "
+        "DURABLE_ACK), the turnstile confirms with MODE_APPLIED (answered with HEARTBEAT); at the reset "
+        "MODE NORMAL, confirmed the same way.",
+        [
+            ("turnstile_fire.hello", DEVICE_TO_GATEWAY,
+             hello(TURNSTILE_ID, DeviceKind.TURNSTILE, "turnstile-2.4.1", 10, T0 + 200_500, 0xA5),
+             "HELLO: durable_txn 10"),
+            ("turnstile_fire.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 200_501, 10, 10_000), "HELLO_ACK"),
+            ("turnstile_fire.mode_applied_normal", DEVICE_TO_GATEWAY, ModeApplied(int(TurnstileMode.NORMAL), 0),
+             "MODE_APPLIED after HELLO_ACK: the turnstile says it is in NORMAL"),
+            ("turnstile_fire.heartbeat_normal", GATEWAY_TO_DEVICE, Heartbeat(T0 + 200_502),
+             "HEARTBEAT: the answer to MODE_APPLIED"),
+            ("turnstile_fire.mode_released", GATEWAY_TO_DEVICE, Mode(int(TurnstileMode.RELEASED), T0 + 201_002),
+             "MODE RELEASED with the alarm's time (gateway clock): free passage both ways"),
+            ("turnstile_fire.mode_applied_released", DEVICE_TO_GATEWAY,
+             ModeApplied(int(TurnstileMode.RELEASED), T0 + 201_002), "MODE_APPLIED RELEASED: recorded as released"),
+            ("turnstile_fire.heartbeat_released", GATEWAY_TO_DEVICE, Heartbeat(T0 + 201_010), "HEARTBEAT"),
+            ("turnstile_fire.mode_normal", GATEWAY_TO_DEVICE, Mode(int(TurnstileMode.NORMAL), 0),
+             "MODE NORMAL after the reset"),
+            ("turnstile_fire.mode_applied_back", DEVICE_TO_GATEWAY, ModeApplied(int(TurnstileMode.NORMAL), 0),
+             "MODE_APPLIED NORMAL"),
+            ("turnstile_fire.heartbeat_back", GATEWAY_TO_DEVICE, Heartbeat(T0 + 900_010), "HEARTBEAT"),
         ],
     ),
     (
