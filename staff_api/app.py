@@ -88,7 +88,7 @@ def create_app(
     return Litestar(
         route_handlers=[SchoolController, PupilController, CardController, MoneyController,
                         StaffController, AuditController, PreorderController, RepresentativeController, DeskController,
-                        BuildingController, DeviceController],
+                        BuildingController, FireController, DeviceController],
         lifespan=[lifespan],
         guards=[auth_guard],
         dependencies={

@@ -20,7 +20,7 @@ import asyncio
 import os
 import time
 
-from protocol import NEED_DATA, CLOSED, Connection, Decision, DurableAck, Event, Hello, HelloAck, Outcome, Role
+from protocol import NEED_DATA, CLOSED, Connection, Decision, DurableAck, Event, Hello, HelloAck, Mode, Outcome, Role
 from protocol.auth import sign_hello
 from storage.demo_dataset import demo_device_key
 
@@ -35,6 +35,7 @@ class DeviceClient:
         self.key = demo_device_key(device_id) if key is None else key
         self.conn = Connection(Role.DEVICE, device_id, self.key)  # the secure channel (spec 5a)
         self.durable_txn = 0  # the highest watermark seen, any session
+        self.mode: Mode | None = None  # the last MODE the gateway sent (turnstiles, fire alarm)
         self.hello_ack_durable_txn = 0  # this session's HELLO_ACK watermark (confirms nothing)
         self.decided: set[int] = set()  # ACCEPTed in this session, no DURABLE_ACK after it yet
         self.confirmed: set[int] = set()  # ACCEPTed, then covered by a DURABLE_ACK, in one session
@@ -97,8 +98,8 @@ class DeviceClient:
         """The next reply, skipping (and recording) unsolicited DURABLE_ACKs."""
         while True:
             event = await self.next_event()
-            if type(event) is DurableAck:
-                continue
+            if type(event) is DurableAck or type(event) is Mode:
+                continue  # unsolicited (Mode: the last one is kept in ``mode``)
             return event
 
     async def next_event(self):
@@ -124,6 +125,8 @@ class DeviceClient:
             covered = {txn for txn in self.decided if txn <= event.durable_txn}
             self.decided -= covered
             self.confirmed |= covered
+        elif cls is Mode:
+            self.mode = event
         elif cls is HelloAck:
             self.hello_ack_durable_txn = event.durable_txn
             self.durable_txn = max(self.durable_txn, event.durable_txn)

@@ -70,3 +70,84 @@ def test_block_temporary_card_and_controls_through_the_api_reach_the_taps(demo_d
     finally:
         api.http.close()
         server.stop()
+
+
+def test_fire_alarm_from_the_office_musters_by_class_within_a_second_and_resets(demo_dsn, tmp_path):
+    """An officer presses the alarm in the staff API: the gateway releases the turnstiles, the
+    muster list (who was inside, by class) is readable through the API, exits during the
+    evacuation show, reset returns the turnstiles to normal. Roles refused on the way."""
+    from protocol import TXN_FLAG_ADVICE, Passage, TurnstileMode
+    from simulators.device import Device, DeviceConfig
+    from storage.demo_dataset import demo_device_key
+
+    api, server = make_api(demo_dsn, command_wait_ms=5_000)
+
+    async def call(*args, **kw):
+        return await asyncio.to_thread(api.as_, *args, **kw)
+
+    async def main():
+        async with running_gateway(demo_dsn, commands_poll_interval_ms=50) as gw:
+            await async_wait_until(lambda: gw.commands.connected, 10, "the change listener")
+            t = await device(gw, TURNSTILE, DeviceKind.TURNSTILE)
+            for txn, pupil in ((1, 21), (3, 22), (5, 400)):
+                assert (await t.request(CardPresented(txn, 0, 1, time.time_ns() // 1_000_000,
+                                                      demo_card_uid(pupil)))).outcome == 1
+                assert (await t.request(Passage(txn + 1, TXN_FLAG_ADVICE, 1, time.time_ns() // 1_000_000, txn,
+                                                demo_card_uid(pupil)))).outcome == 1
+            sim = Device(TURNSTILE + 1, DeviceKind.TURNSTILE, demo_device_key(TURNSTILE + 1),
+                         DeviceConfig(host="127.0.0.1", port=gw.port), tmp_path, seed=3)
+            await sim.start()
+            await async_wait_until(lambda: gw.core.journal.depth == 0, 10, "the passages durable")
+            api.clock.fixed_ms = time.time_ns() // 1_000_000
+            assert (await call("cash1", "POST", "/schools/1/fire-alarm")).status_code == 403
+            assert (await call("aud", "POST", "/schools/1/fire-alarm")).status_code == 403
+            assert (await call("off1", "POST", "/schools/2/fire-alarm")).status_code == 403
+            assert (await call("op", "POST", "/schools/99/fire-alarm")).status_code == 404
+            assert (await call("off1", "GET", "/schools/1/fire-alarm")).status_code == 404  # none yet
+            pressed = time.monotonic()
+            r = await call("off1", "POST", "/schools/1/fire-alarm", headers={"Idempotency-Key": "alarm-1"})
+            assert r.status_code == 200 and r.json()["status"] == "applied", r.text
+            assert r.json()["result"]["mustered"] == 3
+            again = await call("off1", "POST", "/schools/1/fire-alarm", headers={"Idempotency-Key": "alarm-1"})
+            assert again.json()["seq"] == r.json()["seq"]  # the same press, once
+            await async_wait_until(lambda: sim.mode == TurnstileMode.RELEASED, 5, "the turnstile released")
+
+            async def view():
+                got = await call("off1", "GET", "/schools/1/fire-alarm")
+                return got.json() if got.status_code == 200 else None
+
+            deadline = time.monotonic() + 5
+            while (body := await view()) is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            available_s = time.monotonic() - pressed
+            assert body is not None and body["active"] and body["mustered"] == 3, body
+            print(f"muster readable {available_s * 1000:.0f} ms after the press")
+            classes = {(c["grade"], c["class_name"]): [p["account_id"] for p in c["pupils"]] for c in body["classes"]}
+            assert sorted(a for ids in classes.values() for a in ids) == [21, 22, 400]
+            assert body["key"] == f"0:{r.json()['seq']}" and body["source"] == "staff off1"
+            # a pupil taps out through the released turnstile
+            now = time.time_ns() // 1_000_000
+            assert (await t.request(CardPresented(7, 0, 2, now, demo_card_uid(22)))).outcome == 1
+            assert (await t.request(Passage(8, TXN_FLAG_ADVICE, 2, now, 7, demo_card_uid(22)))).outcome == 1
+            await async_wait_until(lambda: gw.core.journal.depth == 0, 10, "the exit durable")
+            await async_wait_until(lambda: len(gw.core.state.alarms[1].released) >= 1, 5, "the release recorded")
+            await async_wait_until(lambda: gw.core.journal.depth == 0, 10, "the release durable")
+            body = await view()
+            evacuated = {p["account_id"]: p["evacuated_at_ms"] for c in body["classes"] for p in c["pupils"]}
+            assert evacuated[22] is not None and evacuated[21] is None and body["evacuated"] == 1
+            assert [x["device_id"] for x in body["released"]] == [TURNSTILE + 1]
+            assert body["turnstiles"] == 4
+            r = await call("off1", "POST", "/schools/1/fire-alarm/reset")
+            assert r.status_code == 200 and r.json()["result"]["changed"], r.text
+            await async_wait_until(lambda: sim.mode == TurnstileMode.NORMAL, 5, "back to normal")
+            body = await view()
+            assert not body["active"] and body["reset_at_ms"] is not None and body["mustered"] == 3
+            presence = (await call("off1", "GET", "/schools/1/presence")).json()
+            assert presence["inside"] == 0  # reconciled: everyone may enter again
+            await sim.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        api.http.close()
+        server.stop()
