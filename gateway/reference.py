@@ -9,6 +9,8 @@ shell's job; the state changes are ``LedgerState.apply_*``.
 
 from __future__ import annotations
 
+import time
+
 import asyncpg
 
 from ledger.codes import AccountKind
@@ -72,6 +74,9 @@ async def load_state(conn: asyncpg.Connection, machine: Machine) -> None:
     machine.recall(await snapshot.recent_transactions(conn, machine.limits.idempotency_window_txns))
     await load_reference(conn, state, school_reference=False)
     state.apply_alarm_events(await building.alarm_events(conn))  # an alarm on at the stop is on
+    # The turnstiles' offline lists, one pass; this life's epoch makes every turnstile's older
+    # version a snapshot (docs/building.md).
+    state.build_lists(int(time.time()))
 
 
 async def load_reference(conn: asyncpg.Connection, state: LedgerState, *, school_reference: bool = True) -> None:
@@ -101,3 +106,6 @@ async def reload_all(conn: asyncpg.Connection, state: LedgerState) -> None:
         for row in chunk:
             state.apply_account(row)
     await load_reference(conn, state)
+    # The lists were bypassed above: built again, in a new epoch (every turnstile re-snapshots).
+    previous = state.lists.epoch if state.lists is not None else 0
+    state.build_lists(max(int(time.time()), previous + 1))

@@ -40,6 +40,7 @@ from protocol import (
     Heartbeat,
     Hello,
     HelloAck,
+    ListSync,
     Mode,
     ModeApplied,
     Nak,
@@ -246,6 +247,13 @@ class Machine:
             return self._balance(device, event, now_ms)
         if cls is PupilInfoQuery:
             return self._pupil_info(device, event, now_ms)
+        if cls is ListSync:
+            if device.kind != _TURNSTILE:
+                return Decision(0, DENY, _WRONG_DEVICE_KIND, 0, 0, NO_ITEM_INDEX, _WRONG_DEVICE_KIND, ())
+            lists = self.state.lists
+            if lists is None:  # the shell builds them at load; a bare machine (tests) at first use
+                lists = self.state.build_lists(now_ms // 1000)
+            return lists.page(device.school_id, event.version, event.after)
         if cls is ModeApplied:
             if self.turnstile_mode(device, event.mode, event.alarm_at_ms, now_ms, frame_ns) != event.mode:
                 self.mode_changes.append((device.school_id, -1))  # -1: whatever the school's alarm says

@@ -22,6 +22,10 @@ import msgspec
 from protocol import Decision, PreorderLine
 from protocol.limits import PHOTO_REF_BYTES_MAX, PREORDER_LINES_MAX
 
+from .allowlist import ALLOW as _LIST_ALLOW
+from .allowlist import BLOCK as _LIST_BLOCK
+from .allowlist import REMOVE as _LIST_REMOVE
+from .allowlist import AllowLists
 from .codes import AccessKind, AccountKind, IdentifierStatus, Presence
 from .records import AccountCheckpoint, AccountCounters
 
@@ -368,6 +372,7 @@ class LedgerState:
         "presence_reset_ms",
         "alarms",
         "school_pupils",
+        "lists",
     )
 
     def __init__(self) -> None:
@@ -395,6 +400,9 @@ class LedgerState:
         self.alarms: dict[int, Alarm] = {}  # school id -> its fire alarm, while one lasts
         # school id -> its pupils' account ids: the muster reads one school, not 2 M accounts
         self.school_pupils: dict[int, array] = {}
+        # The turnstiles' offline allow-lists, once built (``build_lists``, after the load):
+        # kept up to date by every identifier change from then on.
+        self.lists: AllowLists | None = None
 
     # ---------------------------------------------------------------- time in a school
 
@@ -490,15 +498,48 @@ class LedgerState:
             self.add_account(row)
 
     def add_identifier(self, identifier: bytes, account_id: int, status: int, expires_at_ms: int = 0) -> None:
+        before = self.identifiers.get(identifier)
         self.identifiers[identifier] = account_id
         if status != _ACTIVE or expires_at_ms:
             self.identifier_state[identifier] = (status, expires_at_ms)
         else:
             self.identifier_state.pop(identifier, None)
+        if self.lists is not None:
+            if before is not None and before != account_id:
+                self._list_change(before, identifier, _LIST_REMOVE)
+            self._list_change(account_id, identifier, _LIST_ALLOW if status == _ACTIVE else _LIST_BLOCK)
 
     def remove_identifier(self, identifier: bytes) -> None:
-        self.identifiers.pop(identifier, None)
+        before = self.identifiers.pop(identifier, None)
         self.identifier_state.pop(identifier, None)
+        if self.lists is not None and before is not None:
+            self._list_change(before, identifier, _LIST_REMOVE)
+
+    def _list_change(self, account_id: int, identifier: bytes, op: int) -> None:
+        accounts = self.accounts
+        if 0 < account_id < len(accounts.kind) and accounts.kind[account_id] == _PUPIL:
+            self.lists.school(accounts.school[account_id]).change(identifier, op)  # type: ignore[union-attr]
+
+    def build_lists(self, epoch: int) -> AllowLists:
+        """Every school's allow-list from the identifiers, in one pass (after a load). ``epoch``
+        (the gateway's start, say) tells a turnstile's version of an earlier life: a snapshot."""
+        lists = AllowLists(epoch)
+        accounts = self.accounts
+        kind, school = accounts.kind, accounts.school
+        card_state = self.identifier_state
+        schools: dict[int, dict[bytes, int]] = {}
+        for identifier, account_id in self.identifiers.items():
+            if kind[account_id] != _PUPIL:
+                continue
+            members = schools.get(school[account_id])
+            if members is None:
+                members = schools[school[account_id]] = {}
+            found = card_state.get(identifier)
+            members[identifier] = _LIST_ALLOW if found is None or found[0] == _ACTIVE else _LIST_BLOCK
+        for school_id, members in schools.items():
+            lists.school(school_id).members = members
+        self.lists = lists
+        return lists
 
     def apply_pupil(self, row: Any) -> None:
         account_id, category, family_id, photo_ref = row

@@ -12,6 +12,10 @@ from .codes import (
     Direction,
     MessageType,
     NakReason,
+    LIST_FLAG_MORE,
+    LIST_FLAG_RESET,
+    LIST_FLAG_SNAPSHOT,
+    ListOp,
     Outcome,
     TurnstileMode,
 )
@@ -40,6 +44,9 @@ from .events import (
     Hello,
     HelloAck,
     Item,
+    ListEntry,
+    ListPage,
+    ListSync,
     Mode,
     ModeApplied,
     Nak,
@@ -60,4 +67,5 @@ __all__ = [
     "NakReason", "Outcome", "Passage", "PayloadError", "PreorderLine", "ProtocolError", "PupilInfo", "PupilInfoQuery", "Purchase", "RemoteProtocolError",
     "Retransmit", "Role", "State", "TXN_FLAG_ADVICE", "TopupCash", "crc16", "encode_frame", "next_seq",
     "FireAlarm", "FireReset", "Mode", "ModeApplied", "TurnstileMode",
+    "LIST_FLAG_MORE", "LIST_FLAG_RESET", "LIST_FLAG_SNAPSHOT", "ListEntry", "ListOp", "ListPage", "ListSync",
 ]

@@ -22,10 +22,12 @@ class MessageType(enum.IntEnum):
     FIRE_ALARM = 0x16  # fire panel -> gateway: the school's alarm went off
     FIRE_RESET = 0x17  # fire panel -> gateway: the alarm is over
     MODE_APPLIED = 0x18  # turnstile -> gateway: the mode it is now in (the answer to MODE)
+    LIST_SYNC = 0x19  # turnstile -> gateway: my allow-list is at this version; what changed?
     DECISION = 0x20
     DURABLE_ACK = 0x21
     PUPIL_INFO = 0x22
     MODE = 0x23  # gateway -> turnstile, unsolicited: release both ways (fire alarm) or back to normal
+    LIST_PAGE = 0x24  # gateway -> turnstile: a page of allow-list changes, or of a full snapshot
     NAK = 0x7F
 
 
@@ -45,6 +47,21 @@ class TurnstileMode(enum.IntEnum):
 
     NORMAL = 0  # opens per grant
     RELEASED = 1  # fire alarm: free passage both ways until told NORMAL
+
+
+class ListOp(enum.IntEnum):
+    """LIST_PAGE entry: what the turnstile does with an identifier in its local list."""
+
+    ALLOW = 1  # an active card of the school: let it through offline
+    BLOCK = 2  # the hot list: blocked (or suspended) - refuse it offline, show CARD_BLOCKED
+    REMOVE = 3  # forget it (no longer of this school)
+
+
+# LIST_PAGE flags.
+LIST_FLAG_MORE = 0x01  # more follows: ask again (LIST_SYNC) at once
+LIST_FLAG_SNAPSHOT = 0x02  # a page of a full snapshot: continue with after = this page's last identifier
+LIST_FLAG_RESET = 0x04  # the first page of a snapshot: drop the local list before applying it
+LIST_FLAGS_KNOWN = LIST_FLAG_MORE | LIST_FLAG_SNAPSHOT | LIST_FLAG_RESET
 
 
 class Outcome(enum.IntEnum):

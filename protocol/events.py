@@ -25,6 +25,8 @@ from .codes import (
     DeviceKind,
     Direction,
     MessageType,
+    LIST_FLAGS_KNOWN,
+    ListOp,
     Outcome,
     TurnstileMode,
 )
@@ -40,6 +42,7 @@ from .limits import (
     IDENTIFIER_BYTES_MIN,
     CASHIER_NOTE_BYTES_MAX,
     ITEMS_MAX,
+    LIST_PAGE_ENTRIES_MAX,
     NAK_DETAIL_BYTES_MAX,
     PHOTO_REF_BYTES_MAX,
     PREORDER_LINES_MAX,
@@ -778,6 +781,82 @@ class ModeApplied(_TurnstileMode, frozen=True, gc=False):
     message_type: ClassVar[MessageType] = MessageType.MODE_APPLIED
 
 
+_LIST_SYNC = struct.Struct("<Q")  # version, then after: u8 length + identifier (0 bytes: from the start)
+_LIST_PAGE = struct.Struct("<QBB")  # version, flags, count
+_LIST_OPS = frozenset(int(op) for op in ListOp)
+_LIST_FLAG_VALUES = frozenset(f for f in range(256) if f & ~LIST_FLAGS_KNOWN == 0)
+
+
+class ListSync(Event, frozen=True, gc=False):
+    """Turnstile -> gateway: "my allow-list is at ``version``; send what changed" (``after``
+    empty), or "the next page of the snapshot after this identifier" (section 4.15)."""
+
+    message_type: ClassVar[MessageType] = MessageType.LIST_SYNC
+    version: int
+    after: bytes = b""
+
+    def __post_init__(self) -> None:
+        _check_u64(self.version, "version")
+        _check(type(self.after) is bytes, "after must be bytes")
+        _check(not self.after or len(self.after) in _ID_LENGTHS, "after must be empty or an identifier")
+
+    def encode_payload(self) -> bytes:
+        return _LIST_SYNC.pack(self.version) + bytes((len(self.after),)) + self.after
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "ListSync":
+        _check(len(payload) >= _LIST_SYNC.size + 1, "LIST_SYNC truncated")
+        (version,) = _LIST_SYNC.unpack_from(payload, 0)
+        n = payload[_LIST_SYNC.size]
+        _check(len(payload) == _LIST_SYNC.size + 1 + n, "LIST_SYNC length does not match its identifier")
+        return cls(version, payload[_LIST_SYNC.size + 1 :])
+
+
+class ListEntry(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One identifier of a turnstile's local list and what to do with it."""
+
+    op: int  # ListOp
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check(self.op in _LIST_OPS, "op must be 1 (allow), 2 (block) or 3 (remove)")
+        _check_identifier(self.identifier)
+
+
+class ListPage(Event, frozen=True, gc=False):
+    """Gateway -> turnstile: the answer to LIST_SYNC, changes or a snapshot page (section 4.15)."""
+
+    message_type: ClassVar[MessageType] = MessageType.LIST_PAGE
+    version: int  # the list version once this page is applied (a snapshot's: its base version)
+    flags: int  # LIST_FLAG_MORE | LIST_FLAG_SNAPSHOT | LIST_FLAG_RESET
+    entries: tuple[ListEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_u64(self.version, "version")
+        _check(self.flags in _LIST_FLAG_VALUES, "unknown LIST_PAGE flags")
+        _check(len(self.entries) <= LIST_PAGE_ENTRIES_MAX, f"at most {LIST_PAGE_ENTRIES_MAX} entries")
+
+    def encode_payload(self) -> bytes:
+        return b"".join(
+            [_LIST_PAGE.pack(self.version, self.flags, len(self.entries))]
+            + [bytes((e.op, len(e.identifier))) + e.identifier for e in self.entries]
+        )
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "ListPage":
+        _check(len(payload) >= _LIST_PAGE.size, "LIST_PAGE truncated")
+        version, flags, count = _LIST_PAGE.unpack_from(payload, 0)
+        offset = _LIST_PAGE.size
+        entries = []
+        for _ in range(count):
+            _check(len(payload) >= offset + 2, "LIST_PAGE entry truncated")
+            op = payload[offset]
+            ident, offset = _read_identifier(payload, offset + 1)
+            entries.append(ListEntry(op, ident))
+        _check(offset == len(payload), "trailing bytes after LIST_PAGE")
+        return cls(version, flags, tuple(entries))
+
+
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.message_type: cls
     for cls in (
@@ -798,6 +877,8 @@ EVENT_TYPES: dict[int, type[Event]] = {
         FireReset,
         Mode,
         ModeApplied,
+        ListSync,
+        ListPage,
     )
 }
 

@@ -59,6 +59,10 @@ HELLO_CRYPTOGRAM_BYTES = 16
 # probability 2^-64 per try and gets at most MAC_FAILURES_MAX tries per session, so 64 bits
 # are far beyond need at 8 bytes a frame.
 FRAME_MAC_BYTES = 8
+# LIST_PAGE: entries of at most 1 + 1 + IDENTIFIER_BYTES_MAX = 18 bytes after a 10-byte
+# head; 48 of them (874 bytes) fit one frame with its MAC (1024 - 14 - 2 - 8 = 1000), so a
+# 1,500-card school's snapshot is 32 frames.
+LIST_PAGE_ENTRIES_MAX = 48
 # A CRC-valid frame whose MAC fails never happens by accident (TCP and the CRC catch line
 # errors): it is a forged, replayed, reordered or foreign frame, or a wrong key. One or two
 # may be a confused device; the third in one session ends it (the gateway closes, a device

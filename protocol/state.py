@@ -25,6 +25,8 @@ from .events import (
     Heartbeat,
     Hello,
     HelloAck,
+    ListPage,
+    ListSync,
     Mode,
     ModeApplied,
     Nak,
@@ -63,9 +65,9 @@ class Direction(enum.Enum):
 
 REQUESTS: tuple[type[Event], ...] = (
     Heartbeat, CardPresented, Passage, Purchase, TopupCash, BalanceQuery, PupilInfoQuery, FireAlarm, FireReset,
-    ModeApplied,
+    ModeApplied, ListSync,
 )
-REPLIES: tuple[type[Event], ...] = (Decision, Heartbeat, PupilInfo, Nak)
+REPLIES: tuple[type[Event], ...] = (Decision, Heartbeat, PupilInfo, ListPage, Nak)
 
 G, D = Role.GATEWAY, Role.DEVICE
 S, R = Direction.SEND, Direction.RECV

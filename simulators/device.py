@@ -70,9 +70,15 @@ from protocol import (
     Decision,
     DenyReason,
     DeviceKind,
+    LIST_FLAG_MORE,
+    LIST_FLAG_RESET,
+    LIST_FLAG_SNAPSHOT,
     DurableAck,
     FireAlarm,
     FireReset,
+    ListOp,
+    ListPage,
+    ListSync,
     Heartbeat,
     Hello,
     HelloAck,
@@ -118,6 +124,12 @@ class _Dropped(Exception):
 
 class _Injected(_Dropped):
     """A disconnect the simulator injected on purpose (a lost reply): reconnect at once."""
+
+
+# Events a turnstile keeps while it decides alone, until the gateway has them durable: a
+# 1,500-pupil school's turnstile sees at most ~4 events per pupil a day (in, out, their
+# passages), 6,000 a day: this is over two weeks offline. When full it refuses (fails secure).
+OFFLINE_EVENTS_MAX = 100_000
 
 
 def now_ms() -> int:
@@ -345,6 +357,9 @@ class DeviceConfig:
     disconnect_rate: float = 0.0  # probability per request to drop the connection abruptly
     heartbeats: bool = True
     firmware: str = "ecard-sim-1.0"
+    # A turnstile that keeps its school's allow-list (LIST_SYNC after every HELLO) and decides
+    # from it alone while the gateway cannot be reached (docs/building.md).
+    offline_list: bool = False
 
 
 class Device:
@@ -420,6 +435,10 @@ class Device:
         self.mode_at = 0.0  # monotonic time the last MODE arrived
         self.mode_changed = asyncio.Event()
         self._mode_report: asyncio.Task | None = None
+        # The offline allow-list (config.offline_list): identifier -> ListOp, at list_version.
+        self.allow_list: dict[bytes, int] = {}
+        self.list_version = 0
+        self.offline_decisions = 0
 
     # ------------------------------------------------------------------ public API
 
@@ -488,13 +507,97 @@ class Device:
         self._account_of[identifier] = account_id
 
     async def card_presented(self, identifier: bytes, direction: int) -> Decision:
+        if await self._offline():
+            return self._decide_offline(
+                lambda txn: CardPresented(txn, TXN_FLAG_ADVICE, direction, now_ms(), identifier), identifier)
         return await self._transaction(lambda txn: CardPresented(txn, 0, direction, now_ms(), identifier))
 
     async def passage(self, identifier: bytes, direction: int, granted_txn: int) -> Decision:
         # A passage reports a fact: ADVICE on every PASSAGE, first send and resends alike (4.5).
-        return await self._transaction(
-            lambda txn: Passage(txn, TXN_FLAG_ADVICE, direction, now_ms(), granted_txn, identifier)
-        )
+        build = lambda txn: Passage(txn, TXN_FLAG_ADVICE, direction, now_ms(), granted_txn, identifier)  # noqa: E731
+        if await self._offline():
+            return self._decide_offline(build, identifier, passage=True)
+        return await self._transaction(build)
+
+    # ------------------------------------------------------------------ offline (turnstile)
+
+    async def _offline(self) -> bool:
+        """True when this turnstile decides alone: it keeps a list and one attempt to reach the
+        gateway failed (no waiting through the back-off: the pupil is at the arm)."""
+        if not self.config.offline_list or self.pending is not None:
+            return False
+        async with self._lock:
+            return not await self._reconnect_once()
+
+    async def _reconnect_once(self) -> bool:
+        """One attempt at a session (HELLO, replay, list sync) if there is none. Lock held."""
+        if self._conn is not None and not self._reader_alive():
+            self._drop(broken=True)
+        if self._conn is not None and not self._needs_replay:
+            return True
+        try:
+            if self._conn is None:
+                await self._open()
+            await self._replay()
+            await self._sync_list()
+            return True
+        except (_Dropped, OSError, TimeoutError):
+            self.stats.connect_failures += 1
+            self._drop(broken=True)
+            return False
+
+    def _decide_offline(self, build, identifier: bytes, *, passage: bool = False) -> Decision:
+        """Judge from the local list; keep an accepted event as an ADVICE with its own time, to
+        replay in txn order after the next HELLO (the gateway applies it exactly once)."""
+        op = self.allow_list.get(identifier)
+        if len(self.kept) >= OFFLINE_EVENTS_MAX:
+            reason = DenyReason.TRY_AGAIN_LATER  # full: fail secure, nothing more is taken
+        elif passage or op == ListOp.ALLOW:
+            reason = DenyReason.OK
+        else:
+            reason = DenyReason.CARD_BLOCKED if op == ListOp.BLOCK else DenyReason.UNKNOWN_CARD
+        self.txn_high += 1
+        event = build(self.txn_high)
+        self._write({"t": "txn", "txn": event.txn, "event": event_to_json(event)})
+        self.offline_decisions += 1
+        if reason != DenyReason.OK:
+            decision = Decision(event.txn, int(Outcome.DENY), int(reason), 0, 0, 0xFF, int(reason), ())
+        else:
+            template = 105 if passage else (100 if event.direction == 1 else 101)
+            decision = Decision(event.txn, int(Outcome.ACCEPT), 0, 0, 0, 0xFF, template, ())
+        self._answered(event, decision)
+        return decision
+
+    async def sync_list(self) -> int:
+        """Bring the allow-list up to date now (it is also synced after every HELLO)."""
+        async with self._lock:
+            await self._ensure_session()
+            await self._sync_list()
+        return self.list_version
+
+    async def _sync_list(self) -> None:
+        """LIST_SYNC until the list is current: a snapshot's pages, then the changes (4.15). Lock held."""
+        if not self.config.offline_list or self.kind != DeviceKind.TURNSTILE:
+            return
+        after = b""
+        while True:
+            page = await self._roundtrip(ListSync(self.list_version, after), inject=False)
+            if type(page) is not ListPage:
+                raise _Dropped(f"unexpected answer to LIST_SYNC: {page!r}")
+            if page.flags & LIST_FLAG_RESET:
+                self.allow_list.clear()
+            for entry in page.entries:
+                if entry.op == ListOp.REMOVE:
+                    self.allow_list.pop(entry.identifier, None)
+                else:
+                    self.allow_list[entry.identifier] = entry.op
+            self.list_version = page.version
+            if page.flags & LIST_FLAG_SNAPSHOT and page.flags & LIST_FLAG_MORE:
+                after = page.entries[-1].identifier
+                continue
+            after = b""
+            if not page.flags & (LIST_FLAG_SNAPSHOT | LIST_FLAG_MORE):
+                return
 
     async def purchase(self, identifier: bytes, items: list[tuple[int, int, int]]) -> Decision:
         its = tuple(Item(*i) for i in items)
@@ -673,6 +776,7 @@ class Device:
                     continue
             try:
                 await self._replay()
+                await self._sync_list()
             except _Dropped:
                 self._drop(broken=True)
                 continue
@@ -915,6 +1019,14 @@ class Device:
                         await asyncio.wait_for(self._disconnected.wait(), idle_left)
                     except TimeoutError:
                         pass
+            if self.config.offline_list and self._conn is None:
+                # Deciding alone meanwhile: one attempt at a time, never holding the lock
+                # through the back-off (a pupil at the arm must not wait for it).
+                async with self._lock:
+                    back = await self._reconnect_once()
+                if not back:
+                    await asyncio.sleep(self._jitter(self._failures))  # _drop counted the failure
+                continue
             async with self._lock:
                 if self._conn is not None and not self._reader_alive():
                     self._drop(broken=True)

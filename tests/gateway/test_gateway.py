@@ -41,14 +41,8 @@ TILL2 = till_ids()[1]
 
 @contextlib.asynccontextmanager
 async def running_gateway(dsn: str, **overrides):
-    config = load_config(
-        env={},
-        pg_dsn=dsn,
-        listen_port=0,
-        metrics_port=0,
-        progress_interval_ms=0,
-        **overrides,
-    )
+    config = load_config(env={}, **{"pg_dsn": dsn, "listen_port": 0, "metrics_port": 0, "progress_interval_ms": 0,
+                                    **overrides})
     gateway = Gateway(config)
     await gateway.start()
     try:

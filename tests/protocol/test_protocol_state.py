@@ -45,6 +45,9 @@ from protocol import (
     FireReset,
     Mode,
     ModeApplied,
+    ListEntry,
+    ListPage,
+    ListSync,
 )
 from protocol.state import TRANSITIONS, Direction
 
@@ -69,6 +72,8 @@ SAMPLES: dict[type[Event], Event] = {
     FireReset: FireReset(6, 0, 0),
     Mode: Mode(1, 5),
     ModeApplied: ModeApplied(1, 5),
+    ListSync: ListSync(3, CARD),
+    ListPage: ListPage(4, 3, (ListEntry(1, CARD),)),
 }
 assert set(SAMPLES) == set(EVENT_TYPES.values())
 
@@ -131,7 +136,7 @@ def _id(combo: tuple) -> str:
 
 
 def test_the_product_is_complete():
-    assert len(COMBINATIONS) == len(Role) * len(State) * len(Direction) * len(EVENT_TYPES) == 2 * 6 * 2 * 17
+    assert len(COMBINATIONS) == len(Role) * len(State) * len(Direction) * len(EVENT_TYPES) == 2 * 6 * 2 * 19
     assert set(TRANSITIONS) <= set(COMBINATIONS)
 
 

@@ -38,6 +38,7 @@ from protocol import (
     State,
     crc16,
     encode_frame,
+    ListEntry,
     PreorderLine,
 )
 from protocol import limits
@@ -75,7 +76,7 @@ def crc16_bitwise(data: bytes) -> int:
 
 # Field codec of the vectors, written independently of generate.py: bytes are
 # hex, items are objects, params are lists.
-_BYTES_FIELDS = {"identifier", "nonce", "mac", "rnd_b", "cryptogram"}
+_BYTES_FIELDS = {"identifier", "nonce", "mac", "rnd_b", "cryptogram", "after"}
 
 
 def fields_of(event: Event) -> dict[str, Any]:
@@ -93,6 +94,8 @@ def fields_of(event: Event) -> dict[str, Any]:
             ]
         elif name == "params":
             value = list(value)
+        elif name == "entries":
+            value = [{"op": e.op, "identifier": e.identifier.hex()} for e in value]
         out[name] = value
     return out
 
@@ -107,6 +110,8 @@ def event_from(vector: dict[str, Any]) -> Event:
             value = tuple(Item(v["product_code"], v["quantity"], v["unit_price_kopecks"]) for v in value)
         elif name == "preorder":
             value = tuple(PreorderLine(v["product_code"], v["quantity"]) for v in value)
+        elif name == "entries":
+            value = tuple(ListEntry(v["op"], bytes.fromhex(v["identifier"])) for v in value)
         elif name == "params":
             value = tuple(value)
         kwargs[name] = value
@@ -244,7 +249,7 @@ def test_session_replays_through_two_connections(session):
 def test_hello_macs_of_the_vectors():
     keys = {int(k): bytes.fromhex(v) for k, v in VECTORS["device_keys"].items()}
     hellos = [v for v in VALID if v["message_type"] == "HELLO"]
-    assert len(hellos) == 8
+    assert len(hellos) == 9
     for vector in hellos:
         hello = event_from(vector)
         assert isinstance(hello, Hello)

@@ -49,6 +49,9 @@ from protocol import (  # noqa: E402
     HelloAck,
     Item,
     MessageType,
+    ListEntry,
+    ListPage,
+    ListSync,
     Mode,
     ModeApplied,
     Nak,
@@ -63,6 +66,10 @@ from protocol import (  # noqa: E402
     Role,
     State,
     TopupCash,
+    LIST_FLAG_MORE,
+    LIST_FLAG_RESET,
+    LIST_FLAG_SNAPSHOT,
+    ListOp,
     TurnstileMode,
     crc16,
 )
@@ -110,6 +117,8 @@ def to_json(value: Any) -> Any:
     """Decoded field values as JSON: bytes as hex, items as objects, tuples as lists."""
     if isinstance(value, bytes):
         return value.hex()
+    if isinstance(value, ListEntry):
+        return {"op": value.op, "identifier": value.identifier.hex()}
     if isinstance(value, (Item, PreorderLine)):
         return {f: getattr(value, f) for f in value.__struct_fields__}
     if isinstance(value, (tuple, list)):
@@ -336,6 +345,35 @@ SESSIONS: list[tuple[str, int, str, list[Step]]] = [
              "PASSAGE txn 10 names grant 9, 10.001 s after it on the turnstile's clock"),
             ("turnstile_doors.decision_grant_expired", GATEWAY_TO_DEVICE,
              decision(10, DenyReason.GRANT_EXPIRED, 0, 25), "DECISION DENY GRANT_EXPIRED, template 25: not counted"),
+        ],
+    ),
+    (
+        "turnstile_list",
+        TURNSTILE_ID,
+        "The turnstile keeps its school's allow-list for when it cannot reach the gateway. Holding "
+        "nothing (version 0), it is sent a snapshot: the first page (RESET: drop the list) with MORE, "
+        "the next page after the last identifier, then the changes after the snapshot's base version "
+        "(here one: a card blocked, the hot list). Versions: list epoch 7 in the high 32 bits, the "
+        "school's change count in the low 32.",
+        [
+            ("turnstile_list.hello", DEVICE_TO_GATEWAY,
+             hello(TURNSTILE_ID, DeviceKind.TURNSTILE, "turnstile-2.4.1", 10, T0 + 190_000, 0xA6), "HELLO"),
+            ("turnstile_list.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 190_001, 10, 10_000), "HELLO_ACK"),
+            ("turnstile_list.sync_none", DEVICE_TO_GATEWAY, ListSync(0), "LIST_SYNC version 0: no list yet"),
+            ("turnstile_list.snapshot_first", GATEWAY_TO_DEVICE,
+             ListPage((7 << 32) | 40, LIST_FLAG_SNAPSHOT | LIST_FLAG_RESET | LIST_FLAG_MORE,
+                      (ListEntry(int(ListOp.ALLOW), CARD), ListEntry(int(ListOp.BLOCK), bytes.fromhex("04000000000008")))),
+             "LIST_PAGE: snapshot at base version 7:40, first page (RESET), MORE"),
+            ("turnstile_list.sync_after", DEVICE_TO_GATEWAY, ListSync((7 << 32) | 40, bytes.fromhex("04000000000008")),
+             "LIST_SYNC: the next snapshot page after the last identifier"),
+            ("turnstile_list.snapshot_last", GATEWAY_TO_DEVICE,
+             ListPage((7 << 32) | 40, LIST_FLAG_SNAPSHOT, (ListEntry(int(ListOp.ALLOW), bytes.fromhex("04000000000009")),)),
+             "LIST_PAGE: the last snapshot page (no MORE)"),
+            ("turnstile_list.sync_delta", DEVICE_TO_GATEWAY, ListSync((7 << 32) | 40),
+             "LIST_SYNC: the changes after the snapshot's base version"),
+            ("turnstile_list.delta", GATEWAY_TO_DEVICE,
+             ListPage((7 << 32) | 41, 0, (ListEntry(int(ListOp.BLOCK), CARD),)),
+             "LIST_PAGE: one change (the card blocked), version 7:41; nothing more"),
         ],
     ),
     (
