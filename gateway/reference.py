@@ -71,7 +71,8 @@ async def load_state(conn: asyncpg.Connection, machine: Machine) -> None:
             identifiers[identifier] = account_id  # the few with a state follow in load_reference
     for row in await device_store.devices(conn):
         state.devices[row["id"]] = device_state(row)
-    machine.recall(await snapshot.recent_transactions(conn, machine.limits.idempotency_window_txns))
+    machine.recall(await snapshot.recent_transactions(conn, machine.limits.idempotency_window_txns),
+                   int(time.time() * 1000))
     await load_reference(conn, state, school_reference=False)
     state.apply_alarm_events(await building.alarm_events(conn))  # an alarm on at the stop is on
     # The turnstiles' offline lists, one pass; this life's epoch makes every turnstile's older

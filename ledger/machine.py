@@ -122,6 +122,9 @@ _NORMAL = int(TurnstileMode.NORMAL)
 # a few seconds of entries (15 s at 13k taps/s is 200 k); the bound only matters where
 # nobody checks (the machine benchmarked alone), and then the oldest are forgotten.
 GRANT_EXPIRIES_MAX = 1_000_000
+# After a restart, grants whose expiry was due longer ago than this were recorded before the
+# stop (the check runs every second): only the newer ones are checked again.
+GRANT_RECALL_LOOKBACK_MS = 60_000
 # Expiries in one journal entry: one group commit stays small however many expire at once.
 EXPIRED_PER_ENTRY_MAX = 1_000
 
@@ -700,9 +703,13 @@ class Machine:
                 moved.append(device)
         return moved
 
-    def recall(self, rows: list[JournalRow]) -> None:
+    def recall(self, rows: list[JournalRow], now_ms: int | None = None) -> None:
         """After a restart: the last journaled rows of each device (oldest first) back
-        into its idempotency window and grants, as the live path left them."""
+        into its idempotency window and grants, as the live path left them. With ``now_ms``,
+        only grants that expire after ``now_ms - GRANT_RECALL_LOOKBACK_MS`` are checked for
+        expiry again (older ones were recorded before the stop; a city's restart must not
+        re-check millions)."""
+        recheck_after_ms = None if now_ms is None else now_ms - GRANT_RECALL_LOOKBACK_MS
         devices = self.state.devices
         window = self._window
         counts: dict[int, int] = {}
@@ -714,7 +721,12 @@ class Machine:
             if row.kind == KIND_ENTRY:
                 reader_ms = row.device_time_ms if row.device_time_ms is not None else row.happened_at_ms
                 grant = Grant(bytes(row.identifier), row.account_id, row.direction or 0, reader_ms, row.decided_at_ms)
-                self._grant(device, row.device_txn, grant)
+                limits = self.limits
+                deadline_ms = row.decided_at_ms + limits.passage_window_ms + limits.passage_report_ms_max
+                if recheck_after_ms is None or deadline_ms > recheck_after_ms:
+                    self._grant(device, row.device_txn, grant)
+                else:
+                    device.grant(row.device_txn, grant, window)
             elif row.kind == KIND_PASSAGE and row.granted_txn is not None:
                 device.grants.pop(row.granted_txn, None)
             counts[row.device_id] = counts.get(row.device_id, 0) + 1

@@ -157,3 +157,25 @@ def test_the_passage_window_is_the_turnstiles_own_clock_and_policy_reads_the_sch
     ok = through(machine, turnstile, 2, 1, 4, MORNING + 2_000, reader_ms=ahead + 2_000)
     assert ok.reason == DenyReason.OK
     assert isinstance(machine.state.policy(1), Policy)
+
+
+def test_a_restart_rechecks_only_recent_grants_for_expiry():
+    from ledger.machine import GRANT_RECALL_LOOKBACK_MS, Machine
+
+    from machine_support import ListJournal
+
+    machine, journal, turnstile = setup()
+    store = Store()
+    tap(machine, turnstile, 1, 2, MORNING)
+    store.commit(machine, journal)
+    rows = [e.row for e in store.committed if e.row is not None]
+    long_after = MORNING + EXPIRY_MS + GRANT_RECALL_LOOKBACK_MS + 1
+    fresh, _ = store.reload()
+    state = fresh.state
+    late = Machine(state, ListJournal(), LIMITS)
+    late.recall(rows, long_after)  # a gateway coming back long after: recorded before it stopped
+    assert late.expire_grants(long_after, 0) == 0
+    assert 1 in state.devices[TURNSTILE_ID].grants  # still a grant (a late PASSAGE may use it)
+    soon = Machine(store.reload()[0].state, ListJournal(), LIMITS)
+    soon.recall(rows, MORNING + EXPIRY_MS)
+    assert soon.expire_grants(MORNING + EXPIRY_MS, 0) == 1

@@ -80,11 +80,16 @@ def test_sigkill_while_the_journal_queue_is_full_loses_nothing(demo_dsn, tmp_pat
         while True:
             text = await asyncio.to_thread(current[0].metrics_text)
             depth = count(text, r"^ecard_journal_queue_depth")
-            if depth >= 64 and count(text, r'ecard_decisions_total\{kind="\w+",reason="TRY_AGAIN_LATER"\}') > 0:
+            # Full, and refusing: live taps TRY_AGAIN_LATER, or (when every device is busy
+            # replaying what the last kill left it, as after a round with many kept txns) the
+            # replayed advices NAK SERVER_BUSY.
+            refusing = count(text, r'ecard_decisions_total\{kind="\w+",reason="TRY_AGAIN_LATER"\}') + count(
+                text, r'ecard_naks_total\{reason="SERVER_BUSY"\}')
+            if depth >= 64 and refusing > 0:
                 refused["try_again_later"] += count(text, r'ecard_decisions_total\{kind="\w+",reason="TRY_AGAIN_LATER"\}')
                 refused["server_busy"] += count(text, r'ecard_naks_total\{reason="SERVER_BUSY"\}')
                 return
-            assert _time.monotonic() < deadline, "the journal queue never filled"
+            assert _time.monotonic() < deadline, f"the journal queue never filled (depth {depth}, refusing {refusing})"
             await asyncio.sleep(0.05)
 
     async def restore(round_no: int) -> None:
@@ -114,6 +119,6 @@ def test_sigkill_while_the_journal_queue_is_full_loses_nothing(demo_dsn, tmp_pat
         proxy.close()
     assert result.ok, result.verdict()
     assert result.kills == 3
-    assert refused["try_again_later"] > 0, "the queue was full: live taps were refused"
+    assert refused["try_again_later"] > 0, "the queue was full: live taps were refused (in some round)"
     print("refused while full:", refused)
     assert result.report.journal_rows == result.report.logged_accepts > 0
