@@ -141,6 +141,9 @@ class CommandProcessor:
             elif entity == "school":
                 school_id = int(key)
                 state.apply_school_reference(await snapshot.school_reference(conn, school_id), school_id)
+            elif entity == "representative":
+                representative_id = int(key)
+                state.apply_escorts(await snapshot.escorts(conn, representative_id), representative_id)
             else:
                 log.warning("unknown change notification %r", entity)
 

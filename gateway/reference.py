@@ -92,6 +92,7 @@ async def load_reference(conn: asyncpg.Connection, state: LedgerState, *, school
     state.controls.clear()
     for row in await snapshot.controls(conn):
         state.controls[row[0]] = controls_from_row(row)
+    state.apply_escorts(await snapshot.escorts(conn))
     state.apply_preorders(await snapshot.preorders(conn))
 
 

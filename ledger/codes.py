@@ -29,6 +29,9 @@ class JournalKind(enum.IntEnum):
     # officer's command with device_id 0 and device_txn = commands.seq); no money moves.
     FIRE_ALARM = 11
     FIRE_RESET = 12
+    # A trusted person's card at a kindergarten turnstile (account_id 0): the adult who
+    # brings or collects a child; the child's own card follows.
+    ESCORT = 13
 
     @property
     def label(self) -> str:
@@ -124,6 +127,7 @@ class AccessKind(enum.IntEnum):
     MUSTERED = 6  # a pupil inside at the alarm: the muster list (keyed by the alarm, one per account)
     TURNSTILE_RELEASED = 7  # a turnstile confirmed it released both ways (device_id: the turnstile)
     FIRE_RESET = 8  # the alarm was reset (device_id, device_txn: the reset's key; detail: the alarm's key)
+    ESCORTED = 9  # a child went through with a trusted person (the PASSAGE's key; detail: who)
 
     @property
     def label(self) -> str:

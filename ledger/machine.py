@@ -71,6 +71,7 @@ from .rules import (
     BALANCE_SHOWN_ON_DENY,
     KIND_BALANCE,
     KIND_ENTRY,
+    KIND_ESCORT,
     KIND_FIRE_ALARM,
     KIND_FIRE_RESET,
     KIND_PASSAGE,
@@ -112,6 +113,7 @@ _FIRE_ALARM = int(AccessKind.FIRE_ALARM)
 _MUSTERED = int(AccessKind.MUSTERED)
 _TURNSTILE_RELEASED = int(AccessKind.TURNSTILE_RELEASED)
 _FIRE_RESET = int(AccessKind.FIRE_RESET)
+_ESCORTED = int(AccessKind.ESCORTED)
 _WRONG_DEVICE_KIND = int(DenyReason.WRONG_DEVICE_KIND)
 _WRONG_SCHOOL = int(DenyReason.WRONG_SCHOOL)
 _FIRE_PANEL = int(DeviceKind.FIRE_PANEL)
@@ -338,7 +340,7 @@ class Machine:
         device.session_last_txn = txn
         if txn > device.txn_seen_max:
             device.txn_seen_max = txn
-        if kind >= KIND_FIRE_ALARM:
+        if kind == KIND_FIRE_ALARM or kind == KIND_FIRE_RESET:
             return self._fire_request(device, kind, request, now_ms, frame_ns)
         if request.advice:
             at_ms, reader_ms = self.judged_at(request, now_ms)
@@ -389,10 +391,11 @@ class Machine:
     ) -> Decision:
         state = self.state
         _, _, alert = commit(state, verdict, at_ms)
+        kind = verdict.kind  # a card presented may be a trusted person's (KIND_ESCORT)
         account_id = verdict.account_id
         accounts = state.accounts
         pupil_balance = accounts.balance[account_id]
-        direction = cashier = items = granted = None
+        direction = cashier = items = granted = grant = None
         access = ()
         txn = request.txn
         amount = verdict.amount_kopecks
@@ -406,7 +409,12 @@ class Machine:
             direction = request.direction
             if kind == KIND_PASSAGE:
                 granted = request.granted_txn
-                checkpoints = (accounts.checkpoint(account_id),)  # its presence moved
+                grant = device.grants[granted]
+                if account_id:
+                    checkpoints = (accounts.checkpoint(account_id),)  # its presence moved
+                    if grant.escort:
+                        access = (AccessEvent(_ESCORTED, device.school_id, account_id, device.device_id, txn,
+                                              direction, at_ms, f"representative {grant.escort_id}: {grant.escort}"),)
             elif verdict.passback:
                 access = (AccessEvent(_PASSBACK_VIOLATION, device.school_id, account_id, device.device_id, txn,
                                       direction, at_ms, verdict.passback),)
@@ -415,7 +423,7 @@ class Machine:
             amount, pupil_balance, request.advice, reader_ms, now_ms, at_ms, cashier, items, granted,
         )
         key = f"{device.device_id}:{txn}"
-        notice = self._notice(kind, device, request, verdict, pupil_balance, at_ms)
+        notice = self._notice(kind, device, request, verdict, pupil_balance, at_ms, grant) if account_id else None
         if notice is None:
             outbox = (self._low_balance(alert, key, now_ms),) if alert else ()
         else:
@@ -431,7 +439,15 @@ class Machine:
         device.undurable.add(txn)
         device.remember(txn, decision, self._window)
         if kind == KIND_ENTRY:
-            self._grant(device, txn, Grant(request.identifier, account_id, direction, request.reader_time_ms, now_ms))
+            escort = ""
+            if verdict.escort_id:
+                escort = device.escort[0].name  # type: ignore[index]  # the rules read it just now
+                device.escort = None  # one child per adult's tap; the next child, the next tap
+            self._grant(device, txn, Grant(request.identifier, account_id, direction, request.reader_time_ms, now_ms,
+                                           verdict.escort_id, escort))
+        elif kind == KIND_ESCORT:
+            device.escort = (state.escorts[request.identifier], now_ms)
+            self._grant(device, txn, Grant(request.identifier, 0, direction, request.reader_time_ms, now_ms))
         elif kind == KIND_PASSAGE:
             del device.grants[granted]  # used up: one opening, one person
         return decision
@@ -567,13 +583,15 @@ class Machine:
             accounts.checkpoint(credit) if kind[credit] == _PUPIL else AccountCheckpoint(credit, balance[credit], _NO_COUNTERS),
         )
 
-    def _notice(self, kind: int, device: DeviceState, request, verdict: Verdict, balance: int, at_ms: int):
+    def _notice(self, kind: int, device: DeviceState, request, verdict: Verdict, balance: int, at_ms: int,
+                grant: Grant | None = None):
         """What the pupil's parents hear of an accepted request (None: nothing; the
         turnstile's grant is not an entry until the PASSAGE)."""
         account_id, school_id = verdict.account_id, device.school_id
         if kind == KIND_PASSAGE:
             cls = EntryNotice if request.direction == Direction.IN else ExitNotice
-            return cls(account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id)
+            return cls(account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id,
+                       escort=grant.escort if grant is not None else "")
         if kind == KIND_PURCHASE:
             return PurchaseNotice(
                 account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id,
@@ -718,7 +736,7 @@ class Machine:
             if device is None:
                 continue
             device.remember(row.device_txn, stored_decision(row), window)
-            if row.kind == KIND_ENTRY:
+            if row.kind == KIND_ENTRY or row.kind == KIND_ESCORT:
                 reader_ms = row.device_time_ms if row.device_time_ms is not None else row.happened_at_ms
                 grant = Grant(bytes(row.identifier), row.account_id, row.direction or 0, reader_ms, row.decided_at_ms)
                 limits = self.limits

@@ -27,12 +27,14 @@ class EntryNotice(Notice, tag=OutboxKind.ENTRY.value):
     """The pupil went in (counted on PASSAGE, not on the card presented)."""
 
     device_id: int
+    escort: str = ""  # a kindergarten: the trusted person who brought the child ("name (relation)")
 
 
 class ExitNotice(Notice, tag=OutboxKind.EXIT.value):
     """The pupil went out (counted on PASSAGE)."""
 
     device_id: int
+    escort: str = ""  # a kindergarten: the trusted person who collected the child
 
 
 class PurchaseNotice(Notice, tag=OutboxKind.PURCHASE.value):

@@ -46,7 +46,7 @@ import msgspec
 from protocol import BalanceQuery, CardPresented, DenyReason, DeviceKind, Direction, Passage, Purchase, TopupCash
 
 from .codes import AccountKind, AccountStatus, CommandKind, IdentifierStatus, JournalKind, PassbackMode, Presence
-from .state import NO_LIMIT, Controls, DeviceState, LedgerState
+from .state import ESCORT_WINDOW_MS, NO_LIMIT, Controls, DeviceState, LedgerState
 
 KIND_ENTRY = int(JournalKind.ENTRY)
 KIND_PASSAGE = int(JournalKind.PASSAGE)
@@ -55,6 +55,7 @@ KIND_TOPUP = int(JournalKind.CASH_TOPUP)
 KIND_BALANCE = int(JournalKind.BALANCE)
 KIND_FIRE_ALARM = int(JournalKind.FIRE_ALARM)
 KIND_FIRE_RESET = int(JournalKind.FIRE_RESET)
+KIND_ESCORT = int(JournalKind.ESCORT)
 
 # Display templates for accepts (denies use the DenyReason number as template id).
 TEMPLATE_ACCEPT_ENTRY = 100
@@ -65,6 +66,7 @@ TEMPLATE_BALANCE = 104
 TEMPLATE_PASSAGE_RECORDED = 105
 TEMPLATE_FIRE_ALARM_ACCEPTED = 106
 TEMPLATE_FIRE_RESET_ACCEPTED = 107
+TEMPLATE_ESCORT_ACCEPTED = 108
 
 OK = int(DenyReason.OK)
 UNKNOWN_CARD = int(DenyReason.UNKNOWN_CARD)
@@ -90,6 +92,7 @@ REFUND_EXCEEDS = int(DenyReason.REFUND_EXCEEDS)
 NO_GRANT = int(DenyReason.NO_GRANT)
 ANTI_PASSBACK = int(DenyReason.ANTI_PASSBACK)
 GRANT_EXPIRED = int(DenyReason.GRANT_EXPIRED)
+ESCORT_REQUIRED = int(DenyReason.ESCORT_REQUIRED)
 NO_ITEM = 0xFF
 FREE_MEAL_PERIOD = "lunch"
 # Till denies that come after the card and school checks passed: the cashier may
@@ -137,6 +140,7 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     on_grace: bool = False  # purchase: allowed below zero by the grace policy
     direction: int = 0  # entry, passage: protocol Direction
     passback: str = ""  # entry: the anti-passback rule it broke ("inside", "outside", "interval"), "" for none
+    escort_id: int = 0  # entry (kindergarten): the trusted person the child goes with; KIND_ESCORT: the person
 
 
 def _card(state: LedgerState, identifier: bytes, kind: int, at_ms: int) -> Verdict | int:
@@ -199,19 +203,37 @@ def authorize_entry(state: LedgerState, device: DeviceState, request: CardPresen
     direction = request.direction
     if request.advice:
         account_id = state.identifiers.get(request.identifier)
+        if account_id is None and request.identifier in state.escorts:
+            return Verdict(OK, KIND_ESCORT, 0, direction=direction,
+                           escort_id=state.escorts[request.identifier].representative_id)
         return Verdict(UNKNOWN_CARD if account_id is None else OK, KIND_ENTRY, account_id or 0, direction=direction)
+    if request.identifier not in state.identifiers:
+        escort = state.escorts.get(request.identifier)
+        if escort is not None:  # a trusted person's card (kindergarten): the adult passes
+            if escort.school_id != device.school_id:
+                return Verdict(WRONG_SCHOOL, KIND_ESCORT)
+            return Verdict(OK, KIND_ESCORT, 0, direction=direction, escort_id=escort.representative_id)
     found = _card(state, request.identifier, KIND_ENTRY, at_ms)
     if type(found) is Verdict:
         return found
     wrong = _at_school(state, device, found, KIND_ENTRY)
     if wrong is not None:
         return wrong
+    escort_id = 0
+    if state.policy(device.school_id).escort_required:
+        # A kindergarten: the child goes with the trusted person whose card this turnstile
+        # granted just before, or not at all (bringing and collecting alike).
+        last = device.escort
+        if last is None or at_ms - last[1] > ESCORT_WINDOW_MS or found not in last[0].children:
+            return Verdict(ESCORT_REQUIRED, KIND_ENTRY, found, direction=direction)
+        escort_id = last[0].representative_id
     if device.school_id in state.alarms:
-        return Verdict(OK, KIND_ENTRY, found, direction=direction)  # an evacuation: never refused by passback
+        # an evacuation: never refused by passback
+        return Verdict(OK, KIND_ENTRY, found, direction=direction, escort_id=escort_id)
     broken = passback(state, found, direction, at_ms)
     if broken and state.policy(device.school_id).anti_passback == _HARD:
         return Verdict(ANTI_PASSBACK, KIND_ENTRY, found, direction=direction, passback=broken)
-    return Verdict(OK, KIND_ENTRY, found, direction=direction, passback=broken)
+    return Verdict(OK, KIND_ENTRY, found, direction=direction, passback=broken, escort_id=escort_id)
 
 
 def authorize_passage(
@@ -221,7 +243,9 @@ def authorize_passage(
         return Verdict(WRONG_DEVICE_KIND, KIND_PASSAGE)
     account_id = state.identifiers.get(request.identifier)
     if account_id is None:
-        return Verdict(UNKNOWN_CARD, KIND_PASSAGE)
+        if request.identifier not in state.escorts:
+            return Verdict(UNKNOWN_CARD, KIND_PASSAGE)
+        account_id = 0  # the trusted person went through: recorded, nobody's presence
     grant = device.grants.get(request.granted_txn)
     if grant is None or grant.identifier != request.identifier or grant.direction != request.direction:
         # Not an opening this device reported for this card and direction, or one
@@ -230,7 +254,7 @@ def authorize_passage(
     if request.reader_time_ms - grant.reader_time_ms > passage_window_ms:
         # The turnstile's own clock says the arm had locked again before this passage.
         return Verdict(GRANT_EXPIRED, KIND_PASSAGE, account_id)
-    return Verdict(OK, KIND_PASSAGE, account_id, direction=request.direction)
+    return Verdict(OK, KIND_PASSAGE, account_id, direction=request.direction, escort_id=grant.escort_id)
 
 
 def _controls_deny(
@@ -486,8 +510,8 @@ def _count_passage(state: LedgerState, verdict: Verdict, at_ms: int) -> None:
     undo a newer one (presence follows the latest passage in time, not in arrival)."""
     accounts = state.accounts
     pupil = verdict.account_id
-    if at_ms < accounts.passage_ms[pupil]:
-        return
+    if not pupil or at_ms < accounts.passage_ms[pupil]:
+        return  # a trusted person (nobody's presence), or older than what we know
     accounts.passage_ms[pupil] = at_ms
     if verdict.direction == _IN:
         accounts.presence[pupil] = _INSIDE
@@ -541,4 +565,6 @@ def accept_template(kind: int, direction: int, amount_kopecks: int, balance_kope
         return TEMPLATE_FIRE_ALARM_ACCEPTED, ()
     if kind == KIND_FIRE_RESET:
         return TEMPLATE_FIRE_RESET_ACCEPTED, ()
+    if kind == KIND_ESCORT:
+        return TEMPLATE_ESCORT_ACCEPTED, ()
     return TEMPLATE_BALANCE, (balance_kopecks,)

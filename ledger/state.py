@@ -25,7 +25,7 @@ from protocol.limits import PHOTO_REF_BYTES_MAX, PREORDER_LINES_MAX
 from .allowlist import ALLOW as _LIST_ALLOW
 from .allowlist import BLOCK as _LIST_BLOCK
 from .allowlist import REMOVE as _LIST_REMOVE
-from .allowlist import AllowLists
+from .allowlist import AllowLists, SchoolList
 from .codes import AccessKind, AccountKind, IdentifierStatus, Presence
 from .records import AccountCheckpoint, AccountCounters
 
@@ -207,6 +207,7 @@ class Policy(msgspec.Struct, frozen=True, gc=False):
     low_balance_threshold_kopecks: int = 10_000
     anti_passback: int = 0  # PassbackMode
     passback_entry_interval_ms: int = 0  # timed anti-passback: two entries at least this far apart; 0: off
+    escort_required: bool = False  # a kindergarten: a child passes only after one of its trusted persons
 
 
 class MealPeriod(msgspec.Struct, frozen=True, gc=False):
@@ -222,11 +223,26 @@ class Grant(msgspec.Struct, array_like=True, frozen=True, gc=False):
     """A turnstile opened for a card (an accepted CARD_PRESENTED): what its PASSAGE must match."""
 
     identifier: bytes
-    account_id: int
+    account_id: int  # 0: a trusted person's card (a kindergarten escort)
     direction: int
     reader_time_ms: int  # the turnstile's clock at the grant (the PASSAGE's is compared to it)
     decided_at_ms: int  # the gateway's clock at the grant (its expiry is judged by it)
+    escort_id: int = 0  # a child's grant: the trusted person (representative) who came with it
+    escort: str = ""  # and how the parents' notice names them
 
+
+class Escort(msgspec.Struct, frozen=True, gc=False):
+    """A trusted person's card: a representative who may bring and collect these children."""
+
+    representative_id: int
+    school_id: int
+    name: str  # "full name (relation)", as the parents' notices show it
+    children: frozenset[int]  # account ids
+
+
+# A child's card must follow its trusted person's card at the same turnstile within this: the
+# adult taps, then the child, at the arm; a minute covers a toddler and a pushchair.
+ESCORT_WINDOW_MS = 60_000
 
 class Alarm:
     """A school's fire alarm while it lasts: its key (the journal key of what raised it:
@@ -271,6 +287,7 @@ class DeviceState:
         "grants",
         "grants_order",
         "nonces",
+        "escort",
     )
 
     def __init__(self, device_id: int, school_id: int, kind: int, key: bytes, drawer_account_id: int, durable_txn: int,
@@ -304,6 +321,9 @@ class DeviceState:
         self.grants: dict[int, Grant] = {}
         self.grants_order: deque[int] = deque()
         self.nonces: deque[bytes] = deque(maxlen=HELLO_NONCES_MAX)
+        # A kindergarten turnstile: the trusted person whose card it granted last, and when
+        # (gateway ms): the child's card that follows within ESCORT_WINDOW_MS goes with them.
+        self.escort: tuple[Escort, int] | None = None
 
     def remember(self, txn: int, decision: Decision, window: int) -> None:
         recent = self.recent
@@ -373,6 +393,7 @@ class LedgerState:
         "alarms",
         "school_pupils",
         "lists",
+        "escorts",
     )
 
     def __init__(self) -> None:
@@ -403,6 +424,7 @@ class LedgerState:
         # The turnstiles' offline allow-lists, once built (``build_lists``, after the load):
         # kept up to date by every identifier change from then on.
         self.lists: AllowLists | None = None
+        self.escorts: dict[bytes, Escort] = {}  # a trusted person's card -> who (kindergartens)
 
     # ---------------------------------------------------------------- time in a school
 
@@ -515,6 +537,11 @@ class LedgerState:
         if self.lists is not None and before is not None:
             self._list_change(before, identifier, _LIST_REMOVE)
 
+    def _list_op(self, identifier: bytes) -> int:
+        """ALLOW or BLOCK: what an offline turnstile does with this card as it stands now."""
+        found = self.identifier_state.get(identifier)
+        return _LIST_ALLOW if found is None or found[0] == _ACTIVE else _LIST_BLOCK
+
     def _list_change(self, account_id: int, identifier: bytes, op: int) -> None:
         accounts = self.accounts
         if 0 < account_id < len(accounts.kind) and accounts.kind[account_id] == _PUPIL:
@@ -523,21 +550,20 @@ class LedgerState:
     def build_lists(self, epoch: int) -> AllowLists:
         """Every school's allow-list from the identifiers, in one pass (after a load). ``epoch``
         (the gateway's start, say) tells a turnstile's version of an earlier life: a snapshot."""
-        lists = AllowLists(epoch)
+        lists = AllowLists(epoch, self._list_op)
         accounts = self.accounts
         kind, school = accounts.kind, accounts.school
-        card_state = self.identifier_state
-        schools: dict[int, dict[bytes, int]] = {}
+        schools: dict[int, list[bytes]] = {}
         for identifier, account_id in self.identifiers.items():
             if kind[account_id] != _PUPIL:
                 continue
-            members = schools.get(school[account_id])
-            if members is None:
-                members = schools[school[account_id]] = {}
-            found = card_state.get(identifier)
-            members[identifier] = _LIST_ALLOW if found is None or found[0] == _ACTIVE else _LIST_BLOCK
-        for school_id, members in schools.items():
-            lists.school(school_id).members = members
+            ids = schools.get(school[account_id])
+            if ids is None:
+                ids = schools[school[account_id]] = []
+            ids.append(identifier)
+        for school_id, ids in schools.items():
+            ids.sort()
+            lists.schools[school_id] = SchoolList(ids)
         self.lists = lists
         return lists
 
@@ -573,8 +599,8 @@ class LedgerState:
             self.school_offset_ms[sid] = offset_minutes * MINUTE_MS
         for sid, code, category, allergens, diet, hot in data["products"]:
             self.products[(sid, code)] = Product(code, category, frozenset(allergens or ()), frozenset(diet or ()), hot)
-        for sid, grace, grace_meals, threshold, *passback in data["policies"]:
-            self.policies[sid] = Policy(grace, grace_meals, threshold, *passback)
+        for sid, grace, grace_meals, threshold, *more in data["policies"]:
+            self.policies[sid] = Policy(grace, grace_meals, threshold, *more)
         periods: dict[int, list[MealPeriod]] = {}
         for sid, name, starts, ends in data["periods"]:
             periods.setdefault(sid, []).append(MealPeriod(name, starts, ends))
@@ -583,6 +609,17 @@ class LedgerState:
         for sid, reset_ms in data.get("presence_resets", ()):
             if reset_ms > self.presence_reset_ms.get(sid, 0):
                 self.presence_reset_ms[sid] = reset_ms
+
+    def apply_escorts(self, rows: Any, representative_id: int | None = None) -> None:
+        """Rows (identifier, representative id, school id, name, children account ids) of the
+        trusted cards of active representatives: all of them, or one representative's."""
+        if representative_id is None:
+            self.escorts.clear()
+        else:
+            for identifier in [i for i, e in self.escorts.items() if e.representative_id == representative_id]:
+                del self.escorts[identifier]
+        for identifier, rep_id, school_id, name, children in rows:
+            self.escorts[bytes(identifier)] = Escort(rep_id, school_id, name, frozenset(children or ()))
 
     def apply_alarm_events(self, events: Any) -> None:
         """After a restart: the schools' alarms as the journaled access events left them

@@ -26,6 +26,8 @@ from ledger.notices import (
     BankTopupNotice,
     CardNotice,
     CashTopupNotice,
+    EntryNotice,
+    ExitNotice,
     LowBalanceNotice,
     PurchaseNotice,
     TemporaryCardIssuedNotice,
@@ -96,6 +98,8 @@ def notice_context(
         ctx.update(amount=notice.amount_kopecks, balance=notice.balance_kopecks, free_meal=notice.free_meal)
     elif isinstance(notice, (CashTopupNotice, BankTopupNotice)):
         ctx.update(amount=notice.amount_kopecks, balance=notice.balance_kopecks)
+    elif isinstance(notice, (EntryNotice, ExitNotice)):
+        ctx["escort"] = notice.escort  # a kindergarten: who brought or collected the child ("" for none)
     elif isinstance(notice, LowBalanceNotice):
         ctx.update(balance=notice.balance_kopecks, threshold=notice.threshold_kopecks)
     elif isinstance(notice, (CardNotice, TemporaryCardReturnedNotice)):

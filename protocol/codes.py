@@ -107,6 +107,9 @@ class DenyReason(enum.IntEnum):
     ANTI_PASSBACK = 24
     # A PASSAGE that came later than passage_window_ms after its grant: the turnstile had closed.
     GRANT_EXPIRED = 25
+    # A kindergarten child's card at a turnstile with no card of one of the child's trusted
+    # persons presented there within the escort window: a child never passes alone.
+    ESCORT_REQUIRED = 26
 
 
 class NakReason(enum.IntEnum):

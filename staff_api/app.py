@@ -36,6 +36,7 @@ from .preorders import PreorderController
 from .pupils import PupilController
 from .representatives import RepresentativeController
 from .schools import SchoolController
+from .trusted_cards import TrustedCardController
 
 SCHEMA_PATH = "/schema"
 POOL_SIZE_MIN, POOL_SIZE_MAX = 1, 10
@@ -88,7 +89,7 @@ def create_app(
     return Litestar(
         route_handlers=[SchoolController, PupilController, CardController, MoneyController,
                         StaffController, AuditController, PreorderController, RepresentativeController, DeskController,
-                        BuildingController, FireController, DeviceController],
+                        BuildingController, FireController, DeviceController, TrustedCardController],
         lifespan=[lifespan],
         guards=[auth_guard],
         dependencies={

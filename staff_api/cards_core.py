@@ -95,6 +95,9 @@ async def ensure_unbound(conn: asyncpg.Connection, uid: bytes, field: str) -> No
     if row is not None:
         state = db.CARD_STATUS_NAMES.get(row["status"], "?")
         raise Conflict(f"{field}: card {uid.hex()} is already bound to account {row['account_id']} ({state})")
+    trusted = await conn.fetchval("SELECT representative_id FROM trusted_cards WHERE identifier = $1", uid)
+    if trusted is not None:
+        raise Conflict(f"{field}: card {uid.hex()} is the trusted card of representative {trusted}")
 
 
 async def bind(

@@ -8,7 +8,8 @@ processing of personal data with its date (no consent, no registration). Represe
 be changed, suspended, resumed and removed; a removed one stays on record (audit trail) and
 is told nothing from that moment on. The notifier asks ``storage.representatives.subscribers``.
 
-Representatives are not gateway reference data: nothing here notifies the gateway.
+A representative may also carry trusted cards (kindergartens, ``staff_api/trusted_cards.py``):
+every change that affects them (suspend, resume, remove, name) notifies the gateway.
 """
 
 from __future__ import annotations
@@ -411,6 +412,7 @@ class RepresentativeController(Controller):
             after = await load(conn, representative_id)
             await db.audit(conn, principal.login, "representative.update", f"representative:{representative_id}",
                            _audit_view(before), _audit_view(after), now_ms)
+            await db.notify(conn, "representative", representative_id)  # a trusted card's name
         return after
 
     @post("/representatives/{representative_id:int}/suspend", status_code=200)
@@ -468,4 +470,5 @@ async def _transition(
         after = await load(conn, representative_id)
         await db.audit(conn, principal.login, f"representative.{action}", f"representative:{representative_id}",
                        _audit_view(before), _audit_view(after), now_ms)
+        await db.notify(conn, "representative", representative_id)  # their trusted cards stop (or work again)
     return after

@@ -46,6 +46,8 @@ class SchoolPolicy(Base):
     anti_passback: PassbackModeName = "off"
     # timed anti-passback: two entries at least this many seconds apart (0: no interval)
     passback_entry_interval_s: Annotated[int, Meta(ge=0, le=86_400)] = 0
+    # a kindergarten: a child's card opens a turnstile only right after one of its trusted persons'
+    escort_required: bool = False
 
 
 class MealPeriodBody(Base):

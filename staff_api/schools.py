@@ -39,7 +39,7 @@ async def _school_out(conn: asyncpg.Connection, row: asyncpg.Record, *, detail: 
         return out
     policy = await conn.fetchrow(
         "SELECT grace_kopecks, grace_meals, low_balance_threshold_kopecks, preorder_lock_days, anti_passback,"
-        " passback_entry_interval_s FROM school_policies WHERE school_id = $1",
+        " passback_entry_interval_s, escort_required FROM school_policies WHERE school_id = $1",
         row["id"],
     )
     if policy:
@@ -95,14 +95,16 @@ class SchoolController(Controller):
             after = await conn.fetchrow(
                 """
                 INSERT INTO school_policies (school_id, grace_kopecks, grace_meals,
-                    low_balance_threshold_kopecks, preorder_lock_days, anti_passback, passback_entry_interval_s)
-                VALUES ($1, $2, $3, $4, $5, $6, $7)
+                    low_balance_threshold_kopecks, preorder_lock_days, anti_passback, passback_entry_interval_s,
+                    escort_required)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
                 ON CONFLICT (school_id) DO UPDATE SET grace_kopecks = EXCLUDED.grace_kopecks,
                     grace_meals = EXCLUDED.grace_meals,
                     low_balance_threshold_kopecks = EXCLUDED.low_balance_threshold_kopecks,
                     preorder_lock_days = EXCLUDED.preorder_lock_days,
                     anti_passback = EXCLUDED.anti_passback,
-                    passback_entry_interval_s = EXCLUDED.passback_entry_interval_s
+                    passback_entry_interval_s = EXCLUDED.passback_entry_interval_s,
+                    escort_required = EXCLUDED.escort_required
                 RETURNING *
                 """,
                 school_id,
@@ -112,6 +114,7 @@ class SchoolController(Controller):
                 data.preorder_lock_days,
                 int(PassbackMode[data.anti_passback.upper()]),
                 data.passback_entry_interval_s,
+                data.escort_required,
             )
             await db.audit(conn, principal.login, "school.policy", f"school:{school_id}",
                            db.row_dict(before), db.row_dict(after), now_ms)

@@ -17,6 +17,7 @@ ENTITIES = {
     "account": "account id (status, daily limit, controls, pupil data)",
     "device": "device id",
     "school": "school id (policy, meal periods, products)",
+    "representative": "representative id (a trusted person's cards and children, kindergartens)",
 }
 
 

@@ -125,11 +125,30 @@ _CONTROLS = (
 _PRODUCTS = "SELECT school_id, code, category, allergens, diet_flags, hot_meal FROM products"
 _POLICIES = (
     "SELECT school_id, grace_kopecks, grace_meals, low_balance_threshold_kopecks, anti_passback,"
-    " passback_entry_interval_s * 1000 FROM school_policies"
+    " passback_entry_interval_s * 1000, escort_required FROM school_policies"
 )
 # When each school's presence was last reconciled (after an evacuation).
 _PRESENCE_RESETS = f"SELECT school_id, max(at_ms) FROM access_events WHERE kind = {int(AccessKind.PRESENCE_RESET)}"
 _PERIODS = "SELECT school_id, name, starts_minute, ends_minute FROM meal_periods ORDER BY school_id, starts_minute"
+
+
+# Trusted persons' cards (kindergartens): of representatives neither suspended nor removed, with
+# the children they may bring and collect. (identifier, representative, school, "name (relation)",
+# children)
+_ESCORTS = """
+SELECT t.identifier, r.id, r.school_id, r.full_name || ' (' || CASE r.relation
+           WHEN 'parent' THEN 'родитель' WHEN 'grandmother' THEN 'бабушка' WHEN 'grandfather' THEN 'дедушка'
+           WHEN 'nanny' THEN 'няня' WHEN 'guardian' THEN 'опекун' ELSE 'доверенное лицо' END || ')',
+       array(SELECT rp.account_id FROM representative_pupils rp WHERE rp.representative_id = r.id)
+FROM trusted_cards t JOIN representatives r ON r.id = t.representative_id
+WHERE r.suspended_at_ms IS NULL AND r.removed_at_ms IS NULL
+"""
+
+
+async def escorts(conn: asyncpg.Connection, representative_id: int | None = None) -> list[asyncpg.Record]:
+    if representative_id is None:
+        return await conn.fetch(_ESCORTS, timeout=LOAD_STATEMENT_TIMEOUT_S)
+    return await conn.fetch(_ESCORTS + " AND r.id = $1", representative_id, timeout=LOAD_STATEMENT_TIMEOUT_S)
 
 
 def pupils(conn: asyncpg.Connection) -> AsyncIterator[list[asyncpg.Record]]:

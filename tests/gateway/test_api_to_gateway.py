@@ -151,3 +151,75 @@ def test_fire_alarm_from_the_office_musters_by_class_within_a_second_and_resets(
     finally:
         api.http.close()
         server.stop()
+
+
+def test_kindergarten_trusted_cards_through_the_api_reach_the_turnstile(demo_dsn):
+    """A kindergarten: the operator requires escorts, an officer gives a grandmother (the demo
+    parent, representative 7, of pupil 7) a card; the child passes only after it, the entry names
+    her; suspended, her card opens nothing. Deny paths of the API on the way."""
+    from protocol import TXN_FLAG_ADVICE, Passage
+
+    api, server = make_api(demo_dsn, command_wait_ms=3_000)
+    granny_card = "0b0000000000a1"
+
+    async def call(*args, **kw):
+        return await asyncio.to_thread(api.as_, *args, **kw)
+
+    async def main():
+        async with running_gateway(demo_dsn) as gw:
+            await async_wait_until(lambda: gw.commands.connected, 10, "the change listener")
+            api.clock.fixed_ms = time.time_ns() // 1_000_000
+            r = await call("op", "PUT", "/schools/1/policy", json={"escort_required": True})
+            assert r.status_code == 200, r.text
+            await async_wait_until(lambda: gw.core.state.policy(1).escort_required, 2, "the policy")
+            assert (await call("cash1", "POST", "/representatives/7/cards", json={"uid": granny_card})).status_code == 403
+            taken = await call("off1", "POST", "/representatives/7/cards", json={"uid": demo_card_uid(8).hex()})
+            assert taken.status_code == 409 and "pupil's card" in taken.json()["detail"]
+            r = await call("off1", "POST", "/representatives/7/cards", json={"uid": granny_card})
+            assert r.status_code == 201, r.text
+            again = await call("off1", "POST", "/representatives/8/cards", json={"uid": granny_card})
+            assert again.status_code == 409 and "representative 7" in again.json()["detail"]
+            bound = await call("off1", "POST", "/pupils/9/cards", json={"uid": granny_card, "kind": "service_card"})
+            assert bound.status_code == 409 and "trusted card" in bound.json()["detail"], bound.text  # nor the reverse
+            card = bytes.fromhex(granny_card)
+            await async_wait_until(lambda: card in gw.core.state.escorts, 2, "the trusted card at the gateway")
+            t = await device(gw, TURNSTILE, DeviceKind.TURNSTILE)
+            now = time.time_ns() // 1_000_000
+            alone = await t.request(CardPresented(1, 0, 1, now, demo_card_uid(7)))
+            assert alone.reason == DenyReason.ESCORT_REQUIRED and alone.template_id == 26
+            adult = await t.request(CardPresented(2, 0, 1, now, card))
+            assert (adult.outcome, adult.template_id) == (1, 108)
+            child = await t.request(CardPresented(3, 0, 1, now, demo_card_uid(7)))
+            assert child.outcome == 1
+            assert (await t.request(Passage(4, TXN_FLAG_ADVICE, 1, now + 1_000, 3, demo_card_uid(7)))).outcome == 1
+            await async_wait_until(lambda: gw.core.journal.depth == 0, 10, "durable")
+            rows = await asyncio.to_thread(
+                sql_rows, demo_dsn, "SELECT payload->>'escort' AS escort FROM outbox WHERE kind = 'entry'")
+            (name,) = (await asyncio.to_thread(sql_rows, demo_dsn, "SELECT full_name FROM representatives WHERE id = 7"))[0]
+            assert rows == [(f"{name} (родитель)",)], rows
+            r = await call("off1", "POST", "/representatives/7/suspend")
+            assert r.status_code == 200, r.text
+            await async_wait_until(lambda: card not in gw.core.state.escorts, 2, "the suspension at the gateway")
+            assert (await t.request(CardPresented(5, 0, 1, now, card))).reason == DenyReason.UNKNOWN_CARD
+            listed = (await call("aud", "GET", "/representatives/7/cards")).json()
+            assert [c["uid"] for c in listed] == [granny_card]
+            assert (await call("off1", "DELETE", f"/representatives/7/cards/{granny_card}")).status_code == 200
+            assert (await call("off1", "DELETE", f"/representatives/7/cards/{granny_card}")).status_code == 404
+    try:
+        asyncio.run(main())
+    finally:
+        api.http.close()
+        server.stop()
+
+
+def sql_rows(dsn: str, query: str) -> list[tuple]:
+    import asyncpg
+
+    async def go():
+        conn = await asyncpg.connect(dsn)
+        try:
+            return [tuple(r) for r in await conn.fetch(query)]
+        finally:
+            await conn.close()
+
+    return asyncio.run(go())

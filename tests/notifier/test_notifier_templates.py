@@ -94,3 +94,18 @@ def test_an_unknown_product_is_named_by_its_code_and_html_is_escaped():
 def test_a_missing_template_is_a_render_error():
     with pytest.raises(RenderError):
         Renderer().render("sms", "purchase", {"pupil": "x"})
+
+
+@pytest.mark.parametrize("channel", IMPLEMENTED_CHANNELS)
+def test_a_kindergarten_entry_and_exit_name_the_trusted_person_in_every_channel(channel):
+    import msgspec
+
+    escort = "Смирнова Ольга Петровна (бабушка)"
+    for _, notice in cases():
+        if type(notice).__struct_config__.tag in ("entry", "exit"):
+            text, html = render(channel, msgspec.structs.replace(notice, escort=escort))
+            assert escort in text, (channel, text)
+            if html is not None:
+                assert "Смирнова Ольга Петровна" in html
+            plain, _ = render(channel, notice)
+            assert "сопровожд" not in plain.lower()
