@@ -30,7 +30,7 @@ import asyncpg
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.exceptions import NotFoundException, PermissionDeniedException
-from litestar.params import FromPath, JSONBody
+from litestar.params import FromPath, FromQuery, JSONBody
 
 from protocol.codes import DeviceKind
 from protocol.limits import DEVICE_KEY_BYTES
@@ -157,7 +157,9 @@ class DeviceController(Controller):
     tags = ["devices"]
 
     @get("/")
-    async def list_devices(self, principal: PrincipalDep, pool: db.PoolDep, school_id: int | None = None) -> list[DeviceOut]:
+    async def list_devices(
+        self, principal: PrincipalDep, pool: db.PoolDep, school_id: FromQuery[int | None] = None
+    ) -> list[DeviceOut]:
         """Devices the caller may see (a school-bound role: its own school's)."""
         if principal.school_id is not None:
             if school_id is not None:
