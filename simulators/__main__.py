@@ -1,4 +1,4 @@
-"""CLI: ``python -m simulators {rush,lunch,fire,crash,verify} ...``."""
+"""CLI: ``python -m simulators {rush,lunch,fire,offline,crash,verify} ...``."""
 
 from __future__ import annotations
 
@@ -50,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     fire.add_argument("--log-dir", default="var/sim-fire", help="directory of the per-device JSON-lines logs")
     fire.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
                       help="if set, check the journaled muster against the simulated presence (exit 1 on mismatch)")
+    offline = sub.add_parser("offline", help="a turnstile loses the gateway, lets pupils in from its list, replays")
+    offline.add_argument("--pupils", type=int, default=1000, help="pupils of the demo school (accounts 1..N)")
+    offline.add_argument("--entering", type=int, default=30, help="pupils who come in while it is cut off")
+    offline.add_argument("--seed", type=int, default=7)
+    offline.add_argument("--gateway", default="127.0.0.1:7700", help="gateway device port, host:port")
+    offline.add_argument("--log-dir", default="var/sim-offline", help="directory of the device's JSON-lines log")
+    offline.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
+                         help="if set, check that every offline event is journaled once at its own time")
     crash = sub.add_parser("crash", help="SIGKILL the gateway under load, restart it, verify the journal exactly")
     crash.add_argument("--rounds", type=int, default=10, help="SIGKILL+restart cycles")
     crash.add_argument("--seed", type=int, default=7)
@@ -76,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_crash(args))
     if args.command == "fire":
         return asyncio.run(_fire(args))
+    if args.command == "offline":
+        return asyncio.run(_offline(args))
     return asyncio.run(_verify(args.pg_dsn, Path(args.log_dir)))
 
 
@@ -129,6 +139,22 @@ async def _fire(args: argparse.Namespace) -> int:
         )
     except Unavailable as exc:
         print(f"fire aborted: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+async def _offline(args: argparse.Namespace) -> int:
+    from .device import Unavailable
+    from .offline import run_offline
+    from .scenarios import parse_gateway
+
+    host, port = parse_gateway(args.gateway)
+    try:
+        report = await run_offline(host, port, pupils=args.pupils, entering=args.entering, seed=args.seed,
+                                   log_dir=Path(args.log_dir), pg_dsn=args.pg_dsn)
+    except Unavailable as exc:
+        print(f"offline aborted: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
     return 0 if report.ok else 1

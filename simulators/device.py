@@ -126,6 +126,10 @@ class _Injected(_Dropped):
     """A disconnect the simulator injected on purpose (a lost reply): reconnect at once."""
 
 
+class _GoOffline(Exception):
+    """A turnstile with an allow-list lost the gateway with a tap in flight: decide it alone."""
+
+
 # Events a turnstile keeps while it decides alone, until the gateway has them durable: a
 # 1,500-pupil school's turnstile sees at most ~4 events per pupil a day (in, out, their
 # passages), 6,000 a day: this is over two weeks offline. When full it refuses (fails secure).
@@ -510,14 +514,20 @@ class Device:
         if await self._offline():
             return self._decide_offline(
                 lambda txn: CardPresented(txn, TXN_FLAG_ADVICE, direction, now_ms(), identifier), identifier)
-        return await self._transaction(lambda txn: CardPresented(txn, 0, direction, now_ms(), identifier))
+        try:
+            return await self._transaction(lambda txn: CardPresented(txn, 0, direction, now_ms(), identifier))
+        except _GoOffline:
+            return self._decide_in_flight_offline(identifier)
 
     async def passage(self, identifier: bytes, direction: int, granted_txn: int) -> Decision:
         # A passage reports a fact: ADVICE on every PASSAGE, first send and resends alike (4.5).
         build = lambda txn: Passage(txn, TXN_FLAG_ADVICE, direction, now_ms(), granted_txn, identifier)  # noqa: E731
         if await self._offline():
             return self._decide_offline(build, identifier, passage=True)
-        return await self._transaction(build)
+        try:
+            return await self._transaction(build)
+        except _GoOffline:
+            return self._decide_in_flight_offline(identifier, passage=True)
 
     # ------------------------------------------------------------------ offline (turnstile)
 
@@ -545,6 +555,15 @@ class Device:
             self.stats.connect_failures += 1
             self._drop(broken=True)
             return False
+
+    def _decide_in_flight_offline(self, identifier: bytes, *, passage: bool = False) -> Decision:
+        """The connection died with this tap in flight: it is decided alone under the same txn, as
+        an ADVICE (if the gateway had decided it, the replay gets its stored decision back)."""
+        pending = self.pending
+        assert pending is not None
+        advice = msgspec.structs.replace(pending, flags=pending.flags | TXN_FLAG_ADVICE)
+        self.txn_high -= 1  # _decide_offline numbers it again: the same txn
+        return self._decide_offline(lambda _txn: advice, identifier, passage=passage)
 
     def _decide_offline(self, build, identifier: bytes, *, passage: bool = False) -> Decision:
         """Judge from the local list; keep an accepted event as an ADVICE with its own time, to
@@ -657,7 +676,11 @@ class Device:
         """Send ``event`` until it gets a decision (reconnecting as needed). Lock held."""
         started = time.perf_counter()
         while True:
-            await self._ensure_session()
+            if self.config.offline_list and kind is not None:
+                if not await self._reconnect_once():
+                    raise _GoOffline  # the pupil is at the arm: no waiting through the back-off
+            else:
+                await self._ensure_session()
             if kind is not None:
                 if self.pending is None:
                     # The resend after a reconnect got the answer (and logged it).
@@ -668,6 +691,8 @@ class Device:
                 decision = await self._exchange(event, kind, inject=True)
             except _Dropped as exc:
                 self._drop(broken=not isinstance(exc, _Injected))
+                if self.config.offline_list and kind is not None and not isinstance(exc, _Injected):
+                    raise _GoOffline from exc
                 continue
             break
         assert decision is not None

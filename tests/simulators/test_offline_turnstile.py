@@ -90,3 +90,19 @@ def test_offline_turnstile_decides_from_its_list_and_replays_exactly_once(demo_d
         assert all(presence[p] == Presence.INSIDE for p in pupils) and presence[BLOCKED_PUPIL] != Presence.INSIDE
 
     asyncio.run(main())
+
+
+def test_the_offline_drill_of_the_simulators_cli(demo_dsn, tmp_path):
+    """``python -m simulators offline``: its own proxy cut in front of a running gateway."""
+    from simulators.offline import run_offline
+
+    async def main():
+        async with running_gateway(demo_dsn) as gw:
+            return await run_offline("127.0.0.1", gw.port, pupils=1000, entering=12, seed=3, log_dir=tmp_path,
+                                     pg_dsn=demo_dsn)
+
+    report = asyncio.run(main())
+    print(report.summary())
+    assert report.ok, report.summary()
+    assert len(report.entered_offline) == 12 and report.journaled == 24 and report.original_times
+    assert report.list_size == 1000 and report.refused_offline == 1
