@@ -239,3 +239,38 @@ def proxied_dsn(dsn: str, proxy_port: int) -> str:
     parts = urlsplit(dsn)
     user = parts.username or "postgres"
     return f"postgresql://{user}@127.0.0.1:{proxy_port}{parts.path}"
+
+
+class Clock:
+    """A clock the test sets (``fixed_ms``), or the wall clock while it is None."""
+
+    def __init__(self, fixed_ms: int | None = None) -> None:
+        self.fixed_ms = fixed_ms
+
+    def __call__(self) -> int:
+        return self.fixed_ms if self.fixed_ms is not None else time.time_ns() // 1_000_000
+
+
+class ThreadServer:
+    """An ASGI app under uvicorn in a background thread on a free loopback port."""
+
+    def __init__(self, app) -> None:
+        import threading
+
+        import uvicorn
+
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.port = 0
+
+    def start(self) -> "ThreadServer":
+        self.thread.start()
+        wait_until(lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn to start")
+        assert self.server.started, "uvicorn failed to start"
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(20)
+        assert not self.thread.is_alive(), "uvicorn did not stop"

@@ -14,17 +14,15 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from support import ROOT, wait_until
+from support import Clock, ThreadServer  # noqa: F401  (shared)
 
 MSK = 180
 # 2026-09-01 10:00 Moscow time (07:00 UTC)
@@ -90,33 +88,6 @@ def add_school2_and_staff(dsn: str) -> dict[str, str]:
             login, role, school, token_sha256(token))
         tokens[login] = token
     return tokens
-
-
-@dataclass
-class Clock:
-    fixed_ms: int | None = None
-
-    def __call__(self) -> int:
-        return self.fixed_ms if self.fixed_ms is not None else time.time_ns() // 1_000_000
-
-
-class ThreadServer:
-    """The staff API under uvicorn in a background thread on a free port."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> "ThreadServer":
-        self.thread.start()
-        wait_until(lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn to start")
-        assert self.server.started, "uvicorn failed to start"
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 class Api:

@@ -22,12 +22,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 from aiosmtpd.controller import Controller
 
 from parents_api import FileSender, Senders, Settings, SmtpSender, create_app
 from protocol.items import encode_items
 from support import wait_until
+from support import ThreadServer as Server  # noqa: F401  (shared)
 
 MSK = 180
 T0 = 1_788_246_000_000  # 2026-09-01 10:00 Moscow time (07:00 UTC)
@@ -84,26 +84,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-class Server:
-    """uvicorn in a background thread on a free port."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> "Server":
-        self.thread.start()
-        wait_until(lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn to start")
-        assert self.server.started, "uvicorn failed to start"
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
-        assert not self.thread.is_alive(), "uvicorn did not stop"
 
 
 CODE = re.compile(r"\b([0-9]{6})\b")

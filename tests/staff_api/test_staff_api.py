@@ -19,13 +19,13 @@ from pathlib import Path
 import asyncpg
 import httpx
 import pytest
-import uvicorn
 
 from staff_api import create_app
 from staff_api.auth import token_sha256
 from staff_api.db import next_midnight_ms
 from storage.demo_dataset import demo_card_uid, till_ids
 from support import GatewayProcess, ROOT, wait_until
+from support import Clock, ThreadServer as Server  # noqa: F401  (shared)
 
 MSK = 180
 # 2026-09-01 10:00 Moscow time (07:00 UTC)
@@ -46,33 +46,6 @@ async def _fetch(dsn: str, query: str, *args):
 
 def sql(dsn: str, query: str, *args) -> list[asyncpg.Record]:
     return run(_fetch(dsn, query, *args))
-
-
-@dataclass
-class Clock:
-    fixed_ms: int | None = None
-
-    def __call__(self) -> int:
-        return self.fixed_ms if self.fixed_ms is not None else time.time_ns() // 1_000_000
-
-
-class Server:
-    """uvicorn in a background thread on a free port."""
-
-    def __init__(self, app) -> None:
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def start(self) -> "Server":
-        self.thread.start()
-        wait_until(lambda: self.server.started or not self.thread.is_alive(), 20, "uvicorn to start")
-        assert self.server.started, "uvicorn failed to start"
-        self.port = self.server.servers[0].sockets[0].getsockname()[1]
-        return self
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 @dataclass
