@@ -249,7 +249,7 @@ def test_session_replays_through_two_connections(session):
 def test_hello_macs_of_the_vectors():
     keys = {int(k): bytes.fromhex(v) for k, v in VECTORS["device_keys"].items()}
     hellos = [v for v in VALID if v["message_type"] == "HELLO"]
-    assert len(hellos) == 9
+    assert len(hellos) == 10
     for vector in hellos:
         hello = event_from(vector)
         assert isinstance(hello, Hello)

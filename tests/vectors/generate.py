@@ -98,7 +98,9 @@ TURNSTILE_ID = 1_000_001
 TILL_ID = 2_000_001
 STRANGER_ID = 1_000_002  # a turnstile whose HELLO is refused
 PANEL_ID = 3_000_001  # the school's fire panel
+KINDERGARTEN_TURNSTILE_ID = 1_000_101  # a turnstile of a kindergarten (escorts required)
 KEYS = {
+    KINDERGARTEN_TURNSTILE_ID: bytes.fromhex("a0a1a2a3a4a5a6a7a8a9aaabacadaeaf"),
     PANEL_ID: bytes.fromhex("f0e1d2c3b4a5968778695a4b3c2d1e0f"),
     TURNSTILE_ID: bytes.fromhex("00112233445566778899aabbccddeeff"),
     TILL_ID: bytes.fromhex("0f1e2d3c4b5a69788796a5b4c3d2e1f0"),
@@ -107,6 +109,8 @@ KEYS = {
 T0 = 1_764_000_000_000  # 2025-11-24 16:00:00 UTC in ms: the clock of the examples
 CARD = bytes.fromhex("04000000000007")  # a 7-byte ISO 14443 UID
 UNKNOWN = bytes.fromhex("08000000000001")
+CHILD = bytes.fromhex("04000000000321")  # a kindergarten child's card
+GRANNY = bytes.fromhex("0b0000000000a1")  # her trusted person's own card
 _HEADER = struct.Struct("<BBBHIIB")
 
 
@@ -374,6 +378,31 @@ SESSIONS: list[tuple[str, int, str, list[Step]]] = [
             ("turnstile_list.delta", GATEWAY_TO_DEVICE,
              ListPage((7 << 32) | 41, 0, (ListEntry(int(ListOp.BLOCK), CARD),)),
              "LIST_PAGE: one change (the card blocked), version 7:41; nothing more"),
+        ],
+    ),
+    (
+        "kindergarten",
+        KINDERGARTEN_TURNSTILE_ID,
+        "A kindergarten's turnstile (its school requires escorts). A child's card alone is refused "
+        "ESCORT_REQUIRED. The grandmother's own card (a trusted person's) is accepted with template 108 "
+        "(ESCORT_ACCEPTED); the child's card right after it is accepted, and its PASSAGE will name her.",
+        [
+            ("kindergarten.hello", DEVICE_TO_GATEWAY,
+             hello(KINDERGARTEN_TURNSTILE_ID, DeviceKind.TURNSTILE, "turnstile-2.4.1", 0, T0 + 300_000, 0xE1),
+             "HELLO"),
+            ("kindergarten.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 300_001, 0, 10_000), "HELLO_ACK"),
+            ("kindergarten.child_alone", DEVICE_TO_GATEWAY,
+             CardPresented(1, 0, Direction.IN, T0 + 301_000, CHILD), "CARD_PRESENTED txn 1: the child's card alone"),
+            ("kindergarten.decision_escort_required", GATEWAY_TO_DEVICE,
+             decision(1, DenyReason.ESCORT_REQUIRED, 0, 26), "DECISION DENY ESCORT_REQUIRED, template 26"),
+            ("kindergarten.adult", DEVICE_TO_GATEWAY,
+             CardPresented(2, 0, Direction.IN, T0 + 302_000, GRANNY), "CARD_PRESENTED txn 2: the grandmother's card"),
+            ("kindergarten.decision_escort", GATEWAY_TO_DEVICE, decision(2, DenyReason.OK, 0, 108),
+             "DECISION ACCEPT, template 108 (ESCORT_ACCEPTED): she goes in"),
+            ("kindergarten.child", DEVICE_TO_GATEWAY,
+             CardPresented(3, 0, Direction.IN, T0 + 305_000, CHILD), "CARD_PRESENTED txn 3: the child, 3 s later"),
+            ("kindergarten.decision_child", GATEWAY_TO_DEVICE, decision(3, DenyReason.OK, 0, 100),
+             "DECISION ACCEPT, template 100: with her"),
         ],
     ),
     (
