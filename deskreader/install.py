@@ -7,10 +7,11 @@
   reader (vsmartcard-vpcd, a pcscd driver), the virtual card library (vsmartcard-vpicc,
   python3-virtualsmartcard) and python3-pycryptodome (the card library imports Crypto).
   apt-get update + install when any is missing; needs root and the Debian mirror.
-- pyscard into this interpreter's environment (the project's .venv) with pip.
+- pyscard into this interpreter's environment (the project's .venv) with pip, as the
+  project's ``pcsc`` extra declares it (pyproject.toml).
 
-pyscard is deliberately not a dependency in pyproject.toml: a machine without swig and the
-PC/SC headers could not install ecard at all. Exit code 0 when everything is there
+pyscard is an extra, not a dependency: a machine without swig and the PC/SC headers could
+not install ecard at all. Exit code 0 when everything is there
 afterwards, 1 (with the reason on stderr) otherwise.
 """
 
@@ -20,10 +21,22 @@ import os
 import shutil
 import subprocess
 import sys
+import tomllib
+from pathlib import Path
 
 OS_PACKAGES = ("pcscd", "libpcsclite-dev", "swig", "vsmartcard-vpcd", "vsmartcard-vpicc",
                "python3-virtualsmartcard", "python3-pycryptodome")
-PYSCARD_REQUIREMENT = "pyscard>=2.3,<3"
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def pyscard_requirement() -> str:
+    """pyscard's requirement, as the project's ``pcsc`` extra declares it (one definition)."""
+    with open(PYPROJECT, "rb") as f:
+        extra = tomllib.load(f)["project"]["optional-dependencies"]["pcsc"]
+    (requirement,) = [r for r in extra if r.lower().startswith("pyscard")]
+    return requirement
+
+
 # apt-get update and install on a slow mirror (measured: about a minute here); pip builds
 # pyscard from source (swig + gcc, about half a minute). Past these something hangs.
 APT_TIMEOUT_S = 900
@@ -73,8 +86,9 @@ def ensure(python: str = sys.executable, log=print) -> None:
         _run(["apt-get", "update"], APT_TIMEOUT_S, "apt-get update")
         _run(["apt-get", "install", "-y", "--no-install-recommends", *OS_PACKAGES], APT_TIMEOUT_S, "apt-get install")
     if not has_pyscard(python):
-        log(f"deskreader.install: pip install {PYSCARD_REQUIREMENT}")
-        _run([python, "-m", "pip", "install", "--quiet", PYSCARD_REQUIREMENT], PIP_TIMEOUT_S, "pip install pyscard")
+        requirement = pyscard_requirement()
+        log(f"deskreader.install: pip install {requirement}")
+        _run([python, "-m", "pip", "install", "--quiet", requirement], PIP_TIMEOUT_S, "pip install pyscard")
         if not has_pyscard(python):
             raise InstallError("pyscard installed but 'import smartcard.scard' still fails")
 

@@ -12,10 +12,10 @@ import re
 import tomllib
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import unquote, urlsplit
 
 import msgspec
 
+from relay.config import ConfigError, split_server_url  # one URL rule, one error of configuration
 from relay.layout import valid_prefix
 
 # -- the limits, with their units and reasons
@@ -88,10 +88,6 @@ SHARE_GROUP = "notifier"
 # The channels this notifier can send on (notifier.channels); the representatives table
 # knows the leaflet's six (storage.representatives.CHANNELS).
 IMPLEMENTED_CHANNELS = ("email", "app_push", "tv_push", "sms")
-
-
-class ConfigError(ValueError):
-    pass
 
 
 class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
@@ -250,23 +246,7 @@ def smsc_server(config: NotifierConfig) -> Server:
 
 
 def _parse(url: str, field: str, schemes: tuple[str, str], port: int, tls_port: int) -> Server:
-    try:
-        parts = urlsplit(url)
-        parsed_port = parts.port
-    except ValueError as exc:
-        raise ConfigError(f"{field}: {exc}") from None
-    _require(parts.scheme in schemes, field, f"must be {schemes[0]}://[user:password@]host[:port] or {schemes[1]}://...")
-    _require(bool(parts.hostname), field, "names no host")
-    _require(parts.path in ("", "/") and not parts.query, field, "takes no path or query")
-    tls = parts.scheme == schemes[1]
-    return Server(
-        parts.hostname or "",
-        parsed_port or (tls_port if tls else port),
-        unquote(parts.username) if parts.username is not None else None,
-        unquote(parts.password) if parts.password is not None else None,
-        tls,
-        False,
-    )
+    return Server(*split_server_url(url, field, schemes, port, tls_port), False)
 
 
 def _require(condition: bool, field: str, message: str) -> None:

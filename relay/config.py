@@ -164,22 +164,30 @@ def redacted(config: RelayConfig) -> RelayConfig:
 def broker(config: RelayConfig) -> Broker:
     if not config.mqtt_url:
         return Broker(config.broker_host, config.broker_port, None, None, False, True)
+    return Broker(*split_server_url(config.mqtt_url, "mqtt_url", ("mqtt", "mqtts"), 1883, 8883), False)
+
+
+def split_server_url(
+    url: str, field: str, schemes: tuple[str, str], port: int, tls_port: int
+) -> tuple[str, int, str | None, str | None, bool]:
+    """(host, port, user, password, tls) of ``scheme://[user:password@]host[:port]``, the second
+    scheme being the TLS one; the default port by scheme. The one URL rule of the relay's and the
+    notifier's servers (MQTT, SMTP, SMPP); a ConfigError names ``field``."""
     try:
-        parts = urlsplit(config.mqtt_url)
-        port = parts.port
+        parts = urlsplit(url)
+        parsed_port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"mqtt_url: {exc}") from None
-    _require(parts.scheme in ("mqtt", "mqtts"), "mqtt_url", "must be mqtt://[user:password@]host[:port] or mqtts://...")
-    _require(bool(parts.hostname), "mqtt_url", "names no host")
-    _require(parts.path in ("", "/") and not parts.query, "mqtt_url", "takes no path or query")
-    tls = parts.scheme == "mqtts"
-    return Broker(
+        raise ConfigError(f"{field}: {exc}") from None
+    _require(parts.scheme in schemes, field, f"must be {schemes[0]}://[user:password@]host[:port] or {schemes[1]}://...")
+    _require(bool(parts.hostname), field, "names no host")
+    _require(parts.path in ("", "/") and not parts.query, field, "takes no path or query")
+    tls = parts.scheme == schemes[1]
+    return (
         parts.hostname or "",
-        port or (8883 if tls else 1883),
+        parsed_port or (tls_port if tls else port),
         unquote(parts.username) if parts.username is not None else None,
         unquote(parts.password) if parts.password is not None else None,
         tls,
-        False,
     )
 
 
