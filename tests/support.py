@@ -11,6 +11,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -274,3 +275,74 @@ class ThreadServer:
         self.server.should_exit = True
         self.thread.join(20)
         assert not self.thread.is_alive(), "uvicorn did not stop"
+
+
+# A child process of a test (a broker, the relay, the notifier) prints its ready line within
+# this, even on a loaded CI machine; past it, it is hung.
+PROCESS_START_TIMEOUT_S = 30.0
+
+
+class LoggedProcess:
+    """A child process whose output goes to a log file (read for its ready line first)."""
+
+    proc: subprocess.Popen | None = None
+
+    def _spawn(self, argv: list[str], env: dict[str, str], log_path: Path, ready: str | None) -> str:
+        self._log = open(log_path, "ab")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        assert self.proc.stdout is not None
+        line = ""
+        if ready is not None:
+            deadline = time.monotonic() + PROCESS_START_TIMEOUT_S
+            while ready not in line:
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise TimeoutError(f"{argv[:4]} did not start within {PROCESS_START_TIMEOUT_S} s; see {log_path}")
+                raw = self.proc.stdout.readline()
+                if not raw:
+                    code = self.proc.wait(timeout=10)
+                    raise RuntimeError(f"{argv[:4]} exited with {code} before it was ready; see {log_path}")
+                self._log.write(raw)
+                self._log.flush()
+                line = raw.decode(errors="replace")
+        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True)
+        self._drainer.start()
+        return line
+
+    def _drain(self, stream) -> None:
+        for raw in iter(stream.readline, b""):
+            self._log.write(raw)
+            self._log.flush()
+
+    def _close_log(self) -> None:
+        drainer = getattr(self, "_drainer", None)
+        if drainer is not None:
+            drainer.join(10)
+        log = getattr(self, "_log", None)
+        if log is not None and not log.closed:
+            log.close()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: nothing flushed, nothing acknowledged."""
+        if self.running:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+        self._close_log()
+
+    def terminate(self, timeout_s: float = 30.0) -> int | None:
+        """SIGTERM and wait (SIGKILL after ``timeout_s``)."""
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close_log()
+        return self.proc.returncode

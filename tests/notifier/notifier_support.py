@@ -13,7 +13,6 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -43,6 +42,7 @@ from ledger.notices import (
 from notifier.app import READY_LINE
 from protocol import Item
 from relay import layout
+from tests.support import LoggedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -269,7 +269,7 @@ class Subscriber:
 # ---------------------------------------------------------------- the notifier process
 
 
-class NotifierProcess:
+class NotifierProcess(LoggedProcess):
     """``python -m notifier`` against ``dsn``, the broker and the SMTP server, fast timings."""
 
     def __init__(self, dsn: str, broker: Broker, smtp: SmtpServer | None, log_path: Path, *, client_id: str,
@@ -302,67 +302,12 @@ class NotifierProcess:
             self.env["ECARD_NOTIFIER_SMTP_URL"] = smtp.url
 
     def start(self) -> "NotifierProcess":
-        self._log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "notifier"], cwd=ROOT, env=self.env,
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert self.proc.stdout is not None
-        deadline = time.monotonic() + START_TIMEOUT_S
-        line = ""
-        while READY_LINE not in line:
-            if time.monotonic() > deadline:
-                self.kill()
-                raise TimeoutError(f"the notifier did not start within {START_TIMEOUT_S} s; see {self.log_path}")
-            raw = self.proc.stdout.readline()
-            if not raw:
-                code = self.proc.wait(timeout=10)
-                raise RuntimeError(f"the notifier exited with {code} before it was ready; see {self.log_path}")
-            self._log.write(raw)
-            self._log.flush()
-            line = raw.decode(errors="replace")
+        line = self._spawn([sys.executable, "-m", "notifier"], self.env, self.log_path, READY_LINE)
         m = _METRICS.search(line)
         assert m, line
         self.metrics_port = int(m.group(1))
         self.ready_line = line
-        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True)
-        self._drainer.start()
         return self
-
-    def _drain(self, stream) -> None:
-        for raw in iter(stream.readline, b""):
-            self._log.write(raw)
-            self._log.flush()
-
-    def _close_log(self) -> None:
-        drainer = getattr(self, "_drainer", None)
-        if drainer is not None:
-            drainer.join(10)
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: nothing flushed, nothing acknowledged."""
-        if self.running:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._close_log()
-
-    def terminate(self, timeout_s: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._close_log()
-        return self.proc.returncode
 
     def metrics(self) -> dict[str, float]:
         import urllib.request

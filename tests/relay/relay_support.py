@@ -12,9 +12,7 @@ import os
 import re
 import secrets
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -41,6 +39,7 @@ from relay import layout
 from relay.app import READY_LINE as RELAY_READY
 from relay.broker import READY_LINE as BROKER_READY
 from storage.journal import JournalWriter
+from tests.support import LoggedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 START_TIMEOUT_S = 30.0
@@ -162,73 +161,7 @@ def unsent_count(dsn: str) -> int:
 # ---------------------------------------------------------------- processes
 
 
-class _Process:
-    """A child process whose output goes to a log file (read for its ready line first)."""
-
-    proc: subprocess.Popen | None = None
-
-    def _spawn(self, argv: list[str], env: dict[str, str], log_path: Path, ready: str | None) -> str:
-        self._log = open(log_path, "ab")
-        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-        assert self.proc.stdout is not None
-        line = ""
-        if ready is not None:
-            deadline = time.monotonic() + START_TIMEOUT_S
-            while ready not in line:
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise TimeoutError(f"{argv[:4]} did not start within {START_TIMEOUT_S} s; see {log_path}")
-                raw = self.proc.stdout.readline()
-                if not raw:
-                    code = self.proc.wait(timeout=10)
-                    raise RuntimeError(f"{argv[:4]} exited with {code} before it was ready; see {log_path}")
-                self._log.write(raw)
-                self._log.flush()
-                line = raw.decode(errors="replace")
-        self._drainer = threading.Thread(target=self._drain, args=(self.proc.stdout,), daemon=True)
-        self._drainer.start()
-        return line
-
-    def _drain(self, stream) -> None:
-        for raw in iter(stream.readline, b""):
-            self._log.write(raw)
-            self._log.flush()
-
-    def _close_log(self) -> None:
-        drainer = getattr(self, "_drainer", None)
-        if drainer is not None:
-            drainer.join(10)
-        log = getattr(self, "_log", None)
-        if log is not None and not log.closed:
-            log.close()
-
-    @property
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        """SIGKILL: nothing flushed."""
-        if self.running:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(timeout=30)
-        self._close_log()
-
-    def terminate(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM and wait (SIGKILL after ``timeout_s``)."""
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._close_log()
-        return self.proc.returncode
-
-
-class AmqttBroker(_Process):
+class AmqttBroker(LoggedProcess):
     """The embedded broker as `make run` starts it: ``python -m relay broker`` on a free port."""
 
     def __init__(self, log_path: Path, port: int | None = None) -> None:
@@ -250,7 +183,7 @@ def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or (os.path.exists("/usr/sbin/mosquitto") and "/usr/sbin/mosquitto") or None
 
 
-class Mosquitto(_Process):
+class Mosquitto(LoggedProcess):
     """``mosquitto -c <conf>`` in the foreground, ready when its port accepts connections."""
 
     def __init__(self, conf: Path, port: int, log_path: Path) -> None:
@@ -271,7 +204,7 @@ class Mosquitto(_Process):
         return self
 
 
-class RelayProcess(_Process):
+class RelayProcess(LoggedProcess):
     """``python -m relay run`` against ``dsn`` and ``mqtt_url`` with fast test timings."""
 
     def __init__(self, dsn: str, mqtt_url: str, prefix: str, log_path: Path, *args: str, **env: str) -> None:
