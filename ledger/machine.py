@@ -414,7 +414,8 @@ class Machine:
                     checkpoints = (accounts.checkpoint(account_id),)  # its presence moved
                     if grant.escort:
                         access = (AccessEvent(_ESCORTED, device.school_id, account_id, device.device_id, txn,
-                                              direction, at_ms, f"representative {grant.escort_id}: {grant.escort}"),)
+                                              direction, at_ms,
+                                              f"representative {grant.escort_id}: {grant.escort} ({grant.escort_relation})"),)
             elif verdict.passback:
                 access = (AccessEvent(_PASSBACK_VIOLATION, device.school_id, account_id, device.device_id, txn,
                                       direction, at_ms, verdict.passback),)
@@ -439,12 +440,13 @@ class Machine:
         device.undurable.add(txn)
         device.remember(txn, decision, self._window)
         if kind == KIND_ENTRY:
-            escort = ""
+            escort = relation = ""
             if verdict.escort_id:
-                escort = device.escort[0].name  # type: ignore[index]  # the rules read it just now
+                adult = device.escort[0]  # type: ignore[index]  # the rules read it just now
+                escort, relation = adult.name, adult.relation
                 device.escort = None  # one child per adult's tap; the next child, the next tap
             self._grant(device, txn, Grant(request.identifier, account_id, direction, request.reader_time_ms, now_ms,
-                                           verdict.escort_id, escort))
+                                           verdict.escort_id, escort, relation))
         elif kind == KIND_ESCORT:
             device.escort = (state.escorts[request.identifier], now_ms)
             self._grant(device, txn, Grant(request.identifier, 0, direction, request.reader_time_ms, now_ms))
@@ -591,7 +593,8 @@ class Machine:
         if kind == KIND_PASSAGE:
             cls = EntryNotice if request.direction == Direction.IN else ExitNotice
             return cls(account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id,
-                       escort=grant.escort if grant is not None else "")
+                       escort=grant.escort if grant is not None else "",
+                       escort_relation=grant.escort_relation if grant is not None else "")
         if kind == KIND_PURCHASE:
             return PurchaseNotice(
                 account_id=account_id, school_id=school_id, at_ms=at_ms, device_id=device.device_id,

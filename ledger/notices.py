@@ -27,14 +27,16 @@ class EntryNotice(Notice, tag=OutboxKind.ENTRY.value):
     """The pupil went in (counted on PASSAGE, not on the card presented)."""
 
     device_id: int
-    escort: str = ""  # a kindergarten: the trusted person who brought the child ("name (relation)")
+    escort: str = ""  # a kindergarten: the full name of the trusted person who brought the child
+    escort_relation: str = ""  # and their relation (parent, grandmother, nanny, ...)
 
 
 class ExitNotice(Notice, tag=OutboxKind.EXIT.value):
     """The pupil went out (counted on PASSAGE)."""
 
     device_id: int
-    escort: str = ""  # a kindergarten: the trusted person who collected the child
+    escort: str = ""  # a kindergarten: the full name of the trusted person who collected the child
+    escort_relation: str = ""  # and their relation
 
 
 class PurchaseNotice(Notice, tag=OutboxKind.PURCHASE.value):

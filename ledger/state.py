@@ -228,7 +228,8 @@ class Grant(msgspec.Struct, array_like=True, frozen=True, gc=False):
     reader_time_ms: int  # the turnstile's clock at the grant (the PASSAGE's is compared to it)
     decided_at_ms: int  # the gateway's clock at the grant (its expiry is judged by it)
     escort_id: int = 0  # a child's grant: the trusted person (representative) who came with it
-    escort: str = ""  # and how the parents' notice names them
+    escort: str = ""  # their full name, for the parents' notice
+    escort_relation: str = ""  # their relation (storage.representatives.RELATIONS), for the notice
 
 
 class Escort(msgspec.Struct, frozen=True, gc=False):
@@ -236,7 +237,8 @@ class Escort(msgspec.Struct, frozen=True, gc=False):
 
     representative_id: int
     school_id: int
-    name: str  # "full name (relation)", as the parents' notices show it
+    name: str  # the full name
+    relation: str  # parent, grandmother, nanny, ... (storage.representatives.RELATIONS); the notifier's templates say it in Russian
     children: frozenset[int]  # account ids
 
 
@@ -611,15 +613,15 @@ class LedgerState:
                 self.presence_reset_ms[sid] = reset_ms
 
     def apply_escorts(self, rows: Any, representative_id: int | None = None) -> None:
-        """Rows (identifier, representative id, school id, name, children account ids) of the
+        """Rows (identifier, representative id, school id, full name, relation, children account ids) of the
         trusted cards of active representatives: all of them, or one representative's."""
         if representative_id is None:
             self.escorts.clear()
         else:
             for identifier in [i for i, e in self.escorts.items() if e.representative_id == representative_id]:
                 del self.escorts[identifier]
-        for identifier, rep_id, school_id, name, children in rows:
-            self.escorts[bytes(identifier)] = Escort(rep_id, school_id, name, frozenset(children or ()))
+        for identifier, rep_id, school_id, name, relation, children in rows:
+            self.escorts[bytes(identifier)] = Escort(rep_id, school_id, name, relation, frozenset(children or ()))
 
     def apply_alarm_events(self, events: Any) -> None:
         """After a restart: the schools' alarms as the journaled access events left them

@@ -100,6 +100,7 @@ def notice_context(
         ctx.update(amount=notice.amount_kopecks, balance=notice.balance_kopecks)
     elif isinstance(notice, (EntryNotice, ExitNotice)):
         ctx["escort"] = notice.escort  # a kindergarten: who brought or collected the child ("" for none)
+        ctx["escort_relation"] = notice.escort_relation
     elif isinstance(notice, LowBalanceNotice):
         ctx.update(balance=notice.balance_kopecks, threshold=notice.threshold_kopecks)
     elif isinstance(notice, (CardNotice, TemporaryCardReturnedNotice)):

@@ -133,12 +133,10 @@ _PERIODS = "SELECT school_id, name, starts_minute, ends_minute FROM meal_periods
 
 
 # Trusted persons' cards (kindergartens): of representatives neither suspended nor removed, with
-# the children they may bring and collect. (identifier, representative, school, "name (relation)",
-# children)
+# the children they may bring and collect. (identifier, representative, school, full name,
+# relation, children)
 _ESCORTS = """
-SELECT t.identifier, r.id, r.school_id, r.full_name || ' (' || CASE r.relation
-           WHEN 'parent' THEN 'родитель' WHEN 'grandmother' THEN 'бабушка' WHEN 'grandfather' THEN 'дедушка'
-           WHEN 'nanny' THEN 'няня' WHEN 'guardian' THEN 'опекун' ELSE 'доверенное лицо' END || ')',
+SELECT t.identifier, r.id, r.school_id, r.full_name, r.relation,
        array(SELECT rp.account_id FROM representative_pupils rp WHERE rp.representative_id = r.id)
 FROM trusted_cards t JOIN representatives r ON r.id = t.representative_id
 WHERE r.suspended_at_ms IS NULL AND r.removed_at_ms IS NULL

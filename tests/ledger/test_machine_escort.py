@@ -23,8 +23,8 @@ def kindergarten(escort_required: bool = True):
     state = machine.state
     state.policies[1] = msgspec.structs.replace(state.policies[1], escort_required=escort_required)
     state.apply_escorts([
-        (GRANNY, 501, 1, "Смирнова Ольга Петровна (бабушка)", [2, 3]),
-        (NANNY, 502, 1, "Иванова Мария (няня)", [4]),
+        (GRANNY, 501, 1, "Смирнова Ольга Петровна", "grandmother", [2, 3]),
+        (NANNY, 502, 1, "Иванова Мария", "nanny", [4]),
     ])
     hello(machine, TURNSTILE_ID, MORNING)
     return machine, journal, state.devices[TURNSTILE_ID]
@@ -50,10 +50,11 @@ def test_granny_brings_her_grandchild_and_the_entry_names_her():
     assert through(machine, t, 4, 3, card(2), MORNING + 7_000).reason == DenyReason.OK
     entry = journal.queue[-1]
     (notice,) = entry.outbox
-    assert notice.kind == "entry" and notice.payload.escort == "Смирнова Ольга Петровна (бабушка)"
+    assert notice.kind == "entry"
+    assert (notice.payload.escort, notice.payload.escort_relation) == ("Смирнова Ольга Петровна", "grandmother")
     (escorted,) = entry.access
     assert (escorted.kind, escorted.account_id, escorted.detail) == (
-        AccessKind.ESCORTED, 2, "representative 501: Смирнова Ольга Петровна (бабушка)")
+        AccessKind.ESCORTED, 2, "representative 501: Смирнова Ольга Петровна (grandmother)")
     assert machine.state.presence_of(2, MORNING + 7_000) == Presence.INSIDE
 
 
@@ -74,7 +75,7 @@ def test_a_child_alone_another_familys_adult_or_a_stale_tap_is_refused_both_ways
 def test_an_ordinary_school_needs_no_escort_and_a_trusted_card_of_another_school_is_refused():
     machine, journal, t = kindergarten(escort_required=False)
     assert tap(machine, t, 1, card(2), MORNING).reason == DenyReason.OK
-    machine.state.apply_escorts([(b"\x0b" + bytes(5) + b"\x09", 900, 2, "Чужая", [2])], 900)
+    machine.state.apply_escorts([(b"\x0b" + bytes(5) + b"\x09", 900, 2, "Чужая", "nanny", [2])], 900)
     assert tap(machine, t, 2, b"\x0b" + bytes(5) + b"\x09", MORNING).reason == DenyReason.WRONG_SCHOOL
     machine.state.apply_escorts([], 501)  # granny removed: her card no longer opens anything
     assert tap(machine, t, 3, GRANNY, MORNING).reason == DenyReason.UNKNOWN_CARD
@@ -86,7 +87,7 @@ def test_an_adults_grant_survives_a_restart_for_their_passage():
     tap(machine, t, 1, GRANNY, MORNING)
     store.commit(machine, journal)
     machine, journal = store.reload()
-    machine.state.apply_escorts([(GRANNY, 501, 1, "Смирнова Ольга Петровна (бабушка)", [2, 3])])
+    machine.state.apply_escorts([(GRANNY, 501, 1, "Смирнова Ольга Петровна", "grandmother", [2, 3])])
     hello(machine, TURNSTILE_ID, MORNING + 1_000)
     t = machine.state.devices[TURNSTILE_ID]
     assert through(machine, t, 2, 1, GRANNY, MORNING + 2_000).reason == DenyReason.OK

@@ -100,11 +100,14 @@ def test_a_missing_template_is_a_render_error():
 def test_a_kindergarten_entry_and_exit_name_the_trusted_person_in_every_channel(channel):
     import msgspec
 
-    escort = "Смирнова Ольга Петровна (бабушка)"
+    escort = "Смирнова Ольга Петровна (бабушка)"  # the name, and the relation said in Russian by the templates
     for _, notice in cases():
         if type(notice).__struct_config__.tag in ("entry", "exit"):
-            text, html = render(channel, msgspec.structs.replace(notice, escort=escort))
+            escorted = msgspec.structs.replace(notice, escort="Смирнова Ольга Петровна", escort_relation="grandmother")
+            text, html = render(channel, escorted)
             assert escort in text, (channel, text)
+            other, _ = render(channel, msgspec.structs.replace(escorted, escort_relation="neighbour"))
+            assert "Смирнова Ольга Петровна (доверенное лицо)" in other
             if html is not None:
                 assert "Смирнова Ольга Петровна" in html
             plain, _ = render(channel, notice)
