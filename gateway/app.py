@@ -164,6 +164,7 @@ class Gateway:
                     journal.flush_failures,
                     journal.connected,
                 ),
+                lambda: _allowance_state(core.state.allowances),
             )
         )
         self._metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
@@ -283,3 +284,9 @@ def run(config: Config) -> int:
 
     return uvloop.run(serve(config))
 
+
+def _allowance_state(allowances) -> tuple[int, int, int]:
+    """(pages sent, of them RESET, tills unseen) of the tills' offline allowances, for the metrics."""
+    if allowances is None:
+        return 0, 0, 0
+    return allowances.pages_sent, allowances.resets_sent, allowances.unseen_tills()

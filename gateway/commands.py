@@ -152,6 +152,9 @@ class CommandProcessor:
         devices = core.state.devices
         existing = devices.get(device_id)
         session = core.sessions.of_device(device_id)
+        allowances = core.state.allowances
+        if allowances is not None and (row is None or row["revoked"]):
+            allowances.till_gone(device_id)  # it can never replay: nothing it holds stays reserved
         if row is None:
             if existing is not None:
                 devices.pop(device_id)

@@ -12,6 +12,7 @@ Exported (all prefixed ecard_):
 - decision_latency_us (histogram, frame received -> reply written, server side)
 - decision_latency_quantile_us{quantile} (exact, over the last LATENCY_SAMPLES_MAX decisions)
 - devices_connected{kind}
+- allowance_pages_total, allowance_resets_total, allowance_tills_unseen (offline tills)
 - journal_queue_depth, journal_flush_batch_events (histogram), journal_flush_duration_ms (histogram)
 - durable_lag_ms (histogram, decision -> COMMIT), durable_lag_quantile_ms{quantile},
   journal_oldest_pending_ms, journal_flush_failures_total, journal_connected
@@ -105,8 +106,10 @@ class GatewayCollector(Collector):
         metrics: GatewayMetrics,
         devices_connected: Callable[[], dict[int, int]],
         journal_state: Callable[[], tuple[int, int, int, bool]],
+        allowance_state: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0),
     ) -> None:
         self._m = metrics
+        self._allowance_state = allowance_state  # (pages sent, of them RESET, tills unseen since the start)
         self._devices_connected = devices_connected
         self._journal_state = journal_state  # (depth, oldest pending ms, failures, connected)
 
@@ -151,6 +154,14 @@ class GatewayCollector(Collector):
         yield m.flush_ms.family("ecard_journal_flush_duration_ms", "Duration of one group commit, ms")
         yield m.durable_lag_ms.family("ecard_durable_lag_ms", "Decision to COMMIT, ms")
         yield m.loop_lag_ms.family("ecard_event_loop_lag_ms", "How late an event-loop timer fires, ms")
+        pages, resets, unseen = self._allowance_state()
+        yield CounterMetricFamily("ecard_allowance_pages", "ALLOWANCE_PAGEs sent to tills", value=pages)
+        yield CounterMetricFamily("ecard_allowance_resets", "ALLOWANCE_PAGEs that started a till afresh", value=resets)
+        yield GaugeMetricFamily(
+            "ecard_allowance_tills_unseen",
+            "Tills of schools with an offline floor not synced since the start (their schools keep the floor reserved)",
+            value=unseen,
+        )
         q = GaugeMetricFamily("ecard_durable_lag_quantile_ms", "Exact quantiles over recent events, ms", labels=("quantile",))
         for quantile, value in m.durable_lag_ms.quantiles():
             q.add_metric((str(quantile),), value)

@@ -40,6 +40,7 @@ from protocol import (
     Heartbeat,
     Hello,
     HelloAck,
+    AllowanceSync,
     ListSync,
     Mode,
     ModeApplied,
@@ -79,6 +80,7 @@ from .rules import (
     KIND_TOPUP,
     OK,
     AMOUNT_INVALID,
+    INSUFFICIENT_FUNDS,
     ANTI_PASSBACK,
     NO_GRANT,
     Original,
@@ -118,6 +120,7 @@ _WRONG_DEVICE_KIND = int(DenyReason.WRONG_DEVICE_KIND)
 _WRONG_SCHOOL = int(DenyReason.WRONG_SCHOOL)
 _FIRE_PANEL = int(DeviceKind.FIRE_PANEL)
 _TURNSTILE = int(DeviceKind.TURNSTILE)
+_TILL = int(DeviceKind.TILL)
 _RELEASED = int(TurnstileMode.RELEASED)
 _NORMAL = int(TurnstileMode.NORMAL)
 # Grants waiting for their expiry check. The shell checks every second, so this holds
@@ -259,6 +262,12 @@ class Machine:
             if lists is None:  # the shell builds them at load; a bare machine (tests) at first use
                 lists = self.state.build_lists(now_ms // 1000)
             return lists.page(device.school_id, event.version, event.after)
+        if cls is AllowanceSync:
+            if device.kind != _TILL:
+                return Decision(0, DENY, _WRONG_DEVICE_KIND, 0, 0, NO_ITEM_INDEX, _WRONG_DEVICE_KIND, ())
+            if self.state.allowances is None:  # built with the lists at load; a bare machine at first use
+                self.state.build_lists(now_ms // 1000)
+            return self.state.allowances.page(self.state, device, event.version, now_ms)  # type: ignore[union-attr]
         if cls is ModeApplied:
             if self.turnstile_mode(device, event.mode, event.alarm_at_ms, now_ms, frame_ns) != event.mode:
                 self.mode_changes.append((device.school_id, -1))  # -1: whatever the school's alarm says
@@ -371,6 +380,9 @@ class Machine:
             self.tally.security[SecurityEvent.ADVICE_TOPUP_ABOVE_CAP] += 1
         elif reason == NO_GRANT:
             self.tally.security[SecurityEvent.PASSAGE_WITHOUT_GRANT] += 1
+        if reason == INSUFFICIENT_FUNDS and kind == KIND_PURCHASE and not advice and verdict.reserved:
+            # Refused for money another till may still spend alone: it moves here (ledger.allowance).
+            self.state.allowances.wanted_at(verdict.account_id, device.device_id, verdict.identifier)  # type: ignore[union-attr]
         balance = 0
         if reason in BALANCE_SHOWN_ON_DENY and not advice and device.kind == DeviceKind.TILL:
             # Only once the card and school checks passed (an advice skips them).
@@ -403,6 +415,11 @@ class Machine:
         checkpoints = self._checkpoints(debit, credit) if amount else ()
         if kind == KIND_PURCHASE:
             items = encode_items(request.items)
+            allowances = state.allowances
+            if allowances is not None:
+                # The till lowered its own allowance of the card by the total (online or not).
+                allowances.spent(device.device_id, request.identifier, account_id, request.total_kopecks,
+                                 not request.advice, state.policy(device.school_id).offline_floor_kopecks > 0)
         elif kind == KIND_TOPUP:
             cashier = request.cashier_id
         else:

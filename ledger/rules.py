@@ -29,7 +29,10 @@ The rules (each rule is one check returning one named DenyReason):
   meal (an entitled pupil's one hot meal a school day inside the lunch period
   is paid from the school's free-meal budget, and looks like any paid meal);
   then the balance covers the total, or the school's grace policy (an amount
-  below zero, or a number of meals on credit) allows it; then the daily limit.
+  below zero, or a number of meals on credit) allows it; then what the school's
+  other tills may still sell this pupil offline (``ledger.allowance``) is set
+  aside: the balance less it must cover the total within the grace amount;
+  then the daily limit, counting that reserved money as spent.
 - cash top-up (TOPUP_CASH): till of the card's school; card known, active;
   account active; 0 < amount <= topup_kopecks_max.
 - an ADVICE (the device already acted: offline sale, or a replay of an accepted
@@ -141,6 +144,8 @@ class Verdict(msgspec.Struct, frozen=True, gc=False):
     direction: int = 0  # entry, passage: protocol Direction
     passback: str = ""  # entry: the anti-passback rule it broke ("inside", "outside", "interval"), "" for none
     escort_id: int = 0  # entry (kindergarten): the trusted person the child goes with; KIND_ESCORT: the person
+    reserved: int = 0  # purchase refused: the part of the money another till may still spend offline
+    identifier: bytes = b""  # purchase refused for reserved money: the card presented
 
 
 def _card(state: LedgerState, identifier: bytes, kind: int, at_ms: int) -> Verdict | int:
@@ -354,13 +359,21 @@ def authorize_purchase(state: LedgerState, device: DeviceState, request: Purchas
             return Verdict(OK, KIND_PURCHASE, account_id, budget, revenue, total, items=1, period=period, free_meal=True)
     balance = accounts.balance[account_id]
     on_grace = balance < total
+    policy = state.policy(school)
     if on_grace:
-        policy = state.policy(school)
         if balance - total < -policy.grace_kopecks and accounts.grace_used[account_id] >= policy.grace_meals:
             return Verdict(INSUFFICIENT_FUNDS, KIND_PURCHASE, account_id, params=(total, balance))
+    # Money another till may still spend offline (ledger.allowance) counts as spent: neither the
+    # balance, the grace amount, a grace meal nor the daily limit reaches into it.
+    floor = policy.offline_floor_kopecks
+    reserved = state.allowances.reserved_elsewhere(account_id, school, device.device_id, request.identifier, floor) \
+        if floor and state.allowances is not None else 0
+    if reserved and balance - reserved - total < -policy.grace_kopecks:
+        return Verdict(INSUFFICIENT_FUNDS, KIND_PURCHASE, account_id, params=(total, balance - reserved),
+                       reserved=reserved, identifier=request.identifier)
     limit = accounts.limit[account_id]
     if limit != NO_LIMIT:
-        spent = state.spent_today(account_id, at_ms)
+        spent = state.spent_today(account_id, at_ms) + reserved
         if spent + total > limit:
             return Verdict(DAILY_LIMIT_EXCEEDED, KIND_PURCHASE, account_id, params=(limit, spent))
     return Verdict(
@@ -449,8 +462,13 @@ def authorize_command(
         amount = payload.get("amount_kopecks")
         if not _amount(amount, amount_kopecks_max):
             return Verdict(AMOUNT_INVALID, code, source)
-        if state.accounts.balance[source] < amount:
-            return Verdict(INSUFFICIENT_FUNDS, code, source, params=(amount, state.accounts.balance[source]))
+        available = state.accounts.balance[source]
+        school = state.accounts.school[source]
+        floor = state.policy(school).offline_floor_kopecks
+        if floor and state.allowances is not None:
+            available -= state.allowances.reserved_total(source, school, floor)  # a till may still spend it
+        if available < amount:
+            return Verdict(INSUFFICIENT_FUNDS, code, source, params=(amount, available))
         return Verdict(OK, code, source, source, target, amount)
     account_id = payload.get("account_id")
     if not _pupil(state, account_id):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -28,6 +28,9 @@ from .allowlist import REMOVE as _LIST_REMOVE
 from .allowlist import AllowLists, SchoolList
 from .codes import AccessKind, AccountKind, IdentifierStatus, Presence
 from .records import AccountCheckpoint, AccountCounters
+
+if TYPE_CHECKING:
+    from .allowance import TillAllowances
 
 DAY_MS = 86_400_000
 MINUTE_MS = 60_000
@@ -208,6 +211,10 @@ class Policy(msgspec.Struct, frozen=True, gc=False):
     anti_passback: int = 0  # PassbackMode
     passback_entry_interval_ms: int = 0  # timed anti-passback: two entries at least this far apart; 0: off
     escort_required: bool = False  # a kindergarten: a child passes only after one of its trusted persons
+    # Offline tills (ledger.allowance): the most one pupil may spend offline in total, over all
+    # the school's tills (0: no offline sales), and the consecutive offline sales per card.
+    offline_floor_kopecks: int = 0
+    offline_sales_per_card_max: int = 0
 
 
 class MealPeriod(msgspec.Struct, frozen=True, gc=False):
@@ -396,6 +403,7 @@ class LedgerState:
         "school_pupils",
         "lists",
         "escorts",
+        "allowances",
     )
 
     def __init__(self) -> None:
@@ -427,6 +435,8 @@ class LedgerState:
         # kept up to date by every identifier change from then on.
         self.lists: AllowLists | None = None
         self.escorts: dict[bytes, Escort] = {}  # a trusted person's card -> who (kindergartens)
+        # The tills' offline allowances, once built (``build_lists``): what each may sell alone.
+        self.allowances: TillAllowances | None = None
 
     # ---------------------------------------------------------------- time in a school
 
@@ -567,6 +577,15 @@ class LedgerState:
             ids.sort()
             lists.schools[school_id] = SchoolList(ids)
         self.lists = lists
+        # A new life for the tills' allowances too: the tills registered now of a school with an
+        # offline floor may hold some of the last life's until each has confirmed its RESET page.
+        from .allowance import TillAllowances
+
+        # Only where tills could sell alone (a floor): a school without one gave nothing out.
+        self.allowances = TillAllowances(epoch, {
+            device_id: device for device_id, device in self.devices.items()
+            if self.policy(device.school_id).offline_floor_kopecks
+        })
         return lists
 
     def apply_pupil(self, row: Any) -> None:

@@ -4,6 +4,7 @@ The normative description is docs/protocol.md.
 """
 
 from .codes import (
+    ALLOWANCE_FLAGS_KNOWN,
     DECISION_FLAG_DUPLICATE,
     NO_ITEM_INDEX,
     TXN_FLAG_ADVICE,
@@ -33,6 +34,9 @@ from .connection import (
 )
 from .events import (
     EVENT_TYPES,
+    AllowanceEntry,
+    AllowancePage,
+    AllowanceSync,
     BalanceQuery,
     CardPresented,
     Decision,
@@ -68,4 +72,5 @@ __all__ = [
     "Retransmit", "Role", "State", "TXN_FLAG_ADVICE", "TopupCash", "crc16", "encode_frame", "next_seq",
     "FireAlarm", "FireReset", "Mode", "ModeApplied", "TurnstileMode",
     "LIST_FLAG_MORE", "LIST_FLAG_RESET", "LIST_FLAG_SNAPSHOT", "ListEntry", "ListOp", "ListPage", "ListSync",
+    "ALLOWANCE_FLAGS_KNOWN", "AllowanceEntry", "AllowancePage", "AllowanceSync",
 ]

@@ -23,11 +23,13 @@ class MessageType(enum.IntEnum):
     FIRE_RESET = 0x17  # fire panel -> gateway: the alarm is over
     MODE_APPLIED = 0x18  # turnstile -> gateway: the mode it is now in (the answer to MODE)
     LIST_SYNC = 0x19  # turnstile -> gateway: my allow-list is at this version; what changed?
+    ALLOWANCE_SYNC = 0x1A  # till -> gateway: my offline allowances are at this version; what changed?
     DECISION = 0x20
     DURABLE_ACK = 0x21
     PUPIL_INFO = 0x22
     MODE = 0x23  # gateway -> turnstile, unsolicited: release both ways (fire alarm) or back to normal
     LIST_PAGE = 0x24  # gateway -> turnstile: a page of allow-list changes, or of a full snapshot
+    ALLOWANCE_PAGE = 0x25  # gateway -> till: a page of offline allowance changes
     NAK = 0x7F
 
 
@@ -62,6 +64,8 @@ LIST_FLAG_MORE = 0x01  # more follows: ask again (LIST_SYNC) at once
 LIST_FLAG_SNAPSHOT = 0x02  # a page of a full snapshot: continue with after = this page's last identifier
 LIST_FLAG_RESET = 0x04  # the first page of a snapshot: drop the local list before applying it
 LIST_FLAGS_KNOWN = LIST_FLAG_MORE | LIST_FLAG_SNAPSHOT | LIST_FLAG_RESET
+# ALLOWANCE_PAGE flags: the same bit values, no snapshot paging (section 4.16).
+ALLOWANCE_FLAGS_KNOWN = LIST_FLAG_MORE | LIST_FLAG_RESET
 
 
 class Outcome(enum.IntEnum):
@@ -110,6 +114,10 @@ class DenyReason(enum.IntEnum):
     # A kindergarten child's card at a turnstile with no card of one of the child's trusted
     # persons presented there within the escort window: a child never passes alone.
     ESCORT_REQUIRED = 26
+    # Decided by a till alone, offline (never sent by the gateway): the card has no offline
+    # allowance left at this till, has made its consecutive offline sales, or the basket is
+    # above the school's offline floor (docs/protocol.md 4.16).
+    OFFLINE_LIMIT = 27
 
 
 class NakReason(enum.IntEnum):

@@ -26,6 +26,7 @@ from .codes import (
     Direction,
     MessageType,
     LIST_FLAGS_KNOWN,
+    ALLOWANCE_FLAGS_KNOWN,
     ListOp,
     Outcome,
     TurnstileMode,
@@ -43,6 +44,7 @@ from .limits import (
     CASHIER_NOTE_BYTES_MAX,
     ITEMS_MAX,
     LIST_PAGE_ENTRIES_MAX,
+    ALLOWANCE_PAGE_ENTRIES_MAX,
     NAK_DETAIL_BYTES_MAX,
     PHOTO_REF_BYTES_MAX,
     PREORDER_LINES_MAX,
@@ -857,6 +859,90 @@ class ListPage(Event, frozen=True, gc=False):
         return cls(version, flags, tuple(entries))
 
 
+_ALLOWANCE_SYNC = struct.Struct("<Q")  # version
+_ALLOWANCE_PAGE = struct.Struct("<QBIBB")  # version, flags, floor_kopecks, sales_per_card_max, count
+_ALLOWANCE_ENTRY = struct.Struct("<Bi")  # op, delta_kopecks; then u8 length + identifier
+_ALLOWANCE_FLAG_VALUES = frozenset(f for f in range(256) if f & ~ALLOWANCE_FLAGS_KNOWN == 0)
+_I32_MIN = -(1 << 31)
+_I32_MAX = (1 << 31) - 1
+
+
+class AllowanceSync(Event, frozen=True, gc=False):
+    """Till -> gateway: "my offline allowances are at ``version``; send what changed"
+    (section 4.16). It also confirms that every page up to ``version`` is applied."""
+
+    message_type: ClassVar[MessageType] = MessageType.ALLOWANCE_SYNC
+    version: int
+
+    def __post_init__(self) -> None:
+        _check_u64(self.version, "version")
+
+    def encode_payload(self) -> bytes:
+        return _ALLOWANCE_SYNC.pack(self.version)
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "AllowanceSync":
+        _check(len(payload) == _ALLOWANCE_SYNC.size, "ALLOWANCE_SYNC payload must be 8 bytes")
+        return cls(*_ALLOWANCE_SYNC.unpack(payload))
+
+
+class AllowanceEntry(msgspec.Struct, frozen=True, gc=False, array_like=True):
+    """One card of a till's offline allowances: the card's op and a signed change of what
+    the till may sell to it alone, in kopecks (added to what it holds)."""
+
+    op: int  # ListOp: ALLOW (may buy offline), BLOCK (hot list: refuse), REMOVE (forget the card)
+    delta_kopecks: int
+    identifier: bytes
+
+    def __post_init__(self) -> None:
+        _check(self.op in _LIST_OPS, "op must be 1 (allow), 2 (block) or 3 (remove)")
+        _check(type(self.delta_kopecks) is int and _I32_MIN <= self.delta_kopecks <= _I32_MAX,
+               "delta_kopecks must be a signed 32-bit integer")
+        _check_identifier(self.identifier)
+
+
+class AllowancePage(Event, frozen=True, gc=False):
+    """Gateway -> till: the answer to ALLOWANCE_SYNC (section 4.16)."""
+
+    message_type: ClassVar[MessageType] = MessageType.ALLOWANCE_PAGE
+    version: int  # the allowance version once this page is applied
+    flags: int  # LIST_FLAG_MORE | LIST_FLAG_RESET
+    floor_kopecks: int  # the school's offline floor: no card is allowed more offline (0: no offline sales)
+    sales_per_card_max: int  # consecutive offline sales one card may make (0: none)
+    entries: tuple[AllowanceEntry, ...] = ()
+
+    def __post_init__(self) -> None:
+        _check_u64(self.version, "version")
+        _check(self.flags in _ALLOWANCE_FLAG_VALUES, "unknown ALLOWANCE_PAGE flags")
+        _check(type(self.floor_kopecks) is int and 0 <= self.floor_kopecks <= AMOUNT_KOPECKS_MAX,
+               "floor_kopecks must be a u32")
+        _check(type(self.sales_per_card_max) is int and 0 <= self.sales_per_card_max <= 0xFF,
+               "sales_per_card_max must be a u8")
+        _check(len(self.entries) <= ALLOWANCE_PAGE_ENTRIES_MAX, f"at most {ALLOWANCE_PAGE_ENTRIES_MAX} entries")
+
+    def encode_payload(self) -> bytes:
+        return b"".join(
+            [_ALLOWANCE_PAGE.pack(self.version, self.flags, self.floor_kopecks, self.sales_per_card_max,
+                                  len(self.entries))]
+            + [_ALLOWANCE_ENTRY.pack(e.op, e.delta_kopecks) + bytes((len(e.identifier),)) + e.identifier
+               for e in self.entries]
+        )
+
+    @classmethod
+    def decode_payload(cls, payload: bytes) -> "AllowancePage":
+        _check(len(payload) >= _ALLOWANCE_PAGE.size, "ALLOWANCE_PAGE truncated")
+        version, flags, floor, per_card, count = _ALLOWANCE_PAGE.unpack_from(payload, 0)
+        offset = _ALLOWANCE_PAGE.size
+        entries = []
+        for _ in range(count):
+            _check(len(payload) >= offset + _ALLOWANCE_ENTRY.size + 1, "ALLOWANCE_PAGE entry truncated")
+            op, delta = _ALLOWANCE_ENTRY.unpack_from(payload, offset)
+            ident, offset = _read_identifier(payload, offset + _ALLOWANCE_ENTRY.size)
+            entries.append(AllowanceEntry(op, delta, ident))
+        _check(offset == len(payload), "trailing bytes after ALLOWANCE_PAGE")
+        return cls(version, flags, floor, per_card, tuple(entries))
+
+
 EVENT_TYPES: dict[int, type[Event]] = {
     cls.message_type: cls
     for cls in (
@@ -879,6 +965,8 @@ EVENT_TYPES: dict[int, type[Event]] = {
         ModeApplied,
         ListSync,
         ListPage,
+        AllowanceSync,
+        AllowancePage,
     )
 }
 

@@ -63,6 +63,10 @@ FRAME_MAC_BYTES = 8
 # head; 48 of them (874 bytes) fit one frame with its MAC (1024 - 14 - 2 - 8 = 1000), so a
 # 1,500-card school's snapshot is 32 frames.
 LIST_PAGE_ENTRIES_MAX = 48
+# ALLOWANCE_PAGE: entries of at most 1 + 4 + 1 + IDENTIFIER_BYTES_MAX = 22 bytes after a
+# 15-byte head; 40 of them (895 bytes) fit one frame with its MAC (1000), and a till's first
+# sync (a few hundred pupils per till) takes a dozen round trips.
+ALLOWANCE_PAGE_ENTRIES_MAX = 40
 # A CRC-valid frame whose MAC fails never happens by accident (TCP and the CRC catch line
 # errors): it is a forged, replayed, reordered or foreign frame, or a wrong key. One or two
 # may be a confused device; the third in one session ends it (the gateway closes, a device

@@ -15,6 +15,8 @@ from __future__ import annotations
 import enum
 
 from .events import (
+    AllowancePage,
+    AllowanceSync,
     BalanceQuery,
     CardPresented,
     Decision,
@@ -65,9 +67,9 @@ class Direction(enum.Enum):
 
 REQUESTS: tuple[type[Event], ...] = (
     Heartbeat, CardPresented, Passage, Purchase, TopupCash, BalanceQuery, PupilInfoQuery, FireAlarm, FireReset,
-    ModeApplied, ListSync,
+    ModeApplied, ListSync, AllowanceSync,
 )
-REPLIES: tuple[type[Event], ...] = (Decision, Heartbeat, PupilInfo, ListPage, Nak)
+REPLIES: tuple[type[Event], ...] = (Decision, Heartbeat, PupilInfo, ListPage, AllowancePage, Nak)
 
 G, D = Role.GATEWAY, Role.DEVICE
 S, R = Direction.SEND, Direction.RECV

@@ -1,4 +1,4 @@
-"""CLI: ``python -m simulators {rush,lunch,fire,offline,crash,verify} ...``."""
+"""CLI: ``python -m simulators {rush,lunch,fire,offline,tills,crash,verify} ...``."""
 
 from __future__ import annotations
 
@@ -58,6 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     offline.add_argument("--log-dir", default="var/sim-offline", help="directory of the device's JSON-lines log")
     offline.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
                          help="if set, check that every offline event is journaled once at its own time")
+    tills = sub.add_parser("tills", help="both demo tills lose the gateway and sell alone within the school's floor")
+    tills.add_argument("--pupils", type=int, default=60, help="demo pupils (of 1..1000) who try every till")
+    tills.add_argument("--seed", type=int, default=7)
+    tills.add_argument("--gateway", default="127.0.0.1:7700", help="gateway device port, host:port")
+    tills.add_argument("--staff-api", default="http://127.0.0.1:8800", help="the staff API (to set the floor)")
+    tills.add_argument("--token-file", default="var/operator-token.txt", help="an operator's token (make run writes it)")
+    tills.add_argument("--log-dir", default="var/sim-tills", help="directory of the tills' JSON-lines logs")
+    tills.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
+                       help="if set, check that every offline sale is journaled once at its own time")
     crash = sub.add_parser("crash", help="SIGKILL the gateway under load, restart it, verify the journal exactly")
     crash.add_argument("--rounds", type=int, default=10, help="SIGKILL+restart cycles")
     crash.add_argument("--seed", type=int, default=7)
@@ -84,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(_crash(args))
     if args.command == "fire":
         return asyncio.run(_fire(args))
+    if args.command == "tills":
+        return asyncio.run(_tills(args))
     if args.command == "offline":
         return asyncio.run(_offline(args))
     return asyncio.run(_verify(args.pg_dsn, Path(args.log_dir)))
@@ -139,6 +150,23 @@ async def _fire(args: argparse.Namespace) -> int:
         )
     except Unavailable as exc:
         print(f"fire aborted: {exc}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
+async def _tills(args: argparse.Namespace) -> int:
+    from .device import Unavailable
+    from .scenarios import parse_gateway
+    from .tills_offline import run_tills_offline
+
+    host, port = parse_gateway(args.gateway)
+    try:
+        token = Path(args.token_file).read_text().strip()
+        report = await run_tills_offline(host, port, staff_api=args.staff_api, token=token, pupils=args.pupils,
+                                         seed=args.seed, log_dir=Path(args.log_dir), pg_dsn=args.pg_dsn)
+    except (Unavailable, OSError, RuntimeError) as exc:
+        print(f"tills aborted: {exc}", file=sys.stderr)
         return 1
     print(report.summary())
     return 0 if report.ok else 1

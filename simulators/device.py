@@ -73,6 +73,8 @@ from protocol import (
     LIST_FLAG_MORE,
     LIST_FLAG_RESET,
     LIST_FLAG_SNAPSHOT,
+    AllowancePage,
+    AllowanceSync,
     DurableAck,
     FireAlarm,
     FireReset,
@@ -364,6 +366,11 @@ class DeviceConfig:
     # A turnstile that keeps its school's allow-list (LIST_SYNC after every HELLO) and decides
     # from it alone while the gateway cannot be reached (docs/building.md).
     offline_list: bool = False
+    # A till that keeps its offline allowances (ALLOWANCE_SYNC after every HELLO and every
+    # allowance_sync_interval_s) and sells from them alone while the gateway cannot be reached
+    # (docs/protocol.md 4.16, 10.14).
+    offline_sales: bool = False
+    allowance_sync_interval_s: float = 10.0
 
 
 class Device:
@@ -443,6 +450,15 @@ class Device:
         self.allow_list: dict[bytes, int] = {}
         self.list_version = 0
         self.offline_decisions = 0
+        # The offline allowances (config.offline_sales): identifier -> [ListOp, allowance in
+        # kopecks (signed), consecutive offline sales], at allowance_version, with the school's
+        # floor and cap from the last page.
+        self.allowances: dict[bytes, list[int]] = {}
+        self.allowance_version = 0
+        self.offline_floor_kopecks = 0
+        self.offline_sales_per_card_max = 0
+        self.allowance_synced_at = 0.0  # monotonic time of the last completed sync
+        self.display = ""  # what the till's screen says now (offline: the sales awaiting sync)
 
     # ------------------------------------------------------------------ public API
 
@@ -534,10 +550,17 @@ class Device:
     async def _offline(self) -> bool:
         """True when this turnstile decides alone: it keeps a list and one attempt to reach the
         gateway failed (no waiting through the back-off: the pupil is at the arm)."""
-        if not self.config.offline_list or self.pending is not None:
+        if not self._alone:
             return False
+        if self.pending is not None and not (self.kind == DeviceKind.TILL and type(self.pending) is TopupCash):
+            return False  # settle the request in flight first (a till's top-up waits for its answer)
         async with self._lock:
             return not await self._reconnect_once()
+
+    @property
+    def _alone(self) -> bool:
+        """This device decides alone when it cannot reach the gateway."""
+        return self.config.offline_list or self.config.offline_sales
 
     async def _reconnect_once(self) -> bool:
         """One attempt at a session (HELLO, replay, list sync) if there is none. Lock held."""
@@ -550,6 +573,7 @@ class Device:
                 await self._open()
             await self._replay()
             await self._sync_list()
+            await self._sync_allowances()
             return True
         except (_Dropped, OSError, TimeoutError):
             self.stats.connect_failures += 1
@@ -621,12 +645,127 @@ class Device:
     async def purchase(self, identifier: bytes, items: list[tuple[int, int, int]]) -> Decision:
         its = tuple(Item(*i) for i in items)
         total = sum(i.quantity * i.unit_price_kopecks for i in its)
-        return await self._transaction(lambda txn: Purchase(txn, 0, now_ms(), total, identifier, its))
+        build = lambda txn: Purchase(txn, 0, now_ms(), total, identifier, its)  # noqa: E731
+        if not self.config.offline_sales:
+            return await self._transaction(build)
+        if await self._offline():
+            return self._sell_offline(build, identifier, total)
+        try:
+            return await self._transaction(build)
+        except _GoOffline:
+            return self._sell_in_flight_offline(identifier, total)
 
     async def topup(self, identifier: bytes, amount_kopecks: int, cashier_id: int) -> Decision:
-        return await self._transaction(
-            lambda txn: TopupCash(txn, 0, now_ms(), amount_kopecks, cashier_id, identifier)
-        )
+        build = lambda txn: TopupCash(txn, 0, now_ms(), amount_kopecks, cashier_id, identifier)  # noqa: E731
+        if not self.config.offline_sales:
+            return await self._transaction(build)
+        if await self._offline():
+            return self._refuse_offline(DenyReason.TRY_AGAIN_LATER)  # cash is taken online only
+        try:
+            return await self._transaction(build)
+        except _GoOffline:
+            # The gateway may have credited it: the till holds the cash until the gateway answers
+            # the resend after the next HELLO (10.5). Nothing more is taken meanwhile.
+            return self._refuse_offline(DenyReason.TRY_AGAIN_LATER)
+
+    # ------------------------------------------------------------------ offline (till)
+
+    @property
+    def awaiting_sync(self) -> int:
+        """Sales made alone that the gateway has not confirmed yet (shown on the till)."""
+        return sum(1 for event in self.kept.values() if event.flags & TXN_FLAG_ADVICE)
+
+    def _refuse_offline(self, reason: int) -> Decision:
+        self.display = f"offline: {self.awaiting_sync} awaiting sync"
+        return Decision(0, int(Outcome.DENY), int(reason), 0, 0, 0xFF, int(reason), ())
+
+    def _offline_refusal(self, identifier: bytes, total: int, *, spent: bool = False) -> int:
+        """What a till alone says to this card and total (docs/protocol.md 10.14). ``spent``: the
+        total is already taken off the card's allowance (a sale that was in flight)."""
+        entry = self.allowances.get(identifier)
+        if len(self.kept) >= OFFLINE_EVENTS_MAX:
+            return DenyReason.TRY_AGAIN_LATER  # full: fail secure
+        if entry is not None and entry[0] == ListOp.BLOCK:
+            return DenyReason.CARD_BLOCKED
+        if entry is None:
+            return DenyReason.OFFLINE_LIMIT  # no allowance here (unknown, or held at another till)
+        left = entry[1] + (total if spent else 0)
+        if left < total or entry[2] >= self.offline_sales_per_card_max or total > self.offline_floor_kopecks:
+            return DenyReason.OFFLINE_LIMIT
+        return DenyReason.OK
+
+    def _sell_offline(self, build, identifier: bytes, total: int, *, in_flight: Any = None) -> Decision:
+        """Sell from the card's allowance alone; keep the sale as an ADVICE with its own time."""
+        spent = in_flight is not None
+        reason = self._offline_refusal(identifier, total, spent=spent)
+        if in_flight is not None:
+            event = msgspec.structs.replace(in_flight, flags=in_flight.flags | TXN_FLAG_ADVICE)
+        else:
+            self.txn_high += 1
+            event = msgspec.structs.replace(build(self.txn_high), flags=TXN_FLAG_ADVICE)
+        self._write({"t": "txn", "txn": event.txn, "event": event_to_json(event)})
+        self.offline_decisions += 1
+        if reason != DenyReason.OK:
+            decision = Decision(event.txn, int(Outcome.DENY), int(reason), 0, 0, 0xFF, int(reason), ())
+        else:
+            entry = self.allowances[identifier]
+            if not spent:
+                entry[1] -= total
+            entry[2] += 1
+            # Template 110 ACCEPT_PURCHASE_OFFLINE: the total and the sales awaiting sync.
+            decision = Decision(event.txn, int(Outcome.ACCEPT), 0, 0, 0, 0xFF, 110, (total, self.awaiting_sync + 1))
+        waiting = self.pending
+        self._answered(event, decision)
+        if in_flight is None:
+            self.pending = waiting  # a top-up in flight still waits for the gateway's answer
+        self.display = f"offline: {self.awaiting_sync} awaiting sync"
+        return decision
+
+    def _sell_in_flight_offline(self, identifier: bytes, total: int) -> Decision:
+        """The link died with this sale in flight. The gateway may have accepted it and counted it
+        against the card's allowance, so it is taken off here too, whatever the till decides now;
+        then it is decided alone under the same txn (an approved one is replayed as an ADVICE and
+        gets the gateway's stored decision back if it had one). A refused one is not sent again:
+        a fresh ACCEPT later would charge for a meal not given (10.14)."""
+        pending = self.pending
+        assert pending is not None
+        entry = self.allowances.get(identifier)
+        if entry is not None:
+            entry[1] -= total
+        return self._sell_offline(None, identifier, total, in_flight=pending)
+
+    async def sync_allowances(self) -> int:
+        """Bring the allowances up to date now (also done after every HELLO and on a timer)."""
+        async with self._lock:
+            await self._ensure_session()
+            await self._sync_allowances()
+        return self.allowance_version
+
+    async def _sync_allowances(self) -> None:
+        """ALLOWANCE_SYNC until a page without MORE (4.16). After the replay: the gateway has
+        counted every sale made alone before it answers. Lock held."""
+        if not self.config.offline_sales or self.kind != DeviceKind.TILL:
+            return
+        while True:
+            page = await self._roundtrip(AllowanceSync(self.allowance_version), inject=False)
+            if type(page) is not AllowancePage:
+                raise _Dropped(f"unexpected answer to ALLOWANCE_SYNC: {page!r}")
+            if page.flags & LIST_FLAG_RESET:
+                self.allowances.clear()
+            for e in page.entries:
+                if e.op == ListOp.REMOVE:
+                    self.allowances.pop(e.identifier, None)
+                    continue
+                entry = self.allowances.setdefault(e.identifier, [e.op, 0, 0])
+                entry[0] = e.op
+                entry[1] += e.delta_kopecks
+            self.allowance_version = page.version
+            self.offline_floor_kopecks = page.floor_kopecks
+            self.offline_sales_per_card_max = page.sales_per_card_max
+            if not page.flags & LIST_FLAG_MORE:
+                self.allowance_synced_at = time.monotonic()
+                self.display = ""
+                return
 
     async def balance(self, identifier: bytes) -> Decision:
         async with self._lock:
@@ -676,7 +815,7 @@ class Device:
         """Send ``event`` until it gets a decision (reconnecting as needed). Lock held."""
         started = time.perf_counter()
         while True:
-            if self.config.offline_list and kind is not None:
+            if self._alone and kind is not None:
                 if not await self._reconnect_once():
                     raise _GoOffline  # the pupil is at the arm: no waiting through the back-off
             else:
@@ -691,7 +830,7 @@ class Device:
                 decision = await self._exchange(event, kind, inject=True)
             except _Dropped as exc:
                 self._drop(broken=not isinstance(exc, _Injected))
-                if self.config.offline_list and kind is not None and not isinstance(exc, _Injected):
+                if self._alone and kind is not None and not isinstance(exc, _Injected):
                     raise _GoOffline from exc
                 continue
             break
@@ -712,6 +851,11 @@ class Device:
             inject = False
             if type(reply) is Decision:
                 if kind is not None:
+                    if (type(event) is Purchase and reply.outcome == Outcome.ACCEPT and event.txn not in self.logged
+                            and event.identifier in self.allowances):
+                        entry = self.allowances[event.identifier]  # its first ACCEPT (4.16)
+                        entry[1] -= event.total_kopecks
+                        entry[2] = 0
                     self._answered(event, reply)
                 else:
                     self._count(None, reply)
@@ -802,6 +946,7 @@ class Device:
             try:
                 await self._replay()
                 await self._sync_list()
+                await self._sync_allowances()
             except _Dropped:
                 self._drop(broken=True)
                 continue
@@ -1039,12 +1184,15 @@ class Device:
         while not self._closing:
             if self._conn is not None:
                 idle_left = self._heartbeat_s - (time.monotonic() - self._last_io)
+                if self.config.offline_sales:
+                    idle_left = min(idle_left, self.config.allowance_sync_interval_s
+                                    - (time.monotonic() - self.allowance_synced_at))
                 if idle_left > 0:
                     try:
                         await asyncio.wait_for(self._disconnected.wait(), idle_left)
                     except TimeoutError:
                         pass
-            if self.config.offline_list and self._conn is None:
+            if self._alone and self._conn is None:
                 # Deciding alone meanwhile: one attempt at a time, never holding the lock
                 # through the back-off (a pupil at the arm must not wait for it).
                 async with self._lock:
@@ -1055,11 +1203,19 @@ class Device:
             async with self._lock:
                 if self._conn is not None and not self._reader_alive():
                     self._drop(broken=True)
+                if self._conn is None and self._alone:
+                    continue  # it decides alone meanwhile: retried above, never holding the lock through waits
                 if self._conn is None:
                     try:
                         await self._ensure_session()
                     except Unavailable:
                         return
+                elif (self.config.offline_sales and time.monotonic() - self.allowance_synced_at
+                      >= self.config.allowance_sync_interval_s):
+                    try:
+                        await self._sync_allowances()
+                    except _Dropped:
+                        self._drop(broken=True)
                 elif self.config.heartbeats and time.monotonic() - self._last_io >= self._heartbeat_s:
                     try:
                         reply = await self._roundtrip(Heartbeat(now_ms()), inject=False)

@@ -48,6 +48,10 @@ class SchoolPolicy(Base):
     passback_entry_interval_s: Annotated[int, Meta(ge=0, le=86_400)] = 0
     # a kindergarten: a child's card opens a turnstile only right after one of its trusted persons'
     escort_required: bool = False
+    # offline tills: the most one pupil may spend offline in total over all the school's tills
+    # (0: tills sell nothing offline), and consecutive offline sales per card
+    offline_floor_kopecks: Annotated[int, Meta(ge=0, le=4_294_967_295)] = 0
+    offline_sales_per_card_max: Annotated[int, Meta(ge=0, le=255)] = 0
 
 
 class MealPeriodBody(Base):

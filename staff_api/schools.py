@@ -39,7 +39,8 @@ async def _school_out(conn: asyncpg.Connection, row: asyncpg.Record, *, detail: 
         return out
     policy = await conn.fetchrow(
         "SELECT grace_kopecks, grace_meals, low_balance_threshold_kopecks, preorder_lock_days, anti_passback,"
-        " passback_entry_interval_s, escort_required FROM school_policies WHERE school_id = $1",
+        " passback_entry_interval_s, escort_required, offline_floor_kopecks, offline_sales_per_card_max"
+        " FROM school_policies WHERE school_id = $1",
         row["id"],
     )
     if policy:
@@ -87,7 +88,8 @@ class SchoolController(Controller):
     async def put_policy(
         self, school_id: FromPath[int], data: JSONBody[SchoolPolicy], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> SchoolPolicy:
-        """Grace (negative balance), low-balance threshold, pre-order lock, anti-passback. Operator only."""
+        """Grace (negative balance), low-balance threshold, pre-order lock, anti-passback, escorts, offline
+        tills (floor and consecutive sales per card). Operator only."""
         principal.require("operator", action="change a school policy")
         async with pool.acquire() as conn, conn.transaction():
             await db.school_row(conn, school_id)
@@ -96,15 +98,17 @@ class SchoolController(Controller):
                 """
                 INSERT INTO school_policies (school_id, grace_kopecks, grace_meals,
                     low_balance_threshold_kopecks, preorder_lock_days, anti_passback, passback_entry_interval_s,
-                    escort_required)
-                VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+                    escort_required, offline_floor_kopecks, offline_sales_per_card_max)
+                VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
                 ON CONFLICT (school_id) DO UPDATE SET grace_kopecks = EXCLUDED.grace_kopecks,
                     grace_meals = EXCLUDED.grace_meals,
                     low_balance_threshold_kopecks = EXCLUDED.low_balance_threshold_kopecks,
                     preorder_lock_days = EXCLUDED.preorder_lock_days,
                     anti_passback = EXCLUDED.anti_passback,
                     passback_entry_interval_s = EXCLUDED.passback_entry_interval_s,
-                    escort_required = EXCLUDED.escort_required
+                    escort_required = EXCLUDED.escort_required,
+                    offline_floor_kopecks = EXCLUDED.offline_floor_kopecks,
+                    offline_sales_per_card_max = EXCLUDED.offline_sales_per_card_max
                 RETURNING *
                 """,
                 school_id,
@@ -115,6 +119,8 @@ class SchoolController(Controller):
                 int(PassbackMode[data.anti_passback.upper()]),
                 data.passback_entry_interval_s,
                 data.escort_required,
+                data.offline_floor_kopecks,
+                data.offline_sales_per_card_max,
             )
             await db.audit(conn, principal.login, "school.policy", f"school:{school_id}",
                            db.row_dict(before), db.row_dict(after), now_ms)

@@ -125,7 +125,8 @@ _CONTROLS = (
 _PRODUCTS = "SELECT school_id, code, category, allergens, diet_flags, hot_meal FROM products"
 _POLICIES = (
     "SELECT school_id, grace_kopecks, grace_meals, low_balance_threshold_kopecks, anti_passback,"
-    " passback_entry_interval_s * 1000, escort_required FROM school_policies"
+    " passback_entry_interval_s * 1000, escort_required, offline_floor_kopecks, offline_sales_per_card_max"
+    " FROM school_policies"
 )
 # When each school's presence was last reconciled (after an evacuation).
 _PRESENCE_RESETS = f"SELECT school_id, max(at_ms) FROM access_events WHERE kind = {int(AccessKind.PRESENCE_RESET)}"

@@ -61,7 +61,8 @@ def reference_accounts() -> list[tuple]:
     return rows
 
 
-def fresh_state(*, free_meal_pupils: tuple[int, ...] = (), grace_meals: int = 0) -> LedgerState:
+def fresh_state(*, free_meal_pupils: tuple[int, ...] = (), grace_meals: int = 0, policy: Policy | None = None,
+                extra_tills: int = 0, extra_cards: tuple[tuple[bytes, int], ...] = ()) -> LedgerState:
     s = LedgerState()
     s.school_offset_ms = {1: OFFSET_MS}
     for row in reference_accounts():
@@ -74,11 +75,15 @@ def fresh_state(*, free_meal_pupils: tuple[int, ...] = (), grace_meals: int = 0)
         (1, BUN): Product(BUN, "bakery", frozenset({"gluten"}), frozenset(), False),
     }
     s.meal_periods = {1: (MealPeriod("breakfast", 8 * 60, 10 * 60), MealPeriod("lunch", 12 * 60, 14 * 60))}
-    s.policies = {1: Policy(grace_kopecks=0, grace_meals=grace_meals, low_balance_threshold_kopecks=10_000)}
+    s.policies = {1: policy or Policy(grace_kopecks=0, grace_meals=grace_meals, low_balance_threshold_kopecks=10_000)}
     s.devices = {
         TURNSTILE_ID: DeviceState(TURNSTILE_ID, 1, DeviceKind.TURNSTILE, KEY, 0, 0),
         TILL_ID: DeviceState(TILL_ID, 1, DeviceKind.TILL, KEY, DRAWER, 0),
     }
+    for i in range(1, extra_tills + 1):
+        s.devices[TILL_ID + i] = DeviceState(TILL_ID + i, 1, DeviceKind.TILL, KEY, DRAWER, 0)
+    for identifier, account_id in extra_cards:
+        s.add_identifier(identifier, account_id, 0)
     return s
 
 
@@ -102,6 +107,7 @@ class Store:
 
     def __init__(self) -> None:
         self.committed: list[JournalEntry] = []
+        self.epoch = 1_000
 
     def commit(self, machine: Machine, journal: ListJournal, count: int | None = None) -> list[JournalEntry]:
         batch = journal.queue[: len(journal.queue) if count is None else count]
@@ -129,6 +135,9 @@ class Store:
         for device_id, txn in devices.items():
             device = state.devices[device_id]
             device.journaled_txn_max = device.durable_txn = device.txn_seen_max = txn
+        # A new life of the offline lists and allowances, as the gateway's load builds them.
+        state.build_lists(epoch=max(self.epoch + 1, state.lists.epoch + 1 if state.lists else 0))
+        self.epoch = state.lists.epoch  # type: ignore[union-attr]
         journal = ListJournal()
         machine = Machine(state, journal, LIMITS)
         rows = sorted(

@@ -21,6 +21,9 @@ from protocol import (
     CLOSED,
     EVENT_TYPES,
     NEED_DATA,
+    AllowanceEntry,
+    AllowancePage,
+    AllowanceSync,
     BalanceQuery,
     CardPresented,
     Connection,
@@ -301,6 +304,12 @@ events = st.one_of(
     decisions(),
     st.builds(DurableAck, u64),
     st.builds(Nak, st.integers(0, 255), st.text(max_size=16)),
+    st.builds(AllowanceSync, u64),
+    st.builds(
+        AllowancePage, u64, st.sampled_from([0, 1, 4, 5]), u32, st.integers(0, 255),
+        st.lists(st.builds(AllowanceEntry, st.sampled_from([1, 2, 3]), st.integers(-(2**31), 2**31 - 1), identifiers),
+                 max_size=limits.ALLOWANCE_PAGE_ENTRIES_MAX).map(tuple),
+    ),
 )
 
 

@@ -48,6 +48,9 @@ from protocol import (
     ListEntry,
     ListPage,
     ListSync,
+    AllowanceEntry,
+    AllowancePage,
+    AllowanceSync,
 )
 from protocol.state import TRANSITIONS, Direction
 
@@ -74,6 +77,9 @@ SAMPLES: dict[type[Event], Event] = {
     ModeApplied: ModeApplied(1, 5),
     ListSync: ListSync(3, CARD),
     ListPage: ListPage(4, 3, (ListEntry(1, CARD),)),
+    AllowanceSync: AllowanceSync(7 << 32 | 1),
+    AllowancePage: AllowancePage(7 << 32 | 2, 5, 30_000, 3,
+                                 (AllowanceEntry(1, 30_000, CARD), AllowanceEntry(2, -1, CARD))),
 }
 assert set(SAMPLES) == set(EVENT_TYPES.values())
 
@@ -136,7 +142,7 @@ def _id(combo: tuple) -> str:
 
 
 def test_the_product_is_complete():
-    assert len(COMBINATIONS) == len(Role) * len(State) * len(Direction) * len(EVENT_TYPES) == 2 * 6 * 2 * 19
+    assert len(COMBINATIONS) == len(Role) * len(State) * len(Direction) * len(EVENT_TYPES) == 2 * 6 * 2 * 21
     assert set(TRANSITIONS) <= set(COMBINATIONS)
 
 

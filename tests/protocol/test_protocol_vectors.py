@@ -21,6 +21,9 @@ import pytest
 
 from protocol import (
     EVENT_TYPES,
+    LIST_FLAG_MORE,
+    LIST_FLAG_RESET,
+    AllowancePage,
     NEED_DATA,
     Connection,
     Decision,
@@ -38,6 +41,7 @@ from protocol import (
     State,
     crc16,
     encode_frame,
+    AllowanceEntry,
     ListEntry,
     PreorderLine,
 )
@@ -94,6 +98,8 @@ def fields_of(event: Event) -> dict[str, Any]:
             ]
         elif name == "params":
             value = list(value)
+        elif name == "entries" and isinstance(event, AllowancePage):
+            value = [{"op": e.op, "delta_kopecks": e.delta_kopecks, "identifier": e.identifier.hex()} for e in value]
         elif name == "entries":
             value = [{"op": e.op, "identifier": e.identifier.hex()} for e in value]
         out[name] = value
@@ -110,6 +116,8 @@ def event_from(vector: dict[str, Any]) -> Event:
             value = tuple(Item(v["product_code"], v["quantity"], v["unit_price_kopecks"]) for v in value)
         elif name == "preorder":
             value = tuple(PreorderLine(v["product_code"], v["quantity"]) for v in value)
+        elif name == "entries" and cls is AllowancePage:
+            value = tuple(AllowanceEntry(v["op"], v["delta_kopecks"], bytes.fromhex(v["identifier"])) for v in value)
         elif name == "entries":
             value = tuple(ListEntry(v["op"], bytes.fromhex(v["identifier"])) for v in value)
         elif name == "params":
@@ -249,7 +257,7 @@ def test_session_replays_through_two_connections(session):
 def test_hello_macs_of_the_vectors():
     keys = {int(k): bytes.fromhex(v) for k, v in VECTORS["device_keys"].items()}
     hellos = [v for v in VALID if v["message_type"] == "HELLO"]
-    assert len(hellos) == 10
+    assert len(hellos) == 12
     for vector in hellos:
         hello = event_from(vector)
         assert isinstance(hello, Hello)
@@ -462,3 +470,95 @@ def test_doc_crc_worked_example():
     assert crc16(durable[:-2]) == 0x9308
     assert durable[-2:] == bytes.fromhex("0893")
     assert "0x9308" in DOC and durable.hex() in DOC
+
+
+# --------------------------------------------------------------------------- offline allowances (4.16, 10.14)
+
+
+def _session_frames(name: str) -> list[dict[str, Any]]:
+    session = next(s for s in VECTORS["sessions"] if s["name"] == name)
+    return [BY_NAME[n] for n in session["frames"]]
+
+
+def test_till_allowance_sessions_follow_the_till_rules():
+    """Play the two allowance sessions as the till of section 4.16 does and check its story:
+    a RESET first, every sync confirms the page before it, the replay comes before the sync,
+    and no card is ever allowed more than the floor."""
+    first, offline = _session_frames("till_allowance"), _session_frames("till_offline")
+    assert {v["device_id"] for v in first + offline} == {2_000_001}
+    pages = [v for v in first + offline if v["message_type"] == "ALLOWANCE_PAGE"]
+    syncs = [v for v in first + offline if v["message_type"] == "ALLOWANCE_SYNC"]
+    assert pages[0]["fields"]["flags"] == LIST_FLAG_RESET | LIST_FLAG_MORE
+    assert [p["fields"]["flags"] for p in pages[1:]] == [0, 0]
+    # Every sync is answered by the next page; each sync after the first confirms the page before it.
+    assert syncs[0]["fields"]["version"] == 0
+    for sync, page_before in zip(syncs[1:], pages):
+        assert sync["fields"]["version"] == page_before["fields"]["version"]
+    versions = [p["fields"]["version"] for p in pages]
+    assert {v >> 32 for v in versions} == {7}
+    assert [v & 0xFFFFFFFF for v in versions] == [1, 2, 3]
+    # The replayed offline sale comes before the sync in the reconnect session (section 10.14).
+    kinds = [v["message_type"] for v in offline]
+    assert kinds.index("PURCHASE") < kinds.index("ALLOWANCE_SYNC")
+    advice = BY_NAME["till_offline.purchase_advice"]["fields"]
+    assert advice["flags"] == 1
+    # The till's book: apply the pages and the offline sale.
+    allowance: dict[str, int] = {}
+    ops: dict[str, int] = {}
+    deltas = []
+    for frame in first + offline:
+        fields = frame["fields"]
+        if frame["message_type"] == "ALLOWANCE_PAGE":
+            if fields["flags"] & LIST_FLAG_RESET:
+                allowance.clear()
+                ops.clear()
+            for entry in fields["entries"]:
+                deltas.append((entry["op"], entry["delta_kopecks"]))
+                allowance[entry["identifier"]] = allowance.get(entry["identifier"], 0) + entry["delta_kopecks"]
+                ops[entry["identifier"]] = entry["op"]
+            floor = fields["floor_kopecks"]
+            assert all(a <= floor for a in allowance.values())
+        elif frame["name"] == "till_offline.purchase_advice":
+            # The offline sale was made between the sessions, under the till's rules.
+            card = fields["identifier"]
+            assert ops[card] == 1
+            assert allowance[card] >= fields["total_kopecks"]
+            assert fields["total_kopecks"] <= floor
+            allowance[card] -= fields["total_kopecks"]
+    assert any(d < 0 for op, d in deltas if op == 1), "a release of an ALLOW card"
+    assert any(d < 0 for op, d in deltas if op == 2), "a blocked card released"
+    assert allowance == {"04000000000021": 30_000, "04000000000022": 0, "04000000000024": 0}
+
+
+def test_allowance_invalid_vectors():
+    names = {v["name"]: v for v in INVALID}
+    sync = names["allowance_sync_wrong_length"]
+    assert (sync["receiver_state"], sync["nak_reason"], sync["takes_seq"]) == (
+        "gateway:READY", "MALFORMED_PAYLOAD", True,
+    )
+    for name in ("allowance_page_snapshot_flag", "allowance_page_too_many_entries", "allowance_page_bad_op",
+                 "allowance_page_count_mismatch"):
+        assert names[name]["receiver_state"] == "device:BUSY" and names[name]["nak_reason"] == "MALFORMED_PAYLOAD"
+        assert bytes.fromhex(names[name]["hex"])[13] == MessageType.ALLOWANCE_PAGE
+
+
+def test_doc_offline_templates_are_the_display_table():
+    """Section 9.2 quotes the till's own offline screens (27, 109, 110) as display_ru.toml has them."""
+    import tomllib
+
+    table = tomllib.loads((ROOT / "gateway" / "templates" / "display_ru.toml").read_text(encoding="utf-8"))
+    assert table[str(int(DenyReason.OFFLINE_LIMIT))]["name"] == "OFFLINE_LIMIT"
+    for number in (27, 109, 110):
+        entry = table[str(number)]
+        text = entry["text"].replace("|", "\\|")
+        assert re.search(rf"^\| {number} \| {entry['name']} \| .* \| {re.escape(text)} \|$", DOC, re.M), number
+
+
+def test_doc_lists_every_session_of_the_vectors():
+    """Section 14 counts the sessions in words."""
+    section = DOC.split("## 14. Test vectors", 1)[1].split("## 15.", 1)[0]
+    numbers = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven",
+               "twelve", "thirteen", "fourteen", "fifteen", "sixteen"]
+    count = re.search(r"`sessions`: (\w+) example sessions", section)
+    assert count and count.group(1) in numbers
+    assert numbers.index(count.group(1)) == len(VECTORS["sessions"])

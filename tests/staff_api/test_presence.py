@@ -91,3 +91,19 @@ def test_anti_passback_policy_is_the_operators_and_validated(api: Api):
         assert r.status_code == 422, (bad, r.text)
     assert api.as_("off1", "PUT", "/schools/1/policy", json={"anti_passback": "off"}).status_code == 403
     assert api.op("GET", "/schools/1").json()["policy"]["anti_passback"] == "hard"
+
+
+def test_offline_till_policy_is_the_operators_and_validated(api: Api):
+    r = api.op("PUT", "/schools/1/policy", json={"offline_floor_kopecks": 21_000, "offline_sales_per_card_max": 2})
+    assert r.status_code == 200, r.text
+    policy = api.op("GET", "/schools/1").json()["policy"]
+    assert (policy["offline_floor_kopecks"], policy["offline_sales_per_card_max"]) == (21_000, 2)
+    row = sql(api.dsn, "SELECT offline_floor_kopecks, offline_sales_per_card_max FROM school_policies"
+                       " WHERE school_id = 1")[0]
+    assert (row["offline_floor_kopecks"], row["offline_sales_per_card_max"]) == (21_000, 2)
+    for bad in ({"offline_floor_kopecks": -1}, {"offline_floor_kopecks": 1 << 32}, {"offline_sales_per_card_max": 256},
+                {"offline_sales_per_card_max": "two"}):
+        r = api.op("PUT", "/schools/1/policy", json=bad)
+        assert r.status_code == 422, (bad, r.text)
+    assert api.as_("off1", "PUT", "/schools/1/policy", json={"offline_floor_kopecks": 0}).status_code == 403
+    assert api.op("GET", "/schools/1").json()["policy"]["offline_floor_kopecks"] == 21_000

@@ -4,7 +4,7 @@
     python tests/vectors/generate.py           # rewrite protocol_v1.json
     python tests/vectors/generate.py --check   # exit 1 if the committed file differs
 
-The file is committed; tests/test_protocol_vectors.py checks that it equals
+The file is committed; tests/protocol/test_protocol_vectors.py checks that it equals
 what this script renders, so the vectors and the code cannot drift apart.
 Everything here is deterministic: fixed keys, nonces, clocks and amounts.
 
@@ -30,6 +30,9 @@ import msgspec  # noqa: E402
 
 from protocol import (  # noqa: E402
     DECISION_FLAG_DUPLICATE,
+    AllowanceEntry,
+    AllowancePage,
+    AllowanceSync,
     EVENT_TYPES,
     NO_ITEM_INDEX,
     TXN_FLAG_ADVICE,
@@ -75,6 +78,7 @@ from protocol import (  # noqa: E402
 )
 from protocol.auth import sign_hello  # noqa: E402
 from protocol.limits import (  # noqa: E402
+    ALLOWANCE_PAGE_ENTRIES_MAX,
     CRC_BYTES,
     HEADER_BYTES,
     FIRMWARE_BYTES_MAX,
@@ -111,6 +115,10 @@ CARD = bytes.fromhex("04000000000007")  # a 7-byte ISO 14443 UID
 UNKNOWN = bytes.fromhex("08000000000001")
 CHILD = bytes.fromhex("04000000000321")  # a kindergarten child's card
 GRANNY = bytes.fromhex("0b0000000000a1")  # her trusted person's own card
+# Pupils' cards of the till's offline allowances (section 4.16, 10.14).
+PUPIL_A = bytes.fromhex("04000000000021")  # buys at this till: its holder
+PUPIL_B = bytes.fromhex("04000000000022")  # will buy online at the other till (2000002)
+PUPIL_D = bytes.fromhex("04000000000024")  # will be reported lost (blocked)
 _HEADER = struct.Struct("<BBBHIIB")
 
 
@@ -123,6 +131,8 @@ def to_json(value: Any) -> Any:
         return value.hex()
     if isinstance(value, ListEntry):
         return {"op": value.op, "identifier": value.identifier.hex()}
+    if isinstance(value, AllowanceEntry):
+        return {"op": value.op, "delta_kopecks": value.delta_kopecks, "identifier": value.identifier.hex()}
     if isinstance(value, (Item, PreorderLine)):
         return {f: getattr(value, f) for f in value.__struct_fields__}
     if isinstance(value, (tuple, list)):
@@ -173,6 +183,12 @@ def decision(txn: int, reason: DenyReason, balance: int, template: int, *params:
 Step = tuple[str, str, Event, str]
 
 LUNCH = (Item(1, 1, 9_500), Item(4, 2, 4_500))  # breakfast + two juices = 185.00 rubles
+BREAKFAST = (Item(1, 1, 9_500),)  # one breakfast, 95.00 rubles: sold offline
+# Offline allowances: epoch 7 (this gateway life) in the high 32 bits of a version, the
+# number of pages sent to the till in the low 32; the school's floor and sales per card.
+ALLOWANCE_EPOCH = 7
+OFFLINE_FLOOR = 30_000  # 300.00 rubles: the most one pupil may spend offline, over all tills
+OFFLINE_SALES_PER_CARD = 3
 BUFFET = (Item(2, 10, 16_500),)  # ten lunches for a class trip, sold offline
 # A corrupt counter: far more than TXN_GAP_MAX above txn 6, the highest the gateway knows.
 CORRUPT_TXN = 6 + TXN_GAP_MAX + 1
@@ -378,6 +394,70 @@ SESSIONS: list[tuple[str, int, str, list[Step]]] = [
             ("turnstile_list.delta", GATEWAY_TO_DEVICE,
              ListPage((7 << 32) | 41, 0, (ListEntry(int(ListOp.BLOCK), CARD),)),
              "LIST_PAGE: one change (the card blocked), version 7:41; nothing more"),
+        ],
+    ),
+    (
+        "till_allowance",
+        TILL_ID,
+        "The till of the 'till' session fetches its offline allowances (section 4.16). Holding none "
+        "(version 0), it gets a fresh start: a RESET page with MORE (a real one carries up to 40 "
+        "entries) making it the holder of three pupils with min(floor, balance + grace) each: 300.00, "
+        "300.00 and 200.00 rubles (balances 500.00, 420.00 and 200.00, no grace), with the school's "
+        "floor (300.00 rubles) and 3 offline sales per card. Asking again with that version confirms "
+        "the page. The next page has no flags and two releases: the pupil of 04000000000022 bought "
+        "95.00 online at till 2000002 meanwhile (accepted: 420.00 - 300.00 reserved here - 95.00 >= 0; "
+        "the holder moved there), and 04000000000024 was reported lost (BLOCK: refused offline). "
+        "Versions: epoch 7 in the high 32 bits, the pages sent to this till in the low 32.",
+        [
+            ("till_allowance.hello", DEVICE_TO_GATEWAY,
+             hello(TILL_ID, DeviceKind.TILL, "till-1.0.7", 4, T0 + 600_000, 0xB2), "HELLO: durable_txn 4"),
+            ("till_allowance.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 600_001, 4, 10_000),
+             "HELLO_ACK: nothing kept, nothing to replay"),
+            ("till_allowance.sync_none", DEVICE_TO_GATEWAY, AllowanceSync(0),
+             "ALLOWANCE_SYNC version 0: the till holds no allowances"),
+            ("till_allowance.page_reset", GATEWAY_TO_DEVICE,
+             AllowancePage((ALLOWANCE_EPOCH << 32) | 1, LIST_FLAG_RESET | LIST_FLAG_MORE, OFFLINE_FLOOR,
+                           OFFLINE_SALES_PER_CARD,
+                           (AllowanceEntry(int(ListOp.ALLOW), 30_000, PUPIL_A),
+                            AllowanceEntry(int(ListOp.ALLOW), 30_000, PUPIL_B),
+                            AllowanceEntry(int(ListOp.ALLOW), 20_000, PUPIL_D))),
+             "ALLOWANCE_PAGE 7:1, RESET | MORE: forget everything, then three cards with positive deltas"),
+            ("till_allowance.sync_confirm", DEVICE_TO_GATEWAY, AllowanceSync((ALLOWANCE_EPOCH << 32) | 1),
+             "ALLOWANCE_SYNC 7:1: page 7:1 applied (a confirmation); what changed since?"),
+            ("till_allowance.page_release", GATEWAY_TO_DEVICE,
+             AllowancePage((ALLOWANCE_EPOCH << 32) | 2, 0, OFFLINE_FLOOR, OFFLINE_SALES_PER_CARD,
+                           (AllowanceEntry(int(ListOp.ALLOW), -30_000, PUPIL_B),
+                            AllowanceEntry(int(ListOp.BLOCK), -20_000, PUPIL_D))),
+             "ALLOWANCE_PAGE 7:2, no flags: two releases (negative deltas), one card blocked; they stay "
+             "reserved until the till confirms 7:2"),
+        ],
+    ),
+    (
+        "till_offline",
+        TILL_ID,
+        "The same till lost the gateway and sold a breakfast alone to 04000000000021 (allowance "
+        "300.00 rubles, no offline sale yet, 95.00 under the floor): it lowered the allowance to "
+        "205.00, kept the sale as txn 5 with its reader time. On reconnect it replays the sale as an "
+        "ADVICE first, then syncs: its version 7:2 confirms the releases, and the next page tops the "
+        "holder up by what the sale used (+95.00).",
+        [
+            ("till_offline.hello", DEVICE_TO_GATEWAY,
+             hello(TILL_ID, DeviceKind.TILL, "till-1.0.7", 4, T0 + 2_400_000, 0xB3), "HELLO: durable_txn 4"),
+            ("till_offline.hello_ack", GATEWAY_TO_DEVICE, HelloAck(T0 + 2_400_001, 4, 10_000), "HELLO_ACK"),
+            ("till_offline.purchase_advice", DEVICE_TO_GATEWAY,
+             Purchase(5, TXN_FLAG_ADVICE, T0 + 1_800_000, 9_500, PUPIL_A, BREAKFAST),
+             "PURCHASE txn 5 with ADVICE: the offline sale, with the reader time at which it was made"),
+            ("till_offline.decision_advice", GATEWAY_TO_DEVICE,
+             decision(5, DenyReason.OK, 40_500, 102, 9_500, 40_500),
+             "DECISION ACCEPT: posted at its reader time; the balance 500.00 - 95.00"),
+            ("till_offline.durable_ack", GATEWAY_TO_DEVICE, DurableAck(5),
+             "DURABLE_ACK 5: the till drops the sale (no sale awaits synchronisation any more)"),
+            ("till_offline.sync", DEVICE_TO_GATEWAY, AllowanceSync((ALLOWANCE_EPOCH << 32) | 2),
+             "ALLOWANCE_SYNC 7:2, after the replay: page 7:2 applied"),
+            ("till_offline.page_refill", GATEWAY_TO_DEVICE,
+             AllowancePage((ALLOWANCE_EPOCH << 32) | 3, 0, OFFLINE_FLOOR, OFFLINE_SALES_PER_CARD,
+                           (AllowanceEntry(int(ListOp.ALLOW), 9_500, PUPIL_A),)),
+             "ALLOWANCE_PAGE 7:3: the holder back to min(floor, balance) = 300.00 (hold 205.00 + 95.00)"),
         ],
     ),
     (
@@ -683,6 +763,9 @@ def invalid_frames() -> list[dict[str, Any]]:
         bytes((len(CARD),)) + CARD + b"\x00"), M, False, True, "BALANCE_QUERY with a byte after the identifier.")
     add("heartbeat_wrong_length", R, raw_frame(T, 1, int(MessageType.HEARTBEAT), bytes(7)), M, False, True,
         "HEARTBEAT with a 7-byte payload (must be 8).")
+    add("allowance_sync_wrong_length", R, raw_frame(T, 1, int(MessageType.ALLOWANCE_SYNC), bytes(7)), M, False,
+        True, "ALLOWANCE_SYNC with a 7-byte payload (must be 8). Checked before the device kind: a malformed "
+        "payload is refused by any receiver.")
     # ---- frames a device receives (a device never sends NAK: it logs and drops, or closes if fatal)
     B = "device:BUSY"
     dec = int(MessageType.DECISION)
@@ -706,6 +789,28 @@ def invalid_frames() -> list[dict[str, Any]]:
         "Outcome 2 (only 0 DENY and 1 ACCEPT exist).")
     add("decision_unknown_flag", B, raw_frame(T, 1, dec, decision_payload(1, 0, flags=0x02), flags=1), M, False,
         None, "DECISION flag 0x02 is not defined.")
+    page_type = int(MessageType.ALLOWANCE_PAGE)
+
+    def allowance_page_payload(flags: int, entries: list[tuple[int, int, bytes]], count: int | None = None) -> bytes:
+        head = struct.pack("<QBIBB", (ALLOWANCE_EPOCH << 32) | 1, flags, OFFLINE_FLOOR, OFFLINE_SALES_PER_CARD,
+                           len(entries) if count is None else count)
+        return head + b"".join(struct.pack("<Bi", op, delta) + bytes((len(ident),)) + ident
+                               for op, delta, ident in entries)
+
+    one = [(int(ListOp.ALLOW), 30_000, PUPIL_A)]
+    add("allowance_page_snapshot_flag", B, raw_frame(T, 1, page_type, allowance_page_payload(
+        LIST_FLAG_SNAPSHOT | LIST_FLAG_RESET, one), flags=1), M, False, None,
+        "ALLOWANCE_PAGE with flag 0x02 (LIST_PAGE's SNAPSHOT): only 0x01 MORE and 0x04 RESET are defined.")
+    many_cards = [(int(ListOp.ALLOW), 100, bytes.fromhex("040000000001") + bytes((n,)))
+                  for n in range(ALLOWANCE_PAGE_ENTRIES_MAX + 1)]
+    add("allowance_page_too_many_entries", B, raw_frame(T, 1, page_type, allowance_page_payload(0, many_cards),
+        flags=1), M, False, None,
+        f"ALLOWANCE_PAGE with {ALLOWANCE_PAGE_ENTRIES_MAX + 1} entries (at most {ALLOWANCE_PAGE_ENTRIES_MAX}).")
+    add("allowance_page_bad_op", B, raw_frame(T, 1, page_type, allowance_page_payload(
+        0, [(0, 30_000, PUPIL_A)]), flags=1), M, False, None,
+        "ALLOWANCE_PAGE entry with op 0 (only 1 ALLOW, 2 BLOCK and 3 REMOVE exist).")
+    add("allowance_page_count_mismatch", B, raw_frame(T, 1, page_type, allowance_page_payload(0, one, count=2),
+        flags=1), M, False, None, "ALLOWANCE_PAGE whose count says 2 but holds 1 entry.")
     detail = b"x" * (NAK_DETAIL_BYTES_MAX + 1)
     add("nak_detail_too_long", B, raw_frame(T, 1, int(MessageType.NAK),
         bytes((int(NakReason.SERVER_BUSY), len(detail))) + detail, flags=1), M, False, None,
@@ -765,7 +870,8 @@ def build() -> dict[str, Any]:
         "conventions": {
             "hex": "lowercase hex of the whole frame: 14-byte header, payload, CRC-16 (little-endian)",
             "role": "who sends the frame: device->gateway or gateway->device",
-            "fields": "the decoded payload; bytes as lowercase hex, PURCHASE items as objects, DECISION params as a list",
+            "fields": "the decoded payload; bytes as lowercase hex, PURCHASE items, PUPIL_INFO lines and "
+            "LIST_PAGE / ALLOWANCE_PAGE entries as objects, DECISION params as a list",
             "receiver_state": "invalid frames are fed to a receiver brought into this state by replaying the "
             "'setup' frames of receiver_states (the receiver sends its own frames, receives the peer's)",
             "takes_seq": "gateway receivers only: true if the refused frame took its sequence number "
