@@ -114,6 +114,9 @@ KIND_NAMES = {
     KIND_FIRE_ALARM: "fire_alarm", KIND_FIRE_RESET: "fire_reset",
 }
 _CLASS_OF = {v: k for k, v in KIND_OF.items()}
+# A till's own offline screens (docs/protocol.md 9.2): the sales awaiting sync, and a sale made alone.
+TEMPLATE_OFFLINE_PENDING = 109
+TEMPLATE_ACCEPT_PURCHASE_OFFLINE = 110
 
 
 class Unavailable(Exception):
@@ -458,7 +461,10 @@ class Device:
         self.offline_floor_kopecks = 0
         self.offline_sales_per_card_max = 0
         self.allowance_synced_at = 0.0  # monotonic time of the last completed sync
-        self.display = ""  # what the till's screen says now (offline: the sales awaiting sync)
+        # What the till's screen shows besides a decision: (display template, params) of
+        # gateway/templates/display_ru.toml; offline, 109 OFFLINE_PENDING with the sales awaiting
+        # sync. None: nothing.
+        self.display: tuple[int, tuple[int, ...]] | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -676,7 +682,7 @@ class Device:
         return sum(1 for event in self.kept.values() if event.flags & TXN_FLAG_ADVICE)
 
     def _refuse_offline(self, reason: int) -> Decision:
-        self.display = f"offline: {self.awaiting_sync} awaiting sync"
+        self.display = (TEMPLATE_OFFLINE_PENDING, (self.awaiting_sync,))
         return Decision(0, int(Outcome.DENY), int(reason), 0, 0, 0xFF, int(reason), ())
 
     def _offline_refusal(self, identifier: bytes, total: int, *, spent: bool = False) -> int:
@@ -712,13 +718,14 @@ class Device:
             if not spent:
                 entry[1] -= total
             entry[2] += 1
-            # Template 110 ACCEPT_PURCHASE_OFFLINE: the total and the sales awaiting sync.
-            decision = Decision(event.txn, int(Outcome.ACCEPT), 0, 0, 0, 0xFF, 110, (total, self.awaiting_sync + 1))
+            # The total and the sales awaiting sync, this one included.
+            decision = Decision(event.txn, int(Outcome.ACCEPT), 0, 0, 0, 0xFF, TEMPLATE_ACCEPT_PURCHASE_OFFLINE,
+                                (total, self.awaiting_sync + 1))
         waiting = self.pending
         self._answered(event, decision)
         if in_flight is None:
             self.pending = waiting  # a top-up in flight still waits for the gateway's answer
-        self.display = f"offline: {self.awaiting_sync} awaiting sync"
+        self.display = (TEMPLATE_OFFLINE_PENDING, (self.awaiting_sync,))
         return decision
 
     def _sell_in_flight_offline(self, identifier: bytes, total: int) -> Decision:
@@ -764,7 +771,7 @@ class Device:
             self.offline_sales_per_card_max = page.sales_per_card_max
             if not page.flags & LIST_FLAG_MORE:
                 self.allowance_synced_at = time.monotonic()
-                self.display = ""
+                self.display = None
                 return
 
     async def balance(self, identifier: bytes) -> Decision:

@@ -11,6 +11,7 @@ import urllib.request
 
 import asyncpg
 
+from gateway.display import render
 from ledger.codes import JournalKind
 from protocol import DenyReason, DeviceKind, ListOp, Outcome
 from simulators.crash import free_port
@@ -131,10 +132,14 @@ def test_offline_tills_sell_within_the_floor_and_replay_exactly_once(demo_dsn, t
             assert (await sell(a, pupil, BREAKFAST)).outcome == Outcome.ACCEPT
             assert (await sell(b, pupil, BREAKFAST)).reason == DenyReason.OFFLINE_LIMIT
         assert a.awaiting_sync == 11 and b.awaiting_sync == 2
+        assert render(*a.display) == "Нет связи с сервером. Продаж ждут отправки: 11."  # on the till's screen
+        assert render(first.template_id, first.params).startswith("Оплачено 95,00")
         await asyncio.sleep(0.05)  # the clock moves on: replayed rows must keep the original times
         async with running_gateway(demo_dsn, listen_port=port) as gw:
             assert await a.wait_settled(20) and await b.wait_settled(20), "every offline sale durable"
             assert a.awaiting_sync == 0 and b.awaiting_sync == 0
+            await a.sync_allowances()
+            assert a.display is None
         await a.close()
         await b.close()
         rows = await fetch(
