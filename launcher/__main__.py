@@ -8,8 +8,8 @@ order, then the database.
 
 Ports: devices 7700, metrics 9108, staff API 8800, payments 8810, sandbox acquirer 8900,
 MQTT 1884 (the embedded amqtt broker, beside a system Mosquitto on 1883; ECARD_MQTT_URL
-names a real broker instead and then none is started), relay metrics 9109, parents' API
-and USSD 8820. What the notifier sent is written under <data-dir>/sent/<channel>/.
+names a real broker instead and then none is started), relay metrics 9109, parents' API,
+USSD and the parents' personal account pages 8820. What the notifier sent is written under <data-dir>/sent/<channel>/.
 A first operator token is written to <data-dir>/operator-token.txt.
 """
 
@@ -163,7 +163,7 @@ def main() -> int:
         print(
             "ecard is running: devices 127.0.0.1:7700, metrics http://127.0.0.1:9108/metrics, "
             f"staff API http://127.0.0.1:8800 (operator token in {token_path}), payments http://127.0.0.1:8810, "
-            f"sandbox acquirer http://127.0.0.1:8900, parents' API and USSD http://127.0.0.1:8820 "
+            f"sandbox acquirer http://127.0.0.1:8900, parents' pages, API and USSD http://127.0.0.1:8820 "
             f"(one-time codes written under {data_dir / 'sent'}), {mqtt}. Ctrl-C stops everything.",
             flush=True,
         )

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import AsyncIterator
 
 import asyncpg
 from litestar import Litestar
+from litestar.config.csrf import CSRFConfig
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.template.config import TemplateConfig
 from litestar.exceptions import HTTPException, ValidationException
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme, Tag
@@ -16,10 +20,16 @@ from . import config
 from .api import ParentController
 from .auth import AuthController
 from .errors import Unprocessable, http_exception_handler, unprocessable_handler, validation_handler
+from .pages import PagesController
 from .senders import Senders
 from .ussd import ussd
 
 SCHEMA_PATH = "/schema"
+TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
+# The JSON API authenticates with bearer tokens, never cookies: no CSRF check there. The pages'
+# forms (sign-in, sign-out and everything after) carry the token.
+CSRF_EXEMPT_PATHS = ["^/auth", "^/me", "^/children", "^/ussd", f"^{SCHEMA_PATH}"]
+CSRF_COOKIE = "ecard_csrf"
 SHUTDOWN_SENDS_WAIT_S = 10.0  # codes still being sent at shutdown get this long
 
 
@@ -43,8 +53,11 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
             await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[AuthController, ParentController, ussd],
+        route_handlers=[AuthController, ParentController, ussd, PagesController],
         lifespan=[lifespan],
+        template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
+        csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=CSRF_COOKIE, cookie_httponly=True,
+                               cookie_samesite="lax", exclude=CSRF_EXEMPT_PATHS),
         exception_handlers={
             Unprocessable: unprocessable_handler,
             ValidationException: validation_handler,

@@ -136,14 +136,10 @@ class Parent:
 ParentDep = NamedDependency[Parent]
 
 
-async def parent_guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
-    """401 before anything of the request is parsed."""
-    header = connection.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token:
-        raise NotAuthorizedException("missing bearer token: send 'Authorization: Bearer <token>'")
-    app = connection.app
+async def parent_of_token(app: Any, token: str) -> Parent:
+    """The parent behind a bearer token or a page session (the same token, in a cookie);
+    NotAuthorizedException for an unknown, expired or revoked one, or a contact with no active
+    representative (suspended or removed)."""
     settings: config.Settings = app.state.settings
     pool: asyncpg.Pool = app.state.pool
     digest = token_sha256(token)
@@ -154,7 +150,82 @@ async def parent_guard(connection: ASGIConnection, _handler: BaseRouteHandler) -
     reps = await parents.active_representatives(pool, row["contact"])
     if not reps:
         raise NotAuthorizedException("no active representative has this contact (suspended or removed)")
-    connection.state.parent = Parent(row["contact"], digest, reps)
+    return Parent(row["contact"], digest, reps)
+
+
+async def parent_guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
+    """401 before anything of the request is parsed."""
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        raise NotAuthorizedException("missing bearer token: send 'Authorization: Bearer <token>'")
+    connection.state.parent = await parent_of_token(connection.app, token)
+
+
+async def send_code(state: Any, contact: str, channel: str, address: str) -> CodeSent:
+    """Send a one-time code to a representative's contact (the same answer for any contact);
+    TooManyRequests past the hourly limit. Shared by POST /auth/code and the sign-in page."""
+    settings: config.Settings = state.settings
+    now = settings.clock()
+    code = f"{secrets.randbelow(10 ** config.OTP_DIGITS):0{config.OTP_DIGITS}d}"
+    retry_after_s = 0
+    digest = None
+    async with state.pool.acquire() as conn, conn.transaction():
+        await parents.lock_contact(conn, contact)
+        recent = await parents.code_requests_since(conn, contact, now - config.OTP_RATE_WINDOW_MS + 1)
+        if len(recent) >= settings.otp_sends_per_hour_max:
+            retry_after_s = max(1, -(-(recent[0] + config.OTP_RATE_WINDOW_MS - now) // 1000))
+        else:
+            known = bool(await parents.active_representatives(conn, contact))
+            digest = code_sha256(contact, code) if known else None
+            await parents.insert_code(conn, contact, digest, now, now + settings.otp_ttl_ms)
+            await parents.forget_codes(conn, now - config.OTP_RATE_WINDOW_MS)
+    if retry_after_s:
+        raise TooManyRequests(
+            f"at most {settings.otp_sends_per_hour_max} codes per hour for one contact; "
+            f"try again in {retry_after_s} s", retry_after_s)
+    if digest is not None:  # after COMMIT, outside the request: same answer and timing for everyone
+        _spawn(state, code_message(channel, address, code, settings.otp_ttl_ms))
+    return CodeSent(detail=SENT_DETAIL, expires_in_ms=settings.otp_ttl_ms, attempts_max=settings.otp_attempts_max)
+
+
+async def sign_in(state: Any, contact: str, code: str) -> TokenIssued:
+    """Exchange a one-time code for a token (a new server-side session); NotAuthorizedException
+    with the reason for a wrong, expired, spent or exhausted code. Shared by POST /auth/token and
+    the sign-in page."""
+    settings: config.Settings = state.settings
+    if not _CODE.match(code):
+        raise Unprocessable("code", "expected 6 digits")
+    now = settings.clock()
+    refusal: str | None = None
+    token = secrets.token_urlsafe(config.TOKEN_BYTES)
+    expires = now + settings.token_ttl_ms
+    async with state.pool.acquire() as conn, conn.transaction():
+        await parents.lock_contact(conn, contact)
+        otp = await parents.latest_code(conn, contact)
+        if otp is None or otp["used_at_ms"] is not None or otp["expires_at_ms"] <= now:
+            refusal = WRONG_CODE
+        elif otp["attempts"] >= settings.otp_attempts_max:
+            refusal = "too many wrong attempts for this code; ask for a new one"
+        elif otp["code_sha256"] is None or not hmac.compare_digest(
+                bytes(otp["code_sha256"]), code_sha256(contact, code)):
+            attempts = await parents.count_attempt(conn, otp["id"])  # committed: the refusal is not an exception here
+            left = settings.otp_attempts_max - attempts
+            refusal = f"wrong code; {left} attempt(s) left" if left > 0 else \
+                "wrong code; no attempts left, ask for a new one"
+        elif not await parents.active_representatives(conn, contact):
+            refusal = WRONG_CODE  # suspended or removed since the code was sent
+        else:
+            await parents.spend_code(conn, otp["id"], now)
+            await parents.insert_session(conn, token_sha256(token), contact, now, expires)
+    if refusal is not None:
+        raise NotAuthorizedException(refusal)
+    return TokenIssued(token=token, token_type="bearer", expires_at_ms=expires)
+
+
+async def sign_out(state: Any, parent: Parent) -> None:
+    await parents.revoke_session(state.pool, parent.token_sha256, state.settings.clock())
 
 
 class AuthController(Controller):
@@ -164,67 +235,18 @@ class AuthController(Controller):
     @post("/code", status_code=202)
     async def request_code(self, request: Request, data: Annotated[CodeRequest, Body()]) -> CodeSent:
         """Ask for a one-time code by phone (SMS) or e-mail. The answer is the same for every contact."""
-        settings: config.Settings = request.app.state.settings
-        contact, channel, address = contact_of(data)
-        now = settings.clock()
-        code = f"{secrets.randbelow(10 ** config.OTP_DIGITS):0{config.OTP_DIGITS}d}"
-        retry_after_s = 0
-        async with request.app.state.pool.acquire() as conn, conn.transaction():
-            await parents.lock_contact(conn, contact)
-            recent = await parents.code_requests_since(conn, contact, now - config.OTP_RATE_WINDOW_MS + 1)
-            if len(recent) >= settings.otp_sends_per_hour_max:
-                retry_after_s = max(1, -(-(recent[0] + config.OTP_RATE_WINDOW_MS - now) // 1000))
-            else:
-                known = bool(await parents.active_representatives(conn, contact))
-                digest = code_sha256(contact, code) if known else None
-                await parents.insert_code(conn, contact, digest, now, now + settings.otp_ttl_ms)
-                await parents.forget_codes(conn, now - config.OTP_RATE_WINDOW_MS)
-        if retry_after_s:
-            raise TooManyRequests(
-                f"at most {settings.otp_sends_per_hour_max} codes per hour for one contact; "
-                f"try again in {retry_after_s} s", retry_after_s)
-        if digest is not None:  # after COMMIT, outside the request: same answer and timing for everyone
-            _spawn(request.app.state, code_message(channel, address, code, settings.otp_ttl_ms))
-        return CodeSent(detail=SENT_DETAIL, expires_in_ms=settings.otp_ttl_ms, attempts_max=settings.otp_attempts_max)
+        return await send_code(request.app.state, *contact_of(data))
 
     @post("/token", status_code=201)
     async def issue_token(self, request: Request, data: Annotated[TokenRequest, Body()]) -> TokenIssued:
         """Exchange a one-time code for a bearer token."""
-        settings: config.Settings = request.app.state.settings
         contact, _, _ = contact_of(data)
-        if not _CODE.match(data.code):
-            raise Unprocessable("code", "expected 6 digits")
-        now = settings.clock()
-        refusal: str | None = None
-        token = secrets.token_urlsafe(config.TOKEN_BYTES)
-        expires = now + settings.token_ttl_ms
-        async with request.app.state.pool.acquire() as conn, conn.transaction():
-            await parents.lock_contact(conn, contact)
-            otp = await parents.latest_code(conn, contact)
-            if otp is None or otp["used_at_ms"] is not None or otp["expires_at_ms"] <= now:
-                refusal = WRONG_CODE
-            elif otp["attempts"] >= settings.otp_attempts_max:
-                refusal = "too many wrong attempts for this code; ask for a new one"
-            elif otp["code_sha256"] is None or not hmac.compare_digest(
-                    bytes(otp["code_sha256"]), code_sha256(contact, data.code)):
-                attempts = await parents.count_attempt(conn, otp["id"])  # committed: the refusal is not an exception here
-                left = settings.otp_attempts_max - attempts
-                refusal = f"wrong code; {left} attempt(s) left" if left > 0 else \
-                    "wrong code; no attempts left, ask for a new one"
-            elif not await parents.active_representatives(conn, contact):
-                refusal = WRONG_CODE  # suspended or removed since the code was sent
-            else:
-                await parents.spend_code(conn, otp["id"], now)
-                await parents.insert_session(conn, token_sha256(token), contact, now, expires)
-        if refusal is not None:
-            raise NotAuthorizedException(refusal)
-        return TokenIssued(token=token, token_type="bearer", expires_at_ms=expires)
+        return await sign_in(request.app.state, contact, data.code)
 
     @delete("/token", status_code=204, guards=[parent_guard])
     async def revoke_token(self, request: Request) -> None:
         """Log out: the token stops working."""
-        parent: Parent = request.state.parent
-        await parents.revoke_session(request.app.state.pool, parent.token_sha256, request.app.state.settings.clock())
+        await sign_out(request.app.state, request.state.parent)
 
 
 def _spawn(state: Any, message: Message) -> None:

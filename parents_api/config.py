@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import secrets
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -53,3 +54,6 @@ class Settings:
     ussd_token: str | None = None
     pool_size_max: int = POOL_SIZE_MAX
     clock: Clock = field(default=system_clock_ms)
+    # Signs the pages' CSRF tokens. One process: a fresh secret each start is enough (a form
+    # opened before a restart is refused once and shown again); several processes share one.
+    csrf_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))

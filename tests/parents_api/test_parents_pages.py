@@ -1,0 +1,118 @@
+"""The parents' personal account pages over real HTTP against real PostgreSQL: sign-in by a
+one-time code (SMS as files), the server-side session in an HttpOnly cookie, CSRF on every form,
+the family's children and nobody else's, sign-out, and the TV view's live stream. The same pages
+in a real browser: tests/parents_api/test_parents_browser.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import httpx
+import pytest
+
+from ledger.codes import JournalKind
+from parents_api.pages import SESSION_COOKIE
+from parents_support import T0, Line, World, journal, sql, world  # noqa: F401  (world: the fixture)
+
+pytestmark = pytest.mark.processes  # a uvicorn server and an SMTP server per test
+
+PHONE7 = "+79000000007"
+CSRF = re.compile(r'name="_csrf_token" value="([^"]+)"')
+
+
+def csrf(page: httpx.Response) -> str:
+    found = CSRF.search(page.text)
+    assert found, page.text[:500]
+    return found.group(1)
+
+
+def sign_in(world: World, phone: str = PHONE7) -> httpx.Client:
+    browser = httpx.Client(base_url=world.url, timeout=30, follow_redirects=False)
+    home = browser.get("/")
+    assert home.status_code == 200 and 'lang="ru"' in home.text
+    before = len(world.sms_files(phone))
+    sent = browser.post("/signin", data={"contact": "8 (900) 000-00-07" if phone == PHONE7 else phone,
+                                         "_csrf_token": csrf(home)})
+    assert sent.status_code == 200 and "Код входа" in sent.text, sent.text
+    code = world.sms_code(phone, before + 1)
+    signed = browser.post("/signin/code", data={"contact": phone, "code": code, "_csrf_token": csrf(sent)})
+    assert signed.status_code == 303 and signed.headers["location"] == "/account", signed.text
+    cookie = signed.headers["set-cookie"]
+    assert SESSION_COOKIE in cookie and "HttpOnly" in cookie and "SameSite=lax" in cookie.replace("Lax", "lax")
+    return browser
+
+
+def test_a_parent_signs_in_with_the_code_and_sees_both_children_today(world: World):
+    journal(world.dsn, [
+        {"device": 1_000_001, "txn": 1, "kind": JournalKind.PASSAGE, "account": 7, "direction": 1, "at": T0 - 2 * 3_600_000},
+        {"device": 2_000_001, "txn": 1, "kind": JournalKind.PURCHASE, "account": 7, "debit": 7, "credit": 2,
+         "amount": 16_500, "balance": 33_500, "at": T0 - 3_600_000, "items": [Line(2, 1, 16_500)]},
+    ])
+    browser = sign_in(world)
+    account = browser.get("/account")
+    assert account.status_code == 200
+    page = account.text
+    assert page.count('class="child"') == 2  # pupils 7 and 8: one family
+    assert "08:00 — вход в школу" in page
+    assert "Обед комплексный" in page and "165,00 ₽" in page and "335,00 ₽" in page
+    assert "Иванов Пётр" not in page  # another family's child
+    # The stored session is the token's hash, never the token.
+    token = browser.cookies[SESSION_COOKIE]
+    assert token.encode() not in b"".join(bytes(r["token_sha256"]) for r in sql(world.dsn, "SELECT token_sha256 FROM parent_sessions"))
+
+
+def test_forms_without_the_csrf_token_are_refused(world: World):
+    browser = httpx.Client(base_url=world.url, timeout=30)
+    browser.get("/")
+    refused = browser.post("/signin", data={"contact": PHONE7})
+    assert refused.status_code == 403
+    assert not world.sms_files(PHONE7), "nothing was sent"
+    signed = sign_in(world)
+    assert signed.post("/signout", data={}).status_code == 403  # a cross-site sign-out is refused too
+    assert signed.get("/account").status_code == 200
+
+
+def test_wrong_code_and_bad_contact_are_told_in_russian(world: World):
+    browser = httpx.Client(base_url=world.url, timeout=30)
+    home = browser.get("/")
+    bad = browser.post("/signin", data={"contact": "12345", "_csrf_token": csrf(home)})
+    assert bad.status_code == 422 and "номер мобильного телефона" in bad.text
+    sent = browser.post("/signin", data={"contact": PHONE7, "_csrf_token": csrf(home)})
+    wrong = browser.post("/signin/code", data={"contact": PHONE7, "code": "000000", "_csrf_token": csrf(sent)})
+    assert wrong.status_code == 401 and "Код неверный" in wrong.text
+    assert browser.get("/account", follow_redirects=False).status_code == 303  # still signed out
+
+
+def test_sign_out_ends_the_session_for_good(world: World):
+    browser = sign_in(world)
+    token = browser.cookies[SESSION_COOKIE]
+    account = browser.get("/account")
+    out = browser.post("/signout", data={"_csrf_token": csrf(account)})
+    assert out.status_code == 303 and out.headers["location"] == "/"
+    replay = httpx.Client(base_url=world.url, timeout=30, cookies={SESSION_COOKIE: token})
+    assert replay.get("/account", follow_redirects=False).status_code == 303  # the stolen cookie is dead
+    assert world.get(token, "/me").status_code == 401  # and so is the same token on the API
+
+
+def test_the_tv_stream_sends_the_family_again_when_a_tap_arrives(world: World):
+    browser = sign_in(world)
+    tv = browser.get("/tv")
+    assert tv.status_code == 200 and "EventSource" in tv.text
+    assert httpx.get(f"{world.url}/tv/stream", timeout=10).status_code == 401  # no session, no stream
+    with browser.stream("GET", "/tv/stream", timeout=30) as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        lines = stream.iter_lines()
+        first = _next_event(lines)
+        assert "Проходов сегодня не было." in first
+        journal(world.dsn, [{"device": 1_000_001, "txn": 5, "kind": JournalKind.PASSAGE, "account": 8,
+                             "direction": 1, "at": T0 - 60_000}])
+        second = _next_event(lines)
+        assert "09:59 — вход в школу" in second
+
+
+def _next_event(lines) -> str:
+    for line in lines:
+        if line.startswith("data:"):
+            return json.loads(line[len("data:"):].strip())["html"]
+    raise AssertionError("the stream ended")
