@@ -73,7 +73,7 @@ def demo_dsn(pg_dsn):
 # use them are marked "processes"; tests that reach PostgreSQL are marked "pg". The pure
 # tests run alone, in seconds and without a database: pytest -m "not pg and not processes".
 _PG_FIXTURES = frozenset({"pg_admin_dsn", "pg_dsn", "demo_dsn"})
-_PROCESS_MODULES = ("test_crash", "test_bank", "test_simulators", "test_loadtests", "test_payments", "test_staff_api",
+_PROCESS_MODULES = ("test_crash", "test_browser", "test_bank", "test_simulators", "test_loadtests", "test_payments", "test_staff_api",
                     "test_api_to_gateway", "test_preorders", "test_representatives", "test_relay_mosquitto",
                     "test_notifier_e2e", "test_notifier_faults", "test_notifier_embedded", "test_parents_")
 
