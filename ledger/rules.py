@@ -49,7 +49,7 @@ import msgspec
 from protocol import BalanceQuery, CardPresented, DenyReason, DeviceKind, Direction, Passage, Purchase, TopupCash
 
 from .codes import AccountKind, AccountStatus, CommandKind, IdentifierStatus, JournalKind, PassbackMode, Presence
-from .state import ESCORT_WINDOW_MS, NO_LIMIT, Controls, DeviceState, LedgerState
+from .state import ESCORT_WINDOW_MS, NO_LIMIT, Controls, DeviceState, LedgerState, Product
 
 KIND_ENTRY = int(JournalKind.ENTRY)
 KIND_PASSAGE = int(JournalKind.PASSAGE)
@@ -262,6 +262,30 @@ def authorize_passage(
     return Verdict(OK, KIND_PASSAGE, account_id, direction=request.direction, escort_id=grant.escort_id)
 
 
+def item_refusal(controls: Controls, code: int, product: Product | None) -> int:
+    """OK, or why a till refuses a basket with this product under the parent's controls (one
+    rule: the till's decision and the parents' preview both come from here)."""
+    if code in controls.banned_products:
+        return PRODUCT_BANNED
+    if product is None:
+        # Unknown to the catalogue: it cannot be shown to respect the parent's
+        # category, allergen or diet choices, so it does not pass them.
+        if controls.blocked_allergens:
+            return ALLERGEN_BLOCKED
+        if controls.required_diet:
+            return DIET_RESTRICTED
+        if controls.banned_categories:
+            return CATEGORY_BANNED
+        return OK
+    if product.category in controls.banned_categories:
+        return CATEGORY_BANNED
+    if not controls.blocked_allergens.isdisjoint(product.allergens):
+        return ALLERGEN_BLOCKED
+    if not controls.required_diet <= product.diet_flags:
+        return DIET_RESTRICTED
+    return OK
+
+
 def _controls_deny(
     state: LedgerState, controls: Controls, school_id: int, request: Purchase, account_id: int, period: str, at_ms: int
 ) -> Verdict | None:
@@ -269,25 +293,9 @@ def _controls_deny(
     products = state.products
     for index, item in enumerate(request.items):
         code = item.product_code
-        if code in controls.banned_products:
-            return Verdict(PRODUCT_BANNED, KIND_PURCHASE, account_id, item_index=index)
-        product = products.get((school_id, code))
-        if product is None:
-            # Unknown to the catalogue: it cannot be shown to respect the parent's
-            # category, allergen or diet choices, so it does not pass them.
-            if controls.blocked_allergens:
-                return Verdict(ALLERGEN_BLOCKED, KIND_PURCHASE, account_id, item_index=index)
-            if controls.required_diet:
-                return Verdict(DIET_RESTRICTED, KIND_PURCHASE, account_id, item_index=index)
-            if controls.banned_categories:
-                return Verdict(CATEGORY_BANNED, KIND_PURCHASE, account_id, item_index=index)
-            continue
-        if product.category in controls.banned_categories:
-            return Verdict(CATEGORY_BANNED, KIND_PURCHASE, account_id, item_index=index)
-        if not controls.blocked_allergens.isdisjoint(product.allergens):
-            return Verdict(ALLERGEN_BLOCKED, KIND_PURCHASE, account_id, item_index=index)
-        if not controls.required_diet <= product.diet_flags:
-            return Verdict(DIET_RESTRICTED, KIND_PURCHASE, account_id, item_index=index)
+        refusal = item_refusal(controls, code, products.get((school_id, code)))
+        if refusal != OK:
+            return Verdict(refusal, KIND_PURCHASE, account_id, item_index=index)
     accounts = state.accounts
     today = accounts.items_day[account_id] == state.day_of(school_id, at_ms)
     if controls.items_per_day_max >= 0:

@@ -21,19 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Annotated, Any, AsyncIterator
 
 import msgspec
 from litestar import Controller, Request, Response, get, post
 from litestar.datastructures import Cookie
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import NotAuthorizedException
-from litestar.params import Body, Parameter
+from litestar.exceptions import NotAuthorizedException, NotFoundException
+from litestar.params import Body, FromPath, Parameter
 from litestar.response import Redirect, ServerSentEvent, Template
 
+from ledger.rules import item_refusal
+from ledger.state import Controls as LedgerControls
+from ledger.state import Product as LedgerProduct
+from protocol.codes import DenyReason
+from storage import controls as controls_store
 from storage import parents
 
 from . import config, views
+from .api import ACCOUNT_ID_MAX
 from .auth import Parent, normalize_email, normalize_phone, parent_of_token, send_code, sign_in, sign_out
 from .errors import TooManyRequests, Unprocessable
 
@@ -221,3 +228,165 @@ class PagesController(Controller):
                 await asyncio.sleep(TV_POLL_INTERVAL_MS / 1000)
 
         return ServerSentEvent(updates(), event_type="family")
+
+
+# ---------------------------------------------------------------- limits and bans
+
+# Why a till will refuse a product under the controls (the ledger's reasons), as a parent reads it.
+REFUSALS_RU = {
+    int(DenyReason.PRODUCT_BANNED): "запрещено вами",
+    int(DenyReason.CATEGORY_BANNED): "запрещена категория",
+    int(DenyReason.ALLERGEN_BLOCKED): "содержит аллерген",
+    int(DenyReason.DIET_RESTRICTED): "не подходит для диеты",
+    int(DenyReason.DAILY_LIMIT_EXCEEDED): "дороже дневного лимита",
+}
+KOPECKS_MAX = 100_000_000  # a limit above a million roubles is a typo, not a limit
+ITEMS_PER_DAY_MAX = 1_000
+NOTE_CHARS_MAX = 500
+_RUBLES = re.compile(r"^\s*(\d{1,7})(?:[.,](\d{1,2}))?\s*(?:₽|р\.?|руб\.?)?\s*$")
+
+
+def parse_rubles(text: str) -> int | None:
+    """"150", "150,5", "150.50 ₽" -> kopecks; "" -> None; ValueError if it is not an amount."""
+    if not text.strip():
+        return None
+    found = _RUBLES.match(text)
+    if not found:
+        raise ValueError(text)
+    kopecks = int(found.group(1)) * 100 + int((found.group(2) or "0").ljust(2, "0"))
+    if kopecks > KOPECKS_MAX:
+        raise ValueError(text)
+    return kopecks
+
+
+def rubles_field(kopecks: int | None) -> str:
+    if kopecks is None:
+        return ""
+    return f"{kopecks // 100}" if kopecks % 100 == 0 else f"{kopecks // 100},{kopecks % 100:02d}"
+
+
+def controls_from_form(form: Any, current: controls_store.Controls) -> tuple[controls_store.Controls, dict[str, str]]:
+    """The controls a parent submitted, and the fields' errors in Russian (empty when valid)."""
+    errors: dict[str, str] = {}
+
+    def amount(name: str) -> int | None:
+        try:
+            return parse_rubles(form.get(name, "") or "")
+        except ValueError:
+            errors[name] = "Введите сумму в рублях, например 150 или 150,50."
+            return None
+
+    daily = amount("daily_limit")
+    periods = {}
+    for period in controls_store.MEAL_PERIODS_RU:
+        value = amount(f"limit_{period}")
+        if value is not None:
+            periods[period] = value
+    items_text = (form.get("items_per_day_max", "") or "").strip()
+    items = None
+    if items_text:
+        if items_text.isdigit() and int(items_text) <= ITEMS_PER_DAY_MAX:
+            items = int(items_text)
+        else:
+            errors["items_per_day_max"] = f"Введите целое число от 0 до {ITEMS_PER_DAY_MAX}."
+    codes = []
+    for value in form.getall("banned_products", []):
+        if value.isdigit() and len(value) <= 9:
+            codes.append(int(value))
+        else:
+            errors["banned_products"] = "Неизвестный товар."
+    allergens = [a for a in form.getall("blocked_allergens", []) if a in controls_store.ALLERGENS_RU]
+    diet = [d for d in form.getall("required_diet", []) if d in controls_store.DIET_FLAGS_RU]
+    categories = [c for c in form.getall("banned_categories", []) if 0 < len(c) <= 200]
+    note = form.get("cashier_note", current.cashier_note) or ""
+    if len(note) > NOTE_CHARS_MAX or any(ord(ch) < 32 and ch not in "\n\t" for ch in note):
+        errors["cashier_note"] = f"Не больше {NOTE_CHARS_MAX} знаков, без служебных символов."
+    return controls_store.Controls(
+        daily_limit_kopecks=daily, period_limits_kopecks=periods, items_per_day_max=items,
+        banned_products=sorted(set(codes)), banned_categories=sorted(set(categories)),
+        blocked_allergens=sorted(set(allergens)), required_diet=sorted(set(diet)), cashier_note=note.strip(),
+    ), errors
+
+
+def preview(controls: controls_store.Controls, products: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every product of the school and whether a till will refuse it under ``controls``: the
+    ledger's own rule for bans, categories, allergens and diet (``item_refusal``), then the price
+    against the daily limit. (A period limit depends on what else is bought in that period: the
+    page states it, the preview does not guess.)"""
+    rule = LedgerControls(
+        dict(controls.period_limits_kopecks), -1 if controls.items_per_day_max is None else controls.items_per_day_max,
+        frozenset(controls.banned_products), frozenset(controls.banned_categories),
+        frozenset(controls.blocked_allergens), frozenset(controls.required_diet), controls.cashier_note,
+    )
+    out = []
+    for p in products:
+        product = LedgerProduct(p["code"], p["category"], frozenset(p["allergens"]), frozenset(p["diet_flags"]),
+                                p["hot_meal"])
+        reason = item_refusal(rule, p["code"], product)
+        if reason == int(DenyReason.OK) and controls.daily_limit_kopecks is not None \
+                and p["price_kopecks"] > controls.daily_limit_kopecks:
+            reason = int(DenyReason.DAILY_LIMIT_EXCEEDED)
+        out.append({**p, "price": views.rubles(p["price_kopecks"]), "refused": reason != int(DenyReason.OK),
+                    "why": REFUSALS_RU.get(reason, ""),
+                    "allergens_ru": [controls_store.ALLERGENS_RU.get(a, a) for a in p["allergens"]],
+                    "category_ru": controls_store.CATEGORIES_RU.get(p["category"], p["category"])})
+    return out
+
+
+class LimitsController(Controller):
+    path = "/account/{account_id:int}/limits"
+    include_in_schema = False
+
+    async def _child(self, request: Request, account_id: int) -> tuple[Parent, Any] | None:
+        parent = await page_parent(request)
+        if parent is None:
+            return None
+        child = await parents.child(request.app.state.pool, parent.contact, account_id) \
+            if 0 < account_id <= ACCOUNT_ID_MAX else None
+        if child is None:
+            raise NotFoundException(f"no child with account {account_id} among yours")
+        return parent, child
+
+    async def _page(self, request: Request, child: Any, controls: controls_store.Controls, *, errors=None,
+                    saved: bool = False, previewed: bool = False, status_code: int = 200) -> Template:
+        products = await controls_store.school_products(request.app.state.pool, child["school_id"])
+        categories = sorted({p["category"] for p in products} | set(controls.banned_categories))
+        return Template("pages/limits.html", status_code=status_code, context={
+            "child": child, "c": controls, "errors": errors or {}, "saved": saved, "previewed": previewed,
+            "products": preview(controls, products), "rubles_field": rubles_field,
+            "periods": controls_store.MEAL_PERIODS_RU, "allergens": controls_store.ALLERGENS_RU,
+            "diets": controls_store.DIET_FLAGS_RU,
+            "categories": [(c, controls_store.CATEGORIES_RU.get(c, c)) for c in categories],
+        })
+
+    @get("/")
+    async def show(self, request: Request, account_id: FromPath[int], saved: bool = Parameter(default=False)) -> Template | Redirect:
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        return await self._page(request, found[1], await controls_store.load(request.app.state.pool, account_id),
+                                saved=saved)
+
+    @post("/")
+    async def submit(self, request: Request, account_id: FromPath[int]) -> Template | Redirect:
+        """``action=preview`` shows what the till will refuse; ``action=save`` stores the controls."""
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        parent, child = found
+        form = await request.form()
+        pool = request.app.state.pool
+        current = await controls_store.load(pool, account_id)
+        controls, errors = controls_from_form(form, current)
+        if errors:
+            return await self._page(request, child, controls, errors=errors, status_code=422)
+        if form.get("action") != "save":
+            return await self._page(request, child, controls, previewed=True)
+        async with pool.acquire() as conn, conn.transaction():
+            try:
+                await controls_store.replace(conn, account_id, child["school_id"], controls,
+                                             actor=f"parent:{parent.contact}", now_ms=request.app.state.settings.clock())
+            except controls_store.UnknownProducts:
+                return await self._page(request, child, controls, status_code=422,
+                                        errors={"banned_products": "Такого товара в школе нет."})
+        return Redirect(f"/account/{account_id}/limits?saved=true", status_code=303)

@@ -14,6 +14,7 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from ledger.codes import JournalKind
 from protocol.items import decode_items
+from storage import controls as controls_store
 from storage import snapshot
 
 from . import cards_core, db
@@ -95,24 +96,12 @@ async def load_pupil(conn: asyncpg.Connection, account_id: int) -> PupilOut:
         status=db.ACCOUNT_STATUS_NAMES.get(row["status"], str(row["status"])),
         balance_kopecks=row["balance_kopecks"],
         cards=[CardOut(**db.card_view(c)) for c in cards],
-        controls=await load_controls(conn, account_id, row["daily_limit_kopecks"]),
+        controls=await load_controls(conn, account_id),
     )
 
 
-async def load_controls(conn: asyncpg.Connection, account_id: int, daily_limit: int | None) -> ControlsBody:
-    row = await conn.fetchrow("SELECT * FROM account_controls WHERE account_id = $1", account_id)
-    if row is None:
-        return ControlsBody(daily_limit_kopecks=daily_limit)
-    return ControlsBody(
-        daily_limit_kopecks=daily_limit,
-        period_limits_kopecks=msgspec.json.decode(row["period_limits_kopecks"]),
-        items_per_day_max=row["items_per_day_max"],
-        banned_products=list(row["banned_products"]),
-        banned_categories=list(row["banned_categories"]),
-        blocked_allergens=list(row["blocked_allergens"]),
-        required_diet=list(row["required_diet"]),
-        cashier_note=row["cashier_note"],
-    )
+async def load_controls(conn: asyncpg.Connection, account_id: int) -> ControlsBody:
+    return ControlsBody(**msgspec.structs.asdict(await controls_store.load(conn, account_id)))
 
 
 def parse_csv(text: str) -> tuple[list[tuple[int, EnrolBody]], list[RowError]]:
@@ -314,8 +303,7 @@ class PupilController(Controller):
     async def get_controls(self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> ControlsBody:
         async with pool.acquire() as conn:
             principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
-            limit = await conn.fetchval("SELECT daily_limit_kopecks FROM accounts WHERE id = $1", account_id)
-            return await load_controls(conn, account_id, limit)
+            return await load_controls(conn, account_id)
 
     @put("/pupils/{account_id:int}/controls")
     async def put_controls(
@@ -326,37 +314,13 @@ class PupilController(Controller):
         async with pool.acquire() as conn, conn.transaction():
             school_id = await db.pupil_school(conn, account_id, for_update=True)
             principal.require_school(school_id, f"pupil {account_id}")
-            banned = sorted(set(data.banned_products))
-            if banned:
-                known = {r["code"] for r in await conn.fetch(
-                    "SELECT code FROM products WHERE school_id = $1 AND code = ANY($2::int[])", school_id, banned)}
-                unknown = [c for c in banned if c not in known]
-                if unknown:
-                    raise Unprocessable("banned_products", f"unknown product codes of school {school_id}: {unknown}")
-            old_limit = await conn.fetchval(
-                "SELECT daily_limit_kopecks FROM accounts WHERE id = $1 FOR UPDATE", account_id)
-            before = await load_controls(conn, account_id, old_limit)
-            await conn.execute("UPDATE accounts SET daily_limit_kopecks = $2 WHERE id = $1",
-                               account_id, data.daily_limit_kopecks)
-            await conn.execute(
-                """
-                INSERT INTO account_controls (account_id, period_limits_kopecks, items_per_day_max,
-                    banned_products, banned_categories, blocked_allergens, required_diet, cashier_note)
-                VALUES ($1, $2::jsonb, $3, $4, $5, $6, $7, $8)
-                ON CONFLICT (account_id) DO UPDATE SET period_limits_kopecks = EXCLUDED.period_limits_kopecks,
-                    items_per_day_max = EXCLUDED.items_per_day_max, banned_products = EXCLUDED.banned_products,
-                    banned_categories = EXCLUDED.banned_categories, blocked_allergens = EXCLUDED.blocked_allergens,
-                    required_diet = EXCLUDED.required_diet, cashier_note = EXCLUDED.cashier_note
-                """,
-                account_id, msgspec.json.encode(data.period_limits_kopecks).decode(), data.items_per_day_max,
-                banned, sorted(set(data.banned_categories)), sorted(set(data.blocked_allergens)),
-                sorted(set(data.required_diet)), data.cashier_note,
-            )
-            after = await load_controls(conn, account_id, data.daily_limit_kopecks)
-            await db.audit(conn, principal.login, "controls.set", f"pupil:{account_id}",
-                           msgspec.to_builtins(before), msgspec.to_builtins(after), now_ms)
-            await db.notify(conn, "account", account_id)
-        return after
+            try:
+                _, after = await controls_store.replace(
+                    conn, account_id, school_id, controls_store.Controls(**msgspec.structs.asdict(data)),
+                    actor=principal.login, now_ms=now_ms)
+            except controls_store.UnknownProducts as exc:
+                raise Unprocessable("banned_products", str(exc)) from None
+        return ControlsBody(**msgspec.structs.asdict(after))
 
     @post("/pupils/{account_id:int}/cards", status_code=201)
     async def bind_card(

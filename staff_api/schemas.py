@@ -7,12 +7,12 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-Allergen = Literal[
-    "celery", "gluten", "crustaceans", "eggs", "fish", "lupin", "milk",
-    "molluscs", "mustard", "tree_nuts", "peanuts", "sesame", "soybeans", "sulphites",
-]  # the 14 EU allergens (Regulation 1169/2011, Annex II)
-DietFlag = Literal["vegetarian", "vegan", "halal", "kosher"]
-MealPeriod = Literal["breakfast", "lunch", "snack"]
+from storage.controls import ALLERGENS_RU, DIET_FLAGS_RU, MEAL_PERIODS_RU
+
+# The vocabularies are storage.controls's (one definition, with the Russian a parent reads).
+Allergen = Literal[tuple(ALLERGENS_RU)]  # type: ignore[valid-type]  # the 14 EU allergens
+DietFlag = Literal[tuple(DIET_FLAGS_RU)]  # type: ignore[valid-type]
+MealPeriod = Literal[tuple(MEAL_PERIODS_RU)]  # type: ignore[valid-type]
 FreeMealCategory = Literal["grades_1_4", "large_family", "low_income", "orphan", "disability"]
 CardKind = Literal["service_card", "social_card", "bracelet", "fob", "muscovite_card"]
 TemporaryReason = Literal["forgotten", "lost", "broken"]

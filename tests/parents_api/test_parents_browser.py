@@ -12,7 +12,7 @@ import time
 import pytest
 
 from parents_support import World, _sql, world  # noqa: F401  (world: the fixture)
-from protocol import DeviceKind, Outcome
+from protocol import DenyReason, DeviceKind, Outcome
 from simulators.crash import free_port
 from simulators.device import Device, DeviceConfig
 from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids
@@ -126,3 +126,39 @@ def test_the_tv_view_updates_when_a_till_sells_to_the_child(world: World, browse
         page.keyboard.press("ArrowRight")
         shown = page.locator("#panel .child.current h2").inner_text()
         assert shown and shown != "", shown
+
+
+def test_a_ban_set_on_the_page_is_refused_at_the_till(world: World, browser_page, tmp_path):
+    page = browser_page
+    world.clock.now_ms = time.time_ns() // 1_000_000
+    run_async(_sql(world.dsn, "UPDATE accounts SET balance_kopecks = 0 WHERE id = 2000"))
+    with GatewayThread(world.dsn) as gateway:
+        sign_in(page, world)
+        page.get_by_role("link", name="Лимиты и запреты").first.click()
+        page.wait_for_selector("h1:text('Лимиты и запреты')", timeout=PAGE_WAIT_MS)
+        page.get_by_label("Запретить: Булочка с маком").check()
+        page.get_by_role("button", name="Проверить, что изменится").click()
+        page.wait_for_selector("text=Это предварительный просмотр", timeout=PAGE_WAIT_MS)
+        assert "откажет: запрещено вами" in page.locator("tr", has_text="Булочка с маком").inner_text()
+        accessible(page, "parents-limits-preview")
+        page.get_by_role("button", name="Сохранить").click()
+        page.wait_for_selector("text=Сохранено", timeout=PAGE_WAIT_MS)
+        screenshot(page, "parents-limits-saved")
+
+        async def buns():
+            till = till_ids()[0]
+            device = Device(till, DeviceKind.TILL, demo_device_key(till),
+                            DeviceConfig(host="127.0.0.1", port=gateway.port), tmp_path, seed=2)
+            await device.start()
+            try:
+                deadline = time.monotonic() + PAGE_WAIT_MS / 1000
+                while True:  # the change reaches the gateway through its change feed, within a second or so
+                    decision = await device.purchase(demo_card_uid(7), [(3, 1, 3_500)])
+                    if decision.outcome != Outcome.ACCEPT or time.monotonic() > deadline:
+                        return decision
+                    await asyncio.sleep(0.2)
+            finally:
+                await device.close()
+
+        refused = run_async(buns())
+        assert refused.outcome == Outcome.DENY and refused.reason == DenyReason.PRODUCT_BANNED, refused

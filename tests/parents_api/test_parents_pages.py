@@ -116,3 +116,47 @@ def _next_event(lines) -> str:
         if line.startswith("data:"):
             return json.loads(line[len("data:"):].strip())["html"]
     raise AssertionError("the stream ended")
+
+
+def test_limits_preview_shows_what_the_till_will_refuse_and_save_stores_it(world: World):
+    browser = sign_in(world)
+    page = browser.get("/account/7/limits")
+    assert page.status_code == 200 and "Булочка с маком" in page.text and "откажет:" not in page.text
+    token = csrf(page)
+    # Preview: ban the bun, block milk: nothing stored yet.
+    shown = browser.post("/account/7/limits", data={
+        "banned_products": "3", "blocked_allergens": "milk", "daily_limit": "150", "action": "preview",
+        "_csrf_token": token})
+    assert shown.status_code == 200, shown.text
+    rows = {m.group(1): m.group(2) for m in re.finditer(
+        r'<label for="ban-\d+">([^<]+)</label>.*?<td>(продаст|откажет: [^<]+)</td>', shown.text, re.S)}
+    assert rows["Булочка с маком"] == "откажет: запрещено вами"
+    assert rows["Йогурт питьевой"] == "откажет: содержит аллерген"  # milk
+    assert rows["Обед комплексный"] == "откажет: дороже дневного лимита"  # 165 > 150
+    assert rows["Чай с лимоном"] == "продаст"
+    assert sql(world.dsn, "SELECT count(*) AS n FROM account_controls")[0]["n"] == 0
+    # Save.
+    saved = browser.post("/account/7/limits", data={
+        "banned_products": "3", "blocked_allergens": "milk", "daily_limit": "150", "action": "save",
+        "_csrf_token": token}, follow_redirects=False)
+    assert saved.status_code == 303 and saved.headers["location"] == "/account/7/limits?saved=true"
+    row = sql(world.dsn, "SELECT banned_products, blocked_allergens FROM account_controls WHERE account_id = 7")[0]
+    assert (list(row["banned_products"]), list(row["blocked_allergens"])) == ([3], ["milk"])
+    assert sql(world.dsn, "SELECT daily_limit_kopecks FROM accounts WHERE id = 7")[0]["daily_limit_kopecks"] == 15_000
+    audit = sql(world.dsn, "SELECT actor, action FROM audit_log WHERE entity = 'pupil:7'")
+    assert [(a["actor"], a["action"]) for a in audit] == [("parent:phone:+79000000007", "controls.set")]
+    again = browser.get("/account/7/limits?saved=true")
+    assert "Сохранено" in again.text and 'value="3" checked' in again.text
+
+
+def test_limits_refuse_bad_input_another_family_and_forged_forms(world: World):
+    browser = sign_in(world)
+    page = browser.get("/account/7/limits")
+    bad = browser.post("/account/7/limits", data={"daily_limit": "сто", "action": "save", "_csrf_token": csrf(page)})
+    assert bad.status_code == 422 and "Введите сумму в рублях" in bad.text
+    assert browser.get("/account/2000/limits").status_code == 404  # another family's child: same as none
+    assert browser.get("/account/999999999999999999999/limits").status_code in (400, 404)
+    forged = browser.post("/account/7/limits", data={"banned_products": "3", "action": "save"})
+    assert forged.status_code == 403
+    assert sql(world.dsn, "SELECT count(*) AS n FROM account_controls")[0]["n"] == 0
+    assert httpx.get(f"{world.url}/account/7/limits", follow_redirects=False).status_code == 303  # signed out
