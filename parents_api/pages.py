@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any, AsyncIterator
 
 import msgspec
@@ -390,3 +391,110 @@ class LimitsController(Controller):
                 return await self._page(request, child, controls, status_code=422,
                                         errors={"banned_products": "Такого товара в школе нет."})
         return Redirect(f"/account/{account_id}/limits?saved=true", status_code=303)
+
+
+# ---------------------------------------------------------------- the calendar and the charts
+
+HISTORY_MONTHS_BACK_MAX = 60  # five school years of calendar: older journal rows are archived anyway
+CHART_WEEKS = 8  # the weekly spending chart: two months, the span a parent compares
+MONTHS_RU = ("январь", "февраль", "март", "апрель", "май", "июнь", "июль", "август", "сентябрь", "октябрь",
+             "ноябрь", "декабрь")
+WEEKDAYS_RU = ("Пн", "Вт", "Ср", "Чт", "Пт", "Сб", "Вс")
+
+
+def _local_midnight_ms(day: date, offset_minutes: int) -> int:
+    return int(datetime(day.year, day.month, day.day, tzinfo=timezone(timedelta(minutes=offset_minutes))).timestamp()
+               * 1000)
+
+
+def _month_of(text: str, today: date) -> date | None:
+    found = re.fullmatch(r"(\d{4})-(\d{2})", text)
+    if not found or not 1 <= int(found.group(2)) <= 12:
+        return None
+    month = date(int(found.group(1)), int(found.group(2)), 1)
+    earliest = date(today.year - HISTORY_MONTHS_BACK_MAX // 12, today.month, 1)
+    return month if earliest <= month <= today.replace(day=1) else None
+
+
+def _next_month(month: date) -> date:
+    return date(month.year + month.month // 12, month.month % 12 + 1, 1)
+
+
+def _bars(values: list[tuple[str, int]]) -> list[dict[str, Any]]:
+    top = max((v for _, v in values), default=0) or 1
+    return [{"label": label, "kopecks": v, "rubles": views.rubles(v), "percent": round(100 * v / top, 1)}
+            for label, v in values]
+
+
+class HistoryController(Controller):
+    path = "/account/{account_id:int}/history"
+    include_in_schema = False
+
+    @get("/")
+    async def history(
+        self, request: Request, account_id: FromPath[int],
+        month: str = Parameter(default="", max_length=7), day: str = Parameter(default="", max_length=10),
+    ) -> Template | Redirect:
+        parent = await page_parent(request)
+        if parent is None:
+            return _signed_out()
+        pool = request.app.state.pool
+        child = await parents.child(pool, parent.contact, account_id) if 0 < account_id <= ACCOUNT_ID_MAX else None
+        if child is None:
+            raise NotFoundException(f"no child with account {account_id} among yours")
+        offset = child["utc_offset_minutes"]
+        today = views.local_dt(request.app.state.settings.clock(), offset).date()
+        shown_month = _month_of(month, today) if month else today.replace(day=1)
+        if shown_month is None:
+            raise Unprocessable("month", "expected YYYY-MM, not in the future nor more than five years back",
+                                source="query")
+        after = _next_month(shown_month)
+        chosen = None
+        if day:
+            try:
+                chosen = date.fromisoformat(day)
+            except ValueError:
+                chosen = None
+            if chosen is None or not shown_month <= chosen < after or chosen > today:
+                raise Unprocessable("day", "expected YYYY-MM-DD within the month shown, not in the future",
+                                    source="query")
+        elif shown_month <= today < after:
+            chosen = today
+        month_start, month_end = _local_midnight_ms(shown_month, offset), _local_midnight_ms(after, offset)
+        marks = await views.active_days(pool, child, month_start, month_end)
+        weeks, cursor = [], shown_month - timedelta(days=shown_month.weekday())
+        while cursor < after:
+            weeks.append([{"date": cursor + timedelta(days=i), "in_month": shown_month <= cursor + timedelta(days=i) < after,
+                           "active": cursor + timedelta(days=i) in marks, "future": cursor + timedelta(days=i) > today}
+                          for i in range(7)])
+            cursor += timedelta(days=7)
+        selected = None
+        if chosen is not None:
+            data = await views.day(pool, child, _local_midnight_ms(chosen, offset))
+            selected = {"date": chosen, "passages": [{"time": p["local_time"], "entry": p["direction"] == "entry"}
+                                                     for p in data["passages"]],
+                        "meals": [{"time": m["local_time"], "cost": views.rubles(m["amount_kopecks"]),
+                                   "free": m["free_meal"], "balance_after": views.rubles(m["balance_after_kopecks"]),
+                                   "items": [_item_line(i) for i in m["items"]]} for m in data["meals"]]}
+        # Spending: by week (the last CHART_WEEKS weeks to this one) and by category (the month shown).
+        this_monday = today - timedelta(days=today.weekday())
+        first_monday = this_monday - timedelta(weeks=CHART_WEEKS - 1)
+        weekly_rows = await views.spending(pool, child, _local_midnight_ms(first_monday, offset),
+                                           _local_midnight_ms(this_monday + timedelta(days=7), offset))
+        weekly = {first_monday + timedelta(weeks=i): 0 for i in range(CHART_WEEKS)}
+        for r in weekly_rows:
+            weekly[r["date"] - timedelta(days=r["date"].weekday())] += r["amount_kopecks"]
+        by_category: dict[str, int] = {}
+        for r in await views.spending(pool, child, month_start, month_end):
+            for category, kopecks in r["by_category"].items():
+                by_category[category] = by_category.get(category, 0) + kopecks
+        previous = date(shown_month.year - (shown_month.month == 1), (shown_month.month - 2) % 12 + 1, 1)
+        return Template("pages/history.html", context={
+            "child": child, "month": shown_month, "month_name": MONTHS_RU[shown_month.month - 1],
+            "weekdays": WEEKDAYS_RU, "weeks": weeks, "selected": selected, "months_ru": MONTHS_RU,
+            "previous": previous.strftime("%Y-%m") if _month_of(previous.strftime("%Y-%m"), today) else "",
+            "next": after.strftime("%Y-%m") if after <= today else "",
+            "weekly": _bars([(f"с {w.day:02d}.{w.month:02d}", v) for w, v in weekly.items()]),
+            "categories": _bars(sorted(((controls_store.CATEGORIES_RU.get(c, c), v) for c, v in by_category.items()),
+                                       key=lambda x: -x[1])),
+        })

@@ -86,8 +86,13 @@ async def _items(conn, school_id: int, rows: list[Any]) -> dict[tuple[int, int],
 
 async def today(conn: asyncpg.Connection | asyncpg.Pool, pupil: asyncpg.Record, now_ms: int) -> dict[str, Any]:
     """Today's passages and meals (purchases) of one pupil, in the school's local day."""
+    return await day(conn, pupil, now_ms)
+
+
+async def day(conn: asyncpg.Connection | asyncpg.Pool, pupil: asyncpg.Record, at_ms: int) -> dict[str, Any]:
+    """The passages and meals (purchases) of one pupil on the school-local day containing ``at_ms``."""
     offset = pupil["utc_offset_minutes"]
-    start, end = local_day_bounds(now_ms, offset)
+    start, end = local_day_bounds(at_ms, offset)
     rows = await parents.day_rows(conn, pupil["account_id"], (JournalKind.PASSAGE, JournalKind.PURCHASE), start, end)
     items = await _items(conn, pupil["school_id"], rows)
     passages, meals = [], []
@@ -152,3 +157,35 @@ def parse_before(text: str) -> tuple[int, int, int] | None:
     if any(v > 2**63 - 1 for v in values):
         return None
     return values  # type: ignore[return-value]
+
+
+async def spending(
+    conn: asyncpg.Connection | asyncpg.Pool, pupil: asyncpg.Record, start_ms: int, end_ms: int
+) -> list[dict[str, Any]]:
+    """The pupil's own purchases (not free meals) in [start_ms, end_ms): the school-local date,
+    the amount, and the amount per product category (a basket's lines split by their prices)."""
+    offset = pupil["utc_offset_minutes"]
+    rows = [r for r in await parents.day_rows(conn, pupil["account_id"], (JournalKind.PURCHASE,), start_ms, end_ms)
+            if r.debit_account_id == pupil["account_id"]]
+    lines = {(r.device_id, r.device_txn): decode_items(r.items) or [] for r in rows}
+    categories = await parents.product_categories(
+        conn, pupil["school_id"], {code for ls in lines.values() for code, _, _ in ls})
+    out = []
+    for r in rows:
+        by_category: dict[str, int] = {}
+        basket = lines[(r.device_id, r.device_txn)]
+        for code, quantity, price in basket:
+            category = categories.get(code, "other")
+            by_category[category] = by_category.get(category, 0) + quantity * price
+        if not basket:
+            by_category["other"] = r.amount_kopecks
+        out.append({"date": local_dt(r.happened_at_ms, offset).date(), "amount_kopecks": r.amount_kopecks,
+                    "by_category": by_category})
+    return out
+
+
+async def active_days(conn: asyncpg.Connection | asyncpg.Pool, pupil: asyncpg.Record, start_ms: int, end_ms: int) -> set:
+    """The school-local dates in [start_ms, end_ms) with a passage or a purchase (the calendar's marks)."""
+    offset = pupil["utc_offset_minutes"]
+    rows = await parents.day_rows(conn, pupil["account_id"], (JournalKind.PASSAGE, JournalKind.PURCHASE), start_ms, end_ms)
+    return {local_dt(r.happened_at_ms, offset).date() for r in rows}

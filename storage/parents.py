@@ -210,6 +210,15 @@ async def day_rows(
     return [snapshot.journal_row(r) for r in rows]
 
 
+async def product_categories(conn: asyncpg.Connection | asyncpg.Pool, school_id: int, codes: set[int]) -> dict[int, str]:
+    if not codes:
+        return {}
+    rows = await conn.fetch(
+        "SELECT code, category FROM products WHERE school_id = $1 AND code = ANY ($2::integer[])", school_id, list(codes)
+    )
+    return {r["code"]: r["category"] for r in rows}
+
+
 async def product_names(conn: asyncpg.Connection | asyncpg.Pool, school_id: int, codes: set[int]) -> dict[int, str]:
     if not codes:
         return {}

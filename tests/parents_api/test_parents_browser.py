@@ -49,6 +49,10 @@ def test_a_parent_signs_in_with_the_code_and_sees_the_day(world: World, browser_
     assert page.locator("section.child").count() == 2  # pupils 7 and 8
     assert "Баланс" in page.inner_text("main")
     accessible(page, "parents-account")
+    page.get_by_role("link", name="Календарь и расходы").first.click()
+    page.wait_for_selector("h1:text('Календарь и расходы')", timeout=PAGE_WAIT_MS)
+    accessible(page, "parents-history")
+    page.go_back()
     # A wrong code is said in Russian, and the page stays accessible with its error shown.
     page.get_by_role("button", name="Выйти").click()
     page.wait_for_url(world.url + "/", timeout=PAGE_WAIT_MS)

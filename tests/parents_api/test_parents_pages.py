@@ -160,3 +160,31 @@ def test_limits_refuse_bad_input_another_family_and_forged_forms(world: World):
     assert forged.status_code == 403
     assert sql(world.dsn, "SELECT count(*) AS n FROM account_controls")[0]["n"] == 0
     assert httpx.get(f"{world.url}/account/7/limits", follow_redirects=False).status_code == 303  # signed out
+
+
+def test_calendar_day_and_spending_charts(world: World):
+    day = 86_400_000
+    journal(world.dsn, [
+        {"device": 2_000_001, "txn": 11, "kind": JournalKind.PURCHASE, "account": 7, "debit": 7, "credit": 2,
+         "amount": 16_500, "balance": 33_500, "at": T0 - 7 * day, "items": [Line(2, 1, 16_500)]},  # 25 August
+        {"device": 2_000_001, "txn": 12, "kind": JournalKind.PURCHASE, "account": 7, "debit": 7, "credit": 2,
+         "amount": 7_000, "balance": 26_500, "at": T0 - 3_600_000, "items": [Line(3, 2, 3_500)]},  # 1 September
+        {"device": 1_000_001, "txn": 13, "kind": JournalKind.PASSAGE, "account": 7, "direction": 1,
+         "at": T0 - 2 * 3_600_000},
+    ])
+    browser = sign_in(world)
+    september = browser.get("/account/7/history")
+    assert september.status_code == 200, september.text
+    page = september.text
+    assert "Сентябрь 2026" in page and 'aria-current="date"' in page  # today, chosen
+    assert "08:00 — вход в школу" in page and "Булочка с маком × 2" in page
+    assert page.count("есть события") == 1  # only 1 September this month
+    assert "выпечка" in page and "70,00 ₽" in page  # the month by category
+    assert "165,00 ₽" in page  # the week of 25 August in the weekly chart
+    august = browser.get("/account/7/history", params={"month": "2026-08", "day": "2026-08-25"})
+    assert august.status_code == 200 and "Обед комплексный" in august.text and "обеды" in august.text
+    assert "Следующий месяц" in august.text
+    for bad in ({"month": "2026-10"}, {"month": "2026-13"}, {"month": "сентябрь"},
+                {"month": "2026-09", "day": "2026-08-31"}, {"month": "2026-09", "day": "2026-09-02"}):
+        assert browser.get("/account/7/history", params=bad).status_code == 422, bad
+    assert browser.get("/account/2000/history").status_code == 404
