@@ -21,6 +21,7 @@ import jinja2
 import msgspec
 
 from ledger.codes import OutboxKind
+from storage.representatives import RELATIONS_RU
 from ledger.notices import (
     AnyNotice,
     BankTopupNotice,
@@ -128,6 +129,7 @@ class Renderer:
             keep_trailing_newline=True,
         )
         self.env.filters["money"] = money
+        self.env.globals["relations_ru"] = RELATIONS_RU  # storage.representatives: one list of relations
 
     def has(self, channel: str, kind: str) -> bool:
         try:

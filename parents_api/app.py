@@ -19,8 +19,8 @@ from litestar.openapi.spec import Components, SecurityScheme, Tag
 from . import config
 from .api import ParentController
 from .auth import AuthController
-from .errors import Unprocessable, http_exception_handler, unprocessable_handler, validation_handler
-from .pages import HistoryController, LimitsController, PagesController
+from .errors import Unprocessable, http_exception_handler, internal_error_handler, unprocessable_handler, validation_handler
+from .pages import HistoryController, LimitsController, NoticesController, PagesController
 from .senders import Senders
 from .ussd import ussd
 
@@ -53,7 +53,7 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
             await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[AuthController, ParentController, ussd, PagesController, LimitsController, HistoryController],
+        route_handlers=[AuthController, ParentController, ussd, PagesController, LimitsController, HistoryController, NoticesController],
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=CSRF_COOKIE, cookie_httponly=True,
@@ -62,6 +62,7 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
             Unprocessable: unprocessable_handler,
             ValidationException: validation_handler,
             HTTPException: http_exception_handler,
+            Exception: internal_error_handler,
         },
         openapi_config=OpenAPIConfig(
             title="ecard parents' API",

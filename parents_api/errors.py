@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import logging
 import re
+import secrets
 from typing import Any
 
 from litestar import Request, Response
@@ -57,3 +59,13 @@ def http_exception_handler(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         return validation_handler(request, exc)
     return _response(exc.status_code, exc.detail, headers=exc.headers)
+
+
+log = logging.getLogger("parents_api")
+
+
+def internal_error_handler(request: Request, exc: Exception) -> Response:
+    """A 5xx that got through: logged with its traceback and a request id the answer names."""
+    request_id = secrets.token_hex(8)
+    log.error("500 %s %s (request %s)", request.method, request.url.path, request_id, exc_info=exc)
+    return _response(500, f"internal error; request id {request_id}", request_id=request_id)

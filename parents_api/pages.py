@@ -38,6 +38,7 @@ from ledger.state import Controls as LedgerControls
 from ledger.state import Product as LedgerProduct
 from protocol.codes import DenyReason
 from storage import controls as controls_store
+from storage import representatives as representative_store
 from storage import parents
 
 from . import config, views
@@ -498,3 +499,59 @@ class HistoryController(Controller):
             "categories": _bars(sorted(((controls_store.CATEGORIES_RU.get(c, c), v) for c, v in by_category.items()),
                                        key=lambda x: -x[1])),
         })
+
+
+# ---------------------------------------------------------------- notices and the family
+
+
+class NoticesController(Controller):
+    path = "/account/notices"
+    include_in_schema = False
+
+    async def _page(self, request: Request, parent: Parent, *, saved: bool = False, error: str = "",
+                    status_code: int = 200) -> Template:
+        pool = request.app.state.pool
+        family = []
+        for child in await parents.children(pool, parent.contact):
+            family.append({"child": child["full_name"], "representatives": [
+                {"full_name": r["full_name"], "relation": representative_store.RELATIONS_RU.get(r["relation"], r["relation"])}
+                for r in await parents.representatives_of(pool, child["account_id"])]})
+        rows = await parents.active_representatives(pool, parent.contact)
+        return Template("pages/notices.html", status_code=status_code, context={
+            "rows": rows, "channels": representative_store.CHANNELS_RU, "kinds": representative_store.KINDS_RU,
+            "family": family, "saved": saved, "error": error,
+            "schools": {r["school_id"]: r["school_name"] for r in await parents.children(pool, parent.contact)},
+        })
+
+    @get("/")
+    async def show(self, request: Request, saved: bool = Parameter(default=False)) -> Template | Redirect:
+        parent = await page_parent(request)
+        if parent is None:
+            return _signed_out()
+        return await self._page(request, parent, saved=saved)
+
+    @post("/")
+    async def save(self, request: Request) -> Template | Redirect:
+        """Each of the parent's own applications: the channels and event kinds it wants."""
+        parent = await page_parent(request)
+        if parent is None:
+            return _signed_out()
+        form = await request.form()
+        now = request.app.state.settings.clock()
+        try:
+            async with request.app.state.pool.acquire() as conn, conn.transaction():
+                for row in parent.representatives:  # only the caller's own rows: ids from the session, not the form
+                    rid = row["id"]
+                    await representative_store.set_preferences(
+                        conn, rid, form.getall(f"channels_{rid}", []), form.getall(f"kinds_{rid}", []),
+                        actor=f"parent:{parent.contact}", now_ms=now)
+        except ValueError as exc:  # nothing was stored: one transaction for all the rows
+            field = str(exc).partition(":")[0]
+            message = {
+                "email": "Электронная почта не указана в заявлении: уведомления на почту подключает школа вместе "
+                         "с адресом.",
+                "channels": "Оставьте хотя бы один способ уведомлений (отказаться от всех можно через школу).",
+                "kinds": "Оставьте хотя бы одно событие (отказаться от всех можно через школу).",
+            }.get(field, "Выберите способы и события из списка.")
+            return await self._page(request, parent, error=message, status_code=422)
+        return Redirect("/account/notices?saved=true", status_code=303)

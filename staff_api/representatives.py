@@ -26,7 +26,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from storage import deliveries as delivery_store
 from storage import representatives as representative_store
-from storage.representatives import CHANNELS, KINDS, RELATIONS
+from storage.representatives import CHANNELS, KINDS, RELATIONS, preferences_problem
 
 from . import db
 from .auth import Principal, PrincipalDep
@@ -160,8 +160,9 @@ def _check_one_line(**fields: str | None) -> None:
 
 
 def _check_email_channel(channels: list[str], email: str | None) -> None:
-    if "email" in channels and email is None:
-        raise Unprocessable("email", "required when the channels include \"email\"")
+    problem = preferences_problem(channels, None, email)  # the one rule, shared with the parents' pages
+    if problem is not None:
+        raise Unprocessable(*problem)
 
 
 async def _check_phone_free(

@@ -68,6 +68,14 @@ async def children(conn: asyncpg.Connection | asyncpg.Pool, contact: str) -> lis
     return await conn.fetch(_CHILDREN + " ORDER BY p.account_id", contact)
 
 
+async def representatives_of(conn: asyncpg.Connection | asyncpg.Pool, account_id: int) -> list[asyncpg.Record]:
+    """The pupil's active representatives (name and relation: what the family sees of each other)."""
+    return await conn.fetch(
+        f"""SELECT r.id, r.full_name, r.relation FROM representatives r
+            JOIN representative_pupils rp ON rp.representative_id = r.id
+            WHERE rp.account_id = $1 AND {_ACTIVE} ORDER BY r.id""", account_id)
+
+
 async def child(conn: asyncpg.Connection | asyncpg.Pool, contact: str, account_id: int) -> asyncpg.Record | None:
     """One pupil, only if the contact's active representatives cover it (None otherwise)."""
     return await conn.fetchrow(_CHILDREN + " AND p.account_id = $2", contact, account_id)

@@ -17,6 +17,54 @@ from ledger.codes import OutboxKind
 CHANNELS = ("portal", "sms", "ussd", "app_push", "tv_push", "email")
 RELATIONS = ("parent", "grandmother", "grandfather", "nanny", "guardian", "other")
 KINDS = tuple(kind.value for kind in OutboxKind)
+# What a parent reads for each (the parents' pages; the notifier's templates take RELATIONS_RU).
+RELATIONS_RU = {"parent": "родитель", "grandmother": "бабушка", "grandfather": "дедушка", "nanny": "няня",
+                "guardian": "опекун", "other": "доверенное лицо"}
+CHANNELS_RU = {"portal": "личный кабинет", "sms": "SMS", "ussd": "USSD *377*888#",
+               "app_push": "приложение «Мой ребенок в школе»", "tv_push": "Smart-TV", "email": "электронная почта"}
+KINDS_RU = {"entry": "вход в школу", "exit": "выход из школы", "purchase": "питание и покупки",
+            "cash_topup": "пополнение наличными", "bank_topup": "пополнение картой", "low_balance": "низкий баланс",
+            "temporary_card_issued": "выдана временная карта", "temporary_card_returned": "временная карта сдана",
+            "card_blocked": "карта заблокирована"}
+assert set(CHANNELS_RU) == set(CHANNELS) and set(KINDS_RU) == set(KINDS) and set(RELATIONS_RU) == set(RELATIONS)
+
+
+def preferences_problem(channels: list[str], kinds: list[str] | None, email: str | None) -> tuple[str, str] | None:
+    """(field, why) if the channels and kinds (None: not being changed) cannot be a
+    representative's, else None. The table's CHECKs say the same; this says it first, in words."""
+    if not channels:
+        return "channels", "at least one channel"
+    if not set(channels) <= set(CHANNELS):
+        return "channels", f"unknown channel; one of {', '.join(CHANNELS)}"
+    if kinds is not None and not kinds:
+        return "kinds", "at least one event kind"
+    if kinds is not None and not set(kinds) <= set(KINDS):
+        return "kinds", f"unknown event kind; one of {', '.join(KINDS)}"
+    if "email" in channels and email is None:
+        return "email", 'required when the channels include "email"'
+    return None
+
+
+async def set_preferences(conn: asyncpg.Connection, representative_id: int, channels: list[str], kinds: list[str],
+                          *, actor: str, now_ms: int) -> None:
+    """Replace a representative's channels and event kinds (in the caller's transaction), audited.
+    ValueError with the reason if they are not valid (see ``preferences_problem``)."""
+    row = await conn.fetchrow("SELECT email, channels, kinds FROM representatives WHERE id = $1 FOR UPDATE",
+                              representative_id)
+    if row is None:
+        raise ValueError(f"no representative {representative_id}")
+    channels = [c for c in CHANNELS if c in channels]  # canonical order, no repeats
+    kinds = [k for k in KINDS if k in kinds]
+    problem = preferences_problem(channels, kinds, row["email"])
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
+    await conn.execute("UPDATE representatives SET channels = $2, kinds = $3, updated_at_ms = $4 WHERE id = $1",
+                       representative_id, channels, kinds, now_ms)
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, entity, before, after, at_ms) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6)",
+        actor, "representative.preferences", f"representative:{representative_id}",
+        msgspec.json.encode({"channels": list(row["channels"]), "kinds": list(row["kinds"])}).decode(),
+        msgspec.json.encode({"channels": channels, "kinds": kinds}).decode(), now_ms)
 
 
 class Subscriber(msgspec.Struct, frozen=True):

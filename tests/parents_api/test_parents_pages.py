@@ -188,3 +188,29 @@ def test_calendar_day_and_spending_charts(world: World):
                 {"month": "2026-09", "day": "2026-08-31"}, {"month": "2026-09", "day": "2026-09-02"}):
         assert browser.get("/account/7/history", params=bad).status_code == 422, bad
     assert browser.get("/account/2000/history").status_code == 404
+
+
+def test_notice_settings_per_channel_and_kind_and_the_familys_representatives(world: World):
+    browser = sign_in(world)
+    page = browser.get("/account/notices")
+    assert page.status_code == 200 and "Представители семьи" in page.text
+    assert "Иванова Анна" not in page.text  # another family's representative
+    rid = sql(world.dsn, "SELECT id FROM representatives WHERE phone = '+79000000007'")[0]["id"]
+    saved = browser.post("/account/notices", data={
+        f"channels_{rid}": ["sms", "portal"], f"kinds_{rid}": ["entry", "low_balance"], "_csrf_token": csrf(page),
+        # a forged field for another representative is ignored: the rows come from the session
+        "channels_5000": ["sms"], "kinds_5000": ["purchase"]}, follow_redirects=False)
+    assert saved.status_code == 303, saved.text
+    row = sql(world.dsn, "SELECT channels, kinds FROM representatives WHERE id = $1", rid)[0]
+    assert (list(row["channels"]), list(row["kinds"])) == (["portal", "sms"], ["entry", "low_balance"])
+    other = sql(world.dsn, "SELECT kinds FROM representatives WHERE id = 5000")[0]
+    assert list(other["kinds"]) == ["entry"]
+    audit = sql(world.dsn, "SELECT actor FROM audit_log WHERE entity = $1", f"representative:{rid}")
+    assert [a["actor"] for a in audit] == ["parent:phone:+79000000007"]
+    unknown = browser.post("/account/notices", data={f"channels_{rid}": ["pigeon"], f"kinds_{rid}": ["entry"],
+                                                     "_csrf_token": csrf(page)})
+    assert unknown.status_code == 422 and "хотя бы один способ" in unknown.text  # not a box: dropped, none left
+    nothing = browser.post("/account/notices", data={f"channels_{rid}": ["sms"], "_csrf_token": csrf(page)})
+    assert nothing.status_code == 422 and "хотя бы одно событие" in nothing.text
+    row = sql(world.dsn, "SELECT channels, kinds FROM representatives WHERE id = $1", rid)[0]
+    assert (list(row["channels"]), list(row["kinds"])) == (["portal", "sms"], ["entry", "low_balance"])  # unchanged
