@@ -20,7 +20,7 @@ from . import config
 from .api import ParentController
 from .auth import AuthController
 from .errors import Unprocessable, http_exception_handler, internal_error_handler, unprocessable_handler, validation_handler
-from .pages import HistoryController, LimitsController, NoticesController, PagesController
+from .pages import HistoryController, LimitsController, MenuController, NoticesController, PagesController
 from .senders import Senders
 from .ussd import ussd
 
@@ -53,7 +53,7 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
             await app.state.pool.close()
 
     return Litestar(
-        route_handlers=[AuthController, ParentController, ussd, PagesController, LimitsController, HistoryController, NoticesController],
+        route_handlers=[AuthController, ParentController, ussd, PagesController, LimitsController, HistoryController, NoticesController, MenuController],
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=CSRF_COOKIE, cookie_httponly=True,

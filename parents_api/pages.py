@@ -38,6 +38,7 @@ from ledger.state import Controls as LedgerControls
 from ledger.state import Product as LedgerProduct
 from protocol.codes import DenyReason
 from storage import controls as controls_store
+from storage import preorders as preorder_store
 from storage import representatives as representative_store
 from storage import parents
 
@@ -555,3 +556,104 @@ class NoticesController(Controller):
             }.get(field, "Выберите способы и события из списка.")
             return await self._page(request, parent, error=message, status_code=422)
         return Redirect("/account/notices?saved=true", status_code=303)
+
+
+# ---------------------------------------------------------------- the menu and pre-orders
+
+MENU_DAYS_AHEAD = 14  # two school weeks of menus and pre-orders: what a kitchen plans ahead
+SCHOOL_WEEKDAYS = 5  # Monday to Friday
+PREORDER_REFUSALS_RU = {
+    "locked": "Заказ на этот день уже закрыт.",
+    "lines": "Слишком много позиций на один день: касса получает не больше 16.",
+    "quantity": "Количество — от 1 до 20.",
+    "product": "Такого блюда нет в меню школы.",
+    "duplicate": "Блюдо указано дважды.",
+    "period": "Такого приёма пищи в школе нет.",
+}
+
+
+class MenuController(Controller):
+    path = "/account/{account_id:int}/menu"
+    include_in_schema = False
+
+    async def _child(self, request: Request, account_id: int) -> tuple[Parent, Any] | None:
+        parent = await page_parent(request)
+        if parent is None:
+            return None
+        child = await parents.child(request.app.state.pool, parent.contact, account_id) \
+            if 0 < account_id <= ACCOUNT_ID_MAX else None
+        if child is None:
+            raise NotFoundException(f"no child with account {account_id} among yours")
+        return parent, child
+
+    async def _page(self, request: Request, child: Any, *, saved: bool = False, error: str = "",
+                    status_code: int = 200) -> Template:
+        pool = request.app.state.pool
+        school_id, account_id = child["school_id"], child["account_id"]
+        context = await preorder_store.school_context(pool, school_id)
+        assert context is not None
+        today = preorder_store.school_today(request.app.state.settings.clock(), context.utc_offset_minutes)
+        days = [today + timedelta(days=i) for i in range(1, MENU_DAYS_AHEAD + 1)
+                if (today + timedelta(days=i)).weekday() < SCHOOL_WEEKDAYS]
+        catalogue = preview(await controls_store.load(pool, account_id),
+                            await controls_store.school_products(pool, school_id))
+        by_code = {p["code"]: p for p in catalogue}
+        menus = await parents.menus(pool, school_id, days[0], days[-1]) if days else {}
+        ordered = await parents.preorders(pool, account_id, days[0], days[-1]) if days else {}
+        out = []
+        for day in days:
+            periods = []
+            for period in context.periods:
+                codes = menus.get((day, period))
+                products = [by_code[c] for c in codes if c in by_code] if codes else catalogue
+                quantities = ordered.get((day, period), {})
+                periods.append({"period": period, "name": controls_store.MEAL_PERIODS_RU.get(period, period),
+                                "published": bool(codes), "products": products, "quantities": quantities,
+                                "total": views.rubles(sum(by_code[c]["price_kopecks"] * q for c, q in quantities.items()
+                                                          if c in by_code))})
+            editable = preorder_store.is_editable(day, today, context.lock_days)
+            out.append({"day": day, "weekday": WEEKDAYS_RU[day.weekday()], "editable": editable,
+                        "until": preorder_store.last_editable_day(day, context.lock_days), "periods": periods})
+        return Template("pages/menu.html", status_code=status_code, context={
+            "child": child, "days": out, "saved": saved, "error": error, "lock_days": context.lock_days,
+            "quantity_max": preorder_store.QUANTITY_MAX})
+
+    @get("/")
+    async def show(self, request: Request, account_id: FromPath[int], saved: bool = Parameter(default=False)
+                   ) -> Template | Redirect:
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        return await self._page(request, found[1], saved=saved)
+
+    @post("/")
+    async def order(self, request: Request, account_id: FromPath[int]) -> Template | Redirect:
+        """One day and meal period: the quantity of each dish (0 or empty: none)."""
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        parent, child = found
+        form = await request.form()
+        try:
+            day = date.fromisoformat(form.get("day", "") or "")
+        except ValueError:
+            return await self._page(request, child, error="Неизвестный день.", status_code=422)
+        period = form.get("period", "") or ""
+        lines = []
+        for key, value in form.items():
+            if not key.startswith("q_") or not (value or "").strip():
+                continue
+            code, quantity = key[2:], value.strip()
+            if not code.isdigit() or not quantity.isdigit() or len(code) > 9 or len(quantity) > 3:
+                return await self._page(request, child, error="Количество — целое число от 0 до 20.", status_code=422)
+            if int(quantity):
+                lines.append((int(code), int(quantity)))
+        try:
+            async with request.app.state.pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT 1 FROM pupils WHERE account_id = $1 FOR UPDATE", child["account_id"])
+                await preorder_store.replace(conn, child["account_id"], child["school_id"], day, period, lines,
+                                             actor=f"parent:{parent.contact}", now_ms=request.app.state.settings.clock())
+        except preorder_store.PreorderRefused as refused:
+            return await self._page(request, child, error=PREORDER_REFUSALS_RU.get(refused.reason, refused.message),
+                                    status_code=409 if refused.reason == "locked" else 422)
+        return Redirect(f"/account/{child['account_id']}/menu?saved=true#d{day.isoformat()}", status_code=303)

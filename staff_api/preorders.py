@@ -21,7 +21,10 @@ from litestar import Controller, get, put
 from litestar.params import FromPath, JSONBody, QueryParameter
 from msgspec import Meta
 
-from protocol.limits import PREORDER_LINES_MAX
+from storage import preorders as preorder_store
+from storage.preorders import (  # the rule is storage's (one definition for the staff API and the parents' pages)
+    DEFAULT_LOCK_DAYS, ITEMS_MAX, QUANTITY_MAX, editable_until_ms, is_editable, last_editable_day, school_today,
+)
 
 from . import db
 from .auth import PrincipalDep
@@ -29,38 +32,8 @@ from .errors import Conflict, Unprocessable
 from .schemas import Base
 
 WRITERS = ("operator", "officer")
-DEFAULT_LOCK_DAYS = 3  # school_policies.preorder_lock_days when the school has no policy row
-QUANTITY_MAX = 20  # the CHECK of migration 0006
-# One PUT is one meal period of one day, and the whole day may hold no more lines than the
-# till receives (PUPIL_INFO), so one period may not either.
-ITEMS_MAX = PREORDER_LINES_MAX
 RANGE_DAYS_MAX = 366
 DEFAULT_RANGE_DAYS = 31
-EPOCH = date(1970, 1, 1)
-
-
-# --- the lock rule (pure) ------------------------------------------------------------------------
-
-
-def school_today(now_ms: int, utc_offset_minutes: int) -> date:
-    """The local date at ``now_ms`` (Unix ms) in a zone ``utc_offset_minutes`` east of UTC."""
-    return EPOCH + timedelta(days=(now_ms + utc_offset_minutes * 60_000) // db.MS_PER_DAY)
-
-
-def last_editable_day(day: date, lock_days: int) -> date:
-    """The last local date on which the pre-order of ``day`` may still be changed."""
-    return day - timedelta(days=lock_days)
-
-
-def is_editable(day: date, today: date, lock_days: int) -> bool:
-    """Editable while ``day - today >= lock_days`` (exactly ``lock_days`` before is still editable)."""
-    return (day - today).days >= lock_days
-
-
-def editable_until_ms(day: date, lock_days: int, utc_offset_minutes: int) -> int:
-    """The instant (Unix ms) the pre-order of ``day`` locks: the local midnight ending its last editable day."""
-    local_midnight = (last_editable_day(day, lock_days) - EPOCH).days + 1
-    return local_midnight * db.MS_PER_DAY - utc_offset_minutes * 60_000
 
 
 def _zone(utc_offset_minutes: int) -> str:
@@ -162,28 +135,16 @@ class KitchenList(Base):
 
 
 async def _school_context(conn: asyncpg.Connection, school_id: int) -> tuple[int, int, list[str]]:
-    """(utc_offset_minutes, lock_days, meal period names by start)."""
-    school = await db.school_row(conn, school_id)
-    lock_days = await conn.fetchval("SELECT preorder_lock_days FROM school_policies WHERE school_id = $1", school_id)
-    periods = await conn.fetch(
-        "SELECT name FROM meal_periods WHERE school_id = $1 ORDER BY starts_minute, name", school_id
-    )
-    return (school["utc_offset_minutes"], DEFAULT_LOCK_DAYS if lock_days is None else lock_days,
-            [p["name"] for p in periods])
+    """(utc_offset_minutes, lock_days, meal period names by start); 404 for no such school."""
+    await db.school_row(conn, school_id)
+    context = await preorder_store.school_context(conn, school_id)
+    assert context is not None
+    return context.utc_offset_minutes, context.lock_days, list(context.periods)
 
 
 def _period_order(periods: list[str]) -> Any:
     rank = {name: i for i, name in enumerate(periods)}
     return lambda name: (rank.get(name, len(rank)), name)
-
-
-async def _items(conn: asyncpg.Connection, account_id: int, day: date, period: str) -> list[dict[str, int]]:
-    rows = await conn.fetch(
-        "SELECT product_code, quantity FROM preorders WHERE account_id = $1 AND day = $2 AND period = $3 "
-        "ORDER BY product_code",
-        account_id, day, period,
-    )
-    return [{"product_code": r["product_code"], "quantity": r["quantity"]} for r in rows]
 
 
 async def _products(conn: asyncpg.Connection, school_id: int, codes: list[int]) -> dict[int, asyncpg.Record]:
@@ -192,23 +153,6 @@ async def _products(conn: asyncpg.Connection, school_id: int, codes: list[int]) 
         school_id, codes,
     )
     return {r["code"]: r for r in rows}
-
-
-async def _check_day_lines(conn: asyncpg.Connection, account_id: int, day: date, period: str, lines: int) -> None:
-    """422 unless the pupil's ``day`` holds at most PREORDER_LINES_MAX lines with ``lines`` in ``period``."""
-    others = await conn.fetch(
-        "SELECT period, count(*) AS n FROM preorders WHERE account_id = $1 AND day = $2 AND period <> $3 "
-        "GROUP BY period ORDER BY period",
-        account_id, day, period,
-    )
-    total = lines + sum(r["n"] for r in others)
-    if total > PREORDER_LINES_MAX:
-        counts = ", ".join([f"{r['period']} {r['n']}" for r in others] + [f"{period} {lines}"])
-        raise Unprocessable(
-            "items",
-            f"at most {PREORDER_LINES_MAX} pre-ordered lines per pupil and day (all meal periods together; "
-            f"the till receives no more); {day.isoformat()} would hold {total} ({counts})",
-        )
 
 
 def _item_out(code: int, quantity: int, products: dict[int, asyncpg.Record]) -> PreorderItemOut:
@@ -238,47 +182,18 @@ class PreorderController(Controller):
             # the pupil row lock serializes concurrent changes of one pupil's pre-orders
             school_id = await db.pupil_school(conn, account_id, for_update=True)
             principal.require_school(school_id, f"pupil {account_id}")
-            offset, lock_days, periods = await _school_context(conn, school_id)
-            if period not in periods:
-                raise Unprocessable("period", f"not a meal period of school {school_id}; "
-                                              f"its periods: {', '.join(periods) or 'none'}", source="path")
-            codes = [item.product_code for item in data.items]
-            products = await _products(conn, school_id, codes)
-            seen: set[int] = set()
-            errors = []
-            for i, code in enumerate(codes):
-                if code not in products:
-                    errors.append({"field": f"items[{i}].product_code",
-                                   "message": f"unknown product {code} of school {school_id}", "source": "body"})
-                elif code in seen:
-                    errors.append({"field": f"items[{i}].product_code",
-                                   "message": f"product {code} is listed twice", "source": "body"})
-                seen.add(code)
-            if errors:
-                first = errors[0]
-                raise Unprocessable(first["field"], first["message"], errors=errors)
-            today = school_today(now_ms, offset)
-            if not is_editable(on, today, lock_days):
-                raise Conflict(lock_message(on, period, today, lock_days, offset))
-            before = await _items(conn, account_id, on, period)
-            after = sorted(({"product_code": i.product_code, "quantity": i.quantity} for i in data.items),
-                           key=lambda i: i["product_code"])
-            if len(after) > len(before):
-                # under the pupil row lock: no concurrent change of this pupil's day
-                await _check_day_lines(conn, account_id, on, period, len(after))
-            if after != before:
-                await conn.execute("DELETE FROM preorders WHERE account_id = $1 AND day = $2 AND period = $3",
-                                   account_id, on, period)
-                await conn.executemany(
-                    "INSERT INTO preorders (account_id, day, period, product_code, quantity, updated_at_ms, updated_by) "
-                    "VALUES ($1, $2, $3, $4, $5, $6, $7)",
-                    [(account_id, on, period, i["product_code"], i["quantity"], now_ms, principal.login)
-                     for i in after],
-                )
-                await db.audit(conn, principal.login, "preorder.cancel" if not after else "preorder.set",
-                               f"preorder:{account_id}:{on.isoformat()}:{period}",
-                               {"items": before}, {"items": after}, now_ms)
-                await db.notify(conn, "account", account_id)
+            try:
+                _, after, context = await preorder_store.replace(
+                    conn, account_id, school_id, on, period, [(i.product_code, i.quantity) for i in data.items],
+                    actor=principal.login, now_ms=now_ms)
+            except preorder_store.PreorderRefused as refused:
+                if refused.reason == "locked":
+                    offset, lock_days, _ = await _school_context(conn, school_id)
+                    raise Conflict(lock_message(on, period, school_today(now_ms, offset), lock_days, offset)) from None
+                raise Unprocessable(refused.field, refused.message, errors=refused.errors or None,
+                                    **({"source": "path"} if refused.field == "period" else {})) from None
+            offset, lock_days = context.utc_offset_minutes, context.lock_days
+            products = await _products(conn, school_id, [i["product_code"] for i in after])
             stamp = await conn.fetchrow(
                 "SELECT max(updated_at_ms) AS at, max(updated_by) AS by FROM preorders "
                 "WHERE account_id = $1 AND day = $2 AND period = $3",

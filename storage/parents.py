@@ -218,6 +218,26 @@ async def day_rows(
     return [snapshot.journal_row(r) for r in rows]
 
 
+async def menus(conn: asyncpg.Connection | asyncpg.Pool, school_id: int, first: Any, last: Any) -> dict:
+    """(day, period) -> the product codes of the school's published menu, for first..last."""
+    rows = await conn.fetch("SELECT day, period, product_code FROM menus WHERE school_id = $1 AND day BETWEEN $2 AND $3"
+                            " ORDER BY day, period, product_code", school_id, first, last)
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r["day"], r["period"]), []).append(r["product_code"])
+    return out
+
+
+async def preorders(conn: asyncpg.Connection | asyncpg.Pool, account_id: int, first: Any, last: Any) -> dict:
+    """(day, period) -> {product code: quantity} of the pupil's pre-orders, for first..last."""
+    rows = await conn.fetch("SELECT day, period, product_code, quantity FROM preorders WHERE account_id = $1"
+                            " AND day BETWEEN $2 AND $3", account_id, first, last)
+    out: dict = {}
+    for r in rows:
+        out.setdefault((r["day"], r["period"]), {})[r["product_code"]] = r["quantity"]
+    return out
+
+
 async def product_categories(conn: asyncpg.Connection | asyncpg.Pool, school_id: int, codes: set[int]) -> dict[int, str]:
     if not codes:
         return {}

@@ -214,3 +214,36 @@ def test_notice_settings_per_channel_and_kind_and_the_familys_representatives(wo
     assert nothing.status_code == 422 and "хотя бы одно событие" in nothing.text
     row = sql(world.dsn, "SELECT channels, kinds FROM representatives WHERE id = $1", rid)[0]
     assert (list(row["channels"]), list(row["kinds"])) == (["portal", "sms"], ["entry", "low_balance"])  # unchanged
+
+
+def test_menu_and_preorders_until_the_lock_day(world: World):
+    browser = sign_in(world)  # today is Tuesday 1 September 2026 at the school; lock: 3 days
+    page = browser.get("/account/7/menu")
+    assert page.status_code == 200, page.text
+    assert 'id="d2026-09-02"' in page.text and "Заказ закрыт" in page.text
+    assert 'id="d2026-09-05"' not in page.text  # Saturday
+    assert "Каша молочная" in page.text and "520 ккал" in page.text  # composition and energy value
+    token = csrf(page)
+    ok = browser.post("/account/7/menu", data={"day": "2026-09-04", "period": "lunch", "q_2": "1", "q_4": "2",
+                                               "q_5": "", "_csrf_token": token}, follow_redirects=False)
+    assert ok.status_code == 303, ok.text
+    rows = sql(world.dsn, "SELECT product_code, quantity, updated_by FROM preorders WHERE account_id = 7 ORDER BY product_code")
+    assert [(r["product_code"], r["quantity"], r["updated_by"]) for r in rows] == [
+        (2, 1, "parent:phone:+79000000007"), (4, 2, "parent:phone:+79000000007")]
+    shown = browser.get("/account/7/menu")
+    assert "Итого по заказу: 255,00 ₽" in shown.text  # 165 + 2 × 45
+    locked = browser.post("/account/7/menu", data={"day": "2026-09-03", "period": "lunch", "q_2": "1",
+                                                   "_csrf_token": token})
+    assert locked.status_code == 409 and "уже закрыт" in locked.text
+    unknown = browser.post("/account/7/menu", data={"day": "2026-09-04", "period": "lunch", "q_999": "1",
+                                                    "_csrf_token": token})
+    assert unknown.status_code == 422 and "нет в меню" in unknown.text
+    too_many = browser.post("/account/7/menu", data={"day": "2026-09-04", "period": "lunch", "q_2": "21",
+                                                     "_csrf_token": token})
+    assert too_many.status_code == 422
+    cancel = browser.post("/account/7/menu", data={"day": "2026-09-04", "period": "lunch", "q_2": "0", "q_4": "",
+                                                   "_csrf_token": token}, follow_redirects=False)
+    assert cancel.status_code == 303
+    assert sql(world.dsn, "SELECT count(*) AS n FROM preorders")[0]["n"] == 0
+    assert browser.get("/account/2000/menu").status_code == 404
+    assert browser.post("/account/7/menu", data={"day": "2026-09-04", "period": "lunch", "q_2": "1"}).status_code == 403
