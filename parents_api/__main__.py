@@ -43,6 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smtp-from", default="ecard <no-reply@ecard.local>")
     parser.add_argument("--sent-dir", default="var/sent")
     parser.add_argument("--ussd-token", default=os.environ.get("ECARD_USSD_TOKEN"))
+    parser.add_argument("--payments-url", default=os.environ.get("ECARD_PAYMENTS_URL"),
+                        help="the payments service (card top-ups), e.g. http://127.0.0.1:8810")
+    parser.add_argument("--public-url", default=os.environ.get("ECARD_PARENTS_PUBLIC_URL"),
+                        help="where parents reach these pages (default http://<host>:<port>)")
     args = parser.parse_args(argv)
 
     import uvicorn
@@ -58,7 +62,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.ussd_token is None:
         logging.getLogger("parents_api").warning(
             "/ussd accepts any caller: set ECARD_USSD_TOKEN to require the aggregator's token")
-    app = create_app(Settings(dsn=_dsn(args.pg_dsn), ussd_token=args.ussd_token), Senders(email=email, sms=files))
+    public_url = args.public_url or f"http://{args.host}:{args.port}"
+    app = create_app(Settings(dsn=_dsn(args.pg_dsn), ussd_token=args.ussd_token, payments_url=args.payments_url,
+                              public_url=public_url), Senders(email=email, sms=files))
     print(f"parents' API on http://{args.host}:{args.port} (OpenAPI at /schema); codes by SMS under "
           f"{Path(args.sent_dir) / 'sms'}, by e-mail "
           f"{'via SMTP ' + args.smtp_host + ':' + str(args.smtp_port) if args.smtp_host else 'under ' + str(Path(args.sent_dir) / 'email')}",

@@ -20,7 +20,9 @@ from . import config
 from .api import ParentController
 from .auth import AuthController
 from .errors import Unprocessable, http_exception_handler, internal_error_handler, unprocessable_handler, validation_handler
-from .pages import HistoryController, LimitsController, MenuController, NoticesController, PagesController
+from .payments_client import PaymentsClient
+from .pages import (HistoryController, LimitsController, MenuController, NoticesController, PagesController,
+                    TopupController)
 from .senders import Senders
 from .ussd import ussd
 
@@ -39,6 +41,7 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
         app.state.settings = settings
         app.state.senders = senders
         app.state.send_tasks = set()
+        app.state.payments = PaymentsClient(settings.payments_url)
         app.state.pool = await asyncpg.create_pool(
             settings.dsn, min_size=config.POOL_SIZE_MIN, max_size=settings.pool_size_max,
             timeout=config.CONNECT_TIMEOUT_S,
@@ -51,9 +54,10 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
             if app.state.send_tasks:
                 await asyncio.wait(set(app.state.send_tasks), timeout=SHUTDOWN_SENDS_WAIT_S)
             await app.state.pool.close()
+            await app.state.payments.close()
 
     return Litestar(
-        route_handlers=[AuthController, ParentController, ussd, PagesController, LimitsController, HistoryController, NoticesController, MenuController],
+        route_handlers=[AuthController, ParentController, ussd, PagesController, LimitsController, HistoryController, NoticesController, MenuController, TopupController],
         lifespan=[lifespan],
         template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=CSRF_COOKIE, cookie_httponly=True,

@@ -54,6 +54,11 @@ class Settings:
     ussd_token: str | None = None
     pool_size_max: int = POOL_SIZE_MAX
     clock: Clock = field(default=system_clock_ms)
+    # The payments service (card top-ups through the acquirer's page; None: the pages say top-ups
+    # are not available) and where the parents' pages are reached (the acquirer sends the parent
+    # back to <public_url>/account/<child>/topup/return).
+    payments_url: str | None = None
+    public_url: str = "http://127.0.0.1:8820"
     # Signs the pages' CSRF tokens. One process: a fresh secret each start is enough (a form
     # opened before a restart is refused once and shown again); several processes share one.
     csrf_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))

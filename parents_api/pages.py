@@ -22,6 +22,8 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import secrets
+import urllib.parse
 from datetime import date, datetime, timedelta, timezone
 from typing import Annotated, Any, AsyncIterator
 
@@ -46,6 +48,7 @@ from . import config, views
 from .api import ACCOUNT_ID_MAX
 from .auth import Parent, normalize_email, normalize_phone, parent_of_token, send_code, sign_in, sign_out
 from .errors import TooManyRequests, Unprocessable
+from .payments_client import PaymentsClient, PaymentsUnavailable
 
 SESSION_COOKIE = "ecard_session"
 # The TV view asks the database whether the family's day changed this often: a tap shows within
@@ -657,3 +660,145 @@ class MenuController(Controller):
             return await self._page(request, child, error=PREORDER_REFUSALS_RU.get(refused.reason, refused.message),
                                     status_code=409 if refused.reason == "locked" else 422)
         return Redirect(f"/account/{child['account_id']}/menu?saved=true#d{day.isoformat()}", status_code=303)
+
+
+# ---------------------------------------------------------------- card top-ups
+
+TOPUP_KOPECKS_MIN = 100  # a rouble: below it a card payment costs more than it brings
+TOPUP_KOPECKS_MAX = 1_500_000  # the payments service's own ceiling for one top-up (15,000 roubles)
+STATUS_REFRESH_S = 2  # the return page looks again while the bank's answer is on its way
+WEEKDAY_NAMES_RU = ("понедельник", "вторник", "среда", "четверг", "пятница", "суббота", "воскресенье")
+PAYMENT_FAILURES_RU = {
+    "canceled": "Оплата отменена.", "expired": "Время на оплату истекло.",
+    "authentication_failed": "Платёж не подтверждён кодом банка.", "declined": "Банк отклонил платёж.",
+}
+PAYMENTS_DOWN_RU = "Оплата картой сейчас недоступна. Попробуйте позже."
+
+
+class TopupController(Controller):
+    path = "/account/{account_id:int}/topup"
+    include_in_schema = False
+
+    async def _child(self, request: Request, account_id: int) -> tuple[Parent, Any, str] | None:
+        token = request.cookies.get(SESSION_COOKIE, "")
+        parent = await page_parent(request)
+        if parent is None:
+            return None
+        child = await parents.child(request.app.state.pool, parent.contact, account_id) \
+            if 0 < account_id <= ACCOUNT_ID_MAX else None
+        if child is None:
+            raise NotFoundException(f"no child with account {account_id} among yours")
+        return parent, child, token
+
+    async def _page(self, request: Request, child: Any, token: str, *, error: str = "", amount: str = "",
+                    status_code: int = 200, saved: bool = False) -> Template:
+        payments: PaymentsClient = request.app.state.payments
+        cards, rule, available = [], None, True
+        try:
+            status, body = await payments.call("GET", "/saved-cards", token)
+            cards = body.get("cards", []) if status == 200 else []
+            status, rule = await payments.call("GET", f"/children/{child['account_id']}/auto-topup", token)
+            rule = rule if status == 200 else None
+        except PaymentsUnavailable:
+            available = False
+        return Template("pages/topup.html", status_code=status_code, context={
+            "child": child, "error": error, "amount": amount, "available": available, "cards": cards, "rule": rule,
+            "key": secrets.token_urlsafe(16), "saved": saved, "weekdays": WEEKDAY_NAMES_RU,
+            "rubles": views.rubles, "rubles_field": rubles_field})
+
+    @get("/")
+    async def form(self, request: Request, account_id: FromPath[int], saved: bool = Parameter(default=False)
+                   ) -> Template | Redirect:
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        return await self._page(request, found[1], found[2], saved=saved)
+
+    @post("/")
+    async def start(self, request: Request, account_id: FromPath[int]) -> Template | Redirect:
+        """Start a top-up: the payments service asks the acquirer for a payment page; the parent goes there."""
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        _, child, token = found
+        form = await request.form()
+        text = form.get("amount", "") or ""
+        try:
+            amount = parse_rubles(text)
+        except ValueError:
+            amount = None
+        if amount is None or not TOPUP_KOPECKS_MIN <= amount <= TOPUP_KOPECKS_MAX:
+            return await self._page(request, child, token, amount=text, status_code=422, error=(
+                f"Введите сумму от {TOPUP_KOPECKS_MIN // 100} до {TOPUP_KOPECKS_MAX // 100:,} ₽.".replace(",", " ")))
+        key = (form.get("key", "") or "")[:64] or secrets.token_urlsafe(16)
+        return_url = f"{request.app.state.settings.public_url}/account/{account_id}/topup/return"
+        try:
+            status, body = await request.app.state.payments.call(
+                "POST", f"/children/{account_id}/topups", token, idempotency_key=key,
+                json={"amount_kopecks": amount, "return_url": return_url, "save_card": form.get("save_card") == "on"})
+        except PaymentsUnavailable:
+            return await self._page(request, child, token, amount=text, status_code=503, error=PAYMENTS_DOWN_RU)
+        if status != 201 or not str(body.get("confirmation_url", "")).startswith(("http://", "https://")):
+            return await self._page(request, child, token, amount=text, status_code=502 if status >= 500 else 409,
+                                    error="Не удалось начать оплату. Попробуйте ещё раз.")
+        return Redirect(body["confirmation_url"], status_code=303)
+
+    @get("/return")
+    async def returned(self, request: Request, account_id: FromPath[int],
+                       payment_id: str = Parameter(default="", max_length=200)) -> Template | Redirect:
+        """Where the acquirer sends the parent back: the payment's outcome, looked up by the service."""
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        _, child, token = found
+        outcome = {"state": "unknown"}
+        try:
+            status, body = await request.app.state.payments.call(
+                "GET", f"/children/{account_id}/topups/{urllib.parse.quote(payment_id, safe='')}", token)
+        except PaymentsUnavailable:
+            status, body = 503, {}
+        if status == 200:
+            amount = views.rubles(body.get("amount_kopecks") or 0)
+            if body.get("status") in ("failed", "canceled"):
+                outcome = {"state": "failed", "text": PAYMENT_FAILURES_RU.get(body.get("failure"), "Оплата не прошла.")}
+            elif body.get("credit") == "applied":
+                outcome = {"state": "done", "text": f"Зачислено {amount}."}
+            elif body.get("status") == "captured":
+                outcome = {"state": "pending", "text": f"Оплата {amount} прошла, деньги поступают на счёт."}
+            else:
+                outcome = {"state": "pending", "text": "Ждём ответа банка…"}
+        return Template("pages/topup_return.html", context={"child": child, "outcome": outcome,
+                                                            "refresh_s": STATUS_REFRESH_S})
+
+    @post("/auto")
+    async def auto(self, request: Request, account_id: FromPath[int]) -> Template | Redirect:
+        """Set (``action=save``) or switch off (``action=off``) the child's auto top-up with a saved card."""
+        found = await self._child(request, account_id)
+        if found is None:
+            return _signed_out()
+        _, child, token = found
+        form = await request.form()
+        payments: PaymentsClient = request.app.state.payments
+        try:
+            if form.get("action") == "off":
+                status, _ = await payments.call("DELETE", f"/children/{account_id}/auto-topup", token)
+            else:
+                try:
+                    amount = parse_rubles(form.get("auto_amount", "") or "")
+                    threshold = parse_rubles(form.get("threshold", "") or "")
+                except ValueError:
+                    amount = threshold = None
+                weekday = form.get("weekday", "") or ""
+                card = form.get("card", "") or ""
+                if not amount or not card.isdigit() or (threshold is None and not weekday.isdigit()):
+                    return await self._page(request, child, token, status_code=422, error=(
+                        "Выберите карту, сумму и условие: порог баланса или день недели."))
+                status, _ = await payments.call("PUT", f"/children/{account_id}/auto-topup", token, json={
+                    "saved_card_id": int(card), "amount_kopecks": amount, "threshold_kopecks": threshold,
+                    "schedule_weekday": int(weekday) if weekday.isdigit() else None})
+        except PaymentsUnavailable:
+            return await self._page(request, child, token, status_code=503, error=PAYMENTS_DOWN_RU)
+        if status not in (200, 201):
+            return await self._page(request, child, token, status_code=422,
+                                    error="Автопополнение не сохранено: проверьте сумму и условие.")
+        return Redirect(f"/account/{account_id}/topup?saved=true", status_code=303)

@@ -247,3 +247,14 @@ def test_menu_and_preorders_until_the_lock_day(world: World):
     assert sql(world.dsn, "SELECT count(*) AS n FROM preorders")[0]["n"] == 0
     assert browser.get("/account/2000/menu").status_code == 404
     assert browser.post("/account/7/menu", data={"day": "2026-09-04", "period": "lunch", "q_2": "1"}).status_code == 403
+
+
+def test_top_up_without_a_payments_service_says_so(world: World):
+    browser = sign_in(world)
+    page = browser.get("/account/7/topup")
+    assert page.status_code == 200 and "Оплата картой сейчас недоступна" in page.text
+    assert browser.get("/account/2000/topup").status_code == 404
+    bad = browser.post("/account/7/topup", data={"amount": "0,5", "_csrf_token": csrf(page)})
+    assert bad.status_code == 422 and "Введите сумму от 1 до 15 000 ₽" in bad.text
+    down = browser.post("/account/7/topup", data={"amount": "300", "_csrf_token": csrf(page)})
+    assert down.status_code == 503 and "недоступна" in down.text
