@@ -157,7 +157,7 @@ def main() -> int:
             ("payments", ["-m", "payments", "serve", "--host", "127.0.0.1", "--port", "8810"]),
             ("autotopup", ["-m", "payments", "autotopup", "--interval-s", "30"]),
             ("parents-api", ["-m", "parents_api", "--host", "127.0.0.1", "--port", "8820",
-                             "--sent-dir", str(data_dir / "sent")]),
+                             "--sent-dir", str(data_dir / "sent"), "--payments-url", "http://127.0.0.1:8810"]),
         ):
             parts.append(Part(name, argv, env))
         print(
