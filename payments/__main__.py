@@ -1,10 +1,12 @@
 """python -m payments serve | autotopup
 
-  serve      ecard's webhook and top-up endpoints (standalone Litestar app)
+  serve      ecard's webhook and the parents' top-up, saved-card and auto top-up endpoints
+             (standalone Litestar app)
   autotopup  the auto top-up worker loop
 
 Settings: flags, or ECARD_PG_DSN, ECARD_ACQUIRER_URL, ECARD_PAYMENTS_PUBLIC_URL,
-ECARD_WEBHOOK_SECRET.
+ECARD_WEBHOOK_SECRET, ECARD_PAYMENTS_RETURN_ORIGINS (comma-separated origins a top-up's
+return_url may point to; default http://127.0.0.1:8820, the parents' pages).
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ def serve(argv: list[str]) -> int:
     import uvicorn
 
     from .acquirer import SandboxAcquirerClient
+    from .app import create_app
     from .sandbox import bind_socket
-    from .webhook import PaymentsService, PaymentsSettings, create_app
+    from .webhook import RETURN_ORIGINS_DEFAULT, PaymentsService, PaymentsSettings
 
     p = argparse.ArgumentParser(prog="python -m payments serve")
     p.add_argument("--host", default="127.0.0.1")
@@ -30,6 +33,9 @@ def serve(argv: list[str]) -> int:
     p.add_argument("--public-url", default=os.environ.get("ECARD_PAYMENTS_PUBLIC_URL"),
                    help="where the acquirer reaches this service (default http://<host>:<port>)")
     p.add_argument("--webhook-secret", default=os.environ.get("ECARD_WEBHOOK_SECRET"))
+    p.add_argument("--return-origins",
+                   default=os.environ.get("ECARD_PAYMENTS_RETURN_ORIGINS", ",".join(RETURN_ORIGINS_DEFAULT)),
+                   help="comma-separated origins (scheme://host:port) a top-up's return_url may point to")
     a = p.parse_args(argv)
     if not a.dsn:
         p.error("--dsn or ECARD_PG_DSN is required")
@@ -38,7 +44,16 @@ def serve(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sock = bind_socket(a.host, a.port)
     host, port = sock.getsockname()[:2]
-    settings = PaymentsSettings(webhook_secret=a.webhook_secret, public_url=a.public_url or f"http://{host}:{port}")
+    origins = tuple(o.strip().rstrip("/") for o in a.return_origins.split(",") if o.strip())
+    if not origins:
+        p.error("--return-origins or ECARD_PAYMENTS_RETURN_ORIGINS names no origin")
+    from .topups import origin
+
+    for o in origins:
+        if origin(o) is None:
+            p.error(f"return origin {o!r} is not an absolute http(s) origin such as http://127.0.0.1:8820")
+    settings = PaymentsSettings(webhook_secret=a.webhook_secret, public_url=a.public_url or f"http://{host}:{port}",
+                                return_origins=origins)
     service = PaymentsService(a.dsn, SandboxAcquirerClient(a.acquirer_url), settings)
     print(f"payments listening on http://{host}:{port}, webhook {settings.callback_url}", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", lifespan="on"))

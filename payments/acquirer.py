@@ -1,6 +1,10 @@
 """The acquirer interface ecard uses, and its one implementation: a client of the
 local sandbox acquirer (payments/sandbox.py) over HTTP.
 
+ecard never sends, receives or stores a card number: a parent's payment is *hosted* (the
+parent's browser goes to the acquirer's page, types the card there and comes back to
+ecard's return URL), and automatic charges use the acquirer's opaque card token.
+
 A real acquirer (bank) gets its own class with the same methods. Everything that
 creates money at the acquirer carries an idempotency key, so a retry after a lost
 reply never charges twice.
@@ -14,8 +18,9 @@ from typing import Any, Protocol
 import httpx
 import msgspec
 
-# Payment statuses at the acquirer.
-CAPTURED, FAILED, REFUNDED = "captured", "failed", "refunded"
+# Payment statuses at the acquirer. A hosted payment is PENDING until the payer completes
+# (or cancels) the acquirer's page.
+PENDING, CAPTURED, FAILED, CANCELED, REFUNDED = "pending", "captured", "failed", "canceled", "refunded"
 # One HTTP call to the acquirer; beyond this the call is retried (same idempotency key).
 ACQUIRER_TIMEOUT_S = 10.0
 # Transport-level retries (connection refused/reset, timeout) with the same key.
@@ -38,10 +43,11 @@ class AcquirerError(Exception):
 
 class Payment(msgspec.Struct, frozen=True):
     payment_id: str
-    status: str  # CAPTURED | FAILED | REFUNDED (as the acquirer knows it now)
+    status: str  # PENDING | CAPTURED | FAILED | CANCELED | REFUNDED (as the acquirer knows it now)
     amount_kopecks: int
     account_ref: str
     decline_code: str | None = None
+    confirmation_url: str | None = None  # hosted payments: where to send the payer's browser
 
 
 class Acquirer(Protocol):
@@ -52,21 +58,23 @@ class Acquirer(Protocol):
         amount_kopecks: int,
         callback_url: str,
         idempotency_key: str,
-        card_number: str | None = None,
+        return_url: str | None = None,
+        save_payment_method: bool = False,
         card_token: str | None = None,
+        description: str | None = None,
         metadata: dict[str, Any] | None = None,
+        test: dict[str, Any] | None = None,
     ) -> Payment:
-        """Charge a card (details or a saved token). The acquirer reports the outcome
-        to ``callback_url`` as a signed event; the reply here is informative only."""
+        """Start a payment: hosted (``return_url``: the payer types the card on the acquirer's
+        page at ``Payment.confirmation_url`` and comes back to ``return_url``; with
+        ``save_payment_method`` the capture event carries a card token) or merchant-initiated
+        with a saved ``card_token``. The outcome is reported to ``callback_url`` as a signed
+        event; the reply here is informative only."""
         ...
 
     async def refund(self, payment_id: str, amount_kopecks: int | None = None, *,
                      idempotency_key: str | None = None) -> Payment:
         """Refund a captured payment (whole amount when ``amount_kopecks`` is None)."""
-        ...
-
-    async def save_card(self, card_number: str) -> str:
-        """Store a card at the acquirer; return the token used for later charges."""
         ...
 
     async def close(self) -> None: ...
@@ -101,7 +109,10 @@ class SandboxAcquirerClient:
                 attempt += 1
                 await asyncio.sleep(ACQUIRER_RETRY_BACKOFF_S * attempt)
                 continue
-            data = response.json() if response.content else {}
+            try:
+                data = response.json() if response.content else {}
+            except ValueError:
+                data = {}
             if response.status_code >= 400:
                 raise AcquirerError(
                     data.get("message", f"HTTP {response.status_code}"), response.status_code, data.get("code", "")
@@ -111,7 +122,7 @@ class SandboxAcquirerClient:
     @staticmethod
     def _payment(data: dict[str, Any]) -> Payment:
         return Payment(data["payment_id"], data["status"], data["amount_kopecks"], data["account_ref"],
-                       data.get("decline_code"))
+                       data.get("decline_code"), data.get("confirmation_url"))
 
     async def create_payment(
         self,
@@ -120,21 +131,26 @@ class SandboxAcquirerClient:
         amount_kopecks: int,
         callback_url: str,
         idempotency_key: str,
-        card_number: str | None = None,
+        return_url: str | None = None,
+        save_payment_method: bool = False,
         card_token: str | None = None,
+        description: str | None = None,
         metadata: dict[str, Any] | None = None,
         test: dict[str, Any] | None = None,
     ) -> Payment:
-        if (card_number is None) == (card_token is None):
-            raise ValueError("exactly one of card_number and card_token")
+        if (return_url is None) == (card_token is None):
+            raise ValueError("exactly one of return_url (hosted page) and card_token")
         body: dict[str, Any] = {
             "account_ref": account_ref,
             "amount_kopecks": amount_kopecks,
             "callback_url": callback_url,
             "metadata": metadata or {},
         }
-        if card_number is not None:
-            body["card_number"] = card_number
+        if description is not None:
+            body["description"] = description
+        if return_url is not None:
+            body["confirmation"] = {"type": "redirect", "return_url": return_url}
+            body["save_payment_method"] = save_payment_method
         else:
             body["card_token"] = card_token
         if test:
@@ -148,10 +164,6 @@ class SandboxAcquirerClient:
             body["amount_kopecks"] = amount_kopecks
         key = idempotency_key or f"refund:{payment_id}"
         return self._payment(await self._call(f"/payments/{payment_id}/refund", body, key))
-
-    async def save_card(self, card_number: str) -> str:
-        data = await self._call("/tokens", {"card_number": card_number}, None)
-        return data["token"]
 
     async def close(self) -> None:
         await self._client.aclose()

@@ -1,4 +1,5 @@
-"""Auto top-up from a saved card token: by balance threshold and by weekly schedule.
+"""Auto top-up from a parent's saved card (the acquirer's token): by balance threshold and
+by weekly schedule.
 
 ``run_once(conn, acquirer, now_ms)`` is one pass; the worker
 (``python -m payments autotopup --interval-s 30``) calls it every interval. Time
@@ -19,6 +20,10 @@ Never charge twice:
   the acquirer answers the same payment).
 
 The local day is the school's (schools.utc_offset_minutes).
+
+A rule charges only while its saved card is not revoked, the card's representative is
+active, and the representative who set the rule is active and still covers the pupil: a
+suspended or removed parent's card is never charged again.
 """
 
 from __future__ import annotations
@@ -32,8 +37,9 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from storage.card_payments import record_payment
+
 from .acquirer import Acquirer, AcquirerError
-from .webhook import record_payment
 
 log = logging.getLogger("ecard.autotopup")
 
@@ -43,6 +49,19 @@ DAY_MS = 86_400_000
 # a second charge on the same day.
 IN_FLIGHT_STALE_MS = DAY_MS
 RUN_INTERVAL_S_DEFAULT = 30.0
+
+# The rules that may charge, with their card's token (see the module's docstring).
+_CHARGEABLE = """
+    FROM auto_topups t
+    JOIN saved_cards sc ON sc.id = t.saved_card_id AND sc.revoked_at_ms IS NULL
+    JOIN representatives owner ON owner.id = sc.representative_id
+         AND owner.removed_at_ms IS NULL AND owner.suspended_at_ms IS NULL
+    JOIN representatives setter ON setter.id = t.set_by_representative_id
+         AND setter.removed_at_ms IS NULL AND setter.suspended_at_ms IS NULL
+    JOIN representative_pupils rp ON rp.representative_id = setter.id AND rp.account_id = t.account_id
+    JOIN accounts a ON a.id = t.account_id
+    JOIN schools s ON s.id = a.school_id
+"""
 
 _IN_FLIGHT = """
     EXISTS (
@@ -73,7 +92,7 @@ def day_start_ms(day: dt.date, offset_minutes: int) -> int:
 
 
 async def _charge(conn: asyncpg.Connection, acquirer: Acquirer, callback_url: str, now_ms: int,
-                  account_id: int, token: str, amount: int, day: dt.date, reason: str) -> Charge:
+                  account_id: int, saved_card_id: int, token: str, amount: int, day: dt.date, reason: str) -> Charge:
     origin = f"auto_{reason}"
     try:
         payment = await acquirer.create_payment(
@@ -87,7 +106,8 @@ async def _charge(conn: asyncpg.Connection, acquirer: Acquirer, callback_url: st
     except AcquirerError as exc:
         log.warning("auto top-up of %d (%s) refused by the acquirer: %s", account_id, reason, exc)
         return Charge(account_id, reason, None, "error" if exc.retryable else "refused")
-    await record_payment(conn, payment.payment_id, account_id, payment.amount_kopecks, origin, now_ms)
+    await record_payment(conn, payment.payment_id, account_id, payment.amount_kopecks, origin, now_ms,
+                         saved_card_id=saved_card_id)
     log.info("auto top-up of %d (%s): %s %s", account_id, reason, payment.payment_id, payment.status)
     return Charge(account_id, reason, payment.payment_id, payment.status)
 
@@ -106,10 +126,8 @@ async def run_once(conn: asyncpg.Connection, acquirer: Acquirer, now_ms: int, *,
     # By threshold: balance below, nothing in flight, no threshold charge today.
     rows = await conn.fetch(
         f"""
-        SELECT t.account_id, t.card_token, t.amount_kopecks, s.utc_offset_minutes AS offset_minutes
-        FROM auto_topups t
-        JOIN accounts a ON a.id = t.account_id
-        JOIN schools s ON s.id = a.school_id
+        SELECT t.account_id, t.saved_card_id, sc.card_token, t.amount_kopecks, s.utc_offset_minutes AS offset_minutes
+        {_CHARGEABLE}
         WHERE t.active AND t.threshold_kopecks IS NOT NULL AND a.balance_kopecks < t.threshold_kopecks
           AND a.status = 0 AND NOT {_IN_FLIGHT}
         ORDER BY t.account_id
@@ -128,17 +146,15 @@ async def run_once(conn: asyncpg.Connection, acquirer: Acquirer, now_ms: int, *,
         )
         if charged_today:
             continue
-        charges.append(await _charge(conn, acquirer, callback_url, now_ms, r["account_id"], r["card_token"],
-                                     r["amount_kopecks"], day, "threshold"))
+        charges.append(await _charge(conn, acquirer, callback_url, now_ms, r["account_id"], r["saved_card_id"],
+                                     r["card_token"], r["amount_kopecks"], day, "threshold"))
 
     # By schedule: today (school-local) is the weekday, not yet done today, nothing in flight.
     rows = await conn.fetch(
         f"""
-        SELECT t.account_id, t.card_token, t.amount_kopecks, t.schedule_weekday, t.last_scheduled_day,
-               s.utc_offset_minutes AS offset_minutes
-        FROM auto_topups t
-        JOIN accounts a ON a.id = t.account_id
-        JOIN schools s ON s.id = a.school_id
+        SELECT t.account_id, t.saved_card_id, sc.card_token, t.amount_kopecks, t.schedule_weekday,
+               t.last_scheduled_day, s.utc_offset_minutes AS offset_minutes
+        {_CHARGEABLE}
         WHERE t.active AND t.schedule_weekday IS NOT NULL AND a.status = 0 AND NOT {_IN_FLIGHT}
         ORDER BY t.account_id
         """,
@@ -150,8 +166,8 @@ async def run_once(conn: asyncpg.Connection, acquirer: Acquirer, now_ms: int, *,
             continue
         if r["last_scheduled_day"] is not None and r["last_scheduled_day"] >= day:
             continue
-        charge = await _charge(conn, acquirer, callback_url, now_ms, r["account_id"], r["card_token"],
-                               r["amount_kopecks"], day, "schedule")
+        charge = await _charge(conn, acquirer, callback_url, now_ms, r["account_id"], r["saved_card_id"],
+                               r["card_token"], r["amount_kopecks"], day, "schedule")
         charges.append(charge)
         if charge.status != "error":  # unreachable acquirer: try again next pass
             await conn.execute(

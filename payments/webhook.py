@@ -1,18 +1,18 @@
-"""ecard's side of card payments: the acquirer's webhook and the top-up endpoints.
-
-``payments_router(service)`` is a Litestar Router mountable in any Litestar app
-(add ``service.close`` to the app's ``on_shutdown``); ``create_app(service)``
-is the standalone app of ``python -m payments serve``.
+"""ecard's side of card payments: the acquirer's signed webhook and the service behind every
+payments endpoint (payments/app.py mounts them; payments/topups.py holds the parents' side).
 
   POST /payments/webhook                   signed acquirer events (payments/signing.py)
-  POST /accounts/{account_id}/topups       start a top-up   header Idempotency-Key
-  PUT  /accounts/{account_id}/auto-topup   save a card and the auto top-up rules
 
 Money moves only through commands (storage.commands.submit), keyed by the
 acquirer's payment id: ``bank:<payment_id>:captured`` (bank_topup) and
 ``bank:<payment_id>:refunded`` (bank_refund). A redelivered event submits the
 same key again, which the commands table turns into a no-op; card_payments
-status only moves forward (created -> captured -> refunded, created -> failed).
+status only moves forward (created -> captured -> refunded, created -> failed,
+created -> canceled).
+
+A capture event carries the card's last 4 digits and, when the parent asked to save the
+card on the acquirer's page, the acquirer's card token: ecard stores that token for the
+parent (saved_cards) and never sees the card number.
 
 Out of order: a refund event for a payment that is not captured yet is answered
 409 and moves nothing; the acquirer retries it with backoff and by then the
@@ -30,19 +30,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import asyncpg
 import msgspec
-from litestar import Litestar, Request, Response, Router, post, put
-from litestar.params import FromPath
+from litestar import Request, Response
+from litestar.exceptions import HTTPException
 
 from ledger.codes import AccountKind
-from storage import commands
+from storage import card_payments, commands
 
 from . import signing
-from .acquirer import Acquirer, AcquirerError
+from .acquirer import Acquirer
 
 log = logging.getLogger("ecard.payments")
 
@@ -56,6 +56,15 @@ BIGINT_MAX = 2**63 - 1
 # An acquirer's payment id (the sandbox's are 24 characters).
 PAYMENT_ID_CHARS_MAX = 200
 ORIGINS = frozenset(("manual", "auto_threshold", "auto_schedule"))
+EVENT_TYPES = frozenset(("payment.captured", "payment.failed", "payment.canceled", "payment.refunded"))
+# An acquirer's card token (the sandbox's are 28 characters) and a decline code.
+CARD_TOKEN_CHARS_MAX = 200
+DECLINE_CODE_CHARS_MAX = 64
+# Where a parent's browser may be sent back after the acquirer's page: the parents' pages.
+RETURN_ORIGINS_DEFAULT = ("http://127.0.0.1:8820",)
+# Manual top-ups one parent (contact) may start per rolling hour: bounds card testing through
+# the acquirer's page (a stolen card's decline is an answer) and abandoned payments.
+TOPUPS_PER_HOUR_MAX = 20
 ACCOUNT_KIND_PUPIL = AccountKind.PUPIL
 # How long a webhook waits for the gateway to apply the command. The command is
 # durable once inserted, so after this the webhook answers 2xx anyway (the gateway
@@ -74,23 +83,8 @@ class WebhookEvent(msgspec.Struct):
     created: int | None = None
     decline_code: str | None = None
     metadata: dict[str, Any] = {}
-
-
-class TopupRequest(msgspec.Struct, forbid_unknown_fields=True):
-    amount_kopecks: int
-    card_number: str | None = None
-    card_token: str | None = None
-    save_card: bool = False
-    sandbox_test: dict[str, Any] | None = None  # passed to the sandbox when allowed (tests)
-
-
-class AutoTopupRequest(msgspec.Struct, forbid_unknown_fields=True):
-    amount_kopecks: int
-    card_number: str | None = None
-    card_token: str | None = None
-    threshold_kopecks: int | None = None
-    schedule_weekday: int | None = None  # 0 Monday .. 6 Sunday
-    active: bool = True
+    card_last4: str | None = None   # the card's last 4 digits, when the acquirer knows the card
+    card_token: str | None = None   # the saved card's token: a capture the parent asked to save
 
 
 @dataclass
@@ -100,6 +94,10 @@ class PaymentsSettings:
     command_wait_ms: int = COMMAND_WAIT_MS
     signature_tolerance_s: int = signing.SIGNATURE_TOLERANCE_S
     allow_sandbox_test_options: bool = False
+    # Origins (scheme://host[:port]) a top-up's return_url may point to; nothing else (no open redirect).
+    return_origins: tuple[str, ...] = RETURN_ORIGINS_DEFAULT
+    topups_per_hour_max: int = TOPUPS_PER_HOUR_MAX
+    clock: Callable[[], int] = field(default=lambda: time.time_ns() // 1_000_000)  # ms; sessions, rate limits
 
     @property
     def callback_url(self) -> str:
@@ -112,6 +110,24 @@ def now_ms() -> int:
 
 def _reply(http_status: int, /, **content: Any) -> Response:
     return Response(content, status_code=http_status)
+
+
+reply = _reply
+
+_HTTP_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "not_found",
+               405: "method_not_allowed", 413: "too_large", 415: "unsupported_media_type", 429: "too_many_requests"}
+
+
+def on_exception(request: Request, exc: Exception) -> Response:
+    """Every error as JSON ``{code, message}``; a 5xx is logged with its traceback (never the
+    request's headers or body: they may carry a bearer token)."""
+    if isinstance(exc, HTTPException):
+        if exc.status_code >= 500:
+            log.error("%s %s answered %d", request.method, request.url.path, exc.status_code, exc_info=exc)
+        return Response({"code": _HTTP_CODES.get(exc.status_code, "http_error"), "message": str(exc.detail)},
+                        status_code=exc.status_code, headers=getattr(exc, "headers", None) or None)
+    log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+    return _reply(500, code="internal_error", message="internal error (logged); try again later")
 
 
 def parse_account_ref(ref: str) -> int | None:
@@ -144,7 +160,8 @@ def event_problem(event: WebhookEvent) -> Response | None:
 
 
 class PaymentsService:
-    """Holds the pool and the acquirer; every handler's logic lives here."""
+    """Holds the pool, the acquirer and the settings; the webhook's logic lives here, the parents'
+    endpoints' in payments/topups.py (ParentPayments)."""
 
     def __init__(self, dsn: str, acquirer: Acquirer, settings: PaymentsSettings) -> None:
         self.dsn = dsn
@@ -179,7 +196,7 @@ class PaymentsService:
             event = msgspec.json.decode(body, type=WebhookEvent)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             return _reply(400, code="invalid_event", message=str(exc))
-        if event.type not in ("payment.captured", "payment.failed", "payment.refunded"):
+        if event.type not in EVENT_TYPES:
             return _reply(200, result="ignored")  # unknown event types are acknowledged
         refused = event_problem(event)
         if refused is not None:
@@ -204,7 +221,9 @@ class PaymentsService:
                 if event.type == "payment.captured":
                     return await self._captured(conn, event, row)
                 if event.type == "payment.failed":
-                    return await self._failed(conn, event, row)
+                    return await self._ended(conn, event, row, "failed")
+                if event.type == "payment.canceled":
+                    return await self._ended(conn, event, row, "canceled")
                 return await self._refunded(conn, event, row)
             except commands.IdempotencyConflict as exc:
                 log.error("event %s: %s", event.event_id, exc)
@@ -226,26 +245,16 @@ class PaymentsService:
 
     async def _payment_row(self, conn: asyncpg.Connection, event: WebhookEvent, account_id: int,
                            payment_amount: int) -> asyncpg.Record:
-        row = await conn.fetchrow(
-            "SELECT account_id, amount_kopecks, status FROM card_payments WHERE payment_id = $1", event.payment_id
-        )
+        row = await card_payments.payment(conn, event.payment_id)
         if row is not None:
             return row
         # The event may overtake the reply to create_payment (or ecard may have crashed
-        # before writing the row): the signed event carries what the row needs.
+        # before writing the row): the signed event carries what the row needs. Who asked
+        # is not in it, so such a payment saves no card.
         origin = event.metadata.get("origin", "manual")
         origin = origin if isinstance(origin, str) and origin in ORIGINS else "manual"
-        t = now_ms()
-        await conn.execute(
-            """
-            INSERT INTO card_payments (payment_id, account_id, amount_kopecks, status, origin, created_at_ms, updated_at_ms)
-            VALUES ($1, $2, $3, 'created', $4, $5, $5) ON CONFLICT (payment_id) DO NOTHING
-            """,
-            event.payment_id, account_id, payment_amount, origin, t,
-        )
-        return await conn.fetchrow(
-            "SELECT account_id, amount_kopecks, status FROM card_payments WHERE payment_id = $1", event.payment_id
-        )
+        await card_payments.record_payment(conn, event.payment_id, account_id, payment_amount, origin, now_ms())
+        return await card_payments.payment(conn, event.payment_id)
 
     async def _set_status(self, conn: asyncpg.Connection, payment_id: str, to: str, from_: tuple[str, ...]) -> str:
         await conn.execute(
@@ -254,10 +263,21 @@ class PaymentsService:
         )
         return await conn.fetchval("SELECT status FROM card_payments WHERE payment_id = $1", payment_id)
 
+    @staticmethod
+    def _card_facts(event: WebhookEvent) -> tuple[str | None, str | None]:
+        """(decline_code, card_last4) of the event, each None unless well-formed."""
+        decline = event.decline_code
+        if decline is not None and not (0 < len(decline) <= DECLINE_CODE_CHARS_MAX and decline.isascii()):
+            decline = None
+        last4 = event.card_last4
+        if last4 is not None and not (len(last4) == 4 and last4.isascii() and last4.isdigit()):
+            last4 = None
+        return decline, last4
+
     async def _captured(self, conn: asyncpg.Connection, event: WebhookEvent, row: asyncpg.Record) -> Response:
-        if row["status"] == "failed":
-            log.error("capture event for failed payment %s", event.payment_id)
-            return _reply(409, code="conflict", message="payment is failed")
+        if row["status"] in ("failed", "canceled"):
+            log.error("capture event for %s payment %s", row["status"], event.payment_id)
+            return _reply(409, code="conflict", message=f"payment is {row['status']}")
         result = await commands.submit(
             conn,
             f"bank:{event.payment_id}:captured",
@@ -268,15 +288,41 @@ class PaymentsService:
         )
         # Only after the command is durable: the status says "the credit is queued or done".
         status = await self._set_status(conn, event.payment_id, "captured", ("created",))
+        _, last4 = self._card_facts(event)
+        await card_payments.set_outcome(conn, event.payment_id, None, last4, now_ms())
+        if event.card_token is not None:
+            await self._save_card(conn, event, row, last4)
         if result.status == commands.STATUS_REFUSED:
             log.error("bank_topup for %s refused: %s; the payment needs a refund", event.payment_id, result.result)
         return _reply(200, status=status, command_seq=result.seq, command_status=result.status)
 
-    async def _failed(self, conn: asyncpg.Connection, event: WebhookEvent, row: asyncpg.Record) -> Response:
+    async def _save_card(self, conn: asyncpg.Connection, event: WebhookEvent, row: asyncpg.Record,
+                         last4: str | None) -> None:
+        """Keep the token of a card the parent asked to save: only for a manual payment that a
+        representative started with save_card. The token itself is never logged."""
+        token = event.card_token or ""
+        if not (row["save_card"] and row["representative_id"] is not None and row["origin"] == "manual"):
+            log.warning("payment %s: the acquirer sent a card token ecard did not ask for; not saved", event.payment_id)
+            return
+        if not (0 < len(token) <= CARD_TOKEN_CHARS_MAX and token.isascii() and token.isprintable()
+                and " " not in token) or last4 is None:
+            log.error("payment %s: malformed card token or last4 from the acquirer; card not saved", event.payment_id)
+            return
+        card_id = await card_payments.save_card(conn, row["representative_id"], row["account_id"], event.payment_id,
+                                                token, last4, now_ms())
+        if card_id is None:
+            log.error("payment %s: its card token is saved for another payment already; not saved again",
+                      event.payment_id)
+
+    async def _ended(self, conn: asyncpg.Connection, event: WebhookEvent, row: asyncpg.Record, to: str) -> Response:
+        """payment.failed (declined, or the confirmation failed) or payment.canceled (by the payer,
+        or the page expired): no money moves."""
         if row["status"] in ("captured", "refunded"):
-            log.error("failure event for %s payment %s", row["status"], event.payment_id)
+            log.error("%s event for %s payment %s", event.type, row["status"], event.payment_id)
             return _reply(409, code="conflict", message=f"payment is {row['status']}")
-        status = await self._set_status(conn, event.payment_id, "failed", ("created",))
+        status = await self._set_status(conn, event.payment_id, to, ("created",))
+        decline, last4 = self._card_facts(event)
+        await card_payments.set_outcome(conn, event.payment_id, decline, last4, now_ms())
         return _reply(200, status=status)
 
     async def _refunded(self, conn: asyncpg.Connection, event: WebhookEvent, row: asyncpg.Record) -> Response:
@@ -298,9 +344,9 @@ class PaymentsService:
                 # Out of order: the capture has not been processed. Move nothing; the acquirer
                 # retries this event with backoff, and by then the capture is in.
                 return _reply(409, code="not_captured_yet", message="refund before capture; retry later")
-            if locked["status"] == "failed":
-                log.error("refund event for failed payment %s; nothing to reverse", pid)
-                return _reply(200, status="failed")
+            if locked["status"] in ("failed", "canceled"):
+                log.error("refund event for %s payment %s; nothing to reverse", locked["status"], pid)
+                return _reply(200, status=locked["status"])
             prior = await conn.fetchrow(
                 "SELECT seq, payload FROM commands WHERE idempotency_key = $1 AND kind = 'bank_refund'", key
             )
@@ -334,142 +380,3 @@ class PaymentsService:
             result = await commands.wait_result(conn, seq, self.settings.command_wait_ms)
             command_status = result.status
         return _reply(200, status=status, command_seq=seq, command_status=command_status)
-
-    # ------------------------------------------------------------------ top-ups
-
-    async def _pupil_account(self, conn: asyncpg.Connection, account_id: int) -> Response | None:
-        if not 0 < account_id <= BIGINT_MAX:  # no such id can exist (and asyncpg could not send it)
-            return _reply(404, code="unknown_account", message=f"no pupil account {account_id}")
-        row = await conn.fetchrow("SELECT kind, status FROM accounts WHERE id = $1", account_id)
-        if row is None or row["kind"] != ACCOUNT_KIND_PUPIL:
-            return _reply(404, code="unknown_account", message=f"no pupil account {account_id}")
-        if row["status"] != 0:
-            return _reply(409, code="account_blocked", message="the account is blocked")
-        return None
-
-    @staticmethod
-    def _acquirer_error(exc: AcquirerError) -> Response:
-        if exc.retryable:
-            return _reply(502, code="acquirer_unavailable", message=str(exc))
-        return _reply(409 if exc.status == 409 else 400, code=exc.code or "acquirer_refused", message=str(exc))
-
-    async def start_topup(self, account_id: int, body: bytes, idempotency_key: str | None) -> Response:
-        if not idempotency_key or len(idempotency_key) > IDEMPOTENCY_KEY_CHARS_MAX:
-            return _reply(400, code="idempotency_key_required", message="Idempotency-Key header (1..200 chars)")
-        try:
-            req = msgspec.json.decode(body, type=TopupRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _reply(400, code="invalid_request", message=str(exc))
-        if not 0 < req.amount_kopecks <= TOPUP_KOPECKS_MAX:
-            return _reply(400, code="invalid_amount", message=f"amount_kopecks must be 1..{TOPUP_KOPECKS_MAX}")
-        if (req.card_number is None) == (req.card_token is None):
-            return _reply(400, code="invalid_request", message="exactly one of card_number, card_token")
-        pool = await self.pool()
-        async with pool.acquire() as conn:
-            refused = await self._pupil_account(conn, account_id)
-            if refused is not None:
-                return refused
-            extra: dict[str, Any] = {}
-            if req.sandbox_test and self.settings.allow_sandbox_test_options:
-                extra["test"] = req.sandbox_test
-            token = None
-            try:
-                if req.save_card and req.card_number is not None:
-                    token = await self.acquirer.save_card(req.card_number)
-                payment = await self.acquirer.create_payment(
-                    account_ref=str(account_id),
-                    amount_kopecks=req.amount_kopecks,
-                    callback_url=self.settings.callback_url,
-                    # Scoped by account: the same key from two accounts is two payments.
-                    idempotency_key=f"topup:{account_id}:{idempotency_key}",
-                    card_number=req.card_number,
-                    card_token=req.card_token,
-                    metadata={"origin": "manual"},
-                    **extra,
-                )
-            except AcquirerError as exc:
-                return self._acquirer_error(exc)
-            status = await record_payment(conn, payment.payment_id, account_id, payment.amount_kopecks, "manual", now_ms())
-        reply: dict[str, Any] = {
-            "payment_id": payment.payment_id,
-            "status": status,
-            "acquirer_status": payment.status,
-            "amount_kopecks": payment.amount_kopecks,
-        }
-        if payment.decline_code:
-            reply["decline_code"] = payment.decline_code
-        if token:
-            reply["card_token"] = token
-        return Response(reply, status_code=201)
-
-    async def set_auto_topup(self, account_id: int, body: bytes) -> Response:
-        try:
-            req = msgspec.json.decode(body, type=AutoTopupRequest)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            return _reply(400, code="invalid_request", message=str(exc))
-        if not 0 < req.amount_kopecks <= TOPUP_KOPECKS_MAX:
-            return _reply(400, code="invalid_amount", message=f"amount_kopecks must be 1..{TOPUP_KOPECKS_MAX}")
-        if (req.card_number is None) == (req.card_token is None):
-            return _reply(400, code="invalid_request", message="exactly one of card_number, card_token")
-        if req.threshold_kopecks is None and req.schedule_weekday is None:
-            return _reply(400, code="invalid_request", message="threshold_kopecks and/or schedule_weekday")
-        if req.schedule_weekday is not None and not 0 <= req.schedule_weekday <= 6:
-            return _reply(400, code="invalid_request", message="schedule_weekday is 0 (Monday)..6")
-        if req.threshold_kopecks is not None and not 0 <= req.threshold_kopecks <= BIGINT_MAX:
-            return _reply(400, code="invalid_request", message=f"threshold_kopecks must be 0..{BIGINT_MAX}")
-        pool = await self.pool()
-        async with pool.acquire() as conn:
-            refused = await self._pupil_account(conn, account_id)
-            if refused is not None:
-                return refused
-            token = req.card_token
-            if req.card_number is not None:
-                try:
-                    token = await self.acquirer.save_card(req.card_number)
-                except AcquirerError as exc:
-                    return self._acquirer_error(exc)
-            await conn.execute(
-                """
-                INSERT INTO auto_topups (account_id, card_token, amount_kopecks, threshold_kopecks, schedule_weekday, active)
-                VALUES ($1, $2, $3, $4, $5, $6)
-                ON CONFLICT (account_id) DO UPDATE SET card_token = EXCLUDED.card_token,
-                    amount_kopecks = EXCLUDED.amount_kopecks, threshold_kopecks = EXCLUDED.threshold_kopecks,
-                    schedule_weekday = EXCLUDED.schedule_weekday, active = EXCLUDED.active
-                """,
-                account_id, token, req.amount_kopecks, req.threshold_kopecks, req.schedule_weekday, req.active,
-            )
-        return _reply(200, account_id=account_id, card_token=token)
-
-
-async def record_payment(conn: asyncpg.Connection, payment_id: str, account_id: int, amount_kopecks: int,
-                         origin: str, at_ms: int) -> str:
-    """The card_payments row of a payment the acquirer accepted (once; the webhook may
-    have written it first). Returns its current status."""
-    await conn.execute(
-        """
-        INSERT INTO card_payments (payment_id, account_id, amount_kopecks, status, origin, created_at_ms, updated_at_ms)
-        VALUES ($1, $2, $3, 'created', $4, $5, $5) ON CONFLICT (payment_id) DO NOTHING
-        """,
-        payment_id, account_id, amount_kopecks, origin, at_ms,
-    )
-    return await conn.fetchval("SELECT status FROM card_payments WHERE payment_id = $1", payment_id)
-
-
-def payments_router(service: PaymentsService, path: str = "/") -> Router:
-    @post(WEBHOOK_PATH, status_code=200)
-    async def webhook(request: Request) -> Response:
-        return await service.handle_event(await request.body(), request.headers.get(signing.SIGNATURE_HEADER))
-
-    @post("/accounts/{account_id:int}/topups")
-    async def start_topup(account_id: FromPath[int], request: Request) -> Response:
-        return await service.start_topup(account_id, await request.body(), request.headers.get("idempotency-key"))
-
-    @put("/accounts/{account_id:int}/auto-topup")
-    async def set_auto_topup(account_id: FromPath[int], request: Request) -> Response:
-        return await service.set_auto_topup(account_id, await request.body())
-
-    return Router(path=path, route_handlers=[webhook, start_topup, set_auto_topup])
-
-
-def create_app(service: PaymentsService) -> Litestar:
-    return Litestar(route_handlers=[payments_router(service)], on_shutdown=[service.close])

@@ -13,7 +13,14 @@
   the journal's device rows equal the simulators' logs; every command is
   decided, an applied one has exactly one journal row and a refused one none;
   refunds never exceed their purchase; every captured card payment is credited
-  exactly once (and a refunded one reversed exactly once).
+  exactly once (and a refunded one reversed exactly once), a failed or canceled one
+  moves nothing.
+- ``parent_session`` and ``pay_hosted``: a parent's side of a bank-card top-up. ecard
+  takes no card number: a parent (a bearer session of the parents' API) asks ecard for a
+  top-up and gets the acquirer's ``confirmation_url``; ``pay_hosted`` then acts as the
+  parent's browser on the sandbox acquirer's hosted page (the card form, the
+  3-D-Secure-like code, or the cancel button) with httpx, and returns where the acquirer
+  sent the browser back.
 
 Everything random comes from a ``random.Random`` the caller seeds.
 """
@@ -21,17 +28,23 @@ Everything random comes from a ``random.Random`` the caller seeds.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import random
+import secrets
+import urllib.parse
 from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
 import asyncpg
+import httpx
 import msgspec
 
 from ledger.codes import CommandKind
 from storage import commands as command_store
+from storage import parents as parent_store
 
 from .device import KIND_PURCHASE, log_path
 from .verify import verify
@@ -79,6 +92,146 @@ class PurchaseTail:
         return sorted(
             (d, t, amount) for (d, t), amount in self.purchases.items() if t <= self.durable.get(d, 0)
         )
+
+
+# --------------------------------------------------------------------------- a parent paying by card
+
+PARENT_SESSION_TTL_MS = 86_400_000
+# The sandbox's hosted page: a test card's expiry and CVC (any future month, any 3 digits).
+TEST_EXPIRY, TEST_CVC = "12/30", "123"
+
+
+async def parent_session(conn: asyncpg.Connection, contact: str, now_ms: int,
+                         ttl_ms: int = PARENT_SESSION_TTL_MS) -> str:
+    """A bearer token of the parents' API for ``contact`` (``phone:+7...``), as POST /auth/token
+    would issue it after a one-time code: a parent_sessions row holding its SHA-256."""
+    token = secrets.token_urlsafe(32)
+    await parent_store.insert_session(conn, hashlib.sha256(token.encode()).digest(), contact, now_ms, now_ms + ttl_ms)
+    return token
+
+
+class HostedPageError(Exception):
+    """The hosted page did not answer as a browser expects."""
+
+
+class _PageParser(HTMLParser):
+    """The forms of a page (action, named inputs), the sandbox's one-time code hint and the
+    texts of role="alert" elements: what a payer reads and fills in."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.forms: list[tuple[str, dict[str, str]]] = []
+        self.code_hint: str | None = None
+        self.alerts: list[str] = []
+        self._capture: str | None = None  # "code" | "alert"
+        self._depth = 0
+        self._text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "form":
+            self.forms.append((a.get("action", ""), {}))
+        elif tag == "input" and self.forms and a.get("name"):
+            self.forms[-1][1][a["name"]] = a.get("value", "")
+        if self._capture is not None:
+            self._depth += 1
+        elif a.get("id") == "sandbox-code" or a.get("role") == "alert":
+            self._capture, self._depth, self._text = ("code" if a.get("id") == "sandbox-code" else "alert"), 1, []
+
+    def handle_endtag(self, tag: str) -> None:
+        if self._capture is None:
+            return
+        self._depth -= 1
+        if self._depth == 0:
+            text = " ".join("".join(self._text).split())
+            if self._capture == "code":
+                self.code_hint = text
+            else:
+                self.alerts.append(text)
+            self._capture = None
+
+    def handle_data(self, data: str) -> None:
+        if self._capture is not None:
+            self._text.append(data)
+
+
+@dataclass
+class Page:
+    """One answer of the hosted page as a browser sees it."""
+
+    url: str
+    status: int
+    location: str | None  # a redirect's absolute target
+    forms: list[tuple[str, dict[str, str]]]
+    code_hint: str | None
+    alerts: list[str]
+
+    def form(self, action_suffix: str) -> tuple[str, dict[str, str]]:
+        for action, fields in self.forms:
+            if action.endswith(action_suffix):
+                return action, fields
+        raise HostedPageError(f"{self.url} ({self.status}) has no form posting to *{action_suffix}: {self.forms}")
+
+
+async def browse(client: httpx.AsyncClient, method: str, url: str, data: dict[str, str] | None = None) -> Page:
+    """GET or POST (form-encoded) like a browser, without following a redirect."""
+    r = await client.request(method, url, data=data, follow_redirects=False)
+    location = r.headers.get("location")
+    parser = _PageParser()
+    if r.headers.get("content-type", "").startswith("text/html"):
+        parser.feed(r.text)
+    return Page(url, r.status_code, urllib.parse.urljoin(url, location) if location else None,
+                [(urllib.parse.urljoin(url, action), fields) for action, fields in parser.forms],
+                parser.code_hint, parser.alerts)
+
+
+async def submit(client: httpx.AsyncClient, page: Page, action_suffix: str, fields: dict[str, str]) -> Page:
+    action, defaults = page.form(action_suffix)
+    return await browse(client, "POST", action, {**defaults, **fields})
+
+
+def wrong_code(code: str) -> str:
+    return f"{(int(code) + 1) % 10_000:04d}"
+
+
+async def pay_hosted(client: httpx.AsyncClient, confirmation_url: str, card: str, *, expiry: str = TEST_EXPIRY,
+                     cvc: str = TEST_CVC, cardholder: str = "", wrong_codes: int = 0, cancel_on: str | None = None,
+                     double_click: bool = False) -> Page:
+    """Act as the payer's browser on the acquirer's hosted page: open it, fill in the card,
+    go to the confirmation step, type ``wrong_codes`` wrong codes and then the right one (read
+    from the page's hint, as a payer reads an SMS). ``cancel_on`` "card" or "3ds" presses the
+    cancel button there instead; ``double_click`` sends the right code twice at once.
+    Returns the last answer: a 303 whose ``location`` is the merchant's return URL, or the
+    page still shown (more wrong codes allowed)."""
+    page = await browse(client, "GET", confirmation_url)
+    if page.location is not None:  # completed already: the page only sends the browser back
+        return page
+    if page.status != 200:
+        raise HostedPageError(f"GET {confirmation_url}: {page.status}")
+    if cancel_on == "card":
+        return await submit(client, page, "/cancel", {})
+    path = urllib.parse.urlsplit(confirmation_url).path
+    page = await submit(client, page, path, {"card_number": card, "expiry": expiry, "cvc": cvc,
+                                             "cardholder": cardholder})
+    if page.location is None:
+        raise HostedPageError(f"card form refused ({page.status}): {page.alerts}")
+    page = await browse(client, "GET", page.location)
+    if page.status != 200 or page.code_hint is None:
+        raise HostedPageError(f"confirmation step {page.url}: {page.status}, code hint {page.code_hint!r}")
+    code = page.code_hint
+    for _ in range(wrong_codes):
+        page = await submit(client, page, "/3ds", {"code": wrong_code(code)})
+        if page.location is not None:  # out of attempts: the payment failed
+            return page
+    if cancel_on == "3ds":
+        return await submit(client, page, "/cancel", {})
+    if double_click:
+        first, second = await asyncio.gather(submit(client, page, "/3ds", {"code": code}),
+                                             submit(client, page, "/3ds", {"code": code}))
+        if first.location != second.location:
+            raise HostedPageError(f"a double click went two ways: {first.location} / {second.location}")
+        return first
+    return await submit(client, page, "/3ds", {"code": code})
 
 
 # --------------------------------------------------------------------------- staff commands
@@ -350,9 +503,12 @@ async def audit(
         if (mine["account_id"], mine["amount_kopecks"]) != (int(view["account_ref"]), view["amount_kopecks"]):
             p.append(f"payment {pid}: ecard row {dict(mine)} disagrees with the acquirer {view}")
         credits, debits = bank_credits.get(pid, []), bank_debits.get(pid, [])
-        if view["status"] == "failed":
+        if view["status"] in ("failed", "canceled"):
             if credits or debits:
-                p.append(f"failed payment {pid} moved money: {[dict(x) for x in credits + debits]}")
+                p.append(f"{view['status']} payment {pid} moved money: {[dict(x) for x in credits + debits]}")
+            continue
+        if view["status"] == "pending":
+            p.append(f"payment {pid} is still pending at the acquirer: its page was never completed")
             continue
         if len(credits) != 1:
             p.append(f"captured payment {pid} credited {len(credits)} times")

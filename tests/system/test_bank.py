@@ -4,9 +4,14 @@ For LOAD_S seconds, at once:
 - tills (purchases, cash top-ups) and turnstiles, the seeded device simulators
   with the durability contract, against a gateway SUBPROCESS whose PostgreSQL
   connection goes through a TCP proxy the test controls;
-- bank-card top-ups through the real sandbox acquirer (a subprocess, every event
-  delivered twice and each payment's first event held back: duplicated and
-  reordered webhooks) and ecard's signed webhook app, some refunded at once;
+- bank-card top-ups the way parents make them: a parent's bearer token asks ecard
+  for a top-up, the parent's browser (httpx, ``simulators.bank.pay_hosted``) pays on
+  the real sandbox acquirer's hosted page (a subprocess) with a test card and the
+  3-D-Secure-like code, or cancels there, or fails the code three times; some start
+  twice with one Idempotency-Key, some confirm with a double click, some replay the
+  completed page; every event is delivered twice and each payment's first event held
+  back (duplicated and reordered webhooks) to ecard's signed webhook; some captured
+  payments are refunded at once;
 - staff money commands (transfers between siblings, refunds of durable till
   purchases from the simulators' logs, corrections, some that must be refused),
   some submitted twice with the same idempotency key.
@@ -42,20 +47,25 @@ import pytest
 import uvicorn
 
 from payments.acquirer import AcquirerError, SandboxAcquirerClient
-from payments.sandbox import CARD_DECLINED, CARD_OK, bind_socket
-from payments.webhook import PaymentsService, PaymentsSettings, create_app
+from payments.app import create_app
+from payments.sandbox import CARD_DECLINED, CARD_INSUFFICIENT_FUNDS, CARD_OK, bind_socket
+from payments.webhook import PaymentsService, PaymentsSettings
 from protocol import DeviceKind
-from simulators.bank import PurchaseTail, StaffLoad, audit, undecided_commands
+from simulators.bank import PurchaseTail, StaffLoad, audit, parent_session, pay_hosted, undecided_commands
 from simulators.crash import free_port
 from simulators.device import Device
 from simulators.scenarios import Fleet, perform, random_action
-from storage.demo_dataset import DEMO_OPENING_BALANCE_KOPECKS, DEMO_PUPILS, till_ids, turnstile_ids
+from storage.demo_dataset import (DEMO_OPENING_BALANCE_KOPECKS, DEMO_PUPILS, demo_parent_phone, till_ids,
+                                  turnstile_ids)
 from tests.support import ROOT, GatewayProcess, TcpProxy, pg_upstream, proxied_dsn
 
 SEED = 20261124
 LOAD_S = 20.0  # the load runs at least this long (and until the last fault is over)
 SETTLE_S = 40.0  # deadline for everything to become durable / decided / delivered
 SECRET = "whsec_bank_test"
+# Where the acquirer sends the parents' browsers back (the parents' pages; not followed here).
+RETURN_ORIGIN = "http://127.0.0.1:8820"
+RETURN_URL = RETURN_ORIGIN + "/topup-done"
 REQUESTED_BY_TEST = "staff:bank-test"
 GATEWAY_ENV = {
     # A small journal queue: a cut fills it within a second and TRY_AGAIN_LATER is hit.
@@ -153,38 +163,83 @@ async def poll(check, what: str, timeout_s: float, interval_s: float = 0.05) -> 
 
 
 class CardLoad:
-    """Parents topping up by card through ecard's endpoint; some refunded at the acquirer."""
+    """Parents topping up by card: a parent's token asks ecard for a top-up, the parent's
+    browser pays (or does not) on the acquirer's hosted page; some captured payments are
+    refunded at the acquirer right away."""
 
-    def __init__(self, ecard_url: str, acquirer: SandboxAcquirerClient, rng: random.Random) -> None:
+    # (share, card, browser behaviour, the acquirer's status once the page is done)
+    OUTCOMES = (
+        (0.70, CARD_OK, {}, "captured"),
+        (0.08, CARD_DECLINED, {}, "failed"),
+        (0.04, CARD_INSUFFICIENT_FUNDS, {}, "failed"),
+        (0.06, CARD_OK, {"cancel_on": "card"}, "canceled"),
+        (0.06, CARD_OK, {"wrong_codes": 1, "cancel_on": "3ds"}, "canceled"),
+        (0.06, CARD_OK, {"wrong_codes": 3}, "failed"),
+    )
+
+    def __init__(self, ecard_url: str, acquirer: SandboxAcquirerClient, pool: asyncpg.Pool, rng: random.Random) -> None:
         self.ecard_url = ecard_url
         self.acquirer = acquirer
+        self.pool = pool
         self.rng = rng
         self.payment_ids: set[str] = set()
+        self.expected: dict[str, str] = {}  # payment id -> the status its page ended with
+        self.outcomes: dict[str, int] = {}
         self.refunds: list[asyncio.Task] = []
         self.errors: list[str] = []
+        self.tokens: dict[int, str] = {}
         self.run_id = uuid.uuid4().hex[:8]  # the sandbox is per test, but keep keys unique anyway
         self._n = 0
+
+    async def token(self, account: int) -> str:
+        """The bearer token of the pupil's demo parent (a parents' API session)."""
+        if account not in self.tokens:
+            async with self.pool.acquire() as conn:
+                self.tokens[account] = await parent_session(conn, f"phone:{demo_parent_phone(account)}",
+                                                            time.time_ns() // 1_000_000)
+        return self.tokens[account]
+
+    def _outcome(self) -> tuple[str, dict, str]:
+        r, floor = self.rng.random(), 0.0
+        for share, card, browser, status in self.OUTCOMES:
+            floor += share
+            if r < floor:
+                return card, dict(browser), status
+        return self.OUTCOMES[0][1], {}, self.OUTCOMES[0][3]
 
     async def one(self, client: httpx.AsyncClient) -> None:
         rng = self.rng
         self._n += 1
         account = rng.randint(1, DEMO_PUPILS)
-        card = CARD_DECLINED if rng.random() < 0.1 else CARD_OK
-        body = {"amount_kopecks": rng.choice((5_000, 10_000, 25_000, 100_000)), "card_number": card}
-        headers = {"Idempotency-Key": f"bank-{self.run_id}-{self._n}"}
-        url = f"{self.ecard_url}/accounts/{account}/topups"
+        card, browser, status = self._outcome()
+        body = {"amount_kopecks": rng.choice((5_000, 10_000, 25_000, 100_000)), "return_url": RETURN_URL,
+                "save_card": rng.random() < 0.2}
+        headers = {"Idempotency-Key": f"bank-{self.run_id}-{self._n}",
+                   "Authorization": f"Bearer {await self.token(account)}"}
+        url = f"{self.ecard_url}/children/{account}/topups"
         calls = 2 if rng.random() < 0.2 else 1  # a parent's double submit: the same payment
         replies = await asyncio.gather(*(client.post(url, json=body, headers=headers) for _ in range(calls)))
         for r in replies:
             if r.status_code != 201:
-                self.errors.append(f"top-up {headers} answered {r.status_code}: {r.text}")
+                self.errors.append(f"top-up {headers['Idempotency-Key']} answered {r.status_code}: {r.text}")
                 return
-        pids = {r.json()["payment_id"] for r in replies}
-        if len(pids) != 1:
-            self.errors.append(f"one Idempotency-Key, several payments: {pids}")
-        pid = pids.pop()
+        started = {(r.json()["payment_id"], r.json()["confirmation_url"]) for r in replies}
+        if len(started) != 1:
+            self.errors.append(f"one Idempotency-Key, several payments: {started}")
+        pid, confirmation_url = started.pop()
         self.payment_ids.add(pid)
-        if card == CARD_OK and rng.random() < 0.3:
+        back = f"{RETURN_URL}?payment_id={pid}"
+        page = await pay_hosted(client, confirmation_url, card, double_click=rng.random() < 0.2, **browser)
+        if page.location != back:
+            self.errors.append(f"payment {pid}: the page ended at {page.status} {page.location}, not back at {back}")
+            return
+        if rng.random() < 0.1:  # the back button and a second try: the page only sends the browser back
+            again = await pay_hosted(client, confirmation_url, CARD_OK)
+            if again.location != back:
+                self.errors.append(f"payment {pid}: a replay of the completed page went to {again.location}")
+        self.expected[pid] = status
+        self.outcomes[status] = self.outcomes.get(status, 0) + 1
+        if status == "captured" and rng.random() < 0.3:
             # Refunded right away: the refund event overtakes the held capture event.
             amount = None if rng.random() < 0.5 else rng.randint(1, body["amount_kopecks"])
             self.refunds.append(asyncio.create_task(self._refund(pid, amount)))
@@ -198,7 +253,10 @@ class CardLoad:
     async def run(self, stop: asyncio.Event, interval_s: float) -> None:
         async with httpx.AsyncClient(timeout=30) as client:
             while not stop.is_set():
-                await self.one(client)
+                try:
+                    await self.one(client)
+                except Exception as exc:  # noqa: BLE001  (kept and reported by the test)
+                    self.errors.append(f"card load: {exc!r}")
                 try:
                     await asyncio.wait_for(stop.wait(), interval_s)
                 except TimeoutError:
@@ -261,7 +319,7 @@ def test_bank_conserves_money_under_partitions_and_crashes(demo_dsn, tmp_path):
         sock = bind_socket("127.0.0.1", 0)
         ecard_url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         settings = PaymentsSettings(webhook_secret=SECRET, public_url=ecard_url, command_wait_ms=300,
-                                    allow_sandbox_test_options=True)
+                                    allow_sandbox_test_options=True, return_origins=(RETURN_ORIGIN,))
         service = PaymentsService(demo_dsn, SandboxAcquirerClient(sandbox_url), settings)
         webhook = ThreadServer(create_app(service), sock).start()
         start_gateway()
@@ -293,7 +351,7 @@ async def _run(rng, dsn, port, log_dir: Path, proxy: TcpProxy, start_gateway, ga
     acquirer = SandboxAcquirerClient(sandbox_url)
     staff = StaffLoad(pool, random.Random(f"{SEED}/staff"), PurchaseTail(log_dir, tills), pupils=DEMO_PUPILS,
                       key_prefix=f"bank-test-{uuid.uuid4().hex[:8]}")
-    cards = CardLoad(ecard_url, acquirer, random.Random(f"{SEED}/cards"))
+    cards = CardLoad(ecard_url, acquirer, pool, random.Random(f"{SEED}/cards"))
     faults_done: list[str] = []
 
     async def device_load(device: Device) -> None:
@@ -348,6 +406,11 @@ async def _run(rng, dsn, port, log_dir: Path, proxy: TcpProxy, start_gateway, ga
             return all(mine.get(pid) == v["status"] for pid, v in acquirer_view.items())
 
         await poll(payments_processed, "every card payment's events processed", SETTLE_S)
+        for pid, status in cards.expected.items():  # what each page ended with, refunds aside
+            seen = acquirer_view[pid]["status"]
+            if seen != status and not (status == "captured" and seen == "refunded"):
+                cards.errors.append(f"payment {pid}: the page ended {status}, the acquirer says {seen}")
+        assert not cards.errors, cards.errors[:5]
 
         async def all_decided() -> bool:
             async with pool.acquire() as conn:
@@ -373,6 +436,7 @@ async def _run(rng, dsn, port, log_dir: Path, proxy: TcpProxy, start_gateway, ga
     summary = (
         f"[bank] load {load_s:.1f} s, faults {faults_done}\n[bank] devices: {stats.summary()}\n"
         f"[bank] webhook deliveries={len(deliveries)} non-2xx={sum(1 for d in deliveries if not 200 <= d['status'] < 300)}\n"
+        f"[bank] card pages: {dict(sorted(cards.outcomes.items()))}\n"
         f"[bank] {report.verdict()}"
     )
     print(summary)
@@ -382,6 +446,7 @@ async def _run(rng, dsn, port, log_dir: Path, proxy: TcpProxy, start_gateway, ga
     c = report.counts
     assert c.get("cmd_transfer_applied", 0) and c.get("cmd_transfer_refused", 0), c
     assert c.get("cmd_refund_applied", 0) and c.get("cmd_bank_topup_applied", 0) and c.get("cmd_bank_refund_applied", 0), c
+    assert all(cards.outcomes.get(status) for status in ("captured", "failed", "canceled")), cards.outcomes
     return {"audit": report, "summary": summary}
 
 
