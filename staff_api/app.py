@@ -13,6 +13,9 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.spec import Components, SecurityScheme, Tag
+from litestar.plugins.jinja import JinjaTemplateEngine
+from litestar.static_files import create_static_files_router
+from litestar.template.config import TemplateConfig
 
 from storage import commands
 
@@ -21,6 +24,7 @@ from .admin import AuditController, StaffController
 from .auth import Principal, authenticate
 from .building import BuildingController, FireController
 from .cards import CardController
+from .console import CONSOLE_PATH, STATIC_DIR, STATIC_PATH, TEMPLATES_DIR, ConsoleController
 from .desk import DeskController
 from .devices import ENROL_PATH, DeviceController
 from .errors import (
@@ -33,6 +37,7 @@ from .errors import (
 )
 from .money import MoneyController
 from .preorders import PreorderController
+from .reports import ReportController
 from .pupils import PupilController
 from .representatives import RepresentativeController
 from .schools import SchoolController
@@ -51,8 +56,10 @@ async def auth_guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> 
         return  # the OpenAPI document is public
     if connection.scope["path"] == ENROL_PATH:
         return  # a device enrolling itself: its one-time code is the credential (staff_api.devices)
+    if connection.scope["path"] == CONSOLE_PATH or connection.scope["path"].startswith(CONSOLE_PATH + "/"):
+        return  # the console's pages: signed out, they send the person to the sign-in page (staff_api.console)
     pool: asyncpg.Pool = connection.app.state.pool
-    connection.state.principal = await authenticate(connection, pool)  # type: ignore[arg-type]
+    connection.state.principal = await authenticate(connection, pool, connection.app.state.clock())  # type: ignore[arg-type]
 
 
 def _principal(request: Request) -> Principal:
@@ -68,6 +75,7 @@ def create_app(
 ) -> Litestar:
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
+        app.state.clock = clock  # console sessions expire by it (staff_api.auth)
         app.state.pool = await asyncpg.create_pool(
             dsn, min_size=POOL_SIZE_MIN, max_size=pool_size_max, timeout=CONNECT_TIMEOUT_S,
             server_settings={"statement_timeout": str(STATEMENT_TIMEOUT_MS), "application_name": "ecard-staff-api"},
@@ -89,8 +97,10 @@ def create_app(
     return Litestar(
         route_handlers=[SchoolController, PupilController, CardController, MoneyController,
                         StaffController, AuditController, PreorderController, RepresentativeController, DeskController,
-                        BuildingController, FireController, DeviceController, TrustedCardController],
+                        BuildingController, FireController, DeviceController, TrustedCardController, ReportController,
+                        ConsoleController, create_static_files_router(STATIC_PATH, directories=[STATIC_DIR])],
         lifespan=[lifespan],
+        template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
         guards=[auth_guard],
         dependencies={
             "principal": Provide(_principal, sync_to_thread=False),
@@ -111,7 +121,8 @@ def create_app(
             path=SCHEMA_PATH,
             description="Schools, pupils, cards, parent controls, money commands, pupils' representatives, "
             "staff and audit. "
-            "Every request: Authorization: Bearer <token>.",
+            "Every request: Authorization: Bearer <token> (or the staff console's session cookie, with the "
+            "X-CSRF-Token header on every request that is not a read).",
             security=[{"bearer": []}],
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
             tags=[Tag(name=n) for n in ("schools", "pupils", "cards", "money", "representatives", "staff", "audit")],

@@ -1,8 +1,17 @@
-"""Bearer tokens (stored as sha256 in ``staff``), roles and school scoping."""
+"""Bearer tokens (stored as sha256 in ``staff``), console sessions, roles and school scoping.
+
+A request is authenticated by its bearer token or, without an Authorization header, by the
+staff console's session cookie (``staff_api/sessions.py`` makes and ends sessions). A cookie
+rides along on any request the browser makes, so with the cookie every request that is not a
+read must also echo the CSRF cookie in a header (double submit); a bearer token is never sent
+by a browser on its own and needs none.
+"""
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import hmac
 import secrets
 from dataclasses import dataclass
 
@@ -11,10 +20,19 @@ from litestar import Request
 from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
+from .db import system_clock_ms
+
 ROLES = ("operator", "officer", "cashier", "auditor")
 CITY_ROLES = frozenset(("operator", "auditor"))  # not bound to a school
 READ_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 TOKEN_BYTES = 32
+# The console's cookies and header (docs/staff-api.md "Console"). The session cookie is
+# HttpOnly; the CSRF cookie is readable by the console's script, which sends it back in the
+# header: a page of another site can neither read it nor set the header.
+SESSION_COOKIE = "ecard_staff_session"
+CSRF_COOKIE = "ecard_staff_csrf"
+CSRF_HEADER = "X-CSRF-Token"
+_CSRF_CONTEXT = b"ecard staff console csrf"
 
 
 def new_token() -> str:
@@ -52,8 +70,37 @@ class Principal:
 PrincipalDep = NamedDependency[Principal]
 
 
-async def authenticate(request: Request, pool: asyncpg.Pool) -> Principal:
+def csrf_token(session_id: str) -> str:
+    """The CSRF token of a console session: derived from its secret id, so a CSRF cookie
+    planted by someone else never matches the session it would be used with."""
+    mac = hmac.new(session_id.encode(), _CSRF_CONTEXT, hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).rstrip(b"=").decode()
+
+
+def csrf_matches(session_id: str, sent: str, cookie: str) -> bool:
+    """The value sent (header or form field) equals the CSRF cookie and the session's token
+    (constant time)."""
+    expected = csrf_token(session_id).encode()
+    return bool(sent) and hmac.compare_digest(sent.encode(), cookie.encode()) and hmac.compare_digest(
+        sent.encode(), expected)
+
+
+async def authenticate(request: Request, pool: asyncpg.Pool, now_ms: int | None = None) -> Principal:
+    """The caller: the bearer token, or (without an Authorization header) the console's session
+    cookie. 401 when neither is valid; 403 for a cookie request that is not a read without the
+    CSRF header, and for an auditor writing either way."""
     header = request.headers.get("authorization", "")
+    session_id = request.cookies.get(SESSION_COOKIE, "")
+    if not header and session_id:
+        principal = await _session_principal(request, pool, session_id, system_clock_ms() if now_ms is None else now_ms)
+    else:
+        principal = await _bearer_principal(header, pool)
+    if principal.role == "auditor" and request.method not in READ_METHODS:
+        raise PermissionDeniedException("role 'auditor' is read-only")
+    return principal
+
+
+async def _bearer_principal(header: str, pool: asyncpg.Pool) -> Principal:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
@@ -65,7 +112,25 @@ async def authenticate(request: Request, pool: asyncpg.Pool) -> Principal:
         raise NotAuthorizedException("unknown token")
     if not row["active"]:
         raise NotAuthorizedException(f"staff member {row['login']!r} is deactivated")
-    principal = Principal(row["login"], row["role"], row["school_id"])
-    if principal.role == "auditor" and request.method not in READ_METHODS:
-        raise PermissionDeniedException("role 'auditor' is read-only")
-    return principal
+    return Principal(row["login"], row["role"], row["school_id"])
+
+
+async def _session_principal(request: Request, pool: asyncpg.Pool, session_id: str, now_ms: int) -> Principal:
+    """The staff member of a console session (staff_sessions, migration 0019); every request
+    re-reads ``staff.active``, so deactivating a member ends its sessions at once."""
+    row = await pool.fetchrow(
+        """
+        SELECT st.login, st.role, st.school_id, st.active, s.expires_at_ms, s.revoked_at_ms
+        FROM staff_sessions s JOIN staff st ON st.login = s.login WHERE s.token_sha256 = $1
+        """,
+        token_sha256(session_id),
+    )
+    if row is None or row["revoked_at_ms"] is not None or row["expires_at_ms"] <= now_ms:
+        raise NotAuthorizedException("console session unknown, expired or signed out: sign in again at /console/signin")
+    if not row["active"]:
+        raise NotAuthorizedException(f"staff member {row['login']!r} is deactivated")
+    if request.method not in READ_METHODS and not csrf_matches(
+            session_id, request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")):
+        raise PermissionDeniedException(
+            f"a console session's {request.method} needs the {CSRF_HEADER} header equal to the {CSRF_COOKIE} cookie")
+    return Principal(row["login"], row["role"], row["school_id"])
