@@ -13,6 +13,17 @@ import asyncpg
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
 
+# Shared with the parents' API (one definition): the error shape, the 5xx log line with its
+# request id, the strict input checks.
+from parents_api.hardening import (  # noqa: F401  (re-exported for the app)
+    InputRefused,
+    database_input_handler,
+    error_response,
+    input_refused_handler,
+    internal_error_handler,
+    server_error,
+)
+
 _MISSING_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
 
 
@@ -35,7 +46,7 @@ class Conflict(HTTPException):
 
 
 def _error_response(status: int, detail: str, **extra: Any) -> Response:
-    return Response({"status_code": status, "detail": detail, **extra}, status_code=status)
+    return error_response(status, detail, **extra)
 
 
 def unprocessable_handler(_request: Request, exc: Unprocessable) -> Response:
@@ -72,7 +83,9 @@ def check_violation_handler(_request: Request, exc: asyncpg.CheckViolationError)
                            errors=[{"field": field, "message": str(exc), "source": "body"}])
 
 
-def http_exception_handler(_request: Request, exc: HTTPException) -> Response:
+def http_exception_handler(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
-        return validation_handler(_request, exc)
-    return _error_response(exc.status_code, exc.detail)
+        return validation_handler(request, exc)
+    if exc.status_code >= 500:
+        return server_error(request, exc, exc.status_code, exc.detail)
+    return error_response(exc.status_code, exc.detail, headers=exc.headers)
