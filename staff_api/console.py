@@ -13,6 +13,8 @@ operator (docs/staff-api.md "Console").
     GET  /console/applications/new   register a representative's application
     GET  /console/schools/{id}/presence     who is inside now
     GET  /console/schools/{id}/fire-alarm   the muster list of the latest alarm, printable
+    GET  /console/schools/{id}/report       the day's sales, free meals (counts), cash, refunds,
+                                            corrections (the auditor's report; CSV to download)
 
 One definition of every rule: a page *reads* through the JSON API itself, in-process (httpx's
 ASGI transport, with the person's own cookie), so it passes the same guard, roles, school scope
@@ -39,7 +41,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
-from . import building, cards, console_ru as ru, pupils, representatives, sessions
+from . import building, cards, console_ru as ru, pupils, reports, representatives, sessions
 from .auth import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Principal, authenticate, csrf_matches, csrf_token
 from .preorders import school_today
 
@@ -132,6 +134,7 @@ def offers(principal: Principal) -> dict[str, bool]:
         "applications": role in representatives.WRITERS,
         "presence": role in building.READERS,
         "fire": role in building.READERS,
+        "report": role in reports.READERS,
     }
 
 
@@ -453,6 +456,25 @@ class ConsoleController(Controller):
             return p.render("presence.html", section="presence", school_id=school_id,
                             school_name=p.school_name(school_id), presence=body, classes=classes,
                             at=ru.local_time(body["at_ms"], offset))
+        return await _page(request, page)
+
+    @get("/schools/{school_id:int}/report")
+    async def report(self, request: Request, school_id: FromPath[int], day: FromQuery[str] = "") -> Template | Redirect:
+        async def page(p: Page) -> Template:
+            try:
+                p.principal.require(*reports.READERS, action="read the daily report")
+            except PermissionDeniedException as exc:
+                return p.denied(exc, section="report")
+            chosen = _text(day) or school_today(_now(p.request), p.offset(school_id)).isoformat()
+            answer = await p.api.get(f"/schools/{school_id}/reports/daily", day=chosen)
+            if not answer.ok:
+                raise ApiRefused(answer)
+            body = answer.body
+            money = [{**m, "kind_ru": "возврат" if m["kind"] == "refund" else "корректировка",
+                      "at": ru.local_time(m["at_ms"], p.offset(school_id)), "amount": ru.rubles(m["amount_kopecks"])}
+                     for m in body["money"]]
+            return p.render("report.html", section="report", school_id=school_id, school_name=p.school_name(school_id),
+                            r=body, day=chosen, money=money, rubles=ru.rubles)
         return await _page(request, page)
 
     @get("/schools/{school_id:int}/fire-alarm")

@@ -19,6 +19,7 @@ from staff_api.reports import csv_cell
 from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids
 from tests.gateway.test_gateway import running_gateway
 from tests.staff_api.test_staff_api import make_api
+from tests.staff_api.test_staff_api_sessions import signed_in
 from tests.support import async_wait_until
 
 pytestmark = pytest.mark.processes
@@ -94,6 +95,15 @@ def test_the_daily_report_of_a_school(pg_dsn, tmp_path):
         cells = [c for row in csv.reader(io.StringIO(exported.text)) for c in row]
         assert "op: =HYPERLINK(\"x\")" in cells  # text after the actor: it cannot start a formula
         assert not any(c.startswith(("=", "@")) for c in cells)
+        # The same day in the console: the auditor's page, and a cashier's (own school only).
+        console = signed_in(api, "aud")
+        page = console.get("/console/schools/1/report", params={"day": today})
+        assert page.status_code == 200, page.text
+        assert "Отчёт за день" in page.text and "возврат" in page.text and "корректировка" in page.text
+        assert "Скачать CSV" in page.text
+        cashier = signed_in(api, "cash1")
+        assert cashier.get("/console/schools/1/report").status_code == 200
+        _in_a_browser(api, today)
         # Roles and schools.
         assert api.as_("cash1", "GET", "/schools/1/reports/daily", params={"day": day}).status_code == 200
         assert api.as_("off1", "GET", "/schools/2/reports/daily", params={"day": day}).status_code in (403, 404)
@@ -103,3 +113,23 @@ def test_the_daily_report_of_a_school(pg_dsn, tmp_path):
     finally:
         api.http.close()
         server.stop()
+
+
+def _in_a_browser(api, day: str) -> None:
+    """The auditor signs in to the console in chromium and reads the day: no serious axe violation."""
+    from tests.browser import BrowserUnavailable, axe_violations, format_violations, open_page, screenshot
+
+    try:
+        with open_page() as page:
+            page.goto(f"{api.url}/console/signin")
+            page.get_by_label("Логин").fill("aud")
+            page.get_by_label("Ключ доступа").fill(api.tokens["aud"])
+            page.get_by_role("button", name="Войти").click()
+            page.wait_for_url(f"{api.url}/console", timeout=10_000)
+            page.goto(f"{api.url}/console/schools/1/report?day={day}")
+            page.wait_for_selector("h1:text('Отчёт за день')", timeout=10_000)
+            screenshot(page, "staff-console-report")
+            violations = axe_violations(page)
+            assert not violations, format_violations(violations)
+    except BrowserUnavailable as exc:
+        pytest.skip(f"no browser for browser tests: {exc}")
