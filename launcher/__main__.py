@@ -6,11 +6,23 @@ order, then the database.
 
     python -m launcher [--data-dir var]
 
-Ports: devices 7700, metrics 9108, staff API 8800, payments 8810, sandbox acquirer 8900,
-MQTT 1884 (the embedded amqtt broker, beside a system Mosquitto on 1883; ECARD_MQTT_URL
-names a real broker instead and then none is started), relay metrics 9109, parents' API,
-USSD and the parents' personal account pages 8820. What the notifier sent is written under <data-dir>/sent/<channel>/.
-A first operator token is written to <data-dir>/operator-token.txt.
+Ports (loopback), each from an environment variable, the default in brackets:
+
+    ECARD_LISTEN_PORT          devices (the gateway's listener)                    [7700]
+    ECARD_METRICS_PORT         the gateway's Prometheus metrics                    [9108]
+    ECARD_STAFF_API_PORT       the staff API and console                           [8800]
+    ECARD_PAYMENTS_PORT        payments (webhook, top-ups)                         [8810]
+    ECARD_SANDBOX_PORT         the sandbox acquirer                                [8900]
+    ECARD_PARENTS_API_PORT     the parents' API, USSD and personal account pages   [8820]
+    ECARD_MQTT_URL             a real MQTT broker instead of the embedded amqtt one (then none is
+                               started; default mqtt://127.0.0.1:1884, beside a system Mosquitto)
+    ECARD_RELAY_METRICS_PORT   the outbox relay's metrics                          [9109]
+
+The gateway and the relay read their variables themselves; the launcher passes the rest on
+the command lines it starts. No secret goes on a command line (another user of the machine can
+read every process's argv): the webhook secret reaches payments and the sandbox acquirer in
+ECARD_WEBHOOK_SECRET. What the notifier sent is written under <data-dir>/sent/<channel>/. A
+first operator token is written to <data-dir>/operator-token.txt.
 """
 
 from __future__ import annotations
@@ -29,6 +41,25 @@ from pathlib import Path
 START_TIMEOUT_S = 120.0
 # How long a part may take to stop after SIGTERM before it is killed.
 STOP_TIMEOUT_S = 30.0
+HOST = "127.0.0.1"  # every part listens on loopback only
+# (environment variable, default): the ports the launcher itself hands out (the module docstring)
+STAFF_API_PORT = ("ECARD_STAFF_API_PORT", 8800)
+PAYMENTS_PORT = ("ECARD_PAYMENTS_PORT", 8810)
+SANDBOX_PORT = ("ECARD_SANDBOX_PORT", 8900)
+PARENTS_API_PORT = ("ECARD_PARENTS_API_PORT", 8820)
+DEVICES_PORT = ("ECARD_LISTEN_PORT", 7700)  # read by the gateway itself (gateway.config)
+METRICS_PORT = ("ECARD_METRICS_PORT", 9108)  # likewise
+
+
+def port(setting: tuple[str, int], env: dict[str, str] | None = None) -> int:
+    """A port from its environment variable, or its default."""
+    name, default = setting
+    text = (os.environ if env is None else env).get(name, "").strip()
+    if not text:
+        return default
+    if not text.isdigit() or not 1 <= int(text) <= 65_535:
+        raise SystemExit(f"{name}={text!r} is not a TCP port (1..65535)")
+    return int(text)
 
 
 def pump(name: str, stream) -> None:
@@ -125,13 +156,18 @@ def main() -> int:
     if embedded:
         dsn = database.start_embedded(data_dir)
     webhook_secret = secret_file(data_dir / "webhook-secret.txt")
+    staff_port, payments_port, sandbox_port, parents_port = (
+        port(STAFF_API_PORT), port(PAYMENTS_PORT), port(SANDBOX_PORT), port(PARENTS_API_PORT))
+    devices_port, metrics_port = port(DEVICES_PORT), port(METRICS_PORT)
     env = {
         **os.environ,
         "ECARD_PG_DSN": dsn,
         "ECARD_DATA_DIR": str(data_dir),
         "ECARD_WEBHOOK_SECRET": webhook_secret,
-        "ECARD_ACQUIRER_URL": "http://127.0.0.1:8900",
-        "ECARD_PAYMENTS_PUBLIC_URL": "http://127.0.0.1:8810",
+        "ECARD_ACQUIRER_URL": f"http://{HOST}:{sandbox_port}",
+        "ECARD_PAYMENTS_PUBLIC_URL": f"http://{HOST}:{payments_port}",
+        # a top-up's return_url points to the parents' pages, wherever they listen
+        "ECARD_PAYMENTS_RETURN_ORIGINS": os.environ.get("ECARD_PAYMENTS_RETURN_ORIGINS", f"http://{HOST}:{parents_port}"),
         "PYTHONUNBUFFERED": "1",
     }
     stop = threading.Event()
@@ -152,19 +188,21 @@ def main() -> int:
             token_path.chmod(0o600)
         mqtt = start_mqtt(parts, env)
         for name, argv in (
-            ("staff-api", ["-m", "staff_api", "serve", "--host", "127.0.0.1", "--port", "8800"]),
-            ("acquirer", ["-m", "payments.sandbox", "--host", "127.0.0.1", "--port", "8900", "--webhook-secret", webhook_secret]),
-            ("payments", ["-m", "payments", "serve", "--host", "127.0.0.1", "--port", "8810"]),
+            ("staff-api", ["-m", "staff_api", "serve", "--host", HOST, "--port", str(staff_port)]),
+            # payments and the sandbox acquirer read ECARD_WEBHOOK_SECRET themselves: no secret on an argv
+            ("acquirer", ["-m", "payments.sandbox", "--host", HOST, "--port", str(sandbox_port)]),
+            ("payments", ["-m", "payments", "serve", "--host", HOST, "--port", str(payments_port)]),
             ("autotopup", ["-m", "payments", "autotopup", "--interval-s", "30"]),
-            ("parents-api", ["-m", "parents_api", "--host", "127.0.0.1", "--port", "8820",
-                             "--sent-dir", str(data_dir / "sent"), "--payments-url", "http://127.0.0.1:8810"]),
+            ("parents-api", ["-m", "parents_api", "--host", HOST, "--port", str(parents_port),
+                             "--sent-dir", str(data_dir / "sent"), "--payments-url", f"http://{HOST}:{payments_port}"]),
         ):
             parts.append(Part(name, argv, env))
         print(
-            "ecard is running: devices 127.0.0.1:7700, metrics http://127.0.0.1:9108/metrics, "
-            f"staff API http://127.0.0.1:8800 (operator token in {token_path}), payments http://127.0.0.1:8810, "
-            f"sandbox acquirer http://127.0.0.1:8900, parents' pages, API and USSD http://127.0.0.1:8820 "
-            f"(one-time codes written under {data_dir / 'sent'}), {mqtt}. Ctrl-C stops everything.",
+            f"ecard is running: devices {HOST}:{devices_port}, metrics http://{HOST}:{metrics_port}/metrics, "
+            f"staff API http://{HOST}:{staff_port} (operator token in {token_path}), payments "
+            f"http://{HOST}:{payments_port}, sandbox acquirer http://{HOST}:{sandbox_port}, parents' pages, API and "
+            f"USSD http://{HOST}:{parents_port} (one-time codes written under {data_dir / 'sent'}), {mqtt}. "
+            "Ctrl-C stops everything.",
             flush=True,
         )
         while not stop.is_set():

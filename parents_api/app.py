@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import AsyncIterator
 
 import asyncpg
-from litestar import Litestar
+from litestar import Litestar, Router
 from litestar.config.csrf import CSRFConfig
 from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.template.config import TemplateConfig
@@ -18,8 +18,18 @@ from litestar.openapi.spec import Components, SecurityScheme, Tag
 
 from . import config
 from .api import ParentController
-from .auth import AuthController
-from .errors import Unprocessable, http_exception_handler, internal_error_handler, unprocessable_handler, validation_handler
+from .auth import AuthController, parent_guard
+from .errors import (
+    InputRefused,
+    Unprocessable,
+    database_input_handler,
+    http_exception_handler,
+    input_refused_handler,
+    internal_error_handler,
+    unprocessable_handler,
+    validation_handler,
+)
+from .hardening import INT64_MAX, PathIds, StrictStructSchemaPlugin, finish_openapi, strict_input
 from .payments_client import PaymentsClient
 from .pages import (HistoryController, LimitsController, MenuController, NoticesController, PagesController,
                     TopupController)
@@ -33,6 +43,8 @@ TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 CSRF_EXEMPT_PATHS = ["^/auth", "^/me", "^/children", "^/ussd", f"^{SCHEMA_PATH}"]
 CSRF_COOKIE = "ecard_csrf"
 SHUTDOWN_SENDS_WAIT_S = 10.0  # codes still being sent at shutdown get this long
+# accounts.id is bigint: a child id beyond is no one's child (404, as any other not-yours id)
+PATH_IDS = PathIds({"account_id": (INT64_MAX, "no child with account {} among yours")})  # api._not_found
 
 
 def create_app(settings: config.Settings, senders: Senders) -> Litestar:
@@ -56,9 +68,14 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
             await app.state.pool.close()
             await app.state.payments.close()
 
-    return Litestar(
-        route_handlers=[AuthController, ParentController, ussd, PagesController, LimitsController, HistoryController, NoticesController, MenuController, TopupController],
+    # The personal account's pages are HTML forms for people, not part of the API's document.
+    pages = Router(path="/", include_in_schema=False, route_handlers=[
+        PagesController, LimitsController, HistoryController, NoticesController, MenuController, TopupController])
+    app = Litestar(
+        route_handlers=[AuthController, ParentController, ussd, pages],
         lifespan=[lifespan],
+        before_request=strict_input(PATH_IDS),
+        plugins=[StrictStructSchemaPlugin()],
         template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
         csrf_config=CSRFConfig(secret=settings.csrf_secret, cookie_name=CSRF_COOKIE, cookie_httponly=True,
                                cookie_samesite="lax", exclude=CSRF_EXEMPT_PATHS),
@@ -66,6 +83,8 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
             Unprocessable: unprocessable_handler,
             ValidationException: validation_handler,
             HTTPException: http_exception_handler,
+            InputRefused: input_refused_handler,
+            asyncpg.DataError: database_input_handler,
             Exception: internal_error_handler,
         },
         openapi_config=OpenAPIConfig(
@@ -80,3 +99,7 @@ def create_app(settings: config.Settings, senders: Senders) -> Litestar:
         ),
         debug=False,
     )
+    # a bearer token where parent_guard stands; not-yours is 404, never 403 (parents_api.api)
+    finish_openapi(app, guarded=lambda handler: parent_guard in handler.resolve_guards(), guard_answers=(401,),
+                   security=[{"bearer": []}])
+    return app

@@ -39,6 +39,7 @@ from storage import parents
 
 from . import config
 from .errors import TooManyRequests, Unprocessable
+from .hardening import answers
 from .senders import Message, Senders
 
 log = logging.getLogger("parents_api.auth")
@@ -232,12 +233,12 @@ class AuthController(Controller):
     path = "/auth"
     tags = ["auth"]
 
-    @post("/code", status_code=202)
+    @post("/code", status_code=202, opt=answers(429))
     async def request_code(self, request: Request, data: Annotated[CodeRequest, Body()]) -> CodeSent:
         """Ask for a one-time code by phone (SMS) or e-mail. The answer is the same for every contact."""
         return await send_code(request.app.state, *contact_of(data))
 
-    @post("/token", status_code=201)
+    @post("/token", status_code=201, opt=answers(401))
     async def issue_token(self, request: Request, data: Annotated[TokenRequest, Body()]) -> TokenIssued:
         """Exchange a one-time code for a bearer token."""
         contact, _, _ = contact_of(data)

@@ -3,13 +3,22 @@
 
 from __future__ import annotations
 
-import logging
 import re
-import secrets
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+
+# The 5xx answer (logged with a request id) and the error shape are one definition for both
+# surfaces (parents_api.hardening).
+from .hardening import (  # noqa: F401  (re-exported for the app)
+    InputRefused,
+    database_input_handler,
+    error_response,
+    input_refused_handler,
+    internal_error_handler,
+    server_error,
+)
 
 
 _NAMED_FIELD = re.compile(r"(?:missing required field|unknown field) `([^`]+)`")
@@ -33,7 +42,7 @@ class TooManyRequests(HTTPException):
 
 
 def _response(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> Response:
-    return Response({"status_code": status, "detail": detail, **extra}, status_code=status, headers=headers)
+    return error_response(status, detail, headers, **extra)
 
 
 def unprocessable_handler(_request: Request, exc: Unprocessable) -> Response:
@@ -58,14 +67,6 @@ def validation_handler(_request: Request, exc: ValidationException) -> Response:
 def http_exception_handler(request: Request, exc: HTTPException) -> Response:
     if isinstance(exc, ValidationException):
         return validation_handler(request, exc)
+    if exc.status_code >= 500:
+        return server_error(request, exc, exc.status_code, exc.detail)
     return _response(exc.status_code, exc.detail, headers=exc.headers)
-
-
-log = logging.getLogger("parents_api")
-
-
-def internal_error_handler(request: Request, exc: Exception) -> Response:
-    """A 5xx that got through: logged with its traceback and a request id the answer names."""
-    request_id = secrets.token_hex(8)
-    log.error("500 %s %s (request %s)", request.method, request.url.path, request_id, exc_info=exc)
-    return _response(500, f"internal error; request id {request_id}", request_id=request_id)

@@ -27,12 +27,13 @@ from urllib.parse import parse_qs
 
 import asyncpg
 import jinja2
-from litestar import Request, Response, post
+from litestar import MediaType, Request, Response, post
 
 from storage import parents
 
 from . import config, views
 from .auth import normalize_phone
+from .hardening import answers
 
 log = logging.getLogger("parents_api.ussd")
 
@@ -64,8 +65,8 @@ def end(name: str, **context: Any) -> tuple[bool, str]:
 
 
 def reply(goes_on: bool, body: str) -> Response:
-    return Response(content=("CON " if goes_on else "END ") + body, media_type="text/plain; charset=utf-8",
-                    status_code=200)
+    return Response(content=("CON " if goes_on else "END ") + body, media_type=MediaType.TEXT,
+                    status_code=200)  # Litestar adds "; charset=utf-8"
 
 
 class BadInput(Exception):
@@ -221,7 +222,17 @@ async def _block(
     return end("blocked", child=name, card=label)
 
 
-@post("/ussd", tags=["ussd"], status_code=200)
+# The aggregator's request body (read raw: form or JSON), for the OpenAPI document. The protocol
+# answers every request 200 (a body it cannot read: "END Неверный ввод"), so the schema constrains
+# nothing: it describes the fields.
+_USSD_FIELDS = {"description": "sessionId, phoneNumber (+7...), serviceCode (*377*888#), text (the steps so far, "
+                               "joined by '*'); anything else is answered 200 END bad input"}
+USSD_REQUEST_BODY = {"required": False, "content": {
+    "application/x-www-form-urlencoded": {"schema": _USSD_FIELDS}, "application/json": {"schema": _USSD_FIELDS}}}
+
+
+@post("/ussd", tags=["ussd"], status_code=200, media_type=MediaType.TEXT,
+      opt=answers(401, request_body=USSD_REQUEST_BODY))
 async def ussd(request: Request) -> Response:
     """One step of a USSD dialogue: form or JSON fields sessionId, phoneNumber, serviceCode, text;
     the answer is text/plain "CON <menu>" or "END <text>"."""
@@ -232,7 +243,7 @@ async def ussd(request: Request) -> Response:
 
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.ussd_token.encode()):
             return Response({"status_code": 401, "detail": "the aggregator's bearer token is missing or wrong"},
-                            status_code=401)
+                            status_code=401, media_type=MediaType.JSON)
     try:
         fields = parse_fields(request.headers.get("content-type", "").lower(), await request.body())
         session_id = fields.get("sessionId", "")

@@ -54,6 +54,7 @@ token, and is never logged; a payment forgets it when it completes unless it was
 from __future__ import annotations
 
 import argparse
+import os
 import asyncio
 import datetime as dt
 import logging
@@ -623,7 +624,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--port", type=int, default=8900)
     p.add_argument("--public-url", default=None,
                    help="where payers' browsers reach the hosted pages (default http://<host>:<port>)")
-    p.add_argument("--webhook-secret", required=True)
+    # From the environment by default: a secret on a command line is readable in every process's argv.
+    p.add_argument("--webhook-secret", default=os.environ.get("ECARD_WEBHOOK_SECRET"),
+                   help="the webhook signing secret (default: $ECARD_WEBHOOK_SECRET)")
     p.add_argument("--retry-attempts", type=int, default=SandboxConfig.retry_attempts)
     p.add_argument("--retry-base-ms", type=int, default=SandboxConfig.retry_base_ms)
     p.add_argument("--retry-cap-ms", type=int, default=SandboxConfig.retry_cap_ms)
@@ -635,6 +638,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="cancel a hosted payment left unfinished this long")
     p.add_argument("--merchant-name", default=SandboxConfig.merchant_name)
     a = p.parse_args(argv)
+    if not a.webhook_secret:
+        p.error("the webhook secret: --webhook-secret or ECARD_WEBHOOK_SECRET")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     sock = bind_socket(a.host, a.port)
     host, port = sock.getsockname()[:2]

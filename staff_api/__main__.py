@@ -2,6 +2,11 @@
 
     python -m staff_api serve --host 127.0.0.1 --port 8800 [--pg-dsn DSN]
     python -m staff_api create-staff --login L --role R [--school N] [--pg-dsn DSN]
+    python -m staff_api rotate-token --login L [--pg-dsn DSN]
+
+rotate-token is the way back in when the only operator's token expired or was lost: it
+prints a new token for L (the old one stops at once; audited as cli:rotate-token). Over
+HTTP, ``python -m staff_api.cli token rotate [--login L]`` does the same.
 
 The DSN comes from --pg-dsn or ECARD_PG_DSN; without either, the embedded
 PostgreSQL under ./var (the gateway's) is used.
@@ -19,6 +24,7 @@ import asyncpg
 
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8800
 BOOTSTRAP_ACTOR = "cli:create-staff"
+ROTATE_ACTOR = "cli:rotate-token"
 
 
 def _dsn(arg: str | None) -> str:
@@ -42,6 +48,18 @@ async def _create_staff(dsn: str, login: str, role: str, school: int | None) -> 
         await conn.close()
 
 
+async def _rotate_token(dsn: str, login: str) -> str:
+    from . import db
+    from .admin import rotate_token
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            return (await rotate_token(conn, login, ROTATE_ACTOR, db.system_clock_ms())).token
+    finally:
+        await conn.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m staff_api", description="ecard staff and operator API")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -54,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     create.add_argument("--role", required=True, choices=("operator", "officer", "cashier", "auditor"))
     create.add_argument("--school", type=int, default=None)
     create.add_argument("--pg-dsn", default=None)
+    rotate = sub.add_parser("rotate-token", help="a new token for a staff member, directly in the database; prints it")
+    rotate.add_argument("--login", required=True)
+    rotate.add_argument("--pg-dsn", default=None)
     args = parser.parse_args(argv)
 
     if args.command == "serve":
@@ -66,7 +87,10 @@ def main(argv: list[str] | None = None) -> int:
     from litestar.exceptions import HTTPException
 
     try:
-        token = asyncio.run(_create_staff(_dsn(args.pg_dsn), args.login, args.role, args.school))
+        if args.command == "rotate-token":
+            token = asyncio.run(_rotate_token(_dsn(args.pg_dsn), args.login))
+        else:
+            token = asyncio.run(_create_staff(_dsn(args.pg_dsn), args.login, args.role, args.school))
     except HTTPException as exc:
         print(f"error: {exc.detail}", file=sys.stderr)
         return 2

@@ -1,4 +1,5 @@
-"""Staff accounts (operator only) and the audit log (operator, auditor)."""
+"""Staff accounts (operator only), their tokens (every member rotates its own; an operator any),
+and the audit log (operator, auditor)."""
 
 from __future__ import annotations
 
@@ -7,12 +8,15 @@ from litestar import Controller, delete, get, post
 from litestar.exceptions import NotFoundException
 from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
+from parents_api.hardening import INT64_MAX
+
 from . import db
-from .auth import PrincipalDep, new_token, token_sha256
-from .errors import Conflict, Unprocessable
-from .schemas import AuditEntry, AuditPage, StaffBody, StaffCreated, StaffOut
+from .auth import OWN_TOKEN_PATH, STAFF_TOKEN_TTL_MS, PrincipalDep, new_token, token_sha256
+from .errors import Conflict, Unprocessable, answers
+from .schemas import AuditEntry, AuditPage, Me, StaffBody, StaffCreated, StaffOut, StaffToken
 
 PAGE_MAX = 500
+STAFF_COLUMNS = "login, role, school_id, active, token_expires_at_ms"
 
 
 async def create_staff(
@@ -29,13 +33,34 @@ async def create_staff(
     if await conn.fetchval("SELECT login FROM staff WHERE login = $1", login) is not None:
         raise Conflict(f"staff login {login!r} exists")
     token = new_token()
+    expires = now_ms + STAFF_TOKEN_TTL_MS
     await conn.execute(
-        "INSERT INTO staff (login, role, school_id, token_sha256) VALUES ($1, $2, $3, $4)",
-        login, role, school_id, token_sha256(token),
+        "INSERT INTO staff (login, role, school_id, token_sha256, token_expires_at_ms) VALUES ($1, $2, $3, $4, $5)",
+        login, role, school_id, token_sha256(token), expires,
     )
     await db.audit(conn, actor, "staff.create", f"staff:{login}", None,
-                   {"login": login, "role": role, "school_id": school_id, "active": True}, now_ms)
+                   {"login": login, "role": role, "school_id": school_id, "active": True,
+                    "token_expires_at_ms": expires}, now_ms)
     return token
+
+
+async def rotate_token(conn: asyncpg.Connection, login: str, actor: str, now_ms: int) -> StaffToken:
+    """A new token for ``login`` (the old one stops at once, and so do the member's console
+    sessions, signed in with it), valid STAFF_TOKEN_TTL_MS; audited without the token."""
+    before = await conn.fetchrow(f"SELECT {STAFF_COLUMNS} FROM staff WHERE login = $1 FOR UPDATE", login)
+    if before is None:
+        raise NotFoundException(f"no staff login {login!r}")
+    if not before["active"]:
+        raise Conflict(f"staff member {login!r} is deactivated: a deactivated member gets no token")
+    token = new_token()
+    expires = now_ms + STAFF_TOKEN_TTL_MS
+    await conn.execute("UPDATE staff SET token_sha256 = $2, token_expires_at_ms = $3 WHERE login = $1",
+                       login, token_sha256(token), expires)
+    await conn.execute("UPDATE staff_sessions SET revoked_at_ms = $2 WHERE login = $1 AND revoked_at_ms IS NULL",
+                       login, now_ms)
+    await db.audit(conn, actor, "staff.token.rotate", f"staff:{login}",
+                   {"token_expires_at_ms": before["token_expires_at_ms"]}, {"token_expires_at_ms": expires}, now_ms)
+    return StaffToken(login=login, token=token, token_expires_at_ms=expires)
 
 
 class StaffController(Controller):
@@ -45,31 +70,67 @@ class StaffController(Controller):
     @get("/")
     async def list_staff(self, principal: PrincipalDep, pool: db.PoolDep) -> list[StaffOut]:
         principal.require("operator", "auditor", action="list staff")
-        rows = await pool.fetch("SELECT login, role, school_id, active FROM staff ORDER BY login")
+        rows = await pool.fetch(f"SELECT {STAFF_COLUMNS} FROM staff ORDER BY login")
         return [StaffOut(**dict(r)) for r in rows]
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, opt=answers(409))
     async def create(self, data: JSONBody[StaffBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> StaffCreated:
         """Create a staff member; the bearer token is returned once (only its sha256 is kept)."""
         principal.require("operator", action="create staff")
         async with pool.acquire() as conn, conn.transaction():
             token = await create_staff(conn, data.login, data.role, data.school_id, principal.login, now_ms)
-        return StaffCreated(login=data.login, role=data.role, school_id=data.school_id, token=token)
+        return StaffCreated(login=data.login, role=data.role, school_id=data.school_id, token=token,
+                            token_expires_at_ms=now_ms + STAFF_TOKEN_TTL_MS)
 
-    @delete("/{login:str}", status_code=200)
+    @delete("/{login:str}", status_code=200, opt=answers(409))
     async def deactivate(self, login: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> StaffOut:
-        """Deactivate a staff member (the row stays for the audit trail; the token stops working)."""
+        """Deactivate a staff member (the row stays for the audit trail; the token stops working).
+        The last active operator cannot be deactivated (409): nobody could create staff again."""
         principal.require("operator", action="deactivate staff")
         async with pool.acquire() as conn, conn.transaction():
-            before = await conn.fetchrow(
-                "SELECT login, role, school_id, active FROM staff WHERE login = $1 FOR UPDATE", login)
+            # every active operator's row, locked: two operators deactivating each other at once
+            # cannot both succeed
+            operators = await conn.fetch(
+                "SELECT login FROM staff WHERE role = 'operator' AND active ORDER BY login FOR UPDATE")
+            before = await conn.fetchrow(f"SELECT {STAFF_COLUMNS} FROM staff WHERE login = $1 FOR UPDATE", login)
             if before is None:
                 raise NotFoundException(f"no staff login {login!r}")
+            if before["role"] == "operator" and before["active"] and len(operators) <= 1:
+                raise Conflict(f"{login!r} is the last active operator: create another operator first")
             after = await conn.fetchrow(
-                "UPDATE staff SET active = false WHERE login = $1 RETURNING login, role, school_id, active", login)
+                f"UPDATE staff SET active = false WHERE login = $1 RETURNING {STAFF_COLUMNS}", login)
             await db.audit(conn, principal.login, "staff.deactivate", f"staff:{login}",
                            db.row_dict(before), db.row_dict(after), now_ms)
         return StaffOut(**dict(after))
+
+    @post("/{login:str}/token", status_code=201, opt=answers(409))
+    async def rotate_other(self, login: FromPath[str], principal: PrincipalDep, pool: db.PoolDep,
+                           now_ms: db.NowMs) -> StaffToken:
+        """A new token for a staff member (lost, leaked or expired): returned once; the old token and
+        the member's console sessions stop at once. Operator only."""
+        principal.require("operator", action="issue tokens for other staff")
+        async with pool.acquire() as conn, conn.transaction():
+            return await rotate_token(conn, login, principal.login, now_ms)
+
+
+class MeController(Controller):
+    path = "/me"
+    tags = ["staff"]
+    # POST /me/token is OWN_TOKEN_PATH (auth: the one write an auditor may make)
+
+    @get("/")
+    async def me(self, principal: PrincipalDep, pool: db.PoolDep) -> Me:
+        """The caller: login, role, school and when its token expires."""
+        expires = await pool.fetchval("SELECT token_expires_at_ms FROM staff WHERE login = $1", principal.login)
+        return Me(login=principal.login, role=principal.role, school_id=principal.school_id,
+                  token_expires_at_ms=expires)
+
+    @post(OWN_TOKEN_PATH.removeprefix("/me"), status_code=201, opt=answers(409))
+    async def rotate_own(self, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> StaffToken:
+        """Rotate one's own token: the new one is returned once, valid 90 days; the one this
+        request was made with (and one's console sessions) stop at once. Every role (an auditor too)."""
+        async with pool.acquire() as conn, conn.transaction():
+            return await rotate_token(conn, principal.login, principal.login, now_ms)
 
 
 class AuditController(Controller):
@@ -82,7 +143,7 @@ class AuditController(Controller):
         entity: str | None = Parameter(default=None, description="'pupil:17' exactly, or 'pupil' for every pupil"),
         actor: FromQuery[str | None] = None,
         action: FromQuery[str | None] = None,
-        before_id: int | None = Parameter(default=None, ge=1, description="page: entries with a smaller id"),
+        before_id: int | None = Parameter(default=None, ge=1, le=INT64_MAX, description="page: entries with a smaller id"),
         limit: int = Parameter(default=100, ge=1, le=PAGE_MAX),
     ) -> AuditPage:
         """The audit log, newest first."""

@@ -6,7 +6,7 @@ from contextlib import asynccontextmanager
 from typing import AsyncIterator
 
 import asyncpg
-from litestar import Litestar, Request
+from litestar import Litestar, Request, Router
 from litestar.connection import ASGIConnection
 from litestar.di import Provide
 from litestar.exceptions import HTTPException, ValidationException
@@ -17,20 +17,25 @@ from litestar.plugins.jinja import JinjaTemplateEngine
 from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
+from parents_api.hardening import INT32_MAX, INT64_MAX, PathIds, StrictStructSchemaPlugin, finish_openapi, strict_input
 from storage import commands
 
 from . import db
-from .admin import AuditController, StaffController
+from .admin import AuditController, MeController, StaffController
 from .auth import Principal, authenticate
 from .building import BuildingController, FireController
 from .cards import CardController
 from .console import CONSOLE_PATH, STATIC_DIR, STATIC_PATH, TEMPLATES_DIR, ConsoleController
 from .desk import DeskController
-from .devices import ENROL_PATH, DeviceController
+from .devices import DEVICE_ID_MAX, ENROL_PATH, DeviceController
 from .errors import (
+    InputRefused,
     Unprocessable,
     check_violation_handler,
+    database_input_handler,
     http_exception_handler,
+    input_refused_handler,
+    internal_error_handler,
     unique_violation_handler,
     unprocessable_handler,
     validation_handler,
@@ -48,6 +53,14 @@ POOL_SIZE_MIN, POOL_SIZE_MAX = 1, 10
 # A statement that runs longer than this is a bug or a lock pile-up, not a slow request.
 STATEMENT_TIMEOUT_MS = 15_000
 CONNECT_TIMEOUT_S = 10.0
+# Path ids and their columns' ranges (schools.id is integer, the others bigint; a device id is a
+# u32 on the wire): an id beyond cannot exist, so it is 404 like any unknown id, not a 500.
+PATH_IDS = PathIds({
+    "school_id": (INT32_MAX, "no school {}"),
+    "account_id": (INT64_MAX, "no account {}"),
+    "representative_id": (INT64_MAX, "no representative {}"),
+    "device_id": (DEVICE_ID_MAX, "device {} does not exist"),
+})
 
 
 async def auth_guard(connection: ASGIConnection, _handler: BaseRouteHandler) -> None:
@@ -94,12 +107,16 @@ def create_app(
     def _wait_ms() -> int:
         return command_wait_ms
 
-    return Litestar(
+    # The console's pages are HTML for people, not part of the API's document.
+    console = Router(path="/", route_handlers=[ConsoleController], include_in_schema=False)
+    app = Litestar(
         route_handlers=[SchoolController, PupilController, CardController, MoneyController,
-                        StaffController, AuditController, PreorderController, RepresentativeController, DeskController,
+                        StaffController, MeController, AuditController, PreorderController, RepresentativeController, DeskController,
                         BuildingController, FireController, DeviceController, TrustedCardController, ReportController,
-                        ConsoleController, create_static_files_router(STATIC_PATH, directories=[STATIC_DIR])],
+                        console, create_static_files_router(STATIC_PATH, directories=[STATIC_DIR])],
         lifespan=[lifespan],
+        before_request=strict_input(PATH_IDS),
+        plugins=[StrictStructSchemaPlugin()],
         template_config=TemplateConfig(directory=TEMPLATES_DIR, engine=JinjaTemplateEngine),
         guards=[auth_guard],
         dependencies={
@@ -114,6 +131,9 @@ def create_app(
             HTTPException: http_exception_handler,
             asyncpg.UniqueViolationError: unique_violation_handler,
             asyncpg.CheckViolationError: check_violation_handler,
+            InputRefused: input_refused_handler,
+            asyncpg.DataError: database_input_handler,
+            Exception: internal_error_handler,
         },
         openapi_config=OpenAPIConfig(
             title="ecard staff and operator API",
@@ -125,7 +145,11 @@ def create_app(
             "X-CSRF-Token header on every request that is not a read).",
             security=[{"bearer": []}],
             components=Components(security_schemes={"bearer": SecurityScheme(type="http", scheme="bearer")}),
-            tags=[Tag(name=n) for n in ("schools", "pupils", "cards", "money", "representatives", "staff", "audit")],
+            tags=[Tag(name=n) for n in ("schools", "pupils", "cards", "money", "representatives", "staff", "audit",
+                                        "preorders", "building", "devices", "reports")],
         ),
         debug=False,
     )
+    # every operation is behind auth_guard (the document's default security), but the device's enrolment
+    finish_openapi(app, guarded=lambda _handler: True, guard_answers=(401, 403))
+    return app

@@ -26,6 +26,14 @@ ROLES = ("operator", "officer", "cashier", "auditor")
 CITY_ROLES = frozenset(("operator", "auditor"))  # not bound to a school
 READ_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
 TOKEN_BYTES = 32
+# A staff token works this long after it was issued (created or rotated), then answers 401
+# "token expired": a token copied into a script or left on an office PC stops by itself.
+# A quarter is long enough that rotating is a rare chore (POST /me/token, or the CLI), short
+# enough that a leaked token does not work for years. Migration 0020 gives rows written by SQL
+# the same lifetime.
+STAFF_TOKEN_TTL_MS = 90 * 86_400_000
+# Rotating one's own token (staff_api.admin): the one write a read-only auditor may make.
+OWN_TOKEN_PATH = "/me/token"
 # The console's cookies and header (docs/staff-api.md "Console"). The session cookie is
 # HttpOnly; the CSRF cookie is readable by the console's script, which sends it back in the
 # header: a page of another site can neither read it nor set the header.
@@ -56,8 +64,16 @@ class Principal:
                 f"role {self.role!r} may not {action}; allowed: {', '.join(roles)}"
             )
 
+    def require_own(self, school_id: int | None, refusal: Exception) -> None:
+        """A school-bound role reaching another school's pupil, card, account, representative,
+        device or desk reader gets ``refusal``: the very answer for one that does not exist (an
+        error tells an officer nothing about another school's people and cards)."""
+        if self.school_id is not None and school_id != self.school_id:
+            raise refusal
+
     def require_school(self, school_id: int | None, what: str) -> None:
-        """403 when a school-bound role touches another school (or city-level data)."""
+        """403 when a school-bound role acts on another school itself (schools are no secret:
+        their list is public to staff), or on city-level data."""
         if self.school_id is None:
             return
         if school_id != self.school_id:
@@ -94,24 +110,29 @@ async def authenticate(request: Request, pool: asyncpg.Pool, now_ms: int | None 
     if not header and session_id:
         principal = await _session_principal(request, pool, session_id, system_clock_ms() if now_ms is None else now_ms)
     else:
-        principal = await _bearer_principal(header, pool)
-    if principal.role == "auditor" and request.method not in READ_METHODS:
+        principal = await _bearer_principal(header, pool, system_clock_ms() if now_ms is None else now_ms)
+    if principal.role == "auditor" and request.method not in READ_METHODS and request.url.path != OWN_TOKEN_PATH:
         raise PermissionDeniedException("role 'auditor' is read-only")
     return principal
 
 
-async def _bearer_principal(header: str, pool: asyncpg.Pool) -> Principal:
+async def _bearer_principal(header: str, pool: asyncpg.Pool, now_ms: int) -> Principal:
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         raise NotAuthorizedException("missing bearer token: send 'Authorization: Bearer <token>'")
     row = await pool.fetchrow(
-        "SELECT login, role, school_id, active FROM staff WHERE token_sha256 = $1", token_sha256(token)
+        "SELECT login, role, school_id, active, token_expires_at_ms FROM staff WHERE token_sha256 = $1",
+        token_sha256(token),
     )
     if row is None:
         raise NotAuthorizedException("unknown token")
     if not row["active"]:
         raise NotAuthorizedException(f"staff member {row['login']!r} is deactivated")
+    if row["token_expires_at_ms"] <= now_ms:
+        raise NotAuthorizedException(
+            f"token expired (at {row['token_expires_at_ms']} ms): an operator issues a new one "
+            f"(POST /staff/{row['login']}/token)")
     return Principal(row["login"], row["role"], row["school_id"])
 
 

@@ -21,9 +21,11 @@ from msgspec import Meta
 from ledger.codes import AccessKind, Presence
 from protocol import DeviceKind, Direction
 from storage import building
+from parents_api.hardening import INT64_MAX
 
 from . import db
 from .auth import PrincipalDep
+from .errors import answers
 from .money import IdempotencyHeader, _key, run_command
 from .schemas import Base, CommandOut
 
@@ -152,7 +154,7 @@ class BuildingController(Controller):
     @get("/{school_id:int}/access-events")
     async def get_access_events(
         self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
-        since_ms: int = Parameter(default=0, ge=0, description="events from this time on (Unix ms)"),
+        since_ms: int = Parameter(default=0, ge=0, le=INT64_MAX, description="events from this time on (Unix ms)"),
         limit: int = Parameter(default=100, ge=1, le=building.ACCESS_EVENTS_PAGE_MAX),
     ) -> list[AccessEventOut]:
         """The doors' log: grants nobody used, anti-passback violations, reconciliations; oldest first."""
@@ -178,7 +180,7 @@ class FireController(Controller):
     path = "/schools"
     tags = ["building"]
 
-    @post("/{school_id:int}/fire-alarm", status_code=200)
+    @post("/{school_id:int}/fire-alarm", status_code=200, opt=answers(202, 409))
     async def raise_alarm(
         self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
         command_wait_ms: db.CommandWaitMs, idempotency_key: str | None = IdempotencyHeader,
@@ -187,7 +189,7 @@ class FireController(Controller):
         number mustered; the muster list is at GET .../fire-alarm."""
         return await self._fire(school_id, "fire_alarm", principal, pool, now_ms, command_wait_ms, idempotency_key)
 
-    @post("/{school_id:int}/fire-alarm/reset", status_code=200)
+    @post("/{school_id:int}/fire-alarm/reset", status_code=200, opt=answers(202, 409))
     async def reset_alarm(
         self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
         command_wait_ms: db.CommandWaitMs, idempotency_key: str | None = IdempotencyHeader,

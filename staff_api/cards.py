@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncpg
 from litestar import Controller, delete, get, post
 
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody
 
 from . import cards_core, db
 from .auth import PrincipalDep
-from .errors import Unprocessable
-from .schemas import CardDetail, CardEventOut, CardOut, ReturnOut, TemporaryBody, TemporaryOut
+from .errors import Unprocessable, answers
+from .schemas import UidPath, CardDetail, CardEventOut, CardOut, ReturnOut, TemporaryBody, TemporaryOut
 
 WRITERS = ("operator", "officer")
 
@@ -37,12 +37,12 @@ class CardController(Controller):
     tags = ["cards"]
 
     @get("/{uid:str}")
-    async def get_card(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep) -> CardDetail:
+    async def get_card(self, uid: UidPath, principal: PrincipalDep, pool: db.PoolDep) -> CardDetail:
         """A card and its life-cycle events, oldest first."""
         ident = _uid(uid)
         async with pool.acquire() as conn, conn.transaction():
             row, school_id, _ = await _card_school(conn, ident)
-            principal.require_school(school_id, f"card {ident.hex()}")
+            principal.require_own(school_id, db.card_not_found(ident))
             events = await conn.fetch(
                 "SELECT * FROM identifier_events WHERE identifier = $1 ORDER BY at_ms, id", ident
             )
@@ -56,27 +56,27 @@ class CardController(Controller):
             ],
         )
 
-    @delete("/{uid:str}", status_code=200)
-    async def unbind(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> CardOut:
+    @delete("/{uid:str}", status_code=200, opt=answers(409))
+    async def unbind(self, uid: UidPath, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> CardOut:
         """Unbind a card from its pupil (the card may be bound again); returns the binding removed."""
         principal.require(*WRITERS, action="unbind cards")
         ident = _uid(uid)
         async with pool.acquire() as conn, conn.transaction():
             _row, school_id, _ = await _card_school(conn, ident)
-            principal.require_school(school_id, f"card {ident.hex()}")
+            principal.require_own(school_id, db.card_not_found(ident))
             before = await cards_core.unbind(conn, ident, principal.login, now_ms)
             view = db.card_view(before)
             await db.audit(conn, principal.login, "card.unbind", f"card:{ident.hex()}", view, None, now_ms)
         return CardOut(**view)
 
-    @post("/{uid:str}/block", status_code=200)
-    async def block(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> CardOut:
+    @post("/{uid:str}/block", status_code=200, opt=answers(409))
+    async def block(self, uid: UidPath, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> CardOut:
         """Block a card for good (stolen, lost for good)."""
         principal.require(*WRITERS, action="block cards")
         ident = _uid(uid)
         async with pool.acquire() as conn, conn.transaction():
             _row, school_id, _ = await _card_school(conn, ident)
-            principal.require_school(school_id, f"card {ident.hex()}")
+            principal.require_own(school_id, db.card_not_found(ident))
             before = await cards_core.block(conn, ident, principal.login, now_ms)
             after = await cards_core.card_snapshot(conn, ident)
             await db.audit(conn, principal.login, "card.block", f"card:{ident.hex()}",
@@ -84,9 +84,9 @@ class CardController(Controller):
         assert after is not None
         return CardOut(**after)
 
-    @post("/{uid:str}/temporary", status_code=201)
+    @post("/{uid:str}/temporary", status_code=201, opt=answers(409))
     async def issue_temporary(
-        self, uid: FromPath[str], data: JSONBody[TemporaryBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
+        self, uid: UidPath, data: JSONBody[TemporaryBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> TemporaryOut:
         """Issue a temporary card standing for card ``uid`` (reason forgotten, lost or broken)."""
         principal.require(*WRITERS, action="issue temporary cards")
@@ -94,7 +94,7 @@ class CardController(Controller):
         temp = _uid(data.temporary_uid, "temporary_uid")
         async with pool.acquire() as conn, conn.transaction():
             row, school_id, offset = await _card_school(conn, original)
-            principal.require_school(school_id, f"card {original.hex()}")
+            principal.require_own(school_id, db.card_not_found(original))
             await cards_core.issue_temporary(conn, original, data.reason, temp, offset, principal.login, now_ms)
             orig_after = await cards_core.card_snapshot(conn, original)
             temp_after = await cards_core.card_snapshot(conn, temp)
@@ -104,14 +104,14 @@ class CardController(Controller):
         assert orig_after is not None and temp_after is not None
         return TemporaryOut(original=CardOut(**orig_after), temporary=CardOut(**temp_after))
 
-    @post("/{uid:str}/return", status_code=200)
-    async def return_temporary(self, uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> ReturnOut:
+    @post("/{uid:str}/return", status_code=200, opt=answers(409))
+    async def return_temporary(self, uid: UidPath, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> ReturnOut:
         """Take a temporary card back: it is blocked; a suspended (forgotten) original is active again."""
         principal.require(*WRITERS, action="take back temporary cards")
         temp = _uid(uid)
         async with pool.acquire() as conn, conn.transaction():
             row, school_id, _ = await _card_school(conn, temp)
-            principal.require_school(school_id, f"card {temp.hex()}")
+            principal.require_own(school_id, db.card_not_found(temp))
             orig_before = None if row["replaces"] is None else await cards_core.card_snapshot(conn, bytes(row["replaces"]))
             original = await cards_core.return_temporary(conn, temp, principal.login, now_ms)
             temp_after = await cards_core.card_snapshot(conn, temp)

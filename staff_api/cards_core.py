@@ -18,7 +18,6 @@ from typing import Any
 
 import asyncpg
 import msgspec
-from litestar.exceptions import NotFoundException
 
 from ledger.codes import OutboxKind
 from ledger.notices import CardNotice, Notice, TemporaryCardIssuedNotice, TemporaryCardReturnedNotice
@@ -81,7 +80,7 @@ async def card_row(conn: asyncpg.Connection, uid: bytes, *, for_update: bool = F
         uid,
     )
     if row is None:
-        raise NotFoundException(f"no card {uid.hex()}")
+        raise db.card_not_found(uid)
     return row
 
 
@@ -90,14 +89,24 @@ async def card_snapshot(conn: asyncpg.Connection, uid: bytes) -> dict[str, Any] 
     return None if row is None else db.card_view(row)
 
 
-async def ensure_unbound(conn: asyncpg.Connection, uid: bytes, field: str) -> None:
-    row = await conn.fetchrow("SELECT account_id, status FROM identifiers WHERE identifier = $1", uid)
+async def ensure_unbound(conn: asyncpg.Connection, uid: bytes, field: str, school_id: int | None) -> None:
+    """409 when the card is taken. Whose it is is named only within ``school_id`` (the school of
+    the pupil it was to be bound to): nothing is told of another school's cards and accounts."""
+    row = await conn.fetchrow(
+        "SELECT i.account_id, i.status, a.school_id FROM identifiers i JOIN accounts a ON a.id = i.account_id "
+        "WHERE i.identifier = $1", uid)
     if row is not None:
+        if row["school_id"] != school_id:
+            raise Conflict(f"{field}: card {uid.hex()} is already bound to another account")
         state = db.CARD_STATUS_NAMES.get(row["status"], "?")
         raise Conflict(f"{field}: card {uid.hex()} is already bound to account {row['account_id']} ({state})")
-    trusted = await conn.fetchval("SELECT representative_id FROM trusted_cards WHERE identifier = $1", uid)
+    trusted = await conn.fetchrow(
+        "SELECT t.representative_id, r.school_id FROM trusted_cards t JOIN representatives r ON r.id = t.representative_id "
+        "WHERE t.identifier = $1", uid)
     if trusted is not None:
-        raise Conflict(f"{field}: card {uid.hex()} is the trusted card of representative {trusted}")
+        if trusted["school_id"] != school_id:
+            raise Conflict(f"{field}: card {uid.hex()} is a trusted person's card")
+        raise Conflict(f"{field}: card {uid.hex()} is the trusted card of representative {trusted['representative_id']}")
 
 
 async def bind(
@@ -109,7 +118,7 @@ async def bind(
     Binding a permanent card blocks the account's active temporary cards that
     stand for a broken card (the promise: "works until a new card is bound").
     """
-    await ensure_unbound(conn, uid, field)
+    await ensure_unbound(conn, uid, field, await conn.fetchval("SELECT school_id FROM accounts WHERE id = $1", account_id))
     await conn.execute(
         "INSERT INTO identifiers (identifier, account_id, kind, status, expires_at_ms, replaces, bound_at_ms) "
         "VALUES ($1, $2, $3, 0, $4, $5, $6)",

@@ -98,6 +98,19 @@ def _parser() -> argparse.ArgumentParser:
     cs.add_argument("--block-allergen", action="append", default=[])
     cs.add_argument("--note", default="")
 
+    schools = sub.add_parser("schools").add_subparsers(dest="sub", required=True)
+    sc = schools.add_parser("create", help="create a school (operator)")
+    sc.add_argument("--name", required=True)
+    sc.add_argument("--id", dest="school_id", type=int, default=None, help="default: the next free number")
+    sc.add_argument("--utc-offset", dest="utc_offset_minutes", type=int, default=180,
+                    help="minutes east of UTC (default 180, Moscow)")
+    schools.add_parser("list")
+
+    sub.add_parser("me", help="who the token belongs to, and when it expires")
+    token = sub.add_parser("token").add_subparsers(dest="sub", required=True)
+    tr = token.add_parser("rotate", help="a new token (printed once); the old one stops at once")
+    tr.add_argument("--login", default=None, help="another member's (operator only); default: one's own")
+
     imp = sub.add_parser("import-csv")
     imp.add_argument("file")
     imp.add_argument("--school", type=int, required=True)
@@ -160,6 +173,16 @@ def run(args: argparse.Namespace, client: Client) -> tuple[int, Any]:
             body = {"daily_limit_kopecks": args.daily_limit, "banned_products": args.ban_product,
                     "blocked_allergens": args.block_allergen, "cashier_note": args.note}
         return client.call("PUT", f"/pupils/{args.account_id}/controls", body)
+    if cmd == "schools":
+        if sub == "list":
+            return client.call("GET", "/schools")
+        return client.call("POST", "/schools", {"name": args.name, "id": args.school_id,
+                                                "utc_offset_minutes": args.utc_offset_minutes})
+    if cmd == "me":
+        return client.call("GET", "/me")
+    if cmd == "token":
+        path = "/me/token" if args.login is None else f"/staff/{urllib.parse.quote(args.login, safe='')}/token"
+        return client.call("POST", path)
     if cmd == "import-csv":
         return client.call("POST", f"/schools/{args.school}/pupils/import", Path(args.file).read_bytes(),
                            content_type="text/csv")

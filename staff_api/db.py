@@ -104,6 +104,19 @@ async def audit(
 notify = changes.notify
 
 
+# The answers for a row that is not there, also given for another school's row (auth.Principal.require_own).
+def pupil_not_found(account_id: int) -> NotFoundException:
+    return NotFoundException(f"no pupil with account {account_id}")
+
+
+def account_not_found(account_id: int) -> NotFoundException:
+    return NotFoundException(f"no account {account_id}")
+
+
+def card_not_found(uid: bytes) -> NotFoundException:
+    return NotFoundException(f"no card {uid.hex()}")
+
+
 async def school_row(conn: asyncpg.Connection, school_id: int) -> asyncpg.Record:
     row = await conn.fetchrow("SELECT id, name, utc_offset_minutes FROM schools WHERE id = $1", school_id)
     if row is None:
@@ -116,7 +129,7 @@ async def pupil_school(conn: asyncpg.Connection, account_id: int, *, for_update:
         "SELECT school_id FROM pupils WHERE account_id = $1" + (" FOR UPDATE" if for_update else ""), account_id
     )
     if row is None:
-        raise NotFoundException(f"no pupil with account {account_id}")
+        raise pupil_not_found(account_id)
     return row["school_id"]
 
 

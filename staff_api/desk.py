@@ -22,12 +22,12 @@ import asyncpg
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import FromPath, JSONBody
+from litestar.params import JSONBody, PathParameter
 from msgspec import Meta
 
 from . import cards_core, db
 from .auth import Principal, PrincipalDep
-from .errors import Conflict, Unprocessable
+from .errors import Conflict, Unprocessable, answers
 from .schemas import AccountId, Base, CardKind, CardOut, TemporaryReason, UidHex
 
 # A pending operation expires this long after it was started. The officer starts it at the
@@ -41,6 +41,7 @@ READERS = ("operator", "officer", "auditor")
 DESK_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,64}$"
 _NAME = re.compile(DESK_NAME_PATTERN)
 SCHOOL_ID_MAX = 2**31 - 1  # schools.id is an integer column
+DeskName = Annotated[str, PathParameter(pattern=DESK_NAME_PATTERN, description="the reader's name")]
 
 DeskAction = Literal["bind_card", "issue_temporary"]
 OperationStatus = Literal["pending", "done", "failed", "expired", "cancelled"]
@@ -111,12 +112,16 @@ async def _reader(conn: asyncpg.Connection, name: str, *, for_update: bool = Fal
         name,
     )
     if row is None:
-        raise NotFoundException(f"no desk reader {name!r}: register it with PUT /desk-readers/{name}")
+        raise _reader_not_found(name)
     return row
 
 
+def _reader_not_found(name: str) -> NotFoundException:
+    return NotFoundException(f"no desk reader {name!r}: register it with PUT /desk-readers/{name}")
+
+
 def _reader_school(principal: Principal, reader: asyncpg.Record) -> None:
-    principal.require_school(reader["school_id"], f"desk reader {reader['name']!r}")
+    principal.require_own(reader["school_id"], _reader_not_found(reader["name"]))
 
 
 def _status(row: asyncpg.Record, now_ms: int) -> str:
@@ -218,9 +223,9 @@ class DeskController(Controller):
     path = "/desk-readers"
     tags = ["cards"]
 
-    @put("/{name:str}", status_code=200)
+    @put("/{name:str}", status_code=200, opt=answers(409))
     async def register(
-        self, name: FromPath[str], data: JSONBody[DeskReaderBody], principal: PrincipalDep, pool: db.PoolDep,
+        self, name: DeskName, data: JSONBody[DeskReaderBody], principal: PrincipalDep, pool: db.PoolDep,
         now_ms: db.NowMs,
     ) -> DeskReaderOut:
         """Register a desk reader of a school by name (again with the same school: unchanged)."""
@@ -243,9 +248,9 @@ class DeskController(Controller):
                                dict(row), now_ms)
         return DeskReaderOut(**dict(row))
 
-    @post("/{name:str}/operation", status_code=201)
+    @post("/{name:str}/operation", status_code=201, opt=answers(409))
     async def start(
-        self, name: FromPath[str], data: JSONBody[OperationBody], principal: PrincipalDep, pool: db.PoolDep,
+        self, name: DeskName, data: JSONBody[OperationBody], principal: PrincipalDep, pool: db.PoolDep,
         now_ms: db.NowMs,
     ) -> OperationOut:
         """Start the operation the next card presented on the reader is for; a pending one is cancelled."""
@@ -256,7 +261,7 @@ class DeskController(Controller):
             reader = await _reader(conn, name, for_update=True)
             _reader_school(principal, reader)
             pupil_school = await db.pupil_school(conn, data.pupil_id)
-            principal.require_school(pupil_school, f"pupil {data.pupil_id}")
+            principal.require_own(pupil_school, db.pupil_not_found(data.pupil_id))
             if pupil_school != reader["school_id"]:
                 raise Unprocessable("pupil_id", f"pupil {data.pupil_id} belongs to school {pupil_school}; "
                                     f"desk reader {name!r} to school {reader['school_id']}")
@@ -264,7 +269,7 @@ class DeskController(Controller):
                 original = await cards_core.card_row(conn, bytes.fromhex(params["original_uid"]))
                 if original["account_id"] != data.pupil_id:
                     raise Unprocessable("original_uid", f"card {params['original_uid']} is not pupil "
-                                        f"{data.pupil_id}'s (it belongs to account {original['account_id']})")
+                                        f"{data.pupil_id}'s")
             previous = await _pending(conn, name)
             if previous is not None:
                 status = "expired" if previous["expires_at_ms"] <= now_ms else "cancelled"
@@ -281,7 +286,7 @@ class DeskController(Controller):
         return _operation_out(row, now_ms)
 
     @get("/{name:str}/operation")
-    async def current(self, name: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> OperationOut:
+    async def current(self, name: DeskName, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs) -> OperationOut:
         """The reader's latest operation: pending, or how it ended (the card bound, or why not)."""
         principal.require(*READERS, action="read desk reader operations")
         name = _checked_name(name)
@@ -293,9 +298,9 @@ class DeskController(Controller):
             raise NotFoundException(f"desk reader {name!r} has had no operation yet")
         return _operation_out(row, now_ms)
 
-    @post("/{name:str}/uid", status_code=200)
+    @post("/{name:str}/uid", status_code=200, opt=answers(409))
     async def presented(
-        self, name: FromPath[str], data: JSONBody[UidBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
+        self, name: DeskName, data: JSONBody[UidBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
     ) -> OperationOut:
         """The bridge: the card with ``uid`` was presented; the pending operation runs (done or failed)."""
         principal.require(*WRITERS, action="present cards on desk readers")

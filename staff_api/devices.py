@@ -25,19 +25,22 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Annotated, Literal
 
 import asyncpg
 import msgspec
 from litestar import Controller, delete, get, post
 from litestar.exceptions import NotFoundException, PermissionDeniedException
-from litestar.params import FromPath, FromQuery, JSONBody
+from litestar.params import FromPath, JSONBody, Parameter
+from msgspec import Meta
 
 from protocol.codes import DeviceKind
 from protocol.limits import DEVICE_KEY_BYTES
+from parents_api.hardening import INT32_MAX, NAME_PATTERN, NAME_RULE
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Conflict, Unprocessable
+from .errors import Conflict, Unprocessable, answers
 
 WRITERS = ("operator", "officer")
 ENROL_PATH = "/devices/enrol"  # the one route without a staff token (staff_api.app.auth_guard)
@@ -53,24 +56,30 @@ NAME_CHARS_MAX = 100
 _COLUMNS = "id, school_id, kind, name, next_key IS NOT NULL AS rotating, revoked_at_ms, created_at_ms"
 
 
+SchoolId = Annotated[int, Meta(ge=1, le=INT32_MAX)]  # schools.id is integer
+DeviceKindName = Literal[tuple(KINDS)]  # type: ignore[valid-type]
+DeviceName = Annotated[str, Meta(min_length=1, max_length=NAME_CHARS_MAX, pattern=NAME_PATTERN, description=NAME_RULE)]
+
+
 class DeviceBody(msgspec.Struct, forbid_unknown_fields=True):
-    school_id: int
-    kind: str
-    name: str
-    device_id: int | None = None  # default: the next free id
+    school_id: SchoolId
+    kind: DeviceKindName
+    name: DeviceName
+    device_id: Annotated[int, Meta(ge=1, le=DEVICE_ID_MAX)] | None = None  # default: the next free id
 
 
 class EnrolBody(msgspec.Struct, forbid_unknown_fields=True):
-    school_id: int
-    code: str
-    kind: str
-    name: str
-    key: str  # 16 bytes as hex, made by the device itself
+    school_id: SchoolId
+    code: Annotated[str, Meta(max_length=ENROLMENT_CODE_BYTES * 4)]  # hex, maybe with spaces around
+    kind: DeviceKindName
+    name: DeviceName
+    # 16 bytes as hex, made by the device itself
+    key: Annotated[str, Meta(pattern=f"^[0-9a-fA-F]{{{DEVICE_KEY_BYTES * 2}}}$")]
 
 
 class InstallModeBody(msgspec.Struct, forbid_unknown_fields=True):
-    school_id: int
-    minutes: int
+    school_id: SchoolId
+    minutes: Annotated[int, Meta(ge=1, le=INSTALL_MODE_MINUTES_MAX)]
 
 
 class DeviceOut(msgspec.Struct):
@@ -122,19 +131,23 @@ async def _school(conn: asyncpg.Connection, school_id: int) -> None:
         raise Unprocessable("school_id", f"school {school_id} does not exist")
 
 
+def _device_not_found(device_id: int) -> NotFoundException:
+    return NotFoundException(f"device {device_id} does not exist")
+
+
 async def _device(conn: asyncpg.Connection, device_id: int, *, for_update: bool = False) -> asyncpg.Record:
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS}, key, next_key FROM devices WHERE id = $1" + (" FOR UPDATE" if for_update else ""), device_id
     )
     if row is None:
-        raise NotFoundException(f"device {device_id} does not exist")
+        raise _device_not_found(device_id)
     return row
 
 
 async def _insert(conn: asyncpg.Connection, device_id: int | None, school_id: int, kind: int, name: str, key: bytes,
                   now_ms: int) -> asyncpg.Record:
     if device_id is None:
-        device_id = await conn.fetchval("SELECT coalesce(max(id), 0) + 1 FROM devices")
+        device_id = await conn.fetchval("SELECT coalesce(max(id), 0)::bigint + 1 FROM devices")
     if not 1 <= device_id <= DEVICE_ID_MAX:
         raise Unprocessable("device_id", f"must be 1..{DEVICE_ID_MAX}")
     if await conn.fetchval("SELECT 1 FROM devices WHERE id = $1", device_id) is not None:
@@ -158,7 +171,8 @@ class DeviceController(Controller):
 
     @get("/")
     async def list_devices(
-        self, principal: PrincipalDep, pool: db.PoolDep, school_id: FromQuery[int | None] = None
+        self, principal: PrincipalDep, pool: db.PoolDep,
+        school_id: int | None = Parameter(default=None, ge=1, le=INT32_MAX, description="one school's devices"),
     ) -> list[DeviceOut]:
         """Devices the caller may see (a school-bound role: its own school's)."""
         if principal.school_id is not None:
@@ -176,10 +190,10 @@ class DeviceController(Controller):
     async def get_device(self, device_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> DeviceOut:
         async with pool.acquire() as conn:
             row = await _device(conn, device_id)
-        principal.require_school(row["school_id"], f"device {device_id}")
+        principal.require_own(row["school_id"], _device_not_found(device_id))
         return _out(row)
 
-    @post("/", status_code=201)
+    @post("/", status_code=201, opt=answers(409))
     async def register(self, data: JSONBody[DeviceBody], principal: PrincipalDep, pool: db.PoolDep,
                        now_ms: db.NowMs) -> DeviceKeyOut:
         """Register a device; its key is made here and returned this once."""
@@ -195,7 +209,7 @@ class DeviceController(Controller):
                            msgspec.to_builtins(out), now_ms)
         return DeviceKeyOut(device=out, key=key.hex())
 
-    @post("/{device_id:int}/key/rotate", status_code=200)
+    @post("/{device_id:int}/key/rotate", status_code=200, opt=answers(409))
     async def rotate(self, device_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
                      now_ms: db.NowMs) -> DeviceKeyOut:
         """Make a next key (returned this once); the gateway accepts HELLOs under either key."""
@@ -203,7 +217,7 @@ class DeviceController(Controller):
         key = secrets.token_bytes(DEVICE_KEY_BYTES)
         async with pool.acquire() as conn, conn.transaction():
             before = await _device(conn, device_id, for_update=True)
-            principal.require_school(before["school_id"], f"device {device_id}")
+            principal.require_own(before["school_id"], _device_not_found(device_id))
             if before["revoked_at_ms"] is not None:
                 raise Conflict(detail=f"device {device_id} is revoked")
             row = await conn.fetchrow(f"UPDATE devices SET next_key = $2 WHERE id = $1 RETURNING {_COLUMNS}", device_id, key)
@@ -213,14 +227,14 @@ class DeviceController(Controller):
                            msgspec.to_builtins(_out(before)), msgspec.to_builtins(out), now_ms)
         return DeviceKeyOut(device=out, key=key.hex())
 
-    @post("/{device_id:int}/key/promote", status_code=200)
+    @post("/{device_id:int}/key/promote", status_code=200, opt=answers(409))
     async def promote(self, device_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
                       now_ms: db.NowMs) -> DeviceOut:
         """The next key becomes the key; the old key is retired (its session must HELLO again)."""
         principal.require(*WRITERS, action="promote device keys")
         async with pool.acquire() as conn, conn.transaction():
             before = await _device(conn, device_id, for_update=True)
-            principal.require_school(before["school_id"], f"device {device_id}")
+            principal.require_own(before["school_id"], _device_not_found(device_id))
             if before["next_key"] is None:
                 raise Conflict(detail=f"device {device_id} has no next key: rotate first")
             row = await conn.fetchrow(
@@ -239,7 +253,7 @@ class DeviceController(Controller):
         principal.require(*WRITERS, action="retire device keys")
         async with pool.acquire() as conn, conn.transaction():
             before = await _device(conn, device_id, for_update=True)
-            principal.require_school(before["school_id"], f"device {device_id}")
+            principal.require_own(before["school_id"], _device_not_found(device_id))
             row = await conn.fetchrow(f"UPDATE devices SET next_key = NULL WHERE id = $1 RETURNING {_COLUMNS}", device_id)
             await db.notify(conn, "device", device_id)
             out = _out(row)
@@ -254,7 +268,7 @@ class DeviceController(Controller):
         principal.require(*WRITERS, action="revoke devices")
         async with pool.acquire() as conn, conn.transaction():
             before = await _device(conn, device_id, for_update=True)
-            principal.require_school(before["school_id"], f"device {device_id}")
+            principal.require_own(before["school_id"], _device_not_found(device_id))
             row = await conn.fetchrow(
                 f"UPDATE devices SET revoked_at_ms = coalesce(revoked_at_ms, $2), next_key = NULL WHERE id = $1"
                 f" RETURNING {_COLUMNS}",
@@ -304,7 +318,7 @@ class DeviceController(Controller):
                            None if closed is None else {"until_ms": closed}, None, now_ms)
         return {"school_id": school_id, "closed": closed is not None}
 
-    @post("/enrol", status_code=201)
+    @post("/enrol", status_code=201, opt=answers(403, 409, public=True))
     async def enrol(self, data: JSONBody[EnrolBody], pool: db.PoolDep, now_ms: db.NowMs) -> DeviceOut:
         """A new device enrols itself during its school's install mode, with the one-time code
         and the key it made. No staff token: the code is the credential (403 without it)."""

@@ -17,6 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 # request id, the strict input checks.
 from parents_api.hardening import (  # noqa: F401  (re-exported for the app)
     InputRefused,
+    answers,
     database_input_handler,
     error_response,
     input_refused_handler,

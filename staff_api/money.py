@@ -18,7 +18,7 @@ from storage import commands
 
 from . import db
 from .auth import Principal, PrincipalDep
-from .errors import Conflict, Unprocessable
+from .errors import Conflict, Unprocessable, answers
 from .schemas import CommandOut, CorrectionBody, RefundBody, TransferBody
 
 IDEMPOTENCY_KEY_CHARS_MAX = 200
@@ -71,10 +71,13 @@ async def run_command(
     return Response(body, status_code=HTTP_STATUS[result.status])
 
 
-async def _pupil(conn: asyncpg.Connection, account_id: int, field: str) -> asyncpg.Record:
+async def _pupil(conn: asyncpg.Connection, principal: Principal, account_id: int, field: str) -> asyncpg.Record:
+    """The pupil's row; another school's pupil is refused as an account that is no pupil's."""
     row = await conn.fetchrow("SELECT account_id, school_id, family_id FROM pupils WHERE account_id = $1", account_id)
+    refusal = Unprocessable(field, f"account {account_id} is not a pupil's account")
     if row is None:
-        raise Unprocessable(field, f"account {account_id} is not a pupil's account")
+        raise refusal
+    principal.require_own(row["school_id"], refusal)
     return row
 
 
@@ -82,7 +85,7 @@ class MoneyController(Controller):
     path = "/money"
     tags = ["money"]
 
-    @post("/transfers", status_code=200)
+    @post("/transfers", status_code=200, opt=answers(202, 409, required_headers=("Idempotency-Key",)))
     async def transfer(
         self, data: JSONBody[TransferBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs, command_wait_ms: db.CommandWaitMs,
         idempotency_key: str | None = IdempotencyHeader,
@@ -93,17 +96,15 @@ class MoneyController(Controller):
         if data.from_account_id == data.to_account_id:
             raise Unprocessable("to_account_id", "must differ from from_account_id")
         async with pool.acquire() as conn:
-            src = await _pupil(conn, data.from_account_id, "from_account_id")
-            dst = await _pupil(conn, data.to_account_id, "to_account_id")
-        principal.require_school(src["school_id"], f"account {data.from_account_id}")
-        principal.require_school(dst["school_id"], f"account {data.to_account_id}")
+            src = await _pupil(conn, principal, data.from_account_id, "from_account_id")
+            dst = await _pupil(conn, principal, data.to_account_id, "to_account_id")
         if src["family_id"] is None or src["family_id"] != dst["family_id"]:
             raise Unprocessable("to_account_id", "transfers are only between pupils of one family")
         return await run_command(pool, principal, key, "transfer", {
             "from_account_id": data.from_account_id, "to_account_id": data.to_account_id,
             "amount_kopecks": data.amount_kopecks}, now_ms, command_wait_ms)
 
-    @post("/refunds", status_code=200)
+    @post("/refunds", status_code=200, opt=answers(202, 409, required_headers=("Idempotency-Key",)))
     async def refund(
         self, data: JSONBody[RefundBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs, command_wait_ms: db.CommandWaitMs,
         idempotency_key: str | None = IdempotencyHeader,
@@ -112,14 +113,15 @@ class MoneyController(Controller):
         key = _key(idempotency_key)
         principal.require("operator", "officer", "cashier", action="refund purchases")
         device = await pool.fetchrow("SELECT school_id, kind FROM devices WHERE id = $1", data.device_id)
+        refusal = Unprocessable("device_id", f"device {data.device_id} is not a till")
         if device is None or device["kind"] != DEVICE_TILL:
-            raise Unprocessable("device_id", f"device {data.device_id} is not a till")
-        principal.require_school(device["school_id"], f"till {data.device_id}")
+            raise refusal
+        principal.require_own(device["school_id"], refusal)  # another school's till: as no till
         return await run_command(pool, principal, key, "refund", {
             "device_id": data.device_id, "device_txn": data.device_txn,
             "amount_kopecks": data.amount_kopecks}, now_ms, command_wait_ms)
 
-    @post("/corrections", status_code=200)
+    @post("/corrections", status_code=200, opt=answers(202, 409, required_headers=("Idempotency-Key",)))
     async def correction(
         self, data: JSONBody[CorrectionBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs, command_wait_ms: db.CommandWaitMs,
         idempotency_key: str | None = IdempotencyHeader,

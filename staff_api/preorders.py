@@ -28,8 +28,8 @@ from storage.preorders import (  # the rule is storage's (one definition for the
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Conflict, Unprocessable
-from .schemas import Base
+from .errors import Conflict, Unprocessable, answers
+from .schemas import Base, DayPath
 
 WRITERS = ("operator", "officer")
 RANGE_DAYS_MAX = 366
@@ -167,9 +167,9 @@ def _item_out(code: int, quantity: int, products: dict[int, asyncpg.Record]) -> 
 class PreorderController(Controller):
     tags = ["preorders"]
 
-    @put("/pupils/{account_id:int}/preorders/{day:str}/{period:str}")
+    @put("/pupils/{account_id:int}/preorders/{day:str}/{period:str}", opt=answers(409))
     async def put_preorder(
-        self, account_id: FromPath[int], day: FromPath[str], period: FromPath[str], data: JSONBody[PreorderBody],
+        self, account_id: FromPath[int], day: DayPath, period: FromPath[str], data: JSONBody[PreorderBody],
         principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
     ) -> PreorderOut:
         """Replace the pupil's pre-order of one day and meal period (an empty list cancels it).
@@ -181,7 +181,7 @@ class PreorderController(Controller):
         async with pool.acquire() as conn, conn.transaction():
             # the pupil row lock serializes concurrent changes of one pupil's pre-orders
             school_id = await db.pupil_school(conn, account_id, for_update=True)
-            principal.require_school(school_id, f"pupil {account_id}")
+            principal.require_own(school_id, db.pupil_not_found(account_id))
             try:
                 _, after, context = await preorder_store.replace(
                     conn, account_id, school_id, on, period, [(i.product_code, i.quantity) for i in data.items],
@@ -217,7 +217,7 @@ class PreorderController(Controller):
         """The pupil's pre-orders of the days ``from``..``to`` (at most 366 days)."""
         async with pool.acquire() as conn:
             school_id = await db.pupil_school(conn, account_id)
-            principal.require_school(school_id, f"pupil {account_id}")
+            principal.require_own(school_id, db.pupil_not_found(account_id))
             offset, lock_days, periods = await _school_context(conn, school_id)
             today = school_today(now_ms, offset)
             first = from_day or today
@@ -251,7 +251,7 @@ class PreorderController(Controller):
 
     @get("/schools/{school_id:int}/preorders/{day:str}")
     async def kitchen_list(
-        self, school_id: FromPath[int], day: FromPath[str], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
+        self, school_id: FromPath[int], day: DayPath, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
     ) -> KitchenList:
         """The kitchen's list of one day: totals per meal period and product, and each pupil's order."""
         principal.require_school(school_id, f"school {school_id}")

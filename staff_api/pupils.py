@@ -14,13 +14,16 @@ from litestar.params import FromPath, FromQuery, JSONBody, Parameter
 
 from ledger.codes import JournalKind
 from protocol.items import decode_items
+from protocol.limits import CASHIER_NOTE_BYTES_MAX
 from storage import controls as controls_store
 from storage import snapshot
+from parents_api.hardening import INT64_MAX, name_problem, text_problem
 
 from . import cards_core, db
 from .auth import PrincipalDep
-from .errors import Unprocessable
+from .errors import Unprocessable, answers
 from .schemas import (
+    TEXT_CHARS_MAX,
     CardBody,
     CardOut,
     ControlsBody,
@@ -39,6 +42,12 @@ CSV_COLUMNS = ("full_name", "grade", "class_name", "card_uid", "card_kind")
 CSV_ROWS_MAX = 5_000
 CSV_BYTES_MAX = 2_000_000
 PAGE_MAX = 500
+# The import's body as the OpenAPI document shows it (the handler reads the raw body itself).
+CSV_REQUEST_BODY = {
+    "required": True,
+    "description": "UTF-8 CSV: a header line, then one pupil per line; columns " + ",".join(CSV_COLUMNS),
+    "content": {"text/csv": {"schema": {"type": "string", "maxLength": CSV_BYTES_MAX}}},
+}
 PUPIL_KIND = 1
 
 
@@ -109,6 +118,15 @@ def parse_csv(text: str) -> tuple[list[tuple[int, EnrolBody]], list[RowError]]:
     rows: list[tuple[int, EnrolBody]] = []
     errors: list[RowError] = []
     reader = csv.reader(io.StringIO(text))
+    try:
+        return _parse_rows(reader, rows, errors)
+    except csv.Error as exc:  # a cell over csv.field_size_limit(), a stray quote...: the file is refused
+        return [], [RowError(row=max(reader.line_num, 1), field="file", message=f"not a CSV file the import reads: {exc}")]
+
+
+def _parse_rows(
+    reader: Any, rows: list[tuple[int, EnrolBody]], errors: list[RowError]
+) -> tuple[list[tuple[int, EnrolBody]], list[RowError]]:
     header = next(reader, None)
     if header is None:
         return [], [RowError(row=1, field="header", message="empty file")]
@@ -126,19 +144,30 @@ def parse_csv(text: str) -> tuple[list[tuple[int, EnrolBody]], list[RowError]]:
             break
         cell = {name: (record[i].strip() if i < len(record) else "") for name, i in index.items()}
         row_errors: list[RowError] = []
+        for name in ("grade", "card_uid", "card_kind"):
+            problem = text_problem(cell[name])
+            if problem is not None:
+                row_errors.append(RowError(row=line_no, field=name, message=problem))
+                cell[name] = ""
         if not cell["full_name"]:
             row_errors.append(RowError(row=line_no, field="full_name", message="required"))
-        elif len(cell["full_name"]) > 200:
-            row_errors.append(RowError(row=line_no, field="full_name", message="longer than 200 characters"))
+        elif len(cell["full_name"]) > TEXT_CHARS_MAX:
+            row_errors.append(RowError(row=line_no, field="full_name", message=f"longer than {TEXT_CHARS_MAX} characters"))
+        elif (problem := name_problem(cell["full_name"])) is not None:
+            row_errors.append(RowError(row=line_no, field="full_name", message=problem))
         grade = -1
         try:
+            if not (cell["grade"].isascii() and cell["grade"].isdigit()):
+                raise ValueError
             grade = int(cell["grade"])
             if not 0 <= grade <= 11:
                 raise ValueError
         except ValueError:
             row_errors.append(RowError(row=line_no, field="grade", message="must be an integer 0..11"))
-        if len(cell["class_name"]) > 200:
-            row_errors.append(RowError(row=line_no, field="class_name", message="longer than 200 characters"))
+        if cell["class_name"] and (problem := name_problem(cell["class_name"])) is not None:
+            row_errors.append(RowError(row=line_no, field="class_name", message=problem))
+        if len(cell["class_name"]) > TEXT_CHARS_MAX:
+            row_errors.append(RowError(row=line_no, field="class_name", message=f"longer than {TEXT_CHARS_MAX} characters"))
         card: CardBody | None = None
         if cell["card_uid"] or cell["card_kind"]:
             uid = db.parse_uid(cell["card_uid"])
@@ -171,7 +200,7 @@ class PupilController(Controller):
         self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
         class_name: FromQuery[str | None] = None,
         limit: int = Parameter(default=100, ge=1, le=PAGE_MAX),
-        offset: int = Parameter(default=0, ge=0),
+        offset: int = Parameter(default=0, ge=0, le=INT64_MAX),
     ) -> PupilList:
         """Pupils of a school (optionally of one class), by account id; no cards or controls."""
         principal.require_school(school_id, f"school {school_id}")
@@ -194,7 +223,7 @@ class PupilController(Controller):
         ]
         return PupilList(pupils=pupils, next_offset=offset + limit if len(rows) > limit else None)
 
-    @post("/schools/{school_id:int}/pupils", status_code=201)
+    @post("/schools/{school_id:int}/pupils", status_code=201, opt=answers(409))
     async def enrol(
         self, school_id: FromPath[int], data: JSONBody[EnrolBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> PupilOut:
@@ -206,7 +235,7 @@ class PupilController(Controller):
             if data.card is not None:
                 uid = db.parse_uid(data.card.uid)
                 assert uid is not None
-                await cards_core.ensure_unbound(conn, uid, "card.uid")
+                await cards_core.ensure_unbound(conn, uid, "card.uid", school_id)
             account_id = await lock_accounts(conn)
             await insert_pupil(conn, account_id, school_id, data, now_ms, principal.login)
             out = await load_pupil(conn, account_id)
@@ -214,7 +243,7 @@ class PupilController(Controller):
                            msgspec.to_builtins(out), now_ms)
         return out
 
-    @post("/schools/{school_id:int}/pupils/import", status_code=201)
+    @post("/schools/{school_id:int}/pupils/import", status_code=201, opt=answers(request_body=CSV_REQUEST_BODY))
     async def import_csv(
         self, school_id: FromPath[int], request: Request, principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
     ) -> ImportReport:
@@ -239,12 +268,14 @@ class PupilController(Controller):
             uids = {db.parse_uid(b.card.uid): line for line, b in rows if b.card is not None}
             if uids:
                 bound = await conn.fetch(
-                    "SELECT identifier, account_id FROM identifiers WHERE identifier = ANY($1::bytea[])", list(uids)
+                    "SELECT i.identifier, i.account_id, a.school_id FROM identifiers i JOIN accounts a ON a.id = i.account_id"
+                    " WHERE i.identifier = ANY($1::bytea[])", list(uids)
                 )
                 for r in bound:
                     uid = bytes(r["identifier"])
+                    whose = f"account {r['account_id']}" if r["school_id"] == school_id else "another account"
                     errors.append(RowError(row=uids[uid], field="card_uid",
-                                           message=f"card {uid.hex()} is already bound to account {r['account_id']}"))
+                                           message=f"card {uid.hex()} is already bound to {whose}"))
             if not rows and not errors:
                 errors.append(RowError(row=1, field="body", message="no rows"))
             if errors:
@@ -269,7 +300,7 @@ class PupilController(Controller):
     async def get_pupil(self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> PupilOut:
         """A pupil with balance, cards and parent controls."""
         async with pool.acquire() as conn:
-            principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
+            principal.require_own(await db.pupil_school(conn, account_id), db.pupil_not_found(account_id))
             return await load_pupil(conn, account_id)
 
     @patch("/pupils/{account_id:int}")
@@ -282,7 +313,7 @@ class PupilController(Controller):
         if not changes:
             raise Unprocessable("body", "nothing to change")
         async with pool.acquire() as conn, conn.transaction():
-            principal.require_school(await db.pupil_school(conn, account_id, for_update=True), f"pupil {account_id}")
+            principal.require_own(await db.pupil_school(conn, account_id, for_update=True), db.pupil_not_found(account_id))
             before = await load_pupil(conn, account_id)
             if "status" in changes:
                 await conn.execute("UPDATE accounts SET status = $2 WHERE id = $1", account_id,
@@ -302,7 +333,7 @@ class PupilController(Controller):
     @get("/pupils/{account_id:int}/controls")
     async def get_controls(self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> ControlsBody:
         async with pool.acquire() as conn:
-            principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
+            principal.require_own(await db.pupil_school(conn, account_id), db.pupil_not_found(account_id))
             return await load_controls(conn, account_id)
 
     @put("/pupils/{account_id:int}/controls")
@@ -311,9 +342,12 @@ class PupilController(Controller):
     ) -> ControlsBody:
         """Replace the parent controls (daily and per-period limits, bans, allergens, diet, note)."""
         principal.require(*WRITERS, action="set parent controls")
+        if len(data.cashier_note.encode()) > CASHIER_NOTE_BYTES_MAX:
+            raise Unprocessable("cashier_note", f"longer than {CASHIER_NOTE_BYTES_MAX} bytes of UTF-8 "
+                                f"(what the till receives; {len(data.cashier_note.encode())} given)")
         async with pool.acquire() as conn, conn.transaction():
             school_id = await db.pupil_school(conn, account_id, for_update=True)
-            principal.require_school(school_id, f"pupil {account_id}")
+            principal.require_own(school_id, db.pupil_not_found(account_id))
             try:
                 _, after = await controls_store.replace(
                     conn, account_id, school_id, controls_store.Controls(**msgspec.structs.asdict(data)),
@@ -322,7 +356,7 @@ class PupilController(Controller):
                 raise Unprocessable("banned_products", str(exc)) from None
         return ControlsBody(**msgspec.structs.asdict(after))
 
-    @post("/pupils/{account_id:int}/cards", status_code=201)
+    @post("/pupils/{account_id:int}/cards", status_code=201, opt=answers(409))
     async def bind_card(
         self, account_id: FromPath[int], data: JSONBody[CardBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> CardOut:
@@ -331,7 +365,7 @@ class PupilController(Controller):
         uid = db.parse_uid(data.uid)
         assert uid is not None
         async with pool.acquire() as conn, conn.transaction():
-            principal.require_school(await db.pupil_school(conn, account_id, for_update=True), f"pupil {account_id}")
+            principal.require_own(await db.pupil_school(conn, account_id, for_update=True), db.pupil_not_found(account_id))
             touched = await cards_core.bind(conn, account_id, uid, db.CARD_KINDS[data.kind], principal.login, now_ms)
             after = await cards_core.card_snapshot(conn, uid)
             await db.audit(conn, principal.login, "card.bind", f"card:{uid.hex()}", None, after, now_ms)
@@ -345,7 +379,7 @@ class PupilController(Controller):
     async def ledger(
         self, account_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
         limit: int = Parameter(default=50, ge=1, le=PAGE_MAX),
-        offset: int = Parameter(default=0, ge=0),
+        offset: int = Parameter(default=0, ge=0, le=INT64_MAX),
     ) -> Ledger:
         """Journal rows of an account (as the tapping account, or debited, or credited), newest first."""
         async with pool.acquire() as conn:
@@ -353,8 +387,8 @@ class PupilController(Controller):
                 "SELECT school_id, balance_kopecks, kind FROM accounts WHERE id = $1", account_id
             )
             if account is None:
-                raise NotFoundException(f"no account {account_id}")
-            principal.require_school(account["school_id"], f"account {account_id}")
+                raise db.account_not_found(account_id)
+            principal.require_own(account["school_id"], db.account_not_found(account_id))
             # A pupil's rows: every device row names the pupil in account_id; a money
             # command may also credit or debit it as the other side (a transfer), which
             # the partial indexes of migration 0004 find. System accounts (revenue,

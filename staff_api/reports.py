@@ -20,7 +20,8 @@ from storage import reports
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Unprocessable
+from .errors import Unprocessable, answers
+from .schemas import DAY_PATTERN
 
 # Who reads a school's day of money: the auditor and the operator everywhere, the school's
 # officer and cashier their own school (the cashier reconciles the drawer with it).
@@ -63,10 +64,13 @@ def report_csv(report: reports.DailyReport) -> str:
 class ReportController(Controller):
     tags = ["reports"]
 
-    @get("/schools/{school_id:int}/reports/daily")
+    @get("/schools/{school_id:int}/reports/daily", opt=answers(success_content={
+        "application/json": {"schema": {"$ref": "#/components/schemas/DailyReport"}},
+        "text/csv": {"schema": {"type": "string", "description": "format=csv: the same report for a spreadsheet"}},
+    }))
     async def daily(
         self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
-        day: str = Parameter(query="day", min_length=10, max_length=10, description="the school-local day, YYYY-MM-DD"),
+        day: str = Parameter(query="day", pattern=DAY_PATTERN, description="the school-local day, YYYY-MM-DD"),
         format: Literal["json", "csv"] = Parameter(query="format", default="json"),  # noqa: A002
     ) -> reports.DailyReport | Response:
         """Sales by till and product, free meals (counts only), cash, refunds and corrections of one day."""

@@ -27,10 +27,11 @@ from msgspec import UNSET, Meta, UnsetType
 from storage import deliveries as delivery_store
 from storage import representatives as representative_store
 from storage.representatives import CHANNELS, KINDS, RELATIONS, preferences_problem
+from parents_api.hardening import INT64_MAX
 
 from . import db
 from .auth import Principal, PrincipalDep
-from .errors import Conflict, Unprocessable
+from .errors import Conflict, Unprocessable, answers
 from .preorders import school_today
 from .schemas import AccountId, Base, Name
 
@@ -136,13 +137,17 @@ def _view(row: asyncpg.Record) -> RepresentativeOut:
     )
 
 
+def representative_not_found(representative_id: int) -> NotFoundException:
+    return NotFoundException(f"no representative {representative_id}")
+
+
 async def load(conn: asyncpg.Connection, representative_id: int, *, for_update: bool = False) -> RepresentativeOut:
     row = await conn.fetchrow(
         f"SELECT {_COLUMNS} FROM representatives r WHERE r.id = $1" + (" FOR UPDATE OF r" if for_update else ""),
         representative_id,
     )
     if row is None:
-        raise NotFoundException(f"no representative {representative_id}")
+        raise representative_not_found(representative_id)
     return _view(row)
 
 
@@ -191,7 +196,9 @@ async def _lock_pupils(conn: asyncpg.Connection, principal: Principal, body_ids:
         "SELECT account_id, school_id FROM pupils WHERE account_id = ANY($1::bigint[]) ORDER BY account_id FOR UPDATE",
         pupil_ids,
     )
-    school_of = {r["account_id"]: r["school_id"] for r in rows}
+    # another school's pupil is refused exactly as an account that is no pupil's
+    school_of = {r["account_id"]: r["school_id"] for r in rows
+                 if principal.school_id is None or r["school_id"] == principal.school_id}
     missing = [(i, a) for i, a in enumerate(body_ids) if a not in school_of]
     if missing:
         raise Unprocessable(
@@ -199,8 +206,6 @@ async def _lock_pupils(conn: asyncpg.Connection, principal: Principal, body_ids:
             errors=[{"field": f"pupil_ids[{i}]", "message": f"account {a} is not a pupil's account", "source": "body"}
                     for i, a in missing],
         )
-    for account_id in body_ids:
-        principal.require_school(school_of[account_id], f"pupil {account_id}")
     schools = sorted(set(school_of.values()))
     if len(schools) > 1:
         by_school = "; ".join(
@@ -250,7 +255,7 @@ class SmsSettingsBody(Base):
 class RepresentativeController(Controller):
     tags = ["representatives"]
 
-    @post("/applications", status_code=201)
+    @post("/applications", status_code=201, opt=answers(409))
     async def register(
         self, data: JSONBody[ApplicationBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> RepresentativeOut:
@@ -301,21 +306,21 @@ class RepresentativeController(Controller):
         principal.require(*READERS, action="read representatives")
         async with pool.acquire() as conn:
             out = await load(conn, representative_id)
-        principal.require_school(out.school_id, f"representative {representative_id}")
+        principal.require_own(out.school_id, representative_not_found(representative_id))
         return out
 
     @get("/representatives/{representative_id:int}/deliveries")
     async def deliveries_of(
         self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
         limit: int = Parameter(default=50, ge=1, le=delivery_store.PAGE_ROWS_MAX),
-        before_id: int | None = Parameter(default=None, ge=1, le=2**63 - 1),
+        before_id: int | None = Parameter(default=None, ge=1, le=INT64_MAX),
     ) -> list[delivery_store.Delivery]:
         """What the notifier sent this representative (or is still trying to), newest first;
         the next page: before_id = the last id of this one."""
         principal.require(*READERS, action="read deliveries")
         async with pool.acquire() as conn:
             out = await load(conn, representative_id)
-            principal.require_school(out.school_id, f"representative {representative_id}")
+            principal.require_own(out.school_id, representative_not_found(representative_id))
             return await delivery_store.by_representative(conn, representative_id, limit=limit, before_id=before_id)
 
     @get("/representatives/{representative_id:int}/sms")
@@ -326,10 +331,10 @@ class RepresentativeController(Controller):
         principal.require(*READERS, action="read representatives")
         async with pool.acquire() as conn:
             out = await load(conn, representative_id)
-            principal.require_school(out.school_id, f"representative {representative_id}")
+            principal.require_own(out.school_id, representative_not_found(representative_id))
             return SmsSettingsBody(**msgspec.structs.asdict(await representative_store.sms_settings(conn, representative_id)))
 
-    @put("/representatives/{representative_id:int}/sms")
+    @put("/representatives/{representative_id:int}/sms", opt=answers(409))
     async def put_sms(
         self, representative_id: FromPath[int], data: JSONBody[SmsSettingsBody], principal: PrincipalDep,
         pool: db.PoolDep, now_ms: db.NowMs,
@@ -350,7 +355,7 @@ class RepresentativeController(Controller):
     async def dead_letters(
         self, principal: PrincipalDep, pool: db.PoolDep,
         limit: int = Parameter(default=50, ge=1, le=delivery_store.PAGE_ROWS_MAX),
-        before_id: int | None = Parameter(default=None, ge=1, le=2**63 - 1),
+        before_id: int | None = Parameter(default=None, ge=1, le=INT64_MAX),
     ) -> list[delivery_store.Delivery]:
         """Deliveries the notifier gave up on (city-wide: operators and auditors)."""
         principal.require("operator", "auditor", action="read the dead letters")
@@ -365,7 +370,7 @@ class RepresentativeController(Controller):
         """A pupil's representatives by id (removed ones only with include_removed=true)."""
         principal.require(*READERS, action="read representatives")
         async with pool.acquire() as conn:
-            principal.require_school(await db.pupil_school(conn, account_id), f"pupil {account_id}")
+            principal.require_own(await db.pupil_school(conn, account_id), db.pupil_not_found(account_id))
             rows = await conn.fetch(
                 f"""
                 SELECT {_COLUMNS} FROM representatives r
@@ -381,7 +386,7 @@ class RepresentativeController(Controller):
             not_removed=sum(1 for r in reps if r.status != "removed"), representatives=reps,
         )
 
-    @patch("/representatives/{representative_id:int}")
+    @patch("/representatives/{representative_id:int}", opt=answers(409))
     async def change(
         self, representative_id: FromPath[int], data: JSONBody[RepresentativePatch], principal: PrincipalDep,
         pool: db.PoolDep, now_ms: db.NowMs,
@@ -416,21 +421,21 @@ class RepresentativeController(Controller):
             await db.notify(conn, "representative", representative_id)  # a trusted card's name
         return after
 
-    @post("/representatives/{representative_id:int}/suspend", status_code=200)
+    @post("/representatives/{representative_id:int}/suspend", status_code=200, opt=answers(409))
     async def suspend(
         self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> RepresentativeOut:
         """Tell the representative nothing until resumed (it still counts against the maximum)."""
         return await _transition(pool, principal, representative_id, now_ms, "suspend")
 
-    @post("/representatives/{representative_id:int}/resume", status_code=200)
+    @post("/representatives/{representative_id:int}/resume", status_code=200, opt=answers(409))
     async def resume(
         self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> RepresentativeOut:
         """Tell a suspended representative again, from now on."""
         return await _transition(pool, principal, representative_id, now_ms, "resume")
 
-    @delete("/representatives/{representative_id:int}", status_code=200)
+    @delete("/representatives/{representative_id:int}", status_code=200, opt=answers(409))
     async def remove(
         self, representative_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> RepresentativeOut:
@@ -441,7 +446,7 @@ class RepresentativeController(Controller):
 async def _writable(conn: asyncpg.Connection, principal: Principal, representative_id: int) -> RepresentativeOut:
     """The representative, locked; 403 for another school, 409 once removed."""
     rep = await load(conn, representative_id, for_update=True)
-    principal.require_school(rep.school_id, f"representative {representative_id}")
+    principal.require_own(rep.school_id, representative_not_found(representative_id))
     if rep.status == "removed":
         raise Conflict(f"representative {representative_id} was removed (at {rep.removed_at_ms} ms); "
                        "it stays on record and changes no more")

@@ -5,8 +5,11 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import msgspec
+from litestar.params import PathParameter
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from parents_api.hardening import INT32_MAX, INT64_MAX, NAME_PATTERN, NAME_RULE, TEXT_PATTERN
+from protocol.limits import CASHIER_NOTE_BYTES_MAX
 from storage.controls import ALLERGENS_RU, DIET_FLAGS_RU, MEAL_PERIODS_RU
 
 # The vocabularies are storage.controls's (one definition, with the Russian a parent reads).
@@ -20,11 +23,26 @@ Role = Literal["operator", "officer", "cashier", "auditor"]
 
 Kopecks = Annotated[int, Meta(ge=0, le=10**12)]
 Grade = Annotated[int, Meta(ge=0, le=11)]
-ShortText = Annotated[str, Meta(max_length=200)]
-Name = Annotated[str, Meta(min_length=1, max_length=200)]
-UidHex = Annotated[str, Meta(pattern=r"^(0x)?([0-9a-fA-F]{2}){4,16}$", description="card UID, 4..16 bytes as hex")]
+# The text rule (parents_api.hardening, one definition): no control characters, line breaks or
+# bidi overrides in any text; a name also holds a visible character. Names reach till screens,
+# pages and spreadsheets. 200 characters: the longest Russian full name with patronymic and a
+# double surname is well under 100.
+TEXT_CHARS_MAX = 200
+ShortText = Annotated[str, Meta(max_length=TEXT_CHARS_MAX, pattern=TEXT_PATTERN)]
+Name = Annotated[str, Meta(min_length=1, max_length=TEXT_CHARS_MAX, pattern=NAME_PATTERN, description=NAME_RULE)]
+# A class ("5А"): a name, or empty for a pupil not in a class.
+ClassName = Annotated[str, Meta(max_length=TEXT_CHARS_MAX, pattern=f"^$|{NAME_PATTERN}",
+                                description="empty (no class), or a name: " + NAME_RULE)]
+UID_PATTERN = r"^(0x)?([0-9a-fA-F]{2}){4,16}$"
+UidHex = Annotated[str, Meta(pattern=UID_PATTERN, description="card UID, 4..16 bytes as hex")]
+DAY_PATTERN = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
+# Path parameters as the OpenAPI document shows them (the handlers check them too: 422 naming them).
+UidPath = Annotated[str, PathParameter(pattern=UID_PATTERN, description="card UID, 4..16 bytes as hex")]
+DayPath = Annotated[str, PathParameter(pattern=DAY_PATTERN, description="a day, YYYY-MM-DD")]
 Minute = Annotated[int, Meta(ge=0, le=1440)]
-AccountId = Annotated[int, Meta(ge=1)]
+AccountId = Annotated[int, Meta(ge=1, le=INT64_MAX)]  # accounts.id is bigint
+FamilyId = Annotated[int, Meta(ge=1, le=INT64_MAX)]
+ProductCode = Annotated[int, Meta(ge=1, le=INT32_MAX)]  # products.code is integer
 
 
 class Base(Struct, forbid_unknown_fields=True, omit_defaults=False):
@@ -69,7 +87,7 @@ class ProductBody(Base):
     name: Name  # Russian display name, as shown on the till
     price_kopecks: Annotated[int, Meta(ge=0, le=10**9)]
     category: Name = "other"
-    composition: Annotated[str, Meta(max_length=2000)] = ""
+    composition: Annotated[str, Meta(max_length=2000, pattern=TEXT_PATTERN)] = ""
     allergens: list[Allergen] = []
     diet_flags: list[DietFlag] = []
     energy_kcal: Annotated[int, Meta(ge=0, le=10_000)] | None = None
@@ -89,7 +107,7 @@ class ProductOut(Base):
 
 
 class MenuBody(Base):
-    product_codes: Annotated[list[Annotated[int, Meta(ge=1)]], Meta(max_length=500)]
+    product_codes: Annotated[list[ProductCode], Meta(max_length=500)]
 
 
 class MenuOut(Base):
@@ -97,6 +115,15 @@ class MenuOut(Base):
     day: str
     period: str
     product_codes: list[int]
+
+
+class SchoolBody(Base):
+    """A new school: its number (default: the next free one), name and time zone."""
+
+    name: Name
+    id: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None  # schools.id is integer
+    # minutes east of UTC: Russia's zones are UTC+2..UTC+12; the range is the world's (-12:00..+14:00)
+    utc_offset_minutes: Annotated[int, Meta(ge=-12 * 60, le=14 * 60)] = 180
 
 
 class SchoolOut(Base):
@@ -119,18 +146,18 @@ class CardBody(Base):
 class EnrolBody(Base):
     full_name: Name
     grade: Grade
-    class_name: ShortText = ""
+    class_name: ClassName = ""
     photo_ref: ShortText | None = None
     free_meal_category: FreeMealCategory | None = None
-    family_id: Annotated[int, Meta(ge=1)] | None = None
+    family_id: FamilyId | None = None
     card: CardBody | None = None
 
 
 class PupilPatch(Base):
     grade: Grade | UnsetType = UNSET
-    class_name: ShortText | UnsetType = UNSET
+    class_name: ClassName | UnsetType = UNSET
     free_meal_category: FreeMealCategory | None | UnsetType = UNSET
-    family_id: Annotated[int, Meta(ge=1)] | None | UnsetType = UNSET
+    family_id: FamilyId | None | UnsetType = UNSET
     photo_ref: ShortText | None | UnsetType = UNSET
     status: Literal["active", "blocked"] | UnsetType = UNSET
 
@@ -178,11 +205,14 @@ class ControlsBody(Base):
     daily_limit_kopecks: Kopecks | None = None
     period_limits_kopecks: dict[MealPeriod, Kopecks] = {}
     items_per_day_max: Annotated[int, Meta(ge=0, le=1000)] | None = None
-    banned_products: list[Annotated[int, Meta(ge=1)]] = []
+    banned_products: list[ProductCode] = []
     banned_categories: list[Name] = []
     blocked_allergens: list[Allergen] = []
     required_diet: list[DietFlag] = []
-    cashier_note: Annotated[str, Meta(max_length=500)] = ""
+    # The till shows it on one line of PUPIL_INFO, at most CASHIER_NOTE_BYTES_MAX bytes of UTF-8
+    # (protocol.limits; the API checks the bytes too: 200 Latin letters, 100 Cyrillic ones).
+    cashier_note: Annotated[str, Meta(max_length=CASHIER_NOTE_BYTES_MAX, pattern=TEXT_PATTERN,
+                                      description=f"one line, at most {CASHIER_NOTE_BYTES_MAX} bytes of UTF-8")] = ""
 
 
 class PupilOut(Base):
@@ -251,14 +281,14 @@ class TransferBody(Base):
 
 class RefundBody(Base):
     device_id: Annotated[int, Meta(ge=1, le=4294967295)]
-    device_txn: Annotated[int, Meta(ge=0)]
+    device_txn: Annotated[int, Meta(ge=0, le=INT64_MAX)]
     amount_kopecks: Annotated[int, Meta(gt=0, le=10**9)] | None = None  # None: the whole purchase
 
 
 class CorrectionBody(Base):
     account_id: AccountId
     amount_kopecks: Annotated[int, Meta(ge=-(10**9), le=10**9)]  # signed, non-zero
-    reason: Annotated[str, Meta(min_length=1, max_length=500)]
+    reason: Annotated[str, Meta(min_length=1, max_length=500, pattern=NAME_PATTERN, description=NAME_RULE)]
 
 
 class CommandOut(Base):
@@ -274,7 +304,7 @@ class CommandOut(Base):
 class StaffBody(Base):
     login: Annotated[str, Meta(pattern=r"^[a-z0-9_.@-]{2,64}$")]
     role: Role
-    school_id: Annotated[int, Meta(ge=1)] | None = None
+    school_id: Annotated[int, Meta(ge=1, le=INT32_MAX)] | None = None
 
 
 class StaffOut(Base):
@@ -282,6 +312,7 @@ class StaffOut(Base):
     role: str
     school_id: int | None
     active: bool
+    token_expires_at_ms: int  # the member's bearer token stops working then (rotate it before)
 
 
 class StaffCreated(Base):
@@ -289,6 +320,24 @@ class StaffCreated(Base):
     role: str
     school_id: int | None
     token: str  # shown once; only its sha256 is stored
+    token_expires_at_ms: int
+
+
+class StaffToken(Base):
+    """A new bearer token (rotation): shown once; the previous token stopped working."""
+
+    login: str
+    token: str
+    token_expires_at_ms: int
+
+
+class Me(Base):
+    """The caller."""
+
+    login: str
+    role: str
+    school_id: int | None
+    token_expires_at_ms: int  # the member's bearer token
 
 
 class AuditEntry(Base):

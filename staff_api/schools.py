@@ -5,15 +5,18 @@ from __future__ import annotations
 from datetime import date
 
 import asyncpg
-from litestar import Controller, get, put
+from litestar import Controller, get, post, put
 
-from litestar.params import FromPath, JSONBody
+from typing import Annotated
+
+from litestar.params import FromPath, JSONBody, PathParameter
 
 from ledger.codes import PassbackMode
+from parents_api.hardening import INT32_MAX
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Unprocessable
+from .errors import Conflict, Unprocessable, answers
 from .schemas import (
     MealPeriod,
     MealPeriodBody,
@@ -22,6 +25,7 @@ from .schemas import (
     MenuOut,
     ProductBody,
     ProductOut,
+    SchoolBody,
     SchoolOut,
     SchoolPolicy,
 )
@@ -76,6 +80,30 @@ class SchoolController(Controller):
                     "SELECT id, name, utc_offset_minutes FROM schools WHERE id = $1", principal.school_id
                 )
             return [await _school_out(conn, r, detail=False) for r in rows]
+
+    @post("/", status_code=201, opt=answers(409))
+    async def create_school(
+        self, data: JSONBody[SchoolBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
+    ) -> SchoolOut:
+        """Create a school (default policy, no meal periods or products yet). Operator only; audited."""
+        principal.require("operator", action="create schools")
+        async with pool.acquire() as conn, conn.transaction():
+            await conn.execute("LOCK TABLE schools IN SHARE ROW EXCLUSIVE MODE")  # the next id is max + 1
+            school_id = data.id if data.id is not None else await conn.fetchval(
+                "SELECT COALESCE(max(id), 0)::bigint + 1 FROM schools")
+            if school_id > INT32_MAX:
+                raise Conflict(f"school {INT32_MAX} exists, so there is no next number: give an id")
+            if await conn.fetchval("SELECT 1 FROM schools WHERE id = $1", school_id):
+                raise Conflict(f"school {school_id} exists")
+            row = await conn.fetchrow(
+                "INSERT INTO schools (id, name, utc_offset_minutes) VALUES ($1, $2, $3) "
+                "RETURNING id, name, utc_offset_minutes",
+                school_id, data.name, data.utc_offset_minutes,
+            )
+            await db.audit(conn, principal.login, "school.create", f"school:{school_id}", None, db.row_dict(row),
+                           now_ms)
+            await db.notify(conn, "school", school_id)
+            return await _school_out(conn, row, detail=True)
 
     @get("/{school_id:int}")
     async def get_school(self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep) -> SchoolOut:
@@ -157,12 +185,11 @@ class SchoolController(Controller):
 
     @put("/{school_id:int}/products/{code:int}")
     async def put_product(
-        self, school_id: FromPath[int], code: FromPath[int], data: JSONBody[ProductBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
+        self, school_id: FromPath[int], code: Annotated[int, PathParameter(ge=1, le=INT32_MAX, description="the product's code")],
+        data: JSONBody[ProductBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs
     ) -> ProductOut:
         """Create or replace a product of the school's canteen. Operator only."""
         principal.require("operator", action="change products")
-        if not 1 <= code <= 2**31 - 1:
-            raise Unprocessable("code", "must be between 1 and 2147483647")
         async with pool.acquire() as conn, conn.transaction():
             await db.school_row(conn, school_id)
             before = await conn.fetchrow(

@@ -43,7 +43,7 @@ SIGNIN_FORM_TTL_S = 3_600
 
 
 class SignInRefused(Exception):
-    """Wrong login or token, or a deactivated member: the same refusal for all three."""
+    """Wrong login or token, an expired token, or a deactivated member: the same refusal for all."""
 
 
 class TooManyFailures(Exception):
@@ -96,9 +96,12 @@ async def sign_in(pool: asyncpg.Pool, login: str, token: str, now_ms: int) -> Se
             frees_at = failures[len(failures) - SIGNIN_FAILURES_MAX]["at_ms"] + SIGNIN_FAILURE_WINDOW_MS
             retry_after_s = max(1, -(-(frees_at - now_ms) // 1000))
         else:
-            row = await conn.fetchrow("SELECT login, role, school_id, active, token_sha256 FROM staff WHERE login = $1",
-                                      login)
-            if row is not None and row["active"] and hmac.compare_digest(bytes(row["token_sha256"]), digest):
+            row = await conn.fetchrow(
+                "SELECT login, role, school_id, active, token_sha256, token_expires_at_ms FROM staff WHERE login = $1",
+                login)
+            # an expired token signs nobody in (auth.STAFF_TOKEN_TTL_MS): the same refusal as a wrong one
+            if row is not None and row["active"] and row["token_expires_at_ms"] > now_ms and hmac.compare_digest(
+                    bytes(row["token_sha256"]), digest):
                 principal = Principal(row["login"], row["role"], row["school_id"])
                 await conn.execute("DELETE FROM staff_signin_failures WHERE login = $1", login)
                 await conn.execute(

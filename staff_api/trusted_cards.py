@@ -15,9 +15,9 @@ from litestar.params import FromPath, JSONBody
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Conflict, Unprocessable
-from .representatives import READERS, WRITERS, _writable, load
-from .schemas import Base, UidHex
+from .errors import Conflict, Unprocessable, answers
+from .representatives import READERS, WRITERS, _writable, load, representative_not_found
+from .schemas import Base, UidHex, UidPath
 
 # Cards one trusted person may carry: a card and a spare.
 TRUSTED_CARDS_PER_REPRESENTATIVE_MAX = 2
@@ -51,12 +51,12 @@ class TrustedCardController(Controller):
         principal.require(*READERS, action="read trusted cards")
         async with pool.acquire() as conn:
             rep = await load(conn, representative_id)
-            principal.require_school(rep.school_id, f"representative {representative_id}")
+            principal.require_own(rep.school_id, representative_not_found(representative_id))
             rows = await conn.fetch("SELECT * FROM trusted_cards WHERE representative_id = $1 ORDER BY added_at_ms",
                                     representative_id)
         return [_out(r) for r in rows]
 
-    @post("/{representative_id:int}/cards", status_code=201)
+    @post("/{representative_id:int}/cards", status_code=201, opt=answers(409))
     async def add_card(
         self, representative_id: FromPath[int], data: JSONBody[TrustedCardBody], principal: PrincipalDep,
         pool: db.PoolDep, now_ms: db.NowMs,
@@ -73,9 +73,13 @@ class TrustedCardController(Controller):
                 raise Conflict(f"representative {representative_id} is {rep.status}: no cards until resumed")
             if await conn.fetchval("SELECT 1 FROM identifiers WHERE identifier = $1", uid):
                 raise Conflict(f"card {uid.hex()} is a pupil's card; a trusted person needs a card of their own")
-            held = await conn.fetchval("SELECT representative_id FROM trusted_cards WHERE identifier = $1", uid)
+            held = await conn.fetchrow(
+                "SELECT t.representative_id, r.school_id FROM trusted_cards t"
+                " JOIN representatives r ON r.id = t.representative_id WHERE t.identifier = $1", uid)
             if held is not None:
-                raise Conflict(f"card {uid.hex()} is already the card of representative {held}")
+                whose = (f"representative {held['representative_id']}" if held["school_id"] == rep.school_id
+                         else "another trusted person")  # nothing told of another school's cards
+                raise Conflict(f"card {uid.hex()} is already the card of {whose}")
             count = await conn.fetchval("SELECT count(*) FROM trusted_cards WHERE representative_id = $1",
                                         representative_id)
             if count >= TRUSTED_CARDS_PER_REPRESENTATIVE_MAX:
@@ -90,9 +94,9 @@ class TrustedCardController(Controller):
             await db.notify(conn, "representative", representative_id)
         return out
 
-    @delete("/{representative_id:int}/cards/{uid:str}", status_code=200)
+    @delete("/{representative_id:int}/cards/{uid:str}", status_code=200, opt=answers(409))
     async def remove_card(
-        self, representative_id: FromPath[int], uid: FromPath[str], principal: PrincipalDep, pool: db.PoolDep,
+        self, representative_id: FromPath[int], uid: UidPath, principal: PrincipalDep, pool: db.PoolDep,
         now_ms: db.NowMs,
     ) -> TrustedCardOut:
         """Take a trusted person's card back: it opens nothing from now on."""
