@@ -10,11 +10,11 @@ from __future__ import annotations
 import csv
 import io
 from datetime import date
-from typing import Literal
+from typing import Annotated, Literal
 
 from litestar import Controller, Response, get
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, QueryParameter
 
 from storage import reports
 
@@ -70,8 +70,8 @@ class ReportController(Controller):
     }))
     async def daily(
         self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
-        day: str = Parameter(query="day", pattern=DAY_PATTERN, description="the school-local day, YYYY-MM-DD"),
-        format: Literal["json", "csv"] = Parameter(query="format", default="json"),  # noqa: A002
+        day: Annotated[str, QueryParameter(pattern=DAY_PATTERN, description="the school-local day, YYYY-MM-DD")],
+        format: Annotated[Literal["json", "csv"], QueryParameter()] = "json",  # noqa: A002
     ) -> reports.DailyReport | Response:
         """Sales by till and product, free meals (counts only), cash, refunds and corrections of one day."""
         principal.require(*READERS, action="read the daily report")
