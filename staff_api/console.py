@@ -13,6 +13,8 @@ operator (docs/staff-api.md "Console").
     GET  /console/applications/new   register a representative's application
     GET  /console/schools/{id}/presence     who is inside now
     GET  /console/schools/{id}/fire-alarm   the muster list of the latest alarm, printable
+    GET  /console/admin                     the operator's schools and staff: create a school, a staff
+                                            member (the key shown once), rotate a key, deactivate
     GET  /console/schools/{id}/report       the day's sales, free meals (counts), cash, refunds,
                                             corrections (the auditor's report; CSV to download)
 
@@ -46,6 +48,8 @@ from .auth import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Principal, authentic
 from .preorders import school_today
 
 CONSOLE_PATH = "/console"
+# Who sees the schools and the staff (GET /staff): the operator changes them, the auditor reads.
+ADMIN_READERS = ("operator", "auditor")
 STATIC_PATH = f"{CONSOLE_PATH}/static"
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
@@ -135,6 +139,7 @@ def offers(principal: Principal) -> dict[str, bool]:
         "presence": role in building.READERS,
         "fire": role in building.READERS,
         "report": role in reports.READERS,
+        "admin": role in ADMIN_READERS,
     }
 
 
@@ -456,6 +461,23 @@ class ConsoleController(Controller):
             return p.render("presence.html", section="presence", school_id=school_id,
                             school_name=p.school_name(school_id), presence=body, classes=classes,
                             at=ru.local_time(body["at_ms"], offset))
+        return await _page(request, page)
+
+    @get("/admin")
+    async def admin(self, request: Request) -> Template | Redirect:
+        async def page(p: Page) -> Template:
+            try:
+                p.principal.require(*ADMIN_READERS, action="see the schools and the staff")
+            except PermissionDeniedException as exc:
+                return p.denied(exc, section="admin")
+            staff = await p.need("/staff")
+            members = staff if isinstance(staff, list) else staff.get("staff", [])
+            names = {s["id"]: s["name"] for s in p.schools}
+            rows = [{**m, "role_ru": ru.ROLE.get(m["role"], m["role"]),
+                     "school": names.get(m["school_id"], "все школы" if m["school_id"] is None else m["school_id"]),
+                     "expires": ru.local_time(m["token_expires_at_ms"], 180)} for m in members]
+            return p.render("admin.html", section="admin", staff=rows, roles=ru.ROLE,
+                            writer=p.principal.role == "operator")
         return await _page(request, page)
 
     @get("/schools/{school_id:int}/report")

@@ -95,6 +95,8 @@ DONE = {
     "temporary_issued": "Временная карта выдана.",
     "temporary_returned": "Временная карта принята.",
     "application": "Заявление зарегистрировано.",
+    "school_created": "Школа создана.",
+    "staff_deactivated": "Сотрудник отключён: его ключ и сеансы больше не действуют.",
 }
 
 MS_PER_MINUTE = 60_000

@@ -140,6 +140,24 @@
       return { method: "POST", path: "/schools/" + value(form, "school_id") + "/pupils/import", body: file,
                contentType: "text/csv", done: showImported, refused: showImportErrors };
     },
+    school: function (form) {
+      var body = { name: value(form, "name"), utc_offset_minutes: number(value(form, "utc_offset_minutes")) };
+      if (value(form, "id")) body.id = number(value(form, "id"));
+      return { method: "POST", path: "/schools", body: body,
+               done: function () { goTo(CLIENT.console + "/admin", "school_created"); } };
+    },
+    staff: function (form) {
+      var body = { login: value(form, "login"), role: value(form, "role") };
+      if (value(form, "school_id")) body.school_id = number(value(form, "school_id"));
+      return { method: "POST", path: "/staff", body: body, done: showKey };
+    },
+    rotate: function (button) {
+      return { method: "POST", path: "/staff/" + encodeURIComponent(button.dataset.login) + "/token", done: showKey };
+    },
+    deactivate: function (button) {
+      return { method: "DELETE", path: "/staff/" + encodeURIComponent(button.dataset.login),
+               done: function () { goTo(CLIENT.console + "/admin", "staff_deactivated"); } };
+    },
     bind: function (form) {
       return { method: "POST", path: "/pupils/" + form.dataset.pupil + "/cards",
                body: { uid: value(form, "uid"), kind: value(form, "kind") },
@@ -230,6 +248,17 @@
     });
     box.appendChild(table);
     return true;
+  }
+
+  // A new key is shown once, here: only its hash is kept, nobody can show it again.
+  function showKey(data) {
+    var box = document.getElementById("key-box");
+    box.textContent = "";
+    box.appendChild(el("h2", "Ключ доступа для " + data.login));
+    box.appendChild(el("p", "Передайте его сотруднику лично. Он показан один раз: потом его не увидит никто."));
+    box.appendChild(el("code", data.token, { id: "new-key" }));
+    box.hidden = false;
+    box.focus();
   }
 
   // --- wiring ----------------------------------------------------------------------------------
