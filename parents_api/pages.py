@@ -96,6 +96,19 @@ def _signed_out() -> Redirect:
     return redirect
 
 
+async def own_child(request: Request, account_id: int) -> tuple[Parent, Any] | None:
+    """The signed-in parent and one of their children (None: signed out). Another family's child
+    is 404, the same answer as an account that does not exist."""
+    parent = await page_parent(request)
+    if parent is None:
+        return None
+    child = await parents.child(request.app.state.pool, parent.contact, account_id) \
+        if 0 < account_id <= ACCOUNT_ID_MAX else None
+    if child is None:
+        raise NotFoundException(f"no child with account {account_id} among yours")
+    return parent, child
+
+
 async def family(request: Request, parent: Parent) -> list[dict[str, Any]]:
     """Every child of the signed-in parent with today's entries, exits and meals, ready to show."""
     pool = request.app.state.pool
@@ -343,16 +356,6 @@ class LimitsController(Controller):
     path = "/account/{account_id:int}/limits"
     include_in_schema = False
 
-    async def _child(self, request: Request, account_id: int) -> tuple[Parent, Any] | None:
-        parent = await page_parent(request)
-        if parent is None:
-            return None
-        child = await parents.child(request.app.state.pool, parent.contact, account_id) \
-            if 0 < account_id <= ACCOUNT_ID_MAX else None
-        if child is None:
-            raise NotFoundException(f"no child with account {account_id} among yours")
-        return parent, child
-
     async def _page(self, request: Request, child: Any, controls: controls_store.Controls, *, errors=None,
                     saved: bool = False, previewed: bool = False, status_code: int = 200) -> Template:
         products = await controls_store.school_products(request.app.state.pool, child["school_id"])
@@ -367,7 +370,7 @@ class LimitsController(Controller):
 
     @get("/")
     async def show(self, request: Request, account_id: FromPath[int], saved: bool = Parameter(default=False)) -> Template | Redirect:
-        found = await self._child(request, account_id)
+        found = await own_child(request, account_id)
         if found is None:
             return _signed_out()
         return await self._page(request, found[1], await controls_store.load(request.app.state.pool, account_id),
@@ -376,7 +379,7 @@ class LimitsController(Controller):
     @post("/")
     async def submit(self, request: Request, account_id: FromPath[int]) -> Template | Redirect:
         """``action=preview`` shows what the till will refuse; ``action=save`` stores the controls."""
-        found = await self._child(request, account_id)
+        found = await own_child(request, account_id)
         if found is None:
             return _signed_out()
         parent, child = found
@@ -440,13 +443,11 @@ class HistoryController(Controller):
         self, request: Request, account_id: FromPath[int],
         month: str = Parameter(default="", max_length=7), day: str = Parameter(default="", max_length=10),
     ) -> Template | Redirect:
-        parent = await page_parent(request)
-        if parent is None:
+        found = await own_child(request, account_id)
+        if found is None:
             return _signed_out()
         pool = request.app.state.pool
-        child = await parents.child(pool, parent.contact, account_id) if 0 < account_id <= ACCOUNT_ID_MAX else None
-        if child is None:
-            raise NotFoundException(f"no child with account {account_id} among yours")
+        child = found[1]
         offset = child["utc_offset_minutes"]
         today = views.local_dt(request.app.state.settings.clock(), offset).date()
         shown_month = _month_of(month, today) if month else today.replace(day=1)
@@ -579,16 +580,6 @@ class MenuController(Controller):
     path = "/account/{account_id:int}/menu"
     include_in_schema = False
 
-    async def _child(self, request: Request, account_id: int) -> tuple[Parent, Any] | None:
-        parent = await page_parent(request)
-        if parent is None:
-            return None
-        child = await parents.child(request.app.state.pool, parent.contact, account_id) \
-            if 0 < account_id <= ACCOUNT_ID_MAX else None
-        if child is None:
-            raise NotFoundException(f"no child with account {account_id} among yours")
-        return parent, child
-
     async def _page(self, request: Request, child: Any, *, saved: bool = False, error: str = "",
                     status_code: int = 200) -> Template:
         pool = request.app.state.pool
@@ -624,7 +615,7 @@ class MenuController(Controller):
     @get("/")
     async def show(self, request: Request, account_id: FromPath[int], saved: bool = Parameter(default=False)
                    ) -> Template | Redirect:
-        found = await self._child(request, account_id)
+        found = await own_child(request, account_id)
         if found is None:
             return _signed_out()
         return await self._page(request, found[1], saved=saved)
@@ -632,7 +623,7 @@ class MenuController(Controller):
     @post("/")
     async def order(self, request: Request, account_id: FromPath[int]) -> Template | Redirect:
         """One day and meal period: the quantity of each dish (0 or empty: none)."""
-        found = await self._child(request, account_id)
+        found = await own_child(request, account_id)
         if found is None:
             return _signed_out()
         parent, child = found
@@ -680,15 +671,9 @@ class TopupController(Controller):
     include_in_schema = False
 
     async def _child(self, request: Request, account_id: int) -> tuple[Parent, Any, str] | None:
-        token = request.cookies.get(SESSION_COOKIE, "")
-        parent = await page_parent(request)
-        if parent is None:
-            return None
-        child = await parents.child(request.app.state.pool, parent.contact, account_id) \
-            if 0 < account_id <= ACCOUNT_ID_MAX else None
-        if child is None:
-            raise NotFoundException(f"no child with account {account_id} among yours")
-        return parent, child, token
+        """The parent, the child and the session's token (the payments service checks it itself)."""
+        found = await own_child(request, account_id)
+        return None if found is None else (*found, request.cookies.get(SESSION_COOKIE, ""))
 
     async def _page(self, request: Request, child: Any, token: str, *, error: str = "", amount: str = "",
                     status_code: int = 200, saved: bool = False) -> Template:

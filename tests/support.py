@@ -346,3 +346,53 @@ class LoggedProcess:
                 self.proc.wait()
         self._close_log()
         return self.proc.returncode
+
+
+# How long the gateway thread may take to start (migrations, the load) and to stop.
+GATEWAY_THREAD_START_S = 60.0
+# The gateway listens for change notifications within this after it started.
+GATEWAY_LISTEN_S = 10.0
+
+
+class GatewayThread:
+    """The real gateway (tests.gateway.test_gateway.running_gateway) on its own event loop in a
+    thread: for tests whose own thread is taken (a browser's sync API owns its loop). ``gateway``
+    is the running Gateway once entered; it listens for changes before the test goes on."""
+
+    def __init__(self, dsn: str, **overrides) -> None:
+        from simulators.crash import free_port
+
+        self.dsn, self.port, self.overrides = dsn, free_port(), overrides
+        self.gateway = None
+        self._ready, self._stop = threading.Event(), threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
+
+    def _run(self) -> None:
+        from tests.gateway.test_gateway import running_gateway
+
+        async def main():
+            async with running_gateway(self.dsn, listen_port=self.port, **self.overrides) as gateway:
+                deadline = time.monotonic() + GATEWAY_LISTEN_S
+                while not gateway.commands.connected and time.monotonic() < deadline:
+                    await asyncio.sleep(0.02)  # listening for changes before anything changes
+                self.gateway = gateway
+                self._ready.set()
+                while not self._stop.is_set():
+                    await asyncio.sleep(0.05)
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001  re-raised in the test
+            self._error = exc
+            self._ready.set()
+
+    def __enter__(self) -> "GatewayThread":
+        self._thread.start()
+        assert self._ready.wait(GATEWAY_THREAD_START_S), "the gateway did not start"
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(GATEWAY_THREAD_START_S)

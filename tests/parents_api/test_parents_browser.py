@@ -6,18 +6,16 @@ axe-core's serious and critical checks. Screenshots: test-artifacts/screenshots/
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
 
 from parents_support import World, _sql, world  # noqa: F401  (world: the fixture)
 from protocol import DenyReason, DeviceKind, Outcome
-from simulators.crash import free_port
 from simulators.device import Device, DeviceConfig
 from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids
 from tests.browser import axe_violations, browser_page, format_violations, run_async, screenshot  # noqa: F401
-from tests.gateway.test_gateway import running_gateway
+from tests.support import GatewayThread
 
 pytestmark = pytest.mark.processes  # uvicorn, SMTP, a gateway and chromium
 
@@ -71,39 +69,6 @@ def test_a_parent_signs_in_with_the_code_and_sees_the_day(world: World, browser_
     accessible(page, "parents-signin-error")
 
 
-class GatewayThread:
-    """The real gateway on its own event loop in a thread (the browser owns this thread's)."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn, self.port = dsn, free_port()
-        self._ready, self._stop = threading.Event(), threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
-
-    def _run(self) -> None:
-        async def main():
-            async with running_gateway(self.dsn, listen_port=self.port):
-                self._ready.set()
-                while not self._stop.is_set():
-                    await asyncio.sleep(0.05)
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001  re-raised in the test
-            self._error = exc
-            self._ready.set()
-
-    def __enter__(self) -> "GatewayThread":
-        self._thread.start()
-        assert self._ready.wait(60), "the gateway did not start"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(60)
-
-
 def test_the_tv_view_updates_when_a_till_sells_to_the_child(world: World, browser_page, tmp_path):
     page = browser_page
     world.clock.now_ms = time.time_ns() // 1_000_000  # "today" is the gateway's today
@@ -135,9 +100,12 @@ def test_the_tv_view_updates_when_a_till_sells_to_the_child(world: World, browse
         assert "335,00 ₽" in page.inner_text("#panel")  # the balance after, shown on the TV
         screenshot(page, "parents-tv-after-lunch")
         # Arrow keys move between the children: the second card becomes the one shown.
+        first = page.locator("#panel .child.current h2").inner_text()
         page.keyboard.press("ArrowRight")
-        shown = page.locator("#panel .child.current h2").inner_text()
-        assert shown and shown != "", shown
+        second = page.locator("#panel .child.current h2").inner_text()
+        assert {first, second} == {"Ученик 7", "Ученик 8"}, (first, second)
+        page.keyboard.press("ArrowLeft")
+        assert page.locator("#panel .child.current h2").inner_text() == first
 
 
 def test_a_ban_set_on_the_page_is_refused_at_the_till(world: World, browser_page, tmp_path):

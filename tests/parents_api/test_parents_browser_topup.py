@@ -16,11 +16,11 @@ from payments.app import create_app as payments_app
 from payments.sandbox import bind_socket
 from payments.webhook import PaymentsService, PaymentsSettings
 from protocol import DenyReason, DeviceKind, Outcome
-from simulators.crash import free_port
 from simulators.device import Device, DeviceConfig
 from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids
 from tests.browser import open_page, run_async, screenshot
-from tests.parents_api.test_parents_browser import GatewayThread, accessible, sign_in
+from tests.parents_api.test_parents_browser import accessible, sign_in
+from tests.support import GatewayThread
 from tests.payments.payments_support import SECRET, ThreadServer, start_sandbox, stop_process
 
 pytestmark = pytest.mark.processes

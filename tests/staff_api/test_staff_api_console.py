@@ -9,9 +9,7 @@ axe-core's serious and critical checks. Screenshots: test-artifacts/screenshots/
 
 from __future__ import annotations
 
-import asyncio
 import re
-import threading
 import time
 
 import asyncpg
@@ -19,11 +17,10 @@ import httpx
 import pytest
 
 from protocol import DeviceKind, Direction, Outcome
-from simulators.crash import free_port
 from simulators.device import Device, DeviceConfig
 from storage.demo_dataset import demo_device_key, turnstile_ids
 from tests.browser import axe_violations, browser_page, format_violations, run_async, screenshot  # noqa: F401
-from tests.gateway.test_gateway import running_gateway
+from tests.support import GatewayThread
 from test_staff_api import make_api
 
 pytestmark = pytest.mark.processes  # uvicorn, a gateway and chromium
@@ -62,48 +59,11 @@ def query(dsn: str, sql: str, *args):
     return run_async(_query(dsn, sql, *args))  # asyncio.run cannot run while the browser is open
 
 
-class GatewayThread:
-    """The real gateway on its own event loop in a thread (the browser owns this thread's loop)."""
-
-    def __init__(self, dsn: str) -> None:
-        self.dsn, self.port = dsn, free_port()
-        self.gateway = None
-        self._ready, self._stop = threading.Event(), threading.Event()
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name="gateway", daemon=True)
-
-    def _run(self) -> None:
-        async def main():
-            async with running_gateway(self.dsn, listen_port=self.port) as gateway:
-                deadline = time.monotonic() + 10
-                while not gateway.commands.connected and time.monotonic() < deadline:
-                    await asyncio.sleep(0.02)  # listening for changes before anything changes
-                self.gateway = gateway
-                self._ready.set()
-                while not self._stop.is_set():
-                    await asyncio.sleep(0.05)
-        try:
-            asyncio.run(main())
-        except BaseException as exc:  # noqa: BLE001  re-raised in the test
-            self._error = exc
-            self._ready.set()
-
-    def wait_for_card(self, uid: bytes) -> None:
-        deadline = time.monotonic() + GATEWAY_RELOAD_S
-        while uid not in self.gateway.core.state.identifiers:
-            assert time.monotonic() < deadline, f"the gateway did not load card {uid.hex()}"
-            time.sleep(0.02)
-
-    def __enter__(self) -> "GatewayThread":
-        self._thread.start()
-        assert self._ready.wait(60), "the gateway did not start"
-        if self._error is not None:
-            raise self._error
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join(60)
+def wait_for_card(gateway: GatewayThread, uid: bytes) -> None:
+    deadline = time.monotonic() + GATEWAY_RELOAD_S
+    while uid not in gateway.gateway.core.state.identifiers:
+        assert time.monotonic() < deadline, f"the gateway did not load card {uid.hex()}"
+        time.sleep(0.02)
 
 
 def sign_in(page, url: str, login: str, token: str) -> None:
@@ -179,7 +139,7 @@ def test_an_officer_enrols_a_pupil_and_the_temporary_card_issued_opens_the_turns
         accessible(page, "staff-console-pupil-temporary-card")
 
         # the next tap of the temporary card at a turnstile of the school: accepted by the gateway
-        gateway.wait_for_card(bytes.fromhex(TEMPORARY_UID))
+        wait_for_card(gateway, bytes.fromhex(TEMPORARY_UID))
         turnstile = turnstile_ids()[0]
 
         async def walk_in() -> tuple:

@@ -30,11 +30,7 @@ that the total is conserved to the kopeck and every account equals its history.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -43,7 +39,6 @@ from typing import Any
 
 import asyncpg
 import httpx
-import pytest
 import uvicorn
 
 from payments.acquirer import AcquirerError, SandboxAcquirerClient
@@ -57,12 +52,12 @@ from simulators.device import Device
 from simulators.scenarios import Fleet, perform, random_action
 from storage.demo_dataset import (DEMO_OPENING_BALANCE_KOPECKS, DEMO_PUPILS, demo_parent_phone, till_ids,
                                   turnstile_ids)
-from tests.support import ROOT, GatewayProcess, TcpProxy, pg_upstream, proxied_dsn
+from tests.payments.payments_support import SECRET, start_sandbox, stop_process
+from tests.support import GatewayProcess, TcpProxy, pg_upstream, proxied_dsn
 
 SEED = 20261124
 LOAD_S = 20.0  # the load runs at least this long (and until the last fault is over)
 SETTLE_S = 40.0  # deadline for everything to become durable / decided / delivered
-SECRET = "whsec_bank_test"
 # Where the acquirer sends the parents' browsers back (the parents' pages; not followed here).
 RETURN_ORIGIN = "http://127.0.0.1:8820"
 RETURN_URL = RETURN_ORIGIN + "/topup-done"
@@ -106,45 +101,6 @@ class ThreadServer:
         self.server.should_exit = True
         self.thread.join(15)
         self.sock.close()
-
-
-def start_sandbox() -> tuple[subprocess.Popen, str]:
-    """The sandbox acquirer with duplicated and reordered deliveries and fast, long retries."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "payments.sandbox", "--port", "0", "--webhook-secret", SECRET,
-         "--duplicate", "--reorder", "--reorder-hold-ms", "400",
-         "--retry-base-ms", "50", "--retry-cap-ms", "500", "--retry-attempts", "60"],
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    try:
-        line = proc.stdout.readline().decode()  # the first line names the port
-        assert "listening on http://" in line, line
-        url = line.rsplit(" ", 1)[1].strip()
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if httpx.get(url + "/health", timeout=1).status_code == 200:
-                    return proc, url
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError("sandbox did not answer /health")
-            time.sleep(0.02)
-    except BaseException:
-        stop_process(proc)
-        raise
-
-
-def stop_process(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    if proc.stdout is not None:
-        proc.stdout.close()
 
 
 async def poll(check, what: str, timeout_s: float, interval_s: float = 0.05) -> Any:
@@ -313,7 +269,9 @@ def test_bank_conserves_money_under_partitions_and_crashes(demo_dsn, tmp_path):
             await conn.close()
 
     opening = asyncio.run(opening_balances())
-    sandbox, sandbox_url = start_sandbox()
+    # Duplicated and reordered deliveries, fast and long retries.
+    sandbox, sandbox_url = start_sandbox(tmp_path / "sandbox.log", "--duplicate", "--reorder", "--reorder-hold-ms", "400",
+                                         "--retry-cap-ms", "500", "--retry-attempts", "60")
     webhook = None
     try:
         sock = bind_socket("127.0.0.1", 0)
