@@ -32,6 +32,9 @@ class JournalKind(enum.IntEnum):
     # A trusted person's card at a kindergarten turnstile (account_id 0): the adult who
     # brings or collects a child; the child's own card follows.
     ESCORT = 13
+    # A cash top-up taken by a cashier at the school office's desk (staff API command,
+    # device_id 0): the school's desk drawer pays the pupil.
+    DESK_CASH_TOPUP = 14
 
     @property
     def label(self) -> str:
@@ -49,6 +52,7 @@ class CommandKind(enum.IntEnum):
     correction = JournalKind.CORRECTION
     fire_alarm = JournalKind.FIRE_ALARM  # a school officer raises the alarm (payload: school_id)
     fire_reset = JournalKind.FIRE_RESET  # and resets it
+    cash_topup = JournalKind.DESK_CASH_TOPUP  # a cashier takes cash at the office desk
 
 
 class CommandStatus(enum.IntEnum):
@@ -70,6 +74,7 @@ class AccountKind(enum.IntEnum):
     CLEARING = 5  # the acquirer's clearing account (bank-card top-ups and refunds)
     FREE_MEALS = 6  # a school's free-meal budget
     CORRECTIONS = 7  # operator corrections
+    DESK_DRAWER = 8  # the cash drawer of a school office's desk (the cashier's top-ups)
 
 
 class AccountStatus(enum.IntEnum):

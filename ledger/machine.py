@@ -654,7 +654,8 @@ class Machine:
                                         frame_ns)
         if kind is CommandKind.fire_alarm or kind is CommandKind.fire_reset:
             return self._fire_command(seq, int(kind), payload, now_ms, frame_ns)
-        verdict = authorize_command(self.state, kind, payload, original, self.limits.command_amount_kopecks_max)
+        verdict = authorize_command(self.state, kind, payload, original, self.limits.command_amount_kopecks_max,
+                                     self.limits.topup_kopecks_max)
         self.tally.decisions[verdict.kind][verdict.reason] += 1
         if verdict.reason != OK:
             refusal = {"reason": DenyReason(verdict.reason).name, "params": list(verdict.params)}
@@ -687,6 +688,14 @@ class Machine:
                 amount_kopecks=verdict.amount_kopecks, balance_kopecks=balances[account_id],
             )
             tag = OutboxKind.BANK_TOPUP.value
+            outbox = (OutboxEvent(f"0:{seq}:{tag}", tag, account_id, notice, now_ms),) + outbox
+        elif kind is CommandKind.cash_topup:
+            # The parents hear of cash taken at the office as of cash taken at a till (no device).
+            notice = CashTopupNotice(
+                account_id=account_id, school_id=self.state.accounts.school[account_id], at_ms=now_ms,
+                device_id=0, amount_kopecks=verdict.amount_kopecks, balance_kopecks=balances[account_id],
+            )
+            tag = OutboxKind.CASH_TOPUP.value
             outbox = (OutboxEvent(f"0:{seq}:{tag}", tag, account_id, notice, now_ms),) + outbox
         self.journal.append(JournalEntry(row, self._checkpoints(debit, credit), outbox, result, frame_ns))
         return result

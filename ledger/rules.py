@@ -34,7 +34,12 @@ The rules (each rule is one check returning one named DenyReason):
   aside: the balance less it must cover the total within the grace amount;
   then the daily limit, counting that reserved money as spent.
 - cash top-up (TOPUP_CASH): till of the card's school; card known, active;
-  account active; 0 < amount <= topup_kopecks_max.
+  account active; 0 < amount <= topup_kopecks_max. The same at the office desk
+  (command cash_topup): a pupil's active account, the same cap, the school's desk
+  drawer pays.
+- a school that has no canteen revenue account sells nothing (WRONG_SCHOOL): its
+  ledger accounts are opened with it (storage.ledger_accounts), so only a school
+  written by hand can lack one, and no sale may credit a missing account.
 - an ADVICE (the device already acted: offline sale, or a replay of an accepted
   sale) is never declined for a business reason: only the card must map to an
   account. The free meal still applies (judged at the time it happened). One
@@ -331,6 +336,8 @@ def authorize_purchase(state: LedgerState, device: DeviceState, request: Purchas
     total = request.total_kopecks
     school = device.school_id
     revenue = state.revenue_account.get(school, 0)
+    if not revenue:  # a school written by hand, without its ledger accounts: nothing to credit
+        return Verdict(WRONG_SCHOOL, KIND_PURCHASE)
     accounts = state.accounts
     if request.advice:
         account_id = state.identifiers.get(request.identifier)
@@ -444,10 +451,25 @@ def _amount(value: object, limit: int) -> bool:
 
 
 def authorize_command(
-    state: LedgerState, kind: CommandKind, payload: dict, original: Original | None, amount_kopecks_max: int
+    state: LedgerState, kind: CommandKind, payload: dict, original: Original | None, amount_kopecks_max: int,
+    topup_kopecks_max: int,
 ) -> Verdict:
     """A money command from the staff API or the payments webhook (see storage.commands)."""
     code = int(kind)
+    if kind is CommandKind.cash_topup:
+        # Cash at the school office's desk: the same cap as a till's cash top-up; the pupil's
+        # account active; the school's desk drawer pays (storage.ledger_accounts opens it).
+        account_id = payload.get("account_id")
+        if not _pupil(state, account_id):
+            return Verdict(UNKNOWN_ACCOUNT, code)
+        amount = payload.get("amount_kopecks")
+        drawer = state.desk_drawer_account.get(state.accounts.school[account_id], 0)
+        if not _amount(amount, topup_kopecks_max) or not drawer:
+            return Verdict(AMOUNT_INVALID, code, account_id, params=(amount if type(amount) is int else 0,
+                                                                      topup_kopecks_max))
+        if state.accounts.status[account_id] != _ACCOUNT_ACTIVE:
+            return Verdict(ACCOUNT_BLOCKED, code, account_id)
+        return Verdict(OK, code, account_id, drawer, account_id, amount)
     if kind is CommandKind.refund:
         if original is None or original.kind != KIND_PURCHASE:
             return Verdict(UNKNOWN_ORIGINAL, code)

@@ -390,6 +390,7 @@ class LedgerState:
         "school_offset_ms",
         "revenue_account",
         "free_meal_account",
+        "desk_drawer_account",
         "clearing_account",
         "corrections_account",
         "controls",
@@ -416,6 +417,7 @@ class LedgerState:
         self.school_offset_ms: dict[int, int] = {}
         self.revenue_account: dict[int, int] = {}  # school id -> canteen revenue account id
         self.free_meal_account: dict[int, int] = {}  # school id -> free-meal budget account id
+        self.desk_drawer_account: dict[int, int] = {}  # school id -> its office desk's cash drawer
         self.clearing_account = 0  # acquirer clearing (bank-card top-ups)
         self.corrections_account = 0  # operator corrections
         self.controls: dict[int, Controls] = {}  # account id -> parent controls (sparse)
@@ -509,6 +511,8 @@ class LedgerState:
             self.revenue_account[school_id] = account_id
         elif kind == AccountKind.FREE_MEALS:
             self.free_meal_account[school_id] = account_id
+        elif kind == AccountKind.DESK_DRAWER:
+            self.desk_drawer_account[school_id] = account_id
         elif kind == AccountKind.CLEARING:
             self.clearing_account = account_id
         elif kind == AccountKind.CORRECTIONS:

@@ -36,6 +36,7 @@ from msgspec import Meta
 
 from protocol.codes import DeviceKind
 from protocol.limits import DEVICE_KEY_BYTES
+from storage import ledger_accounts
 from parents_api.hardening import INT32_MAX, NAME_PATTERN, NAME_RULE
 
 from . import db
@@ -157,6 +158,8 @@ async def _insert(conn: asyncpg.Connection, device_id: int | None, school_id: in
         f" RETURNING {_COLUMNS}",
         device_id, school_id, kind, key, name, now_ms,
     )
+    if kind == DeviceKind.TILL:  # its cash drawer, announced before the till
+        await ledger_accounts.open_till_drawer(conn, device_id, school_id, name or str(device_id))
     await db.notify(conn, "device", device_id)
     return row
 

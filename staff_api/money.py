@@ -1,4 +1,4 @@
-"""Money: transfers between siblings, till refunds, operator corrections.
+"""Money: transfers between siblings, till refunds, operator corrections, cash at the office desk.
 
 Balances never change here: each request becomes a command (storage.commands)
 that the gateway's state machine decides and journals. The command row and its
@@ -19,7 +19,7 @@ from storage import commands
 from . import db
 from .auth import Principal, PrincipalDep
 from .errors import Conflict, Unprocessable, answers
-from .schemas import CommandOut, CorrectionBody, RefundBody, TransferBody
+from .schemas import CashTopupBody, CommandOut, CorrectionBody, RefundBody, TransferBody
 
 IDEMPOTENCY_KEY_CHARS_MAX = 200
 KEY_PREFIX = "staff:"  # the staff API's keys never meet the acquirer's payment ids
@@ -136,3 +136,17 @@ class MoneyController(Controller):
         return await run_command(pool, principal, key, "correction", {
             "account_id": data.account_id, "amount_kopecks": data.amount_kopecks,
             "reason": data.reason}, now_ms, command_wait_ms)
+
+    @post("/cash-topups", status_code=200, opt=answers(202, 409, required_headers=("Idempotency-Key",)))
+    async def cash_topup(
+        self, data: JSONBody[CashTopupBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
+        command_wait_ms: db.CommandWaitMs, idempotency_key: str | None = IdempotencyHeader,
+    ) -> Response[CommandOut]:
+        """Cash taken by a cashier at the school office's desk: the school's desk drawer pays the pupil
+        (the same cap as a till's cash top-up). The parents are told as of cash at a till."""
+        key = _key(idempotency_key)
+        principal.require("operator", "cashier", action="take cash top-ups")
+        async with pool.acquire() as conn:
+            await _pupil(conn, principal, data.account_id, "account_id")
+        return await run_command(pool, principal, key, "cash_topup", {
+            "account_id": data.account_id, "amount_kopecks": data.amount_kopecks}, now_ms, command_wait_ms)

@@ -48,6 +48,7 @@ def report_csv(report: reports.DailyReport) -> str:
         ["итого", "", "оплачено с лицевых счетов", report.paid_sales, report.paid_kopecks],
         ["итого", "", "бесплатное питание", report.free_meals, report.free_meals_kopecks],
         ["итого", "", "пополнения наличными", report.cash_topups, report.cash_kopecks],
+        ["итого", "", "из них в канцелярии", report.desk_cash_topups, report.desk_cash_kopecks],
         ["итого", "", "возвраты", "", report.refunds_kopecks],
         ["итого", "", "корректировки", "", report.corrections_kopecks],
     ]

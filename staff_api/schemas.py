@@ -291,6 +291,13 @@ class CorrectionBody(Base):
     reason: Annotated[str, Meta(min_length=1, max_length=500, pattern=NAME_PATTERN, description=NAME_RULE)]
 
 
+class CashTopupBody(Base):
+    """Cash taken at the school office's desk (the gateway caps it as it caps a till's: 409 AMOUNT_INVALID)."""
+
+    account_id: AccountId
+    amount_kopecks: Annotated[int, Meta(gt=0, le=10**9)]
+
+
 class CommandOut(Base):
     seq: int
     status: Literal["pending", "applied", "refused"]

@@ -12,6 +12,7 @@ from typing import Annotated
 from litestar.params import FromPath, JSONBody, PathParameter
 
 from ledger.codes import PassbackMode
+from storage import ledger_accounts
 from parents_api.hardening import INT32_MAX
 
 from . import db
@@ -100,8 +101,10 @@ class SchoolController(Controller):
                 "RETURNING id, name, utc_offset_minutes",
                 school_id, data.name, data.utc_offset_minutes,
             )
-            await db.audit(conn, principal.login, "school.create", f"school:{school_id}", None, db.row_dict(row),
-                           now_ms)
+            # its revenue, free-meal budget and desk drawer (and the city's accounts with the first school)
+            accounts = await ledger_accounts.open_school_accounts(conn, school_id)
+            await db.audit(conn, principal.login, "school.create", f"school:{school_id}", None,
+                           {**db.row_dict(row), "accounts": {k.name.lower(): v for k, v in accounts.items()}}, now_ms)
             await db.notify(conn, "school", school_id)
             return await _school_out(conn, row, detail=True)
 

@@ -26,6 +26,7 @@ from .demo_dataset import (
     till_ids,
     turnstile_ids,
 )
+from . import ledger_accounts
 from .representatives import CHANNELS, KINDS
 
 ACCOUNT_PUPIL, ACCOUNT_REVENUE, ACCOUNT_DRAWER, ACCOUNT_OPENING = 1, 2, 3, 4
@@ -184,6 +185,7 @@ async def load_dataset(
             [(DEMO_SCHOOL_ID, *period) for period in DEMO_MEAL_PERIODS],
             timeout=t,
         )
+        await ledger_accounts.open_school_accounts(conn, DEMO_SCHOOL_ID)  # what the above lacks: the desk drawer
         await _load_representatives(conn, min(pupils, represented_pupils, DEMO_REPRESENTED_PUPILS_MAX), t)
 
 

@@ -1,10 +1,12 @@
 """The auditor's day of one school: sales by till and by product, free meals served (counts only:
-who eats free is nobody's business), cash taken at the tills, refunds and corrections.
+who eats free is nobody's business), cash taken at the tills and at the office desk (with who took
+it), refunds and corrections.
 
 Read from the journal (what was decided, with its reader time) over the school's local day; the
 money side of each row says what it was: a sale credits the school's revenue account and debits
 the pupil (paid) or the school's free-meal budget (free); a refund is the reverse of a sale; a
-correction moves money between a pupil and the operator's corrections account.
+correction moves money between a pupil and the operator's corrections account; cash at the office
+desk moves from the school's desk drawer to the pupil.
 """
 
 from __future__ import annotations
@@ -38,12 +40,12 @@ class TillLine(msgspec.Struct):
 
 
 class MoneyLine(msgspec.Struct):
-    kind: str  # refund | correction
+    kind: str  # refund | correction | desk_cash
     at_ms: int
     account_id: int
     amount_kopecks: int  # signed, as the pupil sees it
     requested_by: str
-    reason: str  # a correction's reason; a refund's original sale "device:txn"
+    reason: str  # a correction's reason; a refund's original sale "device:txn"; "" for desk cash
 
 
 class DailyReport(msgspec.Struct):
@@ -55,8 +57,10 @@ class DailyReport(msgspec.Struct):
     paid_kopecks: int
     free_meals: int  # counts only
     free_meals_kopecks: int
-    cash_topups: int
+    cash_topups: int  # at the tills and at the desk
     cash_kopecks: int
+    desk_cash_topups: int  # of them, at the office desk (each also a money line: who took it)
+    desk_cash_kopecks: int
     refunds_kopecks: int
     corrections_kopecks: int
     by_till: list[TillLine]
@@ -79,8 +83,9 @@ async def daily(conn: asyncpg.Connection, school_id: int, day: date) -> DailyRep
     start, end = day_bounds_ms(day, school["utc_offset_minutes"])
     accounts = {r["kind"]: r["id"] for r in await conn.fetch(
         "SELECT id, kind FROM accounts WHERE school_id = $1 AND kind = ANY($2::smallint[])",
-        school_id, [int(AccountKind.REVENUE), int(AccountKind.FREE_MEALS)])}
+        school_id, [int(AccountKind.REVENUE), int(AccountKind.FREE_MEALS), int(AccountKind.DESK_DRAWER)])}
     revenue, free_budget = accounts.get(int(AccountKind.REVENUE), -1), accounts.get(int(AccountKind.FREE_MEALS), -1)
+    desk = accounts.get(int(AccountKind.DESK_DRAWER), -1)
     rows = await conn.fetch(
         """
         SELECT j.device_id, j.device_txn, j.kind, j.account_id, j.debit_account_id, j.credit_account_id,
@@ -91,20 +96,21 @@ async def daily(conn: asyncpg.Connection, school_id: int, day: date) -> DailyRep
         WHERE coalesce(j.happened_at_ms, j.decided_at_ms) >= $1 AND coalesce(j.happened_at_ms, j.decided_at_ms) < $2
           AND j.decided_at_ms >= $1 - 300000
           AND (j.credit_account_id = $3 OR j.debit_account_id = $3 OR j.debit_account_id = $4
+               OR j.debit_account_id = $9
                OR (j.kind = $5 AND j.device_id IN (SELECT id FROM devices WHERE school_id = $6))
                OR (j.kind = $7 AND j.account_id IN (SELECT account_id FROM pupils WHERE school_id = $6)))
         ORDER BY at_ms, j.device_id, j.device_txn
         LIMIT $8
         """,
         start, end, revenue, free_budget, int(JournalKind.CASH_TOPUP), school_id, int(JournalKind.CORRECTION),
-        REPORT_ROWS_MAX,
+        REPORT_ROWS_MAX, desk,
     )
     names = {r["code"]: r["name"] for r in await conn.fetch("SELECT code, name FROM products WHERE school_id = $1",
                                                             school_id)}
     tills: dict[int, TillLine] = {}
     products: dict[int, ProductLine] = {}
     free_products: dict[int, ProductLine] = {}
-    report = DailyReport(school_id, day.isoformat(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, [], [], [], [])
+    report = DailyReport(school_id, day.isoformat(), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, [], [], [], [])
     for r in rows:
         kind, amount = r["kind"], r["amount_kopecks"]
         if kind == JournalKind.PURCHASE and r["credit_account_id"] == revenue:
@@ -131,6 +137,13 @@ async def daily(conn: asyncpg.Connection, school_id: int, day: date) -> DailyRep
             till.cash_kopecks += amount
             report.cash_topups += 1
             report.cash_kopecks += amount
+        elif kind == JournalKind.DESK_CASH_TOPUP and r["debit_account_id"] == desk:
+            report.cash_topups += 1
+            report.cash_kopecks += amount
+            report.desk_cash_topups += 1
+            report.desk_cash_kopecks += amount
+            report.money.append(MoneyLine("desk_cash", r["at_ms"], r["account_id"], amount, r["requested_by"] or "",
+                                          ""))
         elif kind == JournalKind.REFUND and r["debit_account_id"] == revenue:
             payload: Any = r["payload"]
             payload = msgspec.json.decode(payload) if isinstance(payload, (str, bytes)) else (payload or {})

@@ -30,7 +30,7 @@ PUPILS = 6
 OPENING_KOPECKS = 20_000
 TURNSTILE_ID, TILL_ID = 1_000_001, 2_000_001
 KEY = b"k" * 16
-REVENUE, DRAWER, OPENING, CLEARING, FREE_MEALS, CORRECTIONS = 8, 10, 7, 9, 11, 12
+REVENUE, DRAWER, OPENING, CLEARING, FREE_MEALS, CORRECTIONS, DESK_DRAWER = 8, 10, 7, 9, 11, 12, 13
 LUNCH_MEAL, BUN = 2, 3
 LIMITS = MachineLimits(
     idempotency_window_txns=16,
@@ -57,6 +57,7 @@ def reference_accounts() -> list[tuple]:
         (DRAWER, AccountKind.DRAWER, 1, 0, 0, NO_LIMIT),
         (FREE_MEALS, AccountKind.FREE_MEALS, 1, 0, 0, NO_LIMIT),
         (CORRECTIONS, AccountKind.CORRECTIONS, 0, 0, 0, NO_LIMIT),
+        (DESK_DRAWER, AccountKind.DESK_DRAWER, 1, 0, 0, NO_LIMIT),
     ]
     return rows
 

@@ -262,3 +262,47 @@ def test_a_denied_or_duplicate_request_tells_nobody():
     hello(machine, TILL_ID, LUNCH)
     machine.request(till, lunch(2, 4, LUNCH, price=5_000), LUNCH, 0)  # resent: DUPLICATE
     assert sum(len(e.outbox) for e in journal.queue) == 1
+
+
+def test_cash_at_the_office_desk_is_paid_by_the_schools_desk_drawer_and_told_to_the_parents():
+    from ledger.codes import AccountStatus, CommandStatus
+    from machine_support import DESK_DRAWER
+
+    machine, journal = new_machine()
+    result = machine.command(1, "cash_topup", {"account_id": 3, "amount_kopecks": 5_000}, None, LUNCH, 0)
+    assert result.status == CommandStatus.APPLIED and result.result["balances"] == {str(DESK_DRAWER): -5_000,
+                                                                                      "3": 25_000}
+    entry = journal.queue[-1]
+    assert (entry.row.kind, entry.row.debit_account_id, entry.row.credit_account_id) == (
+        JournalKind.DESK_CASH_TOPUP, DESK_DRAWER, 3)
+    assert [e.kind for e in entry.outbox] == ["cash_topup"] and entry.outbox[0].payload.device_id == 0
+    refusals = {
+        "above the till's cap": ({"account_id": 3, "amount_kopecks": 1_500_001}, "AMOUNT_INVALID"),
+        "nothing": ({"account_id": 3, "amount_kopecks": 0}, "AMOUNT_INVALID"),
+        "negative": ({"account_id": 3, "amount_kopecks": -1}, "AMOUNT_INVALID"),
+        "text": ({"account_id": 3, "amount_kopecks": "5000"}, "AMOUNT_INVALID"),
+        "not a pupil": ({"account_id": REVENUE, "amount_kopecks": 5_000}, "UNKNOWN_ACCOUNT"),
+        "no account": ({"account_id": 99_999, "amount_kopecks": 5_000}, "UNKNOWN_ACCOUNT"),
+    }
+    for seq, (why, (payload, reason)) in enumerate(refusals.items(), 2):
+        refused = machine.command(seq, "cash_topup", payload, None, LUNCH, 0)
+        assert refused.status == CommandStatus.REFUSED and refused.result["reason"] == reason, why
+    machine.state.accounts.status[4] = AccountStatus.BLOCKED
+    blocked = machine.command(20, "cash_topup", {"account_id": 4, "amount_kopecks": 5_000}, None, LUNCH, 0)
+    assert blocked.result["reason"] == "ACCOUNT_BLOCKED"
+    # a school whose desk drawer is missing takes no cash at the desk
+    del machine.state.desk_drawer_account[1]
+    assert machine.command(21, "cash_topup", {"account_id": 3, "amount_kopecks": 5_000}, None, LUNCH,
+                           0).result["reason"] == "AMOUNT_INVALID"
+    assert machine.state.accounts.balance[3] == 25_000 and machine.state.ledger_total() == 0
+
+
+def test_a_school_without_a_revenue_account_sells_nothing():
+    machine, _ = new_machine()
+    del machine.state.revenue_account[1]
+    till = machine.state.devices[TILL_ID]
+    hello(machine, TILL_ID, LUNCH)
+    for txn, flags in ((1, 0), (2, TXN_FLAG_ADVICE)):
+        denied = machine.request(till, lunch(txn, 3, LUNCH, flags=flags), LUNCH, 0)
+        assert denied.reason == DenyReason.WRONG_SCHOOL
+    assert machine.state.accounts.balance[0] == 0 and machine.state.accounts.balance[3] == 20_000

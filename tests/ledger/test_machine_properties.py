@@ -41,7 +41,7 @@ step = st.one_of(
     st.tuples(st.just("topup"), pupil, st.integers(1, 30_000)),
     st.tuples(st.just("entry"), pupil),
     st.tuples(st.just("resend"), st.integers(0, 40)),
-    st.tuples(st.just("command"), st.sampled_from(["bank_topup", "correction", "transfer"]), pupil, st.integers(1, 9_000)),
+    st.tuples(st.just("command"), st.sampled_from(["bank_topup", "correction", "transfer", "cash_topup"]), pupil, st.integers(1, 9_000)),
     st.tuples(st.just("refund"), st.integers(0, 30), st.one_of(st.none(), st.integers(1, 30_000))),
     st.tuples(st.just("commit"), st.integers(0, 5)),
     st.tuples(st.just("full"), st.booleans()),
