@@ -5,9 +5,11 @@ operator (docs/staff-api.md "Console").
     POST /console/signin             a server-side session (sessions.sign_in), then /console
     POST /console/signout            the session ends, the cookies go
     GET  /console                    the start page of the person's role
-    GET  /console/pupils             find a pupil: by account id, class or name
-    GET  /console/pupils/{id}        a pupil: balance, cards, temporary cards, parent controls,
-                                     representatives
+    GET  /console/pupils             find a pupil: by account id, class or name (the list
+                                     endpoint's own filters, a page at a time)
+    GET  /console/pupils/{id}        a pupil: balance, cards, temporary cards (by UID typed, or
+                                     presented on the school's desk reader), parent controls,
+                                     representatives; cash taken at the desk (the cashier's)
     GET  /console/pupils/new         enrol one pupil
     GET  /console/pupils/import      enrol a class from a CSV file
     GET  /console/applications/new   register a representative's application
@@ -30,9 +32,11 @@ action the role may not take answers the API's own 403 (``Principal.require``).
 from __future__ import annotations
 
 import re
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
+from urllib.parse import urlencode
 
 import httpx
 import msgspec
@@ -43,7 +47,7 @@ from litestar.exceptions import NotAuthorizedException, PermissionDeniedExceptio
 from litestar.params import Body, FromPath, FromQuery
 from litestar.response import Redirect, Template
 
-from . import building, cards, console_ru as ru, pupils, reports, representatives, sessions
+from . import building, cards, console_ru as ru, desk, money, pupils, reports, representatives, sessions
 from .auth import CSRF_COOKIE, CSRF_HEADER, SESSION_COOKIE, Principal, authenticate, csrf_matches, csrf_token
 from .preorders import school_today
 
@@ -53,18 +57,15 @@ ADMIN_READERS = ("operator", "auditor")
 STATIC_PATH = f"{CONSOLE_PATH}/static"
 TEMPLATES_DIR = Path(__file__).resolve().parent / "templates"
 STATIC_DIR = Path(__file__).resolve().parent / "static"
-# The list endpoint filters by class only, so a name (every word typed begins a word of the
-# pupil's name) is looked for in the school's pupils page by page, at most this many (the largest
-# Moscow school complexes have some 6,000 pupils): one search costs a bounded number of API
-# pages. A name filter in the list endpoint (GET /schools/{id}/pupils?name=) would do it in SQL.
-NAME_SCAN_PUPILS_MAX = 10_000
-# The most matches one search shows; more means the search should be narrower.
+# The matches one page of a search shows (one page of GET /schools/{id}/pupils?name=&class_name=,
+# which matches in SQL); the next ones are a link away, but more means the search should be narrower.
 RESULTS_SHOWN_MAX = 200
 # A search field longer than this is no name, class or id; it is cut.
 QUERY_CHARS_MAX = 200
 # Where a sign-in may send the person back to: a console page, never another site.
 _NEXT = re.compile(r"^/console(?:/[A-Za-z0-9/_.-]*)?$")
 _INTERNAL_BASE = "http://staff-api.internal"
+CASH_KEY_BYTES = 16  # the Idempotency-Key of a cash top-up form: unguessable, one per page shown
 DEFAULT_UTC_OFFSET_MINUTES = 180  # Moscow: for a city-level person with no school chosen yet
 # Every console page: scripts and styles of this origin only (the pages have no inline code), no
 # framing by another site (a "block card" button under someone else's page), nothing cached (the
@@ -78,7 +79,8 @@ PAGE_HEADERS = [
 ]
 # What the page's script needs from here (base.html puts it in the page as JSON): one definition.
 CLIENT = {"console": CONSOLE_PATH, "csrf_cookie": CSRF_COOKIE, "csrf_header": CSRF_HEADER,
-          "status_titles": ru.STATUS_TITLE}
+          "status_titles": ru.STATUS_TITLE, "desk": ru.DESK, "desk_failures": ru.DESK_FAILURES,
+          "command_refusals": ru.COMMAND_REFUSAL}
 
 
 @dataclass(frozen=True)
@@ -140,6 +142,8 @@ def offers(principal: Principal) -> dict[str, bool]:
         "fire": role in building.READERS,
         "report": role in reports.READERS,
         "admin": role in ADMIN_READERS,
+        "desk": role in desk.WRITERS,
+        "cash": role in money.CASH_TAKERS,
     }
 
 
@@ -197,10 +201,6 @@ _NUMBER = re.compile(r"^[0-9]{1,18}$")
 def _int_or_none(value: str) -> int | None:
     value = value.strip()
     return int(value) if _NUMBER.match(value) else None
-
-
-def _words(text: str) -> list[str]:
-    return text.casefold().replace("ё", "е").split()
 
 
 class Page:
@@ -348,14 +348,14 @@ class ConsoleController(Controller):
     @get("/pupils")
     async def find(
         self, request: Request, q: FromQuery[str] = "", class_name: FromQuery[str] = "",
-        account_id: FromQuery[str] = "", school: FromQuery[str] = "",
+        account_id: FromQuery[str] = "", school: FromQuery[str] = "", offset: FromQuery[str] = "",
     ) -> Template | Redirect:
         async def page(p: Page) -> Template | Redirect:
             query, klass, account = _text(q), _text(class_name), _text(account_id)
             school_id = p.chosen_school(school)
             context: dict[str, Any] = {"q": query, "class_name": klass, "account_id": account,
-                                       "school_id": school_id, "results": None, "truncated": False,
-                                       "scanned_all": True, "form_error": "", "refusal": None}
+                                       "school_id": school_id, "results": None, "form_error": "", "refusal": None,
+                                       "name_chars_max": pupils.NAME_QUERY_CHARS_MAX}
             if account:
                 number = _int_or_none(account)
                 if number is None:
@@ -373,26 +373,22 @@ class ConsoleController(Controller):
             if school_id is None:
                 context["form_error"] = "Выберите школу."
                 return p.render("find.html", status_code=422, section="find", **context)
-            wanted = _words(query)
-            found: list[dict] = []
-            scanned, offset = 0, 0
-            while True:
-                body = await p.need(f"/schools/{school_id}/pupils", class_name=klass or None,
-                                    limit=pupils.PAGE_MAX, offset=offset)
-                for pupil in body["pupils"]:
-                    scanned += 1
-                    name = _words(pupil["full_name"])
-                    if all(any(part.startswith(w) for part in name) for w in wanted):
-                        found.append(pupil)
-                if body["next_offset"] is None:
-                    break
-                if scanned >= NAME_SCAN_PUPILS_MAX:
-                    context["scanned_all"] = False
-                    break
-                offset = body["next_offset"]
-            context["truncated"] = len(found) > RESULTS_SHOWN_MAX
-            context["results"] = [_pupil_row(x) for x in found[:RESULTS_SHOWN_MAX]]
-            context["found"] = len(found)
+            first = _int_or_none(offset) or 0
+            chosen = str(school_id) if p.principal.school_id is None else ""
+            answer = await p.api.get(f"/schools/{school_id}/pupils", name=query or None, class_name=klass or None,
+                                     limit=RESULTS_SHOWN_MAX, offset=first)
+            if answer.status in (401, 403):
+                raise ApiRefused(answer)
+            if not answer.ok:  # the API's 422 (a name it does not take): shown by the form
+                context["refusal"] = _refusal(answer)
+                return p.render("find.html", status_code=answer.status, section="find", **context)
+            found = answer.body["pupils"]
+            more = answer.body["next_offset"]
+            context["results"] = [_pupil_row(x) for x in found]
+            context["page"] = {"first": first + 1, "last": first + len(found), "more": more is not None,
+                               "next": _find_link(query, klass, chosen, more) if more is not None else "",
+                               "previous": _find_link(query, klass, chosen, max(0, first - RESULTS_SHOWN_MAX))
+                               if first > 0 else ""}
             return p.render("find.html", section="find", **context)
         return await _page(request, page)
 
@@ -427,7 +423,14 @@ class ConsoleController(Controller):
             reps = None
             if offers(p.principal)["representatives"]:
                 reps = await p.need(f"/pupils/{account_id}/representatives")
+            readers = None
+            if offers(p.principal)["desk"]:
+                readers = [r["name"] for r in await p.need("/desk-readers", school_id=pupil["school_id"])]
             return p.render("pupil.html", section="find", pupil=_pupil_view(pupil, school), school=school,
+                            desk_readers=readers,
+                            # one key per page shown: a retried press (lost answer, double click) is
+                            # the same top-up; the page shown after it has a new one
+                            cash_key=secrets.token_urlsafe(CASH_KEY_BYTES) if offers(p.principal)["cash"] else None,
                             controls=_controls_view(pupil["controls"], school),
                             representatives=None if reps is None else [_rep_view(r) for r in reps["representatives"]],
                             representatives_max=None if reps is None else reps["representatives_max"])
@@ -492,7 +495,7 @@ class ConsoleController(Controller):
             if not answer.ok:
                 raise ApiRefused(answer)
             body = answer.body
-            money = [{**m, "kind_ru": "возврат" if m["kind"] == "refund" else "корректировка",
+            money = [{**m, "kind_ru": ru.MONEY_LINE[m["kind"]],
                       "at": ru.local_time(m["at_ms"], p.offset(school_id)), "amount": ru.rubles(m["amount_kopecks"])}
                      for m in body["money"]]
             return p.render("report.html", section="report", school_id=school_id, school_name=p.school_name(school_id),
@@ -528,9 +531,14 @@ class ConsoleController(Controller):
         return await _page(request, page)
 
 
+def _find_link(q: str, class_name: str, school: str, offset: int) -> str:
+    params = {k: v for k, v in (("q", q), ("class_name", class_name), ("school", school)) if v}
+    return f"{CONSOLE_PATH}/pupils?" + urlencode({**params, "offset": offset})
+
+
 def _refusal(answer: Answer) -> dict[str, Any]:
     return {"status": answer.status, "title": ru.STATUS_TITLE.get(answer.status, ru.STATUS_TITLE[500]),
-            "detail": answer.detail}
+            "detail": answer.detail, "field": answer.body.get("field", "") if isinstance(answer.body, dict) else ""}
 
 
 def _pupil_row(p: dict) -> dict:

@@ -54,6 +54,8 @@ KIND = {
     "temporary_card_returned": "возврат временной карты",
     "card_blocked": "блокировка карты",
 }
+# the daily report's money lines (storage.reports.MoneyLine.kind)
+MONEY_LINE = {"refund": "возврат", "correction": "корректировка", "desk_cash": "наличные в канцелярии"}
 REPRESENTATIVE_STATUS = {"active": "действует", "suspended": "приостановлен", "removed": "удалён"}
 ALLERGEN = {
     "celery": "сельдерей", "gluten": "глютен", "crustaceans": "ракообразные", "eggs": "яйца", "fish": "рыба",
@@ -97,6 +99,22 @@ DONE = {
     "application": "Заявление зарегистрировано.",
     "school_created": "Школа создана.",
     "staff_deactivated": "Сотрудник отключён: его ключ и сеансы больше не действуют.",
+    "cash_taken": "Наличные зачислены на лицевой счёт; родители получат уведомление.",
+    # 202: queued, the gateway has not decided yet (it will, once: the same key)
+    "cash_pending": "Пополнение принято и будет зачислено, как только сервер его подтвердит. Баланс обновится позже.",
+}
+# A refused money command (409), by the gateway's reason (protocol.DenyReason names): what the
+# person at the desk reads instead of the API's English detail. "{max}" is the command's limit
+# (its second parameter), in rubles.
+COMMAND_REFUSAL = {
+    "AMOUNT_INVALID": "Неверная сумма: больше нуля и не больше {max}.",
+    "INSUFFICIENT_FUNDS": "Недостаточно средств на лицевом счёте.",
+    "ACCOUNT_BLOCKED": "Лицевой счёт заблокирован: деньги на него не зачисляются.",
+    "UNKNOWN_ACCOUNT": "Такого лицевого счёта ученика нет.",
+    "NOT_SAME_FAMILY": "Переводить можно только между детьми одной семьи.",
+    "UNKNOWN_ORIGINAL": "Такой покупки нет.",
+    "REFUND_EXCEEDS": "Сумма возврата больше, чем осталось вернуть по этой покупке ({max}).",
+    "MALFORMED": "Запрос не принят: обратитесь в поддержку.",
 }
 
 MS_PER_MINUTE = 60_000
@@ -128,3 +146,29 @@ def class_label(grade: int, class_name: str) -> str:
 def names(mapping: dict, codes: list, empty: str = "—") -> str:
     """The codes' names, in the order given, or ``empty``."""
     return ", ".join(str(mapping.get(c, c)) for c in codes) if codes else empty
+
+
+# The desk reader on the pupil's page (staff_api/desk.py; static/console.js deskFlow): what the
+# waiting panel says, by the operation's end. ``{reader}`` is the reader's name.
+DESK = {
+    "starting": "Готовим считыватель «{reader}»…",
+    "waiting": "Приложите карту к считывателю «{reader}».",
+    "bind_failed": "Карта не привязана.",
+    "temporary_failed": "Временная карта не выдана.",
+    "expired": "Время ожидания истекло: карту не приложили к считывателю. Начните снова.",
+    "cancelled": "Отменено: карту не ждём.",
+    "superseded": "Ожидание прервано: на считывателе «{reader}» начали другую операцию.",
+    "lost": "Нет связи с сервером, результат неизвестен. Обновите страницу и проверьте карты ученика.",
+    "same_pupil": "Эта карта уже привязана к этому ученику.",
+}
+# Why the card rules refused a presented card: the API's detail (staff_api.cards_core, in English)
+# matched by a regular expression, the first that matches; ``{1}`` is its first group. Any other
+# refusal is shown by the line above alone, with the API's detail beside it.
+DESK_FAILURES = [
+    (r"already bound to account (\d+)", "Эта карта уже привязана к другому ученику (лицевой счёт № {1})."),
+    (r"already bound to another account", "Эта карта уже привязана к лицевому счёту другой школы."),
+    (r"trusted", "Это карта доверенного лица (представителя): её нельзя привязать ученику."),
+    (r"no longer belongs|a temporary card stands only for an active card",
+     "Карта, взамен которой выдаётся временная, больше не действует."),
+    (r"must differ from the original", "Приложена та же карта, взамен которой выдаётся временная."),
+]

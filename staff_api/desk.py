@@ -6,7 +6,9 @@ standing for card 04000029, forgotten". The reader's bridge (``python -m deskrea
 docs/desk-reader.md) reads the card's UID and posts it; the pending operation then runs the
 same card life cycle as ``POST /pupils/{id}/cards`` and ``POST /cards/{uid}/temporary``
 (``staff_api.cards_core``, audited the same way, the officer who started it as the actor)
-and keeps its result, read back with ``GET /desk-readers/{name}/operation``.
+and keeps its result, read back with ``GET /desk-readers/{name}/operation``. The staff
+console lists a school's readers (``GET /desk-readers?school_id=``) for the officer to pick one,
+and cancels the operation it started (``POST /desk-readers/{name}/operation/cancel``).
 
 Pending operations live in PostgreSQL (migration 0013): the officer's request and the
 bridge's may reach different staff API processes, and the finished ones are the record of
@@ -22,8 +24,10 @@ import asyncpg
 import msgspec
 from litestar import Controller, get, post, put
 from litestar.exceptions import HTTPException, NotFoundException
-from litestar.params import JSONBody, PathParameter
+from litestar.params import JSONBody, Parameter, PathParameter
 from msgspec import Meta
+
+from parents_api.hardening import INT64_MAX
 
 from . import cards_core, db
 from .auth import Principal, PrincipalDep
@@ -74,6 +78,13 @@ class OperationBody(Base):
 
 class UidBody(Base):
     uid: UidHex
+
+
+class CancelBody(Base):
+    """The operation to cancel, by the id its start answered: a newer one (another officer's, on
+    the same reader) is never cancelled by mistake."""
+
+    id: Annotated[int, Meta(ge=1, le=INT64_MAX)]
 
 
 class OperationOut(Base):
@@ -223,6 +234,21 @@ class DeskController(Controller):
     path = "/desk-readers"
     tags = ["cards"]
 
+    @get("/", opt=answers(404))
+    async def list_readers(
+        self, principal: PrincipalDep, pool: db.PoolDep,
+        school_id: int = Parameter(ge=1, le=SCHOOL_ID_MAX, description="the school whose readers to list"),
+    ) -> list[DeskReaderOut]:
+        """The desk readers of a school, by name (what the console offers an officer to pick)."""
+        principal.require(*READERS, action="read desk readers")
+        principal.require_school(school_id, f"desk readers of school {school_id}")
+        async with pool.acquire() as conn:
+            await db.school_row(conn, school_id)
+            rows = await conn.fetch(
+                "SELECT name, school_id, registered_by, registered_at_ms FROM desk_readers WHERE school_id = $1 "
+                "ORDER BY name", school_id)
+        return [DeskReaderOut(**dict(r)) for r in rows]
+
     @put("/{name:str}", status_code=200, opt=answers(409))
     async def register(
         self, name: DeskName, data: JSONBody[DeskReaderBody], principal: PrincipalDep, pool: db.PoolDep,
@@ -296,6 +322,34 @@ class DeskController(Controller):
             row = await conn.fetchrow("SELECT * FROM desk_operations WHERE reader = $1 ORDER BY id DESC LIMIT 1", name)
         if row is None:
             raise NotFoundException(f"desk reader {name!r} has had no operation yet")
+        return _operation_out(row, now_ms)
+
+    @post("/{name:str}/operation/cancel", status_code=200, opt=answers(409))
+    async def cancel(
+        self, name: DeskName, data: JSONBody[CancelBody], principal: PrincipalDep, pool: db.PoolDep, now_ms: db.NowMs,
+    ) -> OperationOut:
+        """Cancel the pending operation ``id`` (the officer changed their mind); 409 when it has
+        already ended (done, failed, expired or cancelled: ``GET .../operation`` tells how)."""
+        principal.require(*WRITERS, action="cancel desk reader operations")
+        name = _checked_name(name)
+        refusal: HTTPException | None = None
+        async with pool.acquire() as conn, conn.transaction():
+            reader = await _reader(conn, name, for_update=True)
+            _reader_school(principal, reader)
+            op = await conn.fetchrow("SELECT * FROM desk_operations WHERE id = $1 AND reader = $2 FOR UPDATE",
+                                     data.id, name)
+            if op is None:
+                raise NotFoundException(f"no operation {data.id} on desk reader {name!r}")
+            if op["status"] != "pending":
+                raise Conflict(f"operation {data.id} on desk reader {name!r} has already ended: {op['status']}")
+            if op["expires_at_ms"] <= now_ms:
+                await _finish(conn, op, "expired", principal.login, now_ms)
+                refusal = Conflict(_expired_detail(op))  # raised after COMMIT: the expiry is recorded
+            else:
+                row = await _finish(conn, op, "cancelled", principal.login, now_ms,
+                                    error=f"cancelled by {principal.login}")
+        if refusal is not None:
+            raise refusal
         return _operation_out(row, now_ms)
 
     @post("/{name:str}/uid", status_code=200, opt=answers(409))

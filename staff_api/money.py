@@ -24,6 +24,7 @@ from .schemas import CashTopupBody, CommandOut, CorrectionBody, RefundBody, Tran
 IDEMPOTENCY_KEY_CHARS_MAX = 200
 KEY_PREFIX = "staff:"  # the staff API's keys never meet the acquirer's payment ids
 DEVICE_TILL = 2
+CASH_TAKERS = ("operator", "cashier")  # who takes cash at the office desk
 STATUS_NAMES = {commands.STATUS_PENDING: "pending", commands.STATUS_APPLIED: "applied",
                 commands.STATUS_REFUSED: "refused"}
 HTTP_STATUS = {commands.STATUS_PENDING: 202, commands.STATUS_APPLIED: 200, commands.STATUS_REFUSED: 409}
@@ -145,7 +146,7 @@ class MoneyController(Controller):
         """Cash taken by a cashier at the school office's desk: the school's desk drawer pays the pupil
         (the same cap as a till's cash top-up). The parents are told as of cash at a till."""
         key = _key(idempotency_key)
-        principal.require("operator", "cashier", action="take cash top-ups")
+        principal.require(*CASH_TAKERS, action="take cash top-ups")
         async with pool.acquire() as conn:
             await _pupil(conn, principal, data.account_id, "account_id")
         return await run_command(pool, principal, key, "cash_topup", {

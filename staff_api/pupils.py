@@ -4,20 +4,20 @@ from __future__ import annotations
 
 import csv
 import io
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import msgspec
 from litestar import Controller, Request, get, patch, post, put
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, FromQuery, JSONBody, Parameter
+from litestar.params import FromPath, FromQuery, JSONBody, Parameter, QueryParameter
 
 from ledger.codes import JournalKind
 from protocol.items import decode_items
 from protocol.limits import CASHIER_NOTE_BYTES_MAX
 from storage import controls as controls_store
-from storage import snapshot
-from parents_api.hardening import INT64_MAX, name_problem, text_problem
+from storage import ledger_accounts, snapshot
+from parents_api.hardening import INT64_MAX, NAME_PATTERN, name_problem, text_problem
 
 from . import cards_core, db
 from .auth import PrincipalDep
@@ -42,6 +42,23 @@ CSV_COLUMNS = ("full_name", "grade", "class_name", "card_uid", "card_kind")
 CSV_ROWS_MAX = 5_000
 CSV_BYTES_MAX = 2_000_000
 PAGE_MAX = 500
+# The name filter of GET /schools/{id}/pupils (``name_words``, ``list_pupils``): a name is at most
+# this long (a full name is three words of well under 30 letters each; a longer text is no name).
+NAME_QUERY_CHARS_MAX = 100
+# Case folding that does not depend on the database's locale (a database made with LC_CTYPE=C
+# lowers ASCII only): lower() for the rest, then Russian capitals and Ё by hand; ё counts as е
+# (lists and forms spell the same name both ways).
+_CAPITALS_RU = "АБВГДЕЁЖЗИЙКЛМНОПРСТУФХЦЧШЩЪЫЬЭЮЯё"
+_SMALL_RU = "абвгдеежзийклмнопрстуфхцчшщъыьэюяе"
+# A hyphen separates words as a space does (Петрова-Водкина is found by "водкина"); a space is put
+# in front, so that " " + word marks where a word begins.
+NAME_FOLDED_SQL = f"(' ' || translate(lower(p.full_name), '{_CAPITALS_RU}-', '{_SMALL_RU} '))"
+# The document shows the limits; the handler applies them itself (the shared text rule's own
+# words, not a regular expression quoted back at the caller).
+NameQuery = Annotated[str | None, QueryParameter(
+    schema_extra={"maxLength": NAME_QUERY_CHARS_MAX, "pattern": NAME_PATTERN},
+    description="pupils whose full name has a word beginning with each word of this (case, and ё/е, ignored): "
+                "'кузнецова ан', 'Анна', 'сергеевна'")]
 # The import's body as the OpenAPI document shows it (the handler reads the raw body itself).
 CSV_REQUEST_BODY = {
     "required": True,
@@ -51,10 +68,11 @@ CSV_REQUEST_BODY = {
 PUPIL_KIND = 1
 
 
-async def lock_accounts(conn: asyncpg.Connection) -> int:
-    """Serialize account creation (ids are dense: max(id)+1); returns the next id."""
-    await conn.execute("LOCK TABLE accounts IN SHARE ROW EXCLUSIVE MODE")
-    return await conn.fetchval("SELECT COALESCE(max(id), 0) + 1 FROM accounts")
+def name_words(name: str) -> list[str]:
+    """The words of a name filter, folded as ``NAME_FOLDED_SQL`` folds the names they are looked
+    for in (each, with the space put in front, must begin a word of the pupil's folded full name)."""
+    folded = name.lower().translate(str.maketrans(_CAPITALS_RU + "-", _SMALL_RU + " "))
+    return list(dict.fromkeys(" " + word for word in folded.split()))
 
 
 async def insert_pupil(
@@ -199,18 +217,31 @@ class PupilController(Controller):
     async def list_pupils(
         self, school_id: FromPath[int], principal: PrincipalDep, pool: db.PoolDep,
         class_name: FromQuery[str | None] = None,
+        name: NameQuery = None,
         limit: int = Parameter(default=100, ge=1, le=PAGE_MAX),
         offset: int = Parameter(default=0, ge=0, le=INT64_MAX),
     ) -> PupilList:
-        """Pupils of a school (optionally of one class), by account id; no cards or controls."""
+        """Pupils of a school (optionally of one class, or whose name has a word beginning with each word of
+        ``name``), by account id; no cards or controls."""
         principal.require_school(school_id, f"school {school_id}")
+        words: list[str] = []
+        if name is not None:
+            problem = name_problem(name)
+            if problem is None and len(name) > NAME_QUERY_CHARS_MAX:
+                problem = f"longer than {NAME_QUERY_CHARS_MAX} characters"
+            if problem is not None:
+                raise Unprocessable("name", problem, source="query")
+            words = name_words(name)
+        # A name is looked for in one school's pupils (the index pupils_school): each word typed
+        # begins a word of the folded full name (strpos: nothing in it is a pattern).
         rows = await pool.fetch(
-            """
+            f"""
             SELECT p.*, a.status, a.balance_kopecks FROM pupils p JOIN accounts a ON a.id = p.account_id
             WHERE p.school_id = $1 AND ($2::text IS NULL OR p.class_name = $2)
+              AND NOT EXISTS (SELECT 1 FROM unnest($5::text[]) AS w(word) WHERE strpos({NAME_FOLDED_SQL}, w.word) = 0)
             ORDER BY p.account_id LIMIT $3 OFFSET $4
             """,
-            school_id, class_name, limit + 1, offset,
+            school_id, class_name, limit + 1, offset, words,
         )
         pupils = [
             PupilOut(
@@ -236,7 +267,7 @@ class PupilController(Controller):
                 uid = db.parse_uid(data.card.uid)
                 assert uid is not None
                 await cards_core.ensure_unbound(conn, uid, "card.uid", school_id)
-            account_id = await lock_accounts(conn)
+            account_id = await ledger_accounts.next_account_id(conn)
             await insert_pupil(conn, account_id, school_id, data, now_ms, principal.login)
             out = await load_pupil(conn, account_id)
             await db.audit(conn, principal.login, "pupil.enrol", f"pupil:{account_id}", None,
@@ -286,7 +317,7 @@ class PupilController(Controller):
                     errors=[msgspec.to_builtins(e) for e in errors],
                     detail=f"{len(errors)} row errors; nothing imported",
                 )
-            next_id = await lock_accounts(conn)
+            next_id = await ledger_accounts.next_account_id(conn)
             ids: list[int] = []
             for _line, body in rows:
                 await insert_pupil(conn, next_id, school_id, body, now_ms, principal.login)

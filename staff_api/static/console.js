@@ -7,6 +7,21 @@
 
   var CLIENT = JSON.parse(document.getElementById("console-client").textContent);
   var TITLES = CLIENT.status_titles;
+  var REFUSALS = CLIENT.command_refusals;
+
+  // 1234567 -> "12 345,67 ₽", as the pages write money (console_ru.rubles)
+  function rubles(kopecks) {
+    var whole = Math.floor(Math.abs(kopecks) / 100), part = Math.abs(kopecks) % 100;
+    return (kopecks < 0 ? "\u2212" : "") + String(whole).replace(/\B(?=(\d{3})+(?!\d))/g, "\u00a0") + "," +
+      (part < 10 ? "0" : "") + part + "\u00a0\u20bd";
+  }
+
+  // "250,50" or "250.5" or "250" rubles -> kopecks; anything else goes as typed, for the API to refuse
+  function kopecks(text) {
+    var m = /^(\d{1,9})(?:[.,](\d{1,2}))?$/.exec(text.replace(/[\s\u00a0]/g, ""));
+    if (!m) return text;
+    return parseInt(m[1], 10) * 100 + (m[2] ? parseInt((m[2] + "0").slice(0, 2), 10) : 0);
+  }
 
   function csrfToken() {
     var prefix = CLIENT.csrf_cookie + "=";
@@ -21,6 +36,7 @@
     var headers = {};
     headers[CLIENT.csrf_header] = csrfToken();
     var init = { method: request.method, headers: headers, credentials: "same-origin" };
+    if (request.headers) Object.keys(request.headers).forEach(function (k) { headers[k] = request.headers[k]; });
     if (request.body !== undefined) {
       headers["Content-Type"] = request.contentType || "application/json";
       init.body = request.contentType ? request.body : JSON.stringify(request.body);
@@ -90,6 +106,11 @@
         if (node) { markInvalid(node, box); first = first || node; }
       });
       box.appendChild(list);
+    } else if (answer.status === 409 && REFUSALS[answer.data.reason]) {
+      // a refused money command: the gateway's reason in Russian, its limit in rubles
+      var params = (answer.data.result && answer.data.result.params) || [];
+      var limit = typeof params[1] === "number" ? rubles(params[1]) : "";
+      box.appendChild(el("span", " " + REFUSALS[answer.data.reason].replace("{max}", limit), { "class": "detail" }));
     } else if (answer.data.detail) {
       var detail = el("span", null, { "class": "detail" });
       detail.appendChild(document.createTextNode("Ответ сервера: "));
@@ -180,6 +201,16 @@
       return { method: "POST", path: "/cards/" + encodeURIComponent(button.dataset.uid) + "/return",
                done: function () { goTo(pupilPage(button), "temporary_returned"); } };
     },
+    cash: function (form) {
+      // One top-up per page shown and amount: a press repeated (a double click, an answer lost) is
+      // the same top-up; another amount after a refusal is another request. The page shown after
+      // a top-up has a new key.
+      var amount = kopecks(value(form, "amount"));
+      return { method: "POST", path: "/money/cash-topups",
+               headers: { "Idempotency-Key": form.dataset.key + "-" + encodeURIComponent(String(amount)) },
+               body: { account_id: parseInt(form.dataset.pupil, 10), amount_kopecks: amount },
+               done: function (data) { goTo(pupilPage(form), data.status === "pending" ? "cash_pending" : "cash_taken"); } };
+    },
     application: function (form) {
       var body = {
         full_name: value(form, "full_name"), relation: value(form, "relation"),
@@ -261,6 +292,223 @@
     box.focus();
   }
 
+  // --- the desk reader: the card presented instead of its UID typed (staff_api/desk.py) --------
+
+  // How often the page asks how the pending operation stands. The bridge posts a card's UID
+  // within a second of it being laid on the reader, so the officer sees the result about as soon;
+  // a waiting page costs the API one small read a second, for two minutes at most.
+  var DESK_POLL_INTERVAL_MS = 1000;
+  // Failed polls in a row (no connection, a 5xx) before the page stops waiting and says so.
+  var DESK_POLL_FAILURES_MAX = 5;
+  // After the countdown reached zero, how long the page still waits for the API to say "expired"
+  // (the browser's clock and the server's may differ a little; the API's word decides).
+  var DESK_EXPIRY_GRACE_MS = 5000;
+  var DESK_COUNTDOWN_TICK_MS = 1000;
+  // The reader last picked in this browser: an office has one reader on each desk.
+  var DESK_READER_KEY = "ecard.console.deskReader";
+  var DESK_DONE = { bind_card: "card_bound", issue_temporary: "temporary_issued" };
+
+  function fill(template, values) {
+    return String(template).replace(/\{(\w+)\}/g, function (m, k) { return k in values ? values[k] : m; });
+  }
+
+  function minutesSeconds(ms) {
+    var s = Math.max(0, Math.ceil(ms / 1000));
+    return Math.floor(s / 60) + ":" + String(s % 60).padStart(2, "0");
+  }
+
+  // Why the card rules refused the card presented, in Russian (console_ru.DESK_FAILURES), or "".
+  function deskFailure(detail, pupilId) {
+    for (var i = 0; i < CLIENT.desk_failures.length; i++) {
+      var m = new RegExp(CLIENT.desk_failures[i][0]).exec(detail || "");
+      if (m) {
+        if (m[1] !== undefined && m[1] === String(pupilId)) return CLIENT.desk.same_pupil;
+        return CLIENT.desk_failures[i][1].replace("{1}", m[1] || "");
+      }
+    }
+    return "";
+  }
+
+  // The line of the previous action ("Карта привязана.") says nothing of the one starting now.
+  function forgetDone() {
+    var done = document.getElementById("done");
+    if (!done) return;
+    done.remove();
+    if (/[?&]done=/.test(location.search)) history.replaceState(null, "", location.pathname);
+  }
+
+  function deskFlow(box) {
+    var select = box.querySelector("[data-desk-reader]");
+    if (!select) return;  // the school has no reader: only the UID typed
+    var form = box.closest("form");
+    var startButton = box.querySelector("[data-desk-start]");
+    var waiting = box.querySelector("[data-desk-wait]");
+    var countdown = box.querySelector("[data-desk-countdown]");
+    var cancelButton = box.querySelector("[data-desk-cancel]");
+    var state = box.querySelector("[data-desk-state]");
+    var error = box.querySelector("[data-desk-error]");
+    var op = null, reader = "", deadline = 0, pollTimer = 0, tickTimer = 0, failures = 0, cancelling = false;
+
+    try {
+      var remembered = window.localStorage.getItem(DESK_READER_KEY);
+      if (Array.prototype.some.call(select.options, function (o) { return o.value === remembered; })) {
+        select.value = remembered;
+      }
+    } catch (e) { /* no storage: the first reader */ }
+    select.addEventListener("change", function () {
+      try { window.localStorage.setItem(DESK_READER_KEY, select.value); } catch (e) { /* not remembered */ }
+    });
+
+    function path(suffix) {
+      return "/desk-readers/" + encodeURIComponent(reader) + "/operation" + (suffix || "");
+    }
+
+    function operationBody() {
+      var pupil = parseInt(box.dataset.pupil, 10);
+      if (box.dataset.desk === "bind_card") return { action: "bind_card", pupil_id: pupil, kind: value(form, "kind") };
+      return { action: "issue_temporary", pupil_id: pupil, original_uid: value(form, "original"),
+               reason: value(form, "reason") };
+    }
+
+    function stopTimers() {
+      clearTimeout(pollTimer);
+      clearInterval(tickTimer);
+      pollTimer = tickTimer = 0;
+    }
+
+    function tick() { countdown.textContent = minutesSeconds(deadline - Date.now()); }
+
+    // The wait is over: say how (a line in the status, or an error with the API's detail).
+    function end(message, asError, detail) {
+      stopTimers();
+      op = null;
+      cancelling = false;
+      waiting.hidden = true;
+      startButton.disabled = select.disabled = false;
+      clearErrors(form, error);
+      state.textContent = asError ? "" : message;
+      if (asError) {
+        error.appendChild(el("span", message));
+        if (detail) {
+          var node = el("span", null, { "class": "detail" });
+          node.appendChild(document.createTextNode("Ответ сервера: "));
+          node.appendChild(el("span", detail, { lang: "en" }));
+          error.appendChild(node);
+        }
+      }
+      startButton.focus();
+    }
+
+    // True when the operation has ended (and the page says how, or shows the card bound).
+    function settle(operation) {
+      switch (operation.status) {
+        case "pending":
+          return false;
+        case "done":
+          stopTimers();
+          op = null;
+          goTo(pupilPage(box), DESK_DONE[operation.action]);
+          return true;
+        case "failed":
+          var failed = CLIENT.desk[operation.action === "bind_card" ? "bind_failed" : "temporary_failed"];
+          var why = deskFailure(operation.error, operation.pupil_id);
+          end(why ? failed + " " + why : failed, true, operation.error);
+          return true;
+        case "expired":
+          end(CLIENT.desk.expired, true);
+          return true;
+        default:  // cancelled: here, or by another officer's cancel
+          end(CLIENT.desk.cancelled, !cancelling, cancelling ? "" : operation.error);
+          return true;
+      }
+    }
+
+    function pollLater() {
+      clearTimeout(pollTimer);
+      pollTimer = setTimeout(poll, DESK_POLL_INTERVAL_MS);
+    }
+
+    async function poll() {
+      var mine = op;
+      if (!mine) return;
+      var answer = await callApi({ method: "GET", path: path() });
+      if (op !== mine) return;  // ended meanwhile (cancelled, or another poll's answer)
+      if (answer.status === 200) {
+        failures = 0;
+        if (answer.data.id !== mine.id) {  // a newer operation on the reader cancelled this one
+          end(fill(CLIENT.desk.superseded, { reader: reader }), true);
+          return;
+        }
+        if (settle(answer.data)) return;
+      } else if (answer.status === 0 || answer.status >= 500) {
+        failures += 1;
+        if (failures >= DESK_POLL_FAILURES_MAX) { end(CLIENT.desk.lost, true, answer.data.detail); return; }
+      } else {  // 401, 403, 404: the page cannot follow the operation any more
+        end("", false);
+        showRefusal(form, error, answer);
+        return;
+      }
+      if (Date.now() > deadline + DESK_EXPIRY_GRACE_MS) { end(CLIENT.desk.expired, true); return; }
+      pollLater();
+    }
+
+    async function start() {
+      if (op) return;
+      reader = select.value;
+      clearErrors(form, error);
+      forgetDone();
+      state.textContent = fill(CLIENT.desk.starting, { reader: reader });
+      startButton.disabled = select.disabled = true;
+      box.setAttribute("aria-busy", "true");
+      var answer = await callApi({ method: "POST", path: path(), body: operationBody() });
+      box.removeAttribute("aria-busy");
+      if (answer.status !== 201) {
+        startButton.disabled = select.disabled = false;
+        state.textContent = "";
+        showRefusal(form, error, answer);
+        return;
+      }
+      op = answer.data;
+      failures = 0;
+      deadline = Date.now() + (op.expires_at_ms - op.started_at_ms);  // the browser's clock, the API's lifetime
+      state.textContent = fill(CLIENT.desk.waiting, { reader: reader });
+      waiting.hidden = false;
+      tick();
+      tickTimer = setInterval(tick, DESK_COUNTDOWN_TICK_MS);
+      pollLater();
+      cancelButton.focus();
+    }
+
+    async function cancel() {
+      var mine = op;
+      if (!mine || cancelling) return;
+      cancelling = true;
+      cancelButton.disabled = true;
+      var answer = await callApi({ method: "POST", path: path("/cancel"), body: { id: mine.id } });
+      cancelButton.disabled = false;
+      if (op !== mine) return;  // a poll saw the end first
+      if (answer.status === 200) { settle(answer.data); return; }
+      cancelling = false;
+      if (answer.status === 409) { poll(); return; }  // it ended before the cancel: say how
+      clearErrors(form, error);
+      showRefusal(form, error, answer);  // not cancelled: the wait goes on
+    }
+
+    startButton.addEventListener("click", start);
+    cancelButton.addEventListener("click", cancel);
+    // Leaving the page while waiting: the operation is cancelled, so that a card laid on the reader
+    // later is not bound to this pupil by a page nobody looks at.
+    window.addEventListener("pagehide", function () {
+      if (!op) return;
+      var headers = { "Content-Type": "application/json" };
+      headers[CLIENT.csrf_header] = csrfToken();
+      try {
+        fetch(path("/cancel"), { method: "POST", headers: headers, body: JSON.stringify({ id: op.id }),
+                                 credentials: "same-origin", keepalive: true });
+      } catch (e) { /* it expires by itself */ }
+    });
+  }
+
   // --- wiring ----------------------------------------------------------------------------------
 
   async function run(node, form) {
@@ -295,6 +543,7 @@
   document.querySelectorAll("button[data-action]").forEach(function (button) {
     button.addEventListener("click", function () { run(button, null); });
   });
+  document.querySelectorAll("fieldset[data-desk]").forEach(deskFlow);
   document.querySelectorAll("[data-print]").forEach(function (button) {
     button.addEventListener("click", function () { window.print(); });
   });

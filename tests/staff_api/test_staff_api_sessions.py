@@ -242,8 +242,10 @@ def test_each_role_is_offered_its_pages_and_shown_the_apis_403_elsewhere(api: Ap
     # the pupil page: actions only for the roles that may take them
     page = officer.get("/console/pupils/3").text
     assert 'data-action="block"' in page and 'data-action="temporary"' in page and "Представители" in page
+    assert 'data-action="cash"' not in page  # an officer takes no cash
     page = cashier.get("/console/pupils/3").text
-    assert "data-action" not in page and "Представители" not in page and "Баланс" in page
+    assert re.findall(r'data-action="(\w+)"', page) == ["cash"]  # a cashier: cash at the desk, nothing else
+    assert "Представители" not in page and "Баланс" in page
     page = auditor.get("/console/pupils/3").text
     assert "data-action" not in page and "Представители" in page
 
