@@ -2,18 +2,28 @@
 
 Issue 8, part 4. Several schools (``schools`` x ``pupils`` pupils, every pupil with a
 parent on e-mail and app push: the demo loader's representatives, then the schools split
-by SQL below), and every process of the notices' path as its own process:
+by SQL below; the parents of every ``SMS_PARENT_EVERY``-th pupil, and the demo grandmothers,
+also on SMS), and every process of the notices' path as its own process:
 
-    simulated devices -> gateway -> outbox -> relay -> MQTT broker -> notifier -> SMTP sink / MQTT push
+    simulated devices -> gateway -> outbox -> relay -> MQTT broker -> notifier -> SMTP sink / MQTT push / SMSC
 
 - the broker: a Mosquitto of this run on a free port (the system binary, with room for the
   notifier's batches and backlog: ``max_inflight_messages 100``, ``max_queued_messages``
   generous), under a topic prefix of this run; without a binary the system Mosquitto on
   127.0.0.1:1883 (same prefix); without either the embedded amqtt broker
   (``python -m relay broker``) on a free port;
-- ``python -m gateway run``, ``python -m notifier`` (its embedded SMTP sink, e-mail and
-  app push only), ``python -m relay run``, started in that order (the notifier holds its
+- the SMSC: ``python -m notifier.smsc`` (the SMPP simulator the tests use, smpp34) on a free
+  port, answering every submit_sm and sending its receipt; the notifier binds to it as to a real
+  aggregator (``smpp_url``);
+- ``python -m gateway run``, ``python -m notifier`` (its embedded SMTP sink; e-mail, app push
+  and SMS), ``python -m relay run``, started in that order (the notifier holds its
   subscription before the relay publishes anything);
+- SMS subscribers (``subscribe_sms``): parents of every ``SMS_PARENT_EVERY``-th pupil keep the
+  demo's SMS channel (the others lose it), and every representative on SMS gets explicit terms:
+  free plan, no quiet hours (the bench runs at any hour on the machine's clock, and the default
+  22:00-07:00 would defer the night's SMS to the morning), no digest, the default daily cap.
+  ``notifier.sms.decide`` is asked, for every one of them at the time of the run, whether an
+  SMS would go out at once; the phase refuses to start otherwise;
 - the devices: ``simulators`` turnstiles (CARD_PRESENTED, then PASSAGE: an entry notice is
   made on PASSAGE) in this process, each school its own turnstiles and tills; the rush's
   arrivals are spread uniformly over ``window_s`` like ``python -m simulators rush``, and a
@@ -24,8 +34,10 @@ own send time, ``journal.device_time_ms``: the simulators' clock is this machine
 entry, whose notice the PASSAGE makes, the CARD_PRESENTED granted just before it) and
 the decision (``journal.decided_at_ms``) to ``deliveries.sent_at_ms`` (the SMTP server's
 250 / the broker's PUBACK), joined through the event id ``<device_id>:<txn>:<kind>``
-(journal key) and ``processed_events``/``outbox``. Also the notifier's own metric
-``ecard_notifier_delivery_seconds`` (outbox row -> peer), bucket bounds.
+(journal key) and ``processed_events``/``outbox``. For SMS, ``sent_at_ms`` is the SMSC's
+submit_sm_resp for the message's last part (the aggregator has it; the phone's receipt comes
+later and is not waited for). Also the notifier's own metric ``ecard_notifier_delivery_seconds``
+(outbox row -> peer), bucket bounds.
 """
 
 from __future__ import annotations
@@ -46,9 +58,18 @@ from pathlib import Path
 
 from . import procs
 
-CHANNELS = ("email", "app_push")
+CHANNELS = ("email", "app_push", "sms")
 # How long the pipeline may take to hand over the last notices after the rush.
 DRAIN_TIMEOUT_S = 120.0
+# The parents of every this-many-th pupil are on SMS (and the demo grandmothers, who hear of low
+# balances and cards). Each such parent gets an SMS per entry and per purchase: at 3 x 1,000
+# pupils over 30 s (30 % also buying) that is about 200 SMS, 6-7 a second, under the notifier's
+# SMS_PER_SECOND_MAX (10 submit_sm a second, what an aggregator sells): the phase measures the
+# pipeline, not a queue behind the throttle.
+SMS_PARENT_EVERY = 20
+# SMS one subscribed representative may get in the rush (an entry and a purchase); the daily cap
+# is checked against it.
+SMS_PER_REPRESENTATIVE_IN_RUSH_MAX = 2
 
 
 def log(msg: str) -> None:
@@ -163,7 +184,15 @@ class Broker:
             self._log.close()
 
 
-def notifier(dsn: str, broker: Broker, logs: Path) -> ReadyProcess:
+def smsc(logs: Path) -> ReadyProcess:
+    """``python -m notifier.smsc`` on a free port: one JSON line per submit_sm into its log."""
+    port = free_port()
+    sim = ReadyProcess(["-m", "notifier.smsc", "--port", str(port)], logs / "smsc-notices.log", {}, r'"listening"')
+    sim.port = port
+    return sim
+
+
+def notifier(dsn: str, broker: Broker, logs: Path, smsc_port: int) -> ReadyProcess:
     data = logs / "notifier-data"
     data.mkdir(parents=True, exist_ok=True)
     env = {
@@ -176,6 +205,7 @@ def notifier(dsn: str, broker: Broker, logs: Path) -> ReadyProcess:
         "ECARD_NOTIFIER_CHANNELS": ",".join(CHANNELS),
         "ECARD_NOTIFIER_METRICS_PORT": "0",
         "ECARD_NOTIFIER_SMTP_SINK_PORT": "0",
+        "ECARD_NOTIFIER_SMPP_URL": f"smpp://bench:bench@127.0.0.1:{smsc_port}",
         "ECARD_NOTIFIER_SENT_DIR": "",
         "ECARD_LOG_LEVEL": "WARNING",
     }
@@ -242,6 +272,44 @@ async def split_schools(dsn: str, schools: int, pupils: int, turnstiles: int, ti
                 )
     finally:
         await conn.close()
+
+
+async def subscribe_sms(dsn: str, every: int, now_ms: int) -> dict:
+    """Parents of every ``every``-th pupil stay on SMS (the demo puts every parent on every
+    channel), the others leave it; every representative on SMS gets the bench's terms (free, no
+    quiet hours, no digest). Then ``notifier.sms.decide`` must say "send now, one part" for each
+    at ``now_ms`` in its school's time, or this raises."""
+    import asyncpg
+
+    from notifier.sms import Send, decide
+    from storage.representatives import SmsSettings, set_sms_settings, sms_settings
+
+    terms = SmsSettings(plan="free", quiet_from_minute=0, quiet_to_minute=0, digest=False)
+    conn = await asyncpg.connect(dsn)
+    try:
+        async with conn.transaction():
+            await conn.execute(
+                "UPDATE representatives SET channels = array_remove(channels, 'sms') "
+                "WHERE relation = 'parent' AND 'sms' = ANY (channels) AND id % $1 <> 0 AND cardinality(channels) > 1",
+                every,
+            )
+            rows = await conn.fetch(
+                "SELECT r.id, r.relation, s.utc_offset_minutes FROM representatives r JOIN schools s ON s.id = r.school_id "
+                "WHERE 'sms' = ANY (r.channels) ORDER BY r.id"
+            )
+            for r in rows:
+                await set_sms_settings(conn, r["id"], terms, now_ms=now_ms)
+        for r in rows:
+            stored = await sms_settings(conn, r["id"])
+            decision = decide(stored, now_ms=now_ms, event_at_ms=now_ms, utc_offset_minutes=r["utc_offset_minutes"],
+                              sent_today=SMS_PER_REPRESENTATIVE_IN_RUSH_MAX)
+            if decision != Send(parts_max=1):
+                raise RuntimeError(f"representative {r['id']} would not get an SMS at once now: {decision}")
+    finally:
+        await conn.close()
+    return {"representatives": len(rows), "parents": sum(1 for r in rows if r["relation"] == "parent"),
+            "parent_every": every, "plan": terms.plan, "quiet_hours": None, "digest": False,
+            "daily_cap": terms.daily_cap}
 
 
 def turnstile_id(n: int) -> int:
@@ -428,17 +496,21 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
         "purchase_rate": plan.notices_purchase_rate,
         "channels": list(CHANNELS),
     }
-    log(f"notices: database with {schools} schools x {pupils:,} pupils, each with a parent on {', '.join(CHANNELS)}")
+    log(f"notices: database with {schools} schools x {pupils:,} pupils, each with a parent on e-mail and app push, "
+        f"every {SMS_PARENT_EVERY}th also on SMS")
     dsn = dbs.create(pupils=total, turnstiles=schools * turnstiles, tills=schools * tills, represented_pupils=total)
     asyncio.run(split_schools(dsn, schools, pupils, turnstiles, tills))
+    out["sms_subscribers"] = asyncio.run(subscribe_sms(dsn, SMS_PARENT_EVERY, int(time.time() * 1000)))
     broker = Broker(logs).start()
     out["broker"] = broker.kind
     out["topic_prefix"] = broker.prefix
     started: list[procs.ServerProcess] = []
     try:
+        sim = smsc(logs).start()
+        started.append(sim)
         gw = procs.gateway(dsn, logs / "gateway-notices.log").start()
         started.append(gw)
-        nt = notifier(dsn, broker, logs).start()  # before the relay: it holds its subscription first
+        nt = notifier(dsn, broker, logs, sim.port).start()  # before the relay: it holds its subscription first
         started.append(nt)
         rl = relay(dsn, broker, logs).start()
         started.append(rl)
@@ -483,15 +555,25 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
     t = out.get("tap_to_channel_ms", {}).get("all", {})
     log(f"notices: {out.get('deliveries', 0):,} deliveries of {out.get('events', 0):,} events: tap -> channel "
         f"p50 {t.get('p50')} ms, p99 {t.get('p99')} ms, max {t.get('max')} ms")
+    sms = out.get("tap_to_channel_ms", {}).get("sms", {})
+    log(f"notices: {sms.get('count', 0):,} SMS: tap -> SMSC p50 {sms.get('p50')} ms, p90 {sms.get('p90')} ms, "
+        f"p99 {sms.get('p99')} ms")
     return out
 
 
 def render(n: dict) -> list[str]:
     """Lines for the bench's table."""
+    sms = n.get("sms_subscribers") or {}
     lines = [
         f"notices: {n['schools']} schools x {n['pupils_per_school']:,} pupils (parents on {', '.join(n['channels'])}), "
         f"rush over {n['window_s']:g} s, {n['purchase_rate']:.0%} also buy; broker: {n.get('broker')}",
     ]
+    if sms:
+        lines.append(
+            f"  SMS: {sms.get('representatives', 0):,} representatives ({sms.get('parents', 0):,} parents: every "
+            f"{sms.get('parent_every')}th pupil's), {sms.get('plan')} plan, no quiet hours, no digest, through "
+            "python -m notifier.smsc; handed to the channel = the SMSC's submit_sm_resp"
+        )
     r = n.get("rush") or {}
     st = n.get("state") or {}
     lines.append(

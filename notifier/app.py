@@ -2,11 +2,12 @@
 
 Start: PostgreSQL (named, or the embedded server, which the notifier never stops: the
 launcher or the gateway owns it, and the gateway applies the migrations), the embedded
-SMTP sink when no smtp_url is named, metrics, the channels, the delivery worker, then the
-MQTT intake; the ready line once the broker has the subscription. SIGINT/SIGTERM only
-set an event; then the intake stops (events not yet acknowledged come again at the next
-start), the sends in flight finish within shutdown_grace_ms, the channels and the pool
-close, the sink stops.
+SMTP sink when no smtp_url is named, metrics, the channels, the delivery worker, the
+periodic retention purge (``retention``), then the MQTT intake; the ready line once the broker
+has the subscription. SIGINT/SIGTERM only set an event; then the intake stops (events not yet
+acknowledged come again at the next start), the sends in flight finish within
+shutdown_grace_ms, a purge batch in progress finishes, the channels and the pool close, the
+sink stops.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from storage import database
 
+from . import retention
 from .channels import build_channels
 from .config import NotifierConfig, Server, broker, smsc_server, smtp_server
 from .reference import ReferenceCache
@@ -61,6 +63,7 @@ async def serve(config: NotifierConfig) -> int:
         await simulator.start()
     registry = CollectorRegistry()
     metrics = NotifierMetrics(registry)
+    purge_metrics = retention.PurgeMetrics(registry)
     metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)
     metrics_port = metrics_server.server_port
     pool = await asyncpg.create_pool(
@@ -78,6 +81,8 @@ async def serve(config: NotifierConfig) -> int:
     stop_intake = asyncio.Event()
     delivering = asyncio.create_task(deliverer.run(stop), name="deliver")
     taking_in = asyncio.create_task(intake.run(stop_intake), name="intake")
+    purging = (asyncio.create_task(retention.run(config, pool, purge_metrics, stop), name="purge")
+               if config.purge_interval_ms else None)
     # Ready once the broker holds the subscription (from then on it keeps the events for
     # this session, also while this process is away).
     subscribed = asyncio.ensure_future(intake.subscribed.wait())
@@ -91,6 +96,8 @@ async def serve(config: NotifierConfig) -> int:
         f"e-mail via {smtp.url}{' (embedded SMTP sink, mail kept in ' + str(Path(config.data_dir) / 'mail') + ')' if smtp.embedded else ''}; "
         f"{'SMS via ' + smsc.url + (' (embedded SMSC simulator)' if smsc.embedded else '') + '; ' if 'sms' in channels else ''}"
         f"{'messages written under ' + str(sent) + '; ' if sent else ''}"
+        f"records kept {config.retention_days} days"
+        f"{' (purged every ' + format(config.purge_interval_ms / 3_600_000, 'g') + ' h)' if config.purge_interval_ms else ' (no purge here)'}; "
         f"metrics on http://{config.metrics_host}:{metrics_port}/metrics",
         flush=True,
     )
@@ -105,6 +112,12 @@ async def serve(config: NotifierConfig) -> int:
         taking_in.cancel()  # unacknowledged events come again at the next start
         await asyncio.gather(taking_in, return_exceptions=True)
         await asyncio.gather(delivering, return_exceptions=True)  # drains within shutdown_grace_ms
+        if purging is not None:  # stops between batches; a batch is one short transaction
+            try:
+                await asyncio.wait_for(asyncio.shield(purging), config.shutdown_grace_ms / 1000)
+            except asyncio.TimeoutError:
+                purging.cancel()
+                await asyncio.gather(purging, return_exceptions=True)
         stopped.cancel()
         for channel in channels.values():
             await channel.close()

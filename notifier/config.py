@@ -15,8 +15,11 @@ from typing import Any, Literal
 
 import msgspec
 
+from relay.broker import EMBEDDED_SESSION_EXPIRY_S
 from relay.config import ConfigError, split_server_url  # one URL rule, one error of configuration
 from relay.layout import valid_prefix
+from relay.mosquitto import MOSQUITTO_PERSISTENT_CLIENT_EXPIRATION_S
+from storage.deliveries import PURGE_BATCH_EVENTS_MAX
 
 # -- the limits, with their units and reasons
 
@@ -69,6 +72,30 @@ SHUTDOWN_GRACE_MS = 5_000
 REFERENCE_TTL_MS = 300_000
 # Pupils' names kept in memory at once (one line each): a city's busiest minutes fit.
 PUPIL_NAMES_CACHED_MAX = 200_000
+
+# Retention (docs/notifier.md "Retention"): an event taken in (processed_events, the durable
+# de-duplication) goes with its deliveries this long after the notifier took it in, once every
+# delivery of it is finished. A school year and a month (400 days): the parents' history
+# horizon (the parents' API and the portal list a child's events and their deliveries from these
+# rows, and last September's are still asked about in October).
+RETENTION_DAYS = 400
+MS_PER_DAY = 86_400_000
+# The longest a broker keeps this notifier's persistent session, and so its events not yet
+# acknowledged, while the notifier is away: the embedded amqtt's session expiry and the
+# persistent_client_expiration of the Mosquitto configuration the relay writes. An event can come
+# again (QoS 1) until then, so its processed_events row must outlive it: retention_days is
+# checked to be longer. Set it to a named broker's own expiry if that is longer.
+MQTT_SESSION_EXPIRY_S = max(EMBEDDED_SESSION_EXPIRY_S, MOSQUITTO_PERSISTENT_CLIENT_EXPIRATION_S)
+# How often each notifier process purges (several processes share the work: SKIP LOCKED). Daily:
+# a day's events are a day's deleting, and against a 400-day horizon a day late costs nothing.
+PURGE_INTERVAL_MS = MS_PER_DAY
+# The first purge this long after the start, not at once: a restart's backlog of events and
+# retries goes first, and a crash loop does not purge at every start.
+PURGE_START_DELAY_MS = 10 * 60_000
+# Batches of one purge run at most (storage.deliveries.PURGE_BATCH_EVENTS_MAX events each):
+# 20,000,000 events, three to four days of a whole city's (1.4 M pupils, about four events a
+# day each). Bounds the run; what is left waits for the next run.
+PURGE_BATCHES_PER_RUN_MAX = 20_000
 
 # The embedded broker (amqtt) of `make run`, the relay's (relay/config.py).
 EMBEDDED_BROKER_HOST = "127.0.0.1"
@@ -143,6 +170,12 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     statement_timeout_ms: int = STATEMENT_TIMEOUT_MS
     shutdown_grace_ms: int = SHUTDOWN_GRACE_MS
     reference_ttl_ms: int = REFERENCE_TTL_MS
+    retention_days: int = RETENTION_DAYS
+    mqtt_session_expiry_s: int = MQTT_SESSION_EXPIRY_S
+    purge_interval_ms: int = PURGE_INTERVAL_MS  # 0: no purge in this process (python -m notifier purge, from cron)
+    purge_start_delay_ms: int = PURGE_START_DELAY_MS
+    purge_batch_events: int = PURGE_BATCH_EVENTS_MAX
+    purge_batches_per_run_max: int = PURGE_BATCHES_PER_RUN_MAX
 
     def __post_init__(self) -> None:
         _require(0 < self.broker_port < 65536, "broker_port", "must be 1..65535")
@@ -179,9 +212,26 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
         _require(self.statement_timeout_ms >= 100, "statement_timeout_ms", "must be at least 100")
         _require(self.shutdown_grace_ms >= 0, "shutdown_grace_ms", "must be >= 0")
         _require(self.reference_ttl_ms >= 0, "reference_ttl_ms", "must be >= 0")
+        _require(self.mqtt_session_expiry_s >= 0, "mqtt_session_expiry_s", "must be >= 0")
+        _require(1 <= self.retention_days <= 36_500, "retention_days", "must be 1..36500")
+        # De-duplication must outlive every redelivery: a processed_events row purged while the
+        # broker may still send its event again would let that event be delivered twice.
+        _require(self.retention_ms > self.mqtt_session_expiry_s * 1000, "retention_days",
+                 f"must be longer than mqtt_session_expiry_s ({self.mqtt_session_expiry_s} s): processed_events, "
+                 "the de-duplication, must outlive the broker's redelivery of an event")
+        _require(self.purge_interval_ms == 0 or 60_000 <= self.purge_interval_ms, "purge_interval_ms",
+                 "must be 0 (no purge in this process) or at least 60000")
+        _require(self.purge_start_delay_ms >= 0, "purge_start_delay_ms", "must be >= 0")
+        _require(1 <= self.purge_batch_events <= PURGE_BATCH_EVENTS_MAX, "purge_batch_events",
+                 f"must be 1..{PURGE_BATCH_EVENTS_MAX}")
+        _require(1 <= self.purge_batches_per_run_max <= 1_000_000, "purge_batches_per_run_max", "must be 1..1000000")
         broker(self)
         smtp_server(self)
         smsc_server(self)
+
+    @property
+    def retention_ms(self) -> int:
+        return self.retention_days * MS_PER_DAY
 
     @property
     def embedded_smtp(self) -> bool:

@@ -1,4 +1,5 @@
-"""The parents' JSON API: the representative, their children, today, the history, deliveries.
+"""The parents' JSON API: the representative, their children, today, the history, deliveries,
+and each of the representative's own SMS terms (plan, daily cap, quiet hours, daily digest).
 
 Every resource takes the caller's contact (``parent_guard``) and reads through
 ``storage.parents``, whose queries join the contact's active representatives: an
@@ -10,11 +11,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Controller, Request, get
+import msgspec
+from litestar import Controller, Request, get, put
 from litestar.exceptions import NotFoundException
-from litestar.params import FromPath, Parameter
+from litestar.params import FromPath, JSONBody, Parameter
 
 from storage import parents
+from storage import representatives as representative_store
+from storage.representatives import MinuteOfDay, SmsDailyCap, SmsPlan, SmsSettings
 
 from . import config, views
 from .auth import Parent, parent_guard
@@ -38,6 +42,44 @@ def _not_found(account_id: int) -> NotFoundException:
 
 
 ACCOUNT_ID_MAX = 2**63 - 1  # accounts.id is bigint: anything beyond is no one's child (404, not a 500)
+
+
+class SmsTerms(msgspec.Struct, forbid_unknown_fields=True):
+    """A representative's SMS terms. The ranges are storage.representatives' (one definition with
+    the staff API and the parents' pages). Every field is required: a PUT replaces them all, so a
+    field left out never quietly goes back to its default."""
+
+    plan: SmsPlan  # free: one SMS (the text cut to 70 characters); paid: the whole text, up to 6 parts
+    daily_cap: SmsDailyCap
+    quiet_from_minute: MinuteOfDay  # equal to quiet_to_minute: no quiet hours
+    quiet_to_minute: MinuteOfDay
+    digest: bool  # one SMS a day at digest_minute instead of one per event
+    digest_minute: MinuteOfDay
+
+
+class SmsTermsOut(msgspec.Struct):
+    representative_id: int
+    school_id: int
+    sms_channel: bool  # SMS among the representative's channels: the terms apply to what it is sent
+    terms: SmsTerms  # the body of a PUT as it is
+
+
+def _representative_not_found(representative_id: int) -> NotFoundException:
+    return NotFoundException(f"no representative {representative_id} among yours")
+
+
+def _own_representative(parent: Parent, representative_id: int) -> Any:
+    """One of the caller's own active representative rows (the token's), else 404: another family's
+    representative is answered like one that does not exist."""
+    row = next((r for r in parent.representatives if r["id"] == representative_id), None)
+    if row is None:
+        raise _representative_not_found(representative_id)
+    return row
+
+
+def _terms_out(row: Any, settings: SmsSettings) -> SmsTermsOut:
+    return SmsTermsOut(representative_id=row["id"], school_id=row["school_id"], sms_channel="sms" in row["channels"],
+                       terms=SmsTerms(**msgspec.structs.asdict(settings)))
 
 
 async def _pupil(conn, parent: Parent, account_id: int):
@@ -125,3 +167,33 @@ class ParentController(Controller):
         more = len(events) > limit
         return {"account_id": account_id, "events": out,
                 "next_before_at_ms": out[-1]["at_ms"] if more and out else None}
+
+    @get("/me/representatives/{representative_id:int}/sms")
+    async def sms_terms(self, request: Request, representative_id: FromPath[int]) -> SmsTermsOut:
+        """The SMS terms of one of the caller's own representative rows (their ids: ``/me``): plan,
+        daily cap, quiet hours and daily digest, in the school's local time (the defaults if never set)."""
+        row = _own_representative(request.state.parent, representative_id)
+        return _terms_out(row, await representative_store.sms_settings(request.app.state.pool, representative_id))
+
+    @put("/me/representatives/{representative_id:int}/sms")
+    async def set_sms_terms(
+        self, request: Request, representative_id: FromPath[int], data: JSONBody[SmsTerms]
+    ) -> SmsTermsOut:
+        """Set the SMS terms of one of the caller's own representative rows: plan (free: one SMS, the
+        text cut to fit; paid: the whole text in up to 6 parts), daily cap (0: none), quiet hours
+        (minutes of the school's day; SMS due inside them come at their end; equal values: none) and
+        the daily digest. Audited (``representative.sms``, actor ``parent:<contact>``)."""
+        parent: Parent = request.state.parent
+        row = _own_representative(parent, representative_id)
+        settings = SmsSettings(**msgspec.structs.asdict(data))
+        async with request.app.state.pool.acquire() as conn, conn.transaction():
+            if not await representative_store.lock_active(conn, representative_id):
+                raise _representative_not_found(representative_id)  # suspended or removed since the token was read
+            try:
+                await representative_store.change_sms_settings(
+                    conn, representative_id, settings, actor=f"parent:{parent.contact}",
+                    now_ms=request.app.state.settings.clock())
+            except ValueError as exc:  # the body's types refused it already: the pair check before the write
+                field, _, why = str(exc).partition(": ")
+                raise Unprocessable(field, why) from None
+        return _terms_out(row, settings)

@@ -44,7 +44,8 @@ CSRF_EXEMPT_PATHS = ["^/auth", "^/me", "^/children", "^/ussd", f"^{SCHEMA_PATH}"
 CSRF_COOKIE = "ecard_csrf"
 SHUTDOWN_SENDS_WAIT_S = 10.0  # codes still being sent at shutdown get this long
 # accounts.id is bigint: a child id beyond is no one's child (404, as any other not-yours id)
-PATH_IDS = PathIds({"account_id": (INT64_MAX, "no child with account {} among yours")})  # api._not_found
+PATH_IDS = PathIds({"account_id": (INT64_MAX, "no child with account {} among yours"),  # api._not_found
+                    "representative_id": (INT64_MAX, "no representative {} among yours")})  # api._representative_not_found
 
 
 def create_app(settings: config.Settings, senders: Senders) -> Litestar:

@@ -509,12 +509,91 @@ class HistoryController(Controller):
 # ---------------------------------------------------------------- notices and the family
 
 
+# What the notifier does with each plan (notifier.sms, said here for the page without importing the
+# SMPP client into this process; tests/parents_api/test_parents_sms_settings.py checks they agree):
+SMS_FREE_CHARS = 70  # notifier.sms.UCS2_SINGLE_UNITS: one UCS-2 SMS; a longer text is cut with "…"
+SMS_PAID_PARTS_MAX = 6  # notifier.sms.SMS_PARTS_MAX: a paid message is joined from at most this many SMS
+_CLOCK_TIME = re.compile(r"^\s*([01]?[0-9]|2[0-3]):([0-5][0-9])(?::[0-5][0-9])?\s*$")
+_DAILY_CAP = re.compile(r"^\s*([0-9]{1,4})\s*$")
+SMS_TIME_ERROR = "Введите время в формате ЧЧ:ММ, например 22:00."
+
+
+def minute_of(text: str) -> int | None:
+    """"07:30" (what an ``<input type=time>`` sends) -> 450; None if it is not a time of day."""
+    found = _CLOCK_TIME.match(text)
+    return int(found.group(1)) * 60 + int(found.group(2)) if found else None
+
+
+def clock_time(minute: int) -> str:
+    return f"{minute // 60:02d}:{minute % 60:02d}"
+
+
+def sms_form(settings: representative_store.SmsSettings) -> dict[str, Any]:
+    """The SMS form's fields for stored terms. No quiet hours (equal ends) shows the box unticked
+    and the default hours, ready to be ticked."""
+    default = representative_store.SmsSettings()
+    quiet = settings.quiet_from_minute != settings.quiet_to_minute
+    return {
+        "plan": settings.plan, "daily_cap": str(settings.daily_cap), "quiet": quiet,
+        "quiet_from": clock_time(settings.quiet_from_minute if quiet else default.quiet_from_minute),
+        "quiet_to": clock_time(settings.quiet_to_minute if quiet else default.quiet_to_minute),
+        "digest": settings.digest, "digest_time": clock_time(settings.digest_minute),
+    }
+
+
+def sms_terms_from_form(form: Any, rid: int, current: representative_store.SmsSettings
+                        ) -> tuple[representative_store.SmsSettings | None, dict[str, Any], dict[str, str]]:
+    """One representative's SMS terms as submitted (fields ``sms_<name>_<rid>``): the terms (None
+    when a field is wrong), the form's values to show again, and the errors in Russian by field name."""
+    def get(name: str) -> str:
+        value = form.get(f"sms_{name}_{rid}", "")
+        return value if isinstance(value, str) else ""
+
+    shown: dict[str, Any] = {
+        "plan": get("plan"), "daily_cap": get("daily_cap"), "quiet": get("quiet") == "on",
+        "quiet_from": get("quiet_from"), "quiet_to": get("quiet_to"), "digest": get("digest") == "on",
+        "digest_time": get("digest_time"),
+    }
+    errors: dict[str, str] = {}
+    if shown["plan"] not in representative_store.SMS_PLANS:
+        errors[f"sms_plan_{rid}"] = "Выберите тариф: бесплатный или платный."
+    cap = _DAILY_CAP.match(shown["daily_cap"])
+    daily_cap = int(cap.group(1)) if cap else -1
+    if not 0 <= daily_cap <= representative_store.SMS_DAILY_CAP_MAX:
+        errors[f"sms_daily_cap_{rid}"] = f"Введите число от 0 до {representative_store.SMS_DAILY_CAP_MAX}."
+    quiet_from = quiet_to = 0  # equal ends: no quiet hours
+    if shown["quiet"]:
+        start, end = minute_of(shown["quiet_from"]), minute_of(shown["quiet_to"])
+        if start is None:
+            errors[f"sms_quiet_from_{rid}"] = SMS_TIME_ERROR
+        if end is None:
+            errors[f"sms_quiet_to_{rid}"] = SMS_TIME_ERROR
+        if start is not None and end is not None:
+            if start == end:
+                errors[f"sms_quiet_to_{rid}"] = ("Начало и конец тихих часов совпадают: выберите разное время "
+                                                 "или снимите отметку.")
+            quiet_from, quiet_to = start, end
+    digest_minute = minute_of(shown["digest_time"])
+    if digest_minute is None:
+        if shown["digest"]:
+            errors[f"sms_digest_time_{rid}"] = SMS_TIME_ERROR
+        digest_minute = current.digest_minute  # the time of a digest left off is kept as it was
+    if errors:
+        return None, shown, errors
+    settings = representative_store.SmsSettings(
+        plan=shown["plan"], daily_cap=daily_cap, quiet_from_minute=quiet_from, quiet_to_minute=quiet_to,
+        digest=shown["digest"], digest_minute=digest_minute)
+    assert representative_store.sms_settings_problem(settings) is None, settings  # the form's rules are the store's
+    return settings, shown, {}
+
+
 class NoticesController(Controller):
     path = "/account/notices"
     include_in_schema = False
 
     async def _page(self, request: Request, parent: Parent, *, saved: bool = False, error: str = "",
-                    status_code: int = 200) -> Template:
+                    sms_saved: bool = False, sms_shown: dict[int, dict[str, Any]] | None = None,
+                    sms_errors: dict[str, str] | None = None, status_code: int = 200) -> Template:
         pool = request.app.state.pool
         family = []
         for child in await parents.children(pool, parent.contact):
@@ -522,18 +601,53 @@ class NoticesController(Controller):
                 {"full_name": r["full_name"], "relation": representative_store.RELATIONS_RU.get(r["relation"], r["relation"])}
                 for r in await parents.representatives_of(pool, child["account_id"])]})
         rows = await parents.active_representatives(pool, parent.contact)
+        sms = {r["id"]: (sms_shown or {}).get(r["id"]) or sms_form(await representative_store.sms_settings(pool, r["id"]))
+               for r in rows}
         return Template("pages/notices.html", status_code=status_code, context={
             "rows": rows, "channels": representative_store.CHANNELS_RU, "kinds": representative_store.KINDS_RU,
             "family": family, "saved": saved, "error": error,
             "schools": {r["school_id"]: r["school_name"] for r in await parents.children(pool, parent.contact)},
+            "sms": sms, "sms_saved": sms_saved, "sms_errors": sms_errors or {},
+            "sms_free_chars": SMS_FREE_CHARS, "sms_paid_parts_max": SMS_PAID_PARTS_MAX,
+            "sms_daily_cap_max": representative_store.SMS_DAILY_CAP_MAX,
         })
 
     @get("/")
-    async def show(self, request: Request, saved: bool = Parameter(default=False)) -> Template | Redirect:
+    async def show(self, request: Request, saved: bool = Parameter(default=False),
+                   sms_saved: bool = Parameter(default=False)) -> Template | Redirect:
         parent = await page_parent(request)
         if parent is None:
             return _signed_out()
-        return await self._page(request, parent, saved=saved)
+        return await self._page(request, parent, saved=saved, sms_saved=sms_saved)
+
+    @post("/sms")
+    async def save_sms(self, request: Request) -> Template | Redirect:
+        """Each of the parent's own applications: its SMS plan, daily cap, quiet hours and daily digest
+        (storage.representatives' rules, audited as the API's PUT /me/representatives/{id}/sms)."""
+        parent = await page_parent(request)
+        if parent is None:
+            return _signed_out()
+        form = await request.form()
+        pool = request.app.state.pool
+        wanted: dict[int, representative_store.SmsSettings] = {}
+        shown: dict[int, dict[str, Any]] = {}
+        errors: dict[str, str] = {}
+        for row in parent.representatives:  # only the caller's own rows: ids from the session, not the form
+            rid = row["id"]
+            settings, shown[rid], row_errors = sms_terms_from_form(
+                form, rid, await representative_store.sms_settings(pool, rid))
+            errors.update(row_errors)
+            if settings is not None:
+                wanted[rid] = settings
+        if errors:
+            return await self._page(request, parent, sms_shown=shown, sms_errors=errors, status_code=422)
+        now = request.app.state.settings.clock()
+        async with pool.acquire() as conn, conn.transaction():  # all the rows or none
+            for rid, settings in wanted.items():
+                if await representative_store.lock_active(conn, rid):  # suspended or removed meanwhile: skipped
+                    await representative_store.change_sms_settings(conn, rid, settings,
+                                                                   actor=f"parent:{parent.contact}", now_ms=now)
+        return Redirect("/account/notices?sms_saved=true#sms", status_code=303)
 
     @post("/")
     async def save(self, request: Request) -> Template | Redirect:

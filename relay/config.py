@@ -79,6 +79,15 @@ EMBEDDED_BROKER_PORT = 1884
 TOPIC_PREFIX = "ecard/v1"
 
 
+# MQTT version towards the broker. "5" lets the broker say, in each PUBACK, that the event
+# matched no subscription (reason 0x10, "No matching subscribers"): the relay then keeps the
+# row unsent and publishes it again, so an event published while no notifier's subscription
+# exists (Mosquitto keeps no shared subscription across its restart) is never marked sent.
+# "3.1.1" has no such answer. "auto": 5, and 3.1.1 from the first broker that refuses 5 as an
+# unsupported protocol version (amqtt, the embedded broker of `make run`, speaks 3.1.1 only).
+MQTT_PROTOCOLS = ("auto", "5", "3.1.1")
+
+
 class ConfigError(ValueError):
     pass
 
@@ -107,8 +116,10 @@ class RelayConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fiel
     pending_check_interval_ms: int = RELAY_PENDING_CHECK_INTERVAL_MS
     statement_timeout_ms: int = RELAY_STATEMENT_TIMEOUT_MS
     shutdown_grace_ms: int = RELAY_SHUTDOWN_GRACE_MS
+    mqtt_protocol: str = "auto"
 
     def __post_init__(self) -> None:
+        _require(self.mqtt_protocol in MQTT_PROTOCOLS, "mqtt_protocol", f"must be one of {', '.join(MQTT_PROTOCOLS)}")
         _require(0 < self.broker_port < 65536, "broker_port", "must be 1..65535")
         _require(0 <= self.metrics_port < 65536, "metrics_port", "must be 0..65535 (0 picks a free port)")
         _require(valid_prefix(self.topic_prefix), "topic_prefix", "must be topic levels without '+', '#' or empty levels")

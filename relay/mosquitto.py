@@ -58,6 +58,11 @@ _REPRESENTATIVE_USER = re.compile(r"^[1-9][0-9]{0,18}$")
 # minutes of the city's peak at ~0.5 KiB each (~100 MiB). Beyond it Mosquitto drops
 # messages for that client; the relay cannot know, so this must stay generous.
 MOSQUITTO_QUEUED_MESSAGES_MAX = 200_000
+# A persistent (clean_session=0) client away this long loses its session and queue (Mosquitto's
+# default is never): a notifier gone for a month is a retired client id, not a restart. It also
+# bounds how late an event can be redelivered, which the notifier's de-duplication must outlive
+# (notifier.config.MQTT_SESSION_EXPIRY_S, checked against its retention).
+MOSQUITTO_PERSISTENT_CLIENT_EXPIRATION_S = 30 * 86_400
 
 
 class MosquittoFiles(msgspec.Struct, frozen=True):
@@ -156,6 +161,7 @@ def config_text(
     else:
         lines.append("persistence false")
     lines.append(f"max_queued_messages {MOSQUITTO_QUEUED_MESSAGES_MAX}")
+    lines.append(f"persistent_client_expiration {MOSQUITTO_PERSISTENT_CLIENT_EXPIRATION_S // 86_400}d")
     if run_as is not None:
         lines.append(f"user {run_as}")
     lines += ["log_dest stdout", "log_type error", "log_type warning", "log_type notice", "log_type information", ""]

@@ -10,7 +10,11 @@ One loop, one batch at a time:
    the one connection), and wait for the PUBACKs, but no longer than the connection
    lives or ``puback_timeout_ms``;
 4. set ``sent_at_ms`` on exactly the rows whose PUBACK came (one UPDATE); if any did
-   not, drop the connection, back off and start again from the first unsent row;
+   not, drop the connection, back off and start again from the first unsent row. Over
+   MQTT 5 a PUBACK also says whether the event matched any subscription: one that
+   matched none (reason 0x10; Mosquitto keeps no shared subscription across its
+   restart, so the notifier's is gone until it subscribes again) stays unsent and goes
+   again after a backoff, on the same connection;
 5. nothing to read: wait for a NOTIFY on ``ecard_outbox``, the poll interval or the
    end of the connection.
 
@@ -32,6 +36,8 @@ import time
 
 import aiomqtt
 import asyncpg
+import paho.mqtt.client as paho
+from aiomqtt.exceptions import MqttConnectError
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from storage import database, outbox
@@ -48,6 +54,52 @@ _DB_FAILURES = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutE
 
 class BrokerLost(Exception):
     """The broker did not acknowledge every PUBLISH of a batch (connection lost or too slow)."""
+
+
+class NoSubscribers(Exception):
+    """The broker took events that matched no subscription (MQTT 5 PUBACK 0x10): nobody got them."""
+
+
+PUBACK_SUCCESS = 0x00
+PUBACK_NO_MATCHING_SUBSCRIBERS = 0x10
+
+
+def _unsupported_protocol(exc: MqttConnectError) -> bool:
+    """A CONNACK refusing the protocol version: 3.1.1's return code 1, or MQTT 5's reason 0x84."""
+    return getattr(exc.rc, "value", exc.rc) in (1, 0x84)
+
+
+class PubackReasons:
+    """QoS 1 PUBLISH over MQTT 5 with the PUBACK's reason code, which aiomqtt's publish() drops:
+    paho's on_publish callback is wrapped (aiomqtt's own still runs) and each PUBLISH is waited
+    for by its message id. Everything runs on the event loop's thread, and the id is registered
+    before control returns to the loop, so no PUBACK can come first."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self._paho: paho.Client = client._client  # aiomqtt's paho client: no public way to the reason code
+        self._waiting: dict[int, asyncio.Future[int]] = {}
+        chained = self._paho.on_publish
+
+        def on_publish(c, userdata, mid, reason_code, properties) -> None:  # noqa: ANN001
+            future = self._waiting.pop(mid, None)
+            if future is not None and not future.done():
+                future.set_result(int(getattr(reason_code, "value", reason_code)))
+            if chained is not None:
+                chained(c, userdata, mid, reason_code, properties)
+
+        self._paho.on_publish = on_publish
+
+    async def publish(self, topic: str, payload: bytes, timeout_s: float) -> int:
+        """PUBLISH with QoS 1; the PUBACK's reason code."""
+        info = self._paho.publish(topic, payload, 1, False)
+        if info.rc != paho.MQTT_ERR_SUCCESS:
+            raise aiomqtt.MqttCodeError(info.rc, "Could not publish message")
+        future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._waiting[info.mid] = future
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        finally:
+            self._waiting.pop(info.mid, None)
 
 
 class RelayMetrics:
@@ -71,6 +123,11 @@ class RelayMetrics:
         self.unacknowledged = Counter(
             "ecard_relay_unacknowledged",
             "PUBLISHes whose PUBACK never came (published again: a consumer may see them twice)",
+            registry=registry,
+        )
+        self.unmatched = Counter(
+            "ecard_relay_unmatched",
+            "events the broker matched to no subscription (MQTT 5 PUBACK 0x10): kept unsent, published again",
             registry=registry,
         )
         self.unmarked = Counter(
@@ -108,6 +165,9 @@ class Relay:
         self.broker_connected = False
         self._above_limit = False
         self._alarm_next_s = 0.0
+        # MQTT 5 unless configured 3.1.1; "auto" falls back to 3.1.1 for good at the first
+        # broker that refuses 5 as an unsupported protocol version (amqtt)
+        self.mqtt_v5 = config.mqtt_protocol != "3.1.1"
 
     def stop(self) -> None:
         """Finish the batch in flight, then return from run()."""
@@ -138,6 +198,15 @@ class Relay:
                     self.metrics.failures.labels("postgres").inc()
                     log.warning("relay: PostgreSQL failed (%s: %s); reconnecting", type(exc).__name__, exc)
                     conn = self._drop_db(conn)
+                except MqttConnectError as exc:
+                    if self.mqtt_v5 and self.config.mqtt_protocol == "auto" and _unsupported_protocol(exc):
+                        log.info("relay: broker %s does not speak MQTT 5; using 3.1.1 (no PUBACK says whether "
+                                 "an event matched a subscription)", self.broker.url)
+                        self.mqtt_v5 = False
+                        continue
+                    self.metrics.failures.labels("broker").inc()
+                    log.warning("relay: broker %s refused the connection (%s); the outbox holds (attempt %d)",
+                                self.broker.url, exc, backoff.failures + 1)
                 except (aiomqtt.MqttError, BrokerLost) as exc:
                     self.metrics.failures.labels("broker").inc()
                     log.warning(
@@ -189,8 +258,9 @@ class Relay:
             username=b.username,
             password=b.password,
             identifier=config.client_id,
-            protocol=aiomqtt.ProtocolVersion.V311,
-            clean_session=True,  # the outbox is the relay's memory, not the broker's session
+            # the outbox is the relay's memory, not the broker's session: a clean one every time
+            **({"protocol": aiomqtt.ProtocolVersion.V5, "clean_start": True} if self.mqtt_v5
+               else {"protocol": aiomqtt.ProtocolVersion.V311, "clean_session": True}),
             keepalive=config.keepalive_s,
             timeout=self._puback_timeout_s,
             max_inflight_messages=config.inflight_events_max,
@@ -213,6 +283,8 @@ class Relay:
             # aiomqtt's message iterator raises MqttError when the connection ends: the
             # one public signal of a lost connection (the relay subscribes to nothing).
             lost = asyncio.ensure_future(anext(client.messages))
+            reasons = PubackReasons(client) if self.mqtt_v5 else None
+            unmatched_backoff = Backoff(self.config.reconnect_backoff_ms_min, self.config.reconnect_backoff_ms_max)
             try:
                 while not self._stopping.is_set():
                     if lost.done():
@@ -221,7 +293,17 @@ class Relay:
                     self._wake.clear()  # before the read: a NOTIFY during it is not lost
                     events = await outbox.pending(conn, self.config.batch_events_max, self._statement_timeout_s)
                     if events:
-                        await self._publish_batch(conn, client, events, lost)
+                        try:
+                            await self._publish_batch(conn, client, reasons, events, lost)
+                        except NoSubscribers as exc:
+                            if not unmatched_backoff.failures:
+                                log.warning("relay: %s; they stay in the outbox and go again until a "
+                                            "subscriber takes them", exc)
+                            await self._stopped_within(unmatched_backoff.next_delay_s())
+                        else:
+                            if unmatched_backoff.failures:
+                                log.info("relay: a subscriber takes the events again")
+                            unmatched_backoff.reset()
                     else:
                         await self._idle(lost)
             finally:
@@ -241,7 +323,8 @@ class Relay:
                 waiter.cancel()
 
     async def _publish_batch(
-        self, conn: asyncpg.Connection, client: aiomqtt.Client, events: list[PendingEvent], lost: asyncio.Future
+        self, conn: asyncpg.Connection, client: aiomqtt.Client, reasons: PubackReasons | None,
+        events: list[PendingEvent], lost: asyncio.Future,
     ) -> None:
         prefix = self.config.topic_prefix
         timeout_s = self._puback_timeout_s
@@ -255,6 +338,10 @@ class Relay:
                     qos=1,
                     retain=False,
                     timeout=timeout_s,
+                ) if reasons is None else reasons.publish(
+                    layout.event_topic(prefix, e.school_id, e.kind, e.account_id),
+                    layout.encode(e.event_id, e.kind, e.account_id, e.created_at_ms, e.notice),
+                    timeout_s,
                 )
             )
             for e in events
@@ -267,8 +354,14 @@ class Relay:
                 for t in tasks:
                     t.cancel()
                 await asyncio.wait(tasks)
-        done_ids = [e.id for e, t in zip(events, tasks) if not t.cancelled() and t.exception() is None]
-        missing = len(events) - len(done_ids)
+        acked = [(e, t) for e, t in zip(events, tasks) if not t.cancelled() and t.exception() is None]
+        # MQTT 3.1.1: a PUBACK is all there is (result None). MQTT 5: only a success code counts;
+        # 0x10 (matched no subscription) stays unsent, and so does a refusal (0x80 and above).
+        done_ids = [e.id for e, t in acked if t.result() in (None, PUBACK_SUCCESS)]
+        unmatched = sum(1 for _, t in acked if t.result() == PUBACK_NO_MATCHING_SUBSCRIBERS)
+        refused = [t.result() for _, t in acked if t.result() not in (None, PUBACK_SUCCESS,
+                                                                        PUBACK_NO_MATCHING_SUBSCRIBERS)]
+        missing = len(events) - len(acked)
         self.metrics.published.inc(len(done_ids))
         if done_ids:
             try:
@@ -281,6 +374,13 @@ class Relay:
             first = next(t for t in tasks if t.cancelled() or t.exception() is not None)
             why = "connection lost" if first.cancelled() else f"{type(first.exception()).__name__}: {first.exception()}"
             raise BrokerLost(f"{missing} of {len(events)} PUBLISHes not acknowledged ({why})")
+        if refused:
+            self.metrics.unacknowledged.inc(len(refused))
+            raise BrokerLost(f"{len(refused)} of {len(events)} PUBLISHes refused by the broker "
+                             f"(PUBACK reason 0x{refused[0]:02x})")
+        if unmatched:
+            self.metrics.unmatched.inc(unmatched)
+            raise NoSubscribers(f"{unmatched} of {len(events)} events matched no subscription (PUBACK 0x10)")
 
     # ------------------------------------------------------------------ the backlog
 

@@ -26,7 +26,8 @@ from msgspec import UNSET, Meta, UnsetType
 
 from storage import deliveries as delivery_store
 from storage import representatives as representative_store
-from storage.representatives import CHANNELS, KINDS, RELATIONS, preferences_problem
+from storage.representatives import (CHANNELS, KINDS, RELATIONS, SMS_DAILY_CAP_DEFAULT, MinuteOfDay, SmsDailyCap,
+                                     SmsPlan, preferences_problem)
 from parents_api.hardening import INT64_MAX
 
 from . import db
@@ -240,12 +241,11 @@ def _audit_view(rep: RepresentativeOut) -> dict[str, Any]:
 # --- resources -------------------------------------------------------------------------------------
 
 
-MinuteOfDay = Annotated[int, Meta(ge=0, le=1439, description="minutes after midnight, school local time")]
-
-
 class SmsSettingsBody(Base):
-    plan: Literal["free", "paid"] = "free"
-    daily_cap: Annotated[int, Meta(ge=0, le=500)] = 20
+    """The ranges are storage.representatives' (one definition with the parents' API)."""
+
+    plan: SmsPlan = "free"
+    daily_cap: SmsDailyCap = SMS_DAILY_CAP_DEFAULT
     quiet_from_minute: MinuteOfDay = 22 * 60
     quiet_to_minute: MinuteOfDay = 7 * 60
     digest: bool = False
@@ -344,11 +344,9 @@ class RepresentativeController(Controller):
         principal.require(*WRITERS, action="change representatives")
         async with pool.acquire() as conn, conn.transaction():
             await _writable(conn, principal, representative_id)
-            before = await representative_store.sms_settings(conn, representative_id)
             after = representative_store.SmsSettings(**msgspec.structs.asdict(data))
-            await representative_store.set_sms_settings(conn, representative_id, after, now_ms=now_ms)
-            await db.audit(conn, principal.login, "representative.sms", f"representative:{representative_id}",
-                           msgspec.to_builtins(before), msgspec.to_builtins(after), now_ms)
+            await representative_store.change_sms_settings(conn, representative_id, after, actor=principal.login,
+                                                           now_ms=now_ms)
         return data
 
     @get("/deliveries/dead")

@@ -16,6 +16,10 @@ Sending (``claim_due`` / ``finish``): a notifier process claims due deliveries w
 sends; after each send it writes the outcome. A claim whose process died is taken again
 when its lease ends (or at once by the same process after a restart,
 ``reclaim_interrupted``) and counted in ``interrupted_attempts``.
+
+Retention (``purge_batch``, at the end): events taken in before a horizon go with their
+deliveries, SMS parts and digests, in bounded batches, once every delivery of the event is
+finished (sent, dead or cancelled); an unfinished one (pending, sending, failed) keeps its event.
 """
 
 from __future__ import annotations
@@ -487,3 +491,89 @@ async def sms_receipt_of(conn: asyncpg.Connection, delivery_id: int) -> SmsRecei
     row = await conn.fetchrow(
         "SELECT smsc_message_id, sms_parts, receipt_status, delivered_at_ms FROM deliveries WHERE id = $1", delivery_id)
     return SmsReceipt(**dict(row)) if row is not None else None
+
+
+# -- retention (docs/notifier.md "Retention") ----------------------------------------------------
+
+# Events deleted per transaction, each with its deliveries, their SMS parts and digests. An event
+# has one delivery per (representative, channel): typically two to six, at most 36 (six
+# representatives of a pupil on six channels, staff_api.representatives). So a batch deletes a
+# few thousand rows, each statement well inside the notifier's STATEMENT_TIMEOUT_MS, and holds
+# its row locks that long only, on rows nothing else touches (finished, a year old).
+PURGE_BATCH_EVENTS_MAX = 1_000
+UNFINISHED = (PENDING, SENDING, FAILED)  # still owed to someone: never purged
+
+_PURGE_CANDIDATES = """
+SELECT e.event_id FROM processed_events AS e
+WHERE e.received_at_ms < $1
+  AND NOT EXISTS (SELECT 1 FROM deliveries AS d
+                  WHERE d.event_id = e.event_id AND d.status IN ('pending', 'sending', 'failed'))
+ORDER BY e.received_at_ms
+LIMIT $2
+FOR UPDATE OF e SKIP LOCKED
+"""
+
+
+class Purged(msgspec.Struct):
+    """What one purge batch (or a run of them) deleted; ``candidates``: events the batch took up
+    (fewer than its limit: nothing older is left, or another purger holds the rest)."""
+
+    events: int = 0
+    deliveries: int = 0
+    sms_parts: int = 0
+    sms_digests: int = 0
+    candidates: int = 0
+
+    def __add__(self, other: "Purged") -> "Purged":
+        return Purged(*(a + b for a, b in zip(msgspec.structs.astuple(self), msgspec.structs.astuple(other))))
+
+
+def _count(status: str) -> int:
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def purge_batch(conn: asyncpg.Connection, *, before_ms: int, limit: int = PURGE_BATCH_EVENTS_MAX,
+                      timeout_s: float | None = None) -> Purged:
+    """One transaction: up to ``limit`` of the oldest events taken in before ``before_ms``
+    (``received_at_ms``) whose every delivery is finished, with their deliveries, SMS parts and
+    digests. SKIP LOCKED: purgers in several processes take different events. The deliveries are
+    locked and read again before anything goes: one that became unfinished meanwhile (an
+    operator's requeue of a dead letter) keeps its event and everything of it."""
+    assert 0 < limit <= PURGE_BATCH_EVENTS_MAX, limit
+    async with conn.transaction():
+        events = [r["event_id"] for r in await conn.fetch(_PURGE_CANDIDATES, before_ms, limit, timeout=timeout_s)]
+        if not events:
+            return Purged()
+        rows = await conn.fetch(
+            "SELECT id, event_id, status FROM deliveries WHERE event_id = ANY ($1::text[]) ORDER BY id FOR UPDATE",
+            events, timeout=timeout_s,
+        )
+        kept = {r["event_id"] for r in rows if r["status"] in UNFINISHED}
+        gone_events = [e for e in events if e not in kept]
+        gone = [r["id"] for r in rows if r["event_id"] not in kept]
+        parts = await conn.execute("DELETE FROM sms_parts WHERE delivery_id = ANY ($1::bigint[])", gone,
+                                   timeout=timeout_s)
+        digests = await conn.execute("DELETE FROM sms_digests WHERE carrier_delivery_id = ANY ($1::bigint[])", gone,
+                                     timeout=timeout_s)
+        deliveries = await conn.execute("DELETE FROM deliveries WHERE id = ANY ($1::bigint[])", gone,
+                                        timeout=timeout_s)
+        deleted = await conn.execute("DELETE FROM processed_events WHERE event_id = ANY ($1::text[])", gone_events,
+                                     timeout=timeout_s)
+    out = Purged(events=_count(deleted), deliveries=_count(deliveries), sms_parts=_count(parts),
+                 sms_digests=_count(digests), candidates=len(events))
+    assert out.events == len(gone_events) and out.deliveries == len(gone), out  # the rows locked are the rows gone
+    return out
+
+
+async def purge_orphan_sms_parts(conn: asyncpg.Connection, *, before_ms: int, limit: int = PURGE_BATCH_EVENTS_MAX,
+                                 timeout_s: float | None = None) -> int:
+    """Receipts that never met their submit (``sms_parts`` rows without a delivery: the submit's
+    record was lost), received before ``before_ms``; at most ``limit``. Returns how many."""
+    assert 0 < limit <= PURGE_BATCH_EVENTS_MAX, limit
+    status = await conn.execute(
+        "DELETE FROM sms_parts WHERE smsc_message_id IN (SELECT smsc_message_id FROM sms_parts "
+        "WHERE delivery_id IS NULL AND receipt_at_ms < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        before_ms, limit, timeout=timeout_s,
+    )
+    return _count(status)
+

@@ -3,10 +3,13 @@
 Rows are written by the staff API (migration 0008: ``representatives``,
 ``representative_pupils``); the notifier reads them here. A representative hears of
 an event of account X when it covers X, wants that event kind, and is neither
-suspended nor removed.
+suspended nor removed. The parents change their own channels, kinds and SMS terms
+(migration 0012: ``representative_sms``) through the same functions as the staff.
 """
 
 from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
 
 import asyncpg
 import msgspec
@@ -102,19 +105,50 @@ async def subscribers(
 
 
 # -- SMS settings (migration 0012: representative_sms; no row: the defaults) ---------------------
+# One definition of what a representative's SMS terms may be, for the staff API, the parents' API
+# and the parents' pages (their bodies use the annotated types below; ``sms_settings_problem``
+# checks a value again right before it is written). What each setting does: ``notifier.sms.decide``.
 
 SMS_PLANS = ("free", "paid")
+SmsPlan = Literal["free", "paid"]
+assert get_args(SmsPlan) == SMS_PLANS
+# Migration 0012's CHECK (daily_cap BETWEEN 0 AND 500). 0 stops SMS for the day (the app and the
+# portal still show every event); a real school day is a dozen events per child, so 500 is only a
+# ceiling against a runaway till filling a paid plan's phone.
+SMS_DAILY_CAP_MAX = 500
+SMS_DAILY_CAP_DEFAULT = 20  # notifier.sms.SMS_PER_DAY_MAX, migration 0012's default
+MINUTES_PER_DAY = 24 * 60  # quiet hours and the digest are minutes of the school's local day
+SmsDailyCap = Annotated[int, msgspec.Meta(
+    ge=0, le=SMS_DAILY_CAP_MAX, description="SMS messages a school day (a digest is one); 0: none")]
+MinuteOfDay = Annotated[int, msgspec.Meta(
+    ge=0, le=MINUTES_PER_DAY - 1, description="minutes after midnight, school local time")]
 
 
 class SmsSettings(msgspec.Struct, frozen=True):
     """A representative's SMS plan and limits (migration 0012's defaults when no row)."""
 
-    plan: str = "free"
-    daily_cap: int = 20  # notifier.sms.SMS_PER_DAY_MAX
-    quiet_from_minute: int = 22 * 60  # school local time; equal to quiet_to_minute: no quiet hours
-    quiet_to_minute: int = 7 * 60
+    plan: SmsPlan = "free"  # free: one SMS part, the text cut to fit; paid: up to notifier.sms.SMS_PARTS_MAX parts
+    daily_cap: SmsDailyCap = SMS_DAILY_CAP_DEFAULT
+    quiet_from_minute: MinuteOfDay = 22 * 60  # school local time; equal to quiet_to_minute: no quiet hours
+    quiet_to_minute: MinuteOfDay = 7 * 60
     digest: bool = False
-    digest_minute: int = 20 * 60
+    digest_minute: MinuteOfDay = 20 * 60
+
+
+def sms_settings_problem(settings: SmsSettings) -> tuple[str, str] | None:
+    """(field, why) if ``settings`` cannot be a representative's SMS terms, else None. The table's
+    CHECKs say the same; the APIs' bodies say it first (the annotated types above)."""
+    if settings.plan not in SMS_PLANS:
+        return "plan", f"one of {', '.join(SMS_PLANS)}"
+    if type(settings.daily_cap) is not int or not 0 <= settings.daily_cap <= SMS_DAILY_CAP_MAX:
+        return "daily_cap", f"an integer 0..{SMS_DAILY_CAP_MAX}"
+    for field in ("quiet_from_minute", "quiet_to_minute", "digest_minute"):
+        value = getattr(settings, field)
+        if type(value) is not int or not 0 <= value < MINUTES_PER_DAY:
+            return field, f"minutes after midnight, 0..{MINUTES_PER_DAY - 1}"
+    if type(settings.digest) is not bool:
+        return "digest", "true or false"
+    return None
 
 
 async def sms_settings(conn: asyncpg.Connection | asyncpg.Pool, representative_id: int,
@@ -128,9 +162,11 @@ async def sms_settings(conn: asyncpg.Connection | asyncpg.Pool, representative_i
 
 async def set_sms_settings(conn: asyncpg.Connection | asyncpg.Pool, representative_id: int, settings: SmsSettings,
                            *, now_ms: int) -> None:
-    """Insert or replace a representative's SMS settings (the staff API's or the parents' API's)."""
-    if settings.plan not in SMS_PLANS:
-        raise ValueError(f"plan must be one of {SMS_PLANS}")
+    """Insert or replace a representative's SMS settings (not audited: ``change_sms_settings`` is
+    the APIs' way). ValueError "<field>: <why>" if they are not valid (``sms_settings_problem``)."""
+    problem = sms_settings_problem(settings)
+    if problem is not None:
+        raise ValueError(f"{problem[0]}: {problem[1]}")
     await conn.execute(
         """
         INSERT INTO representative_sms (representative_id, plan, daily_cap, quiet_from_minute, quiet_to_minute,
@@ -142,3 +178,27 @@ async def set_sms_settings(conn: asyncpg.Connection | asyncpg.Pool, representati
         representative_id, settings.plan, settings.daily_cap, settings.quiet_from_minute, settings.quiet_to_minute,
         settings.digest, settings.digest_minute, now_ms,
     )
+
+
+async def change_sms_settings(conn: asyncpg.Connection, representative_id: int, settings: SmsSettings,
+                              *, actor: str, now_ms: int) -> SmsSettings:
+    """Replace a representative's SMS settings and audit it (``representative.sms``, before and
+    after), in the caller's transaction; returns the settings before. The caller has checked that
+    ``actor`` may change this representative (and holds its row, ``lock_active`` or the staff
+    API's own lock). ValueError "<field>: <why>" if the settings are not valid."""
+    before = await sms_settings(conn, representative_id)
+    await set_sms_settings(conn, representative_id, settings, now_ms=now_ms)
+    await conn.execute(
+        "INSERT INTO audit_log (actor, action, entity, before, after, at_ms) VALUES ($1, $2, $3, $4::jsonb, $5::jsonb, $6)",
+        actor, "representative.sms", f"representative:{representative_id}",
+        msgspec.json.encode(before).decode(), msgspec.json.encode(settings).decode(), now_ms)
+    return before
+
+
+async def lock_active(conn: asyncpg.Connection, representative_id: int) -> bool:
+    """Lock a representative's row for a change of its own settings (in the caller's transaction)
+    if it is active (neither suspended nor removed). FOR NO KEY UPDATE: the notifier's deliveries,
+    which reference the row, are not held up."""
+    return bool(await conn.fetchval(
+        "SELECT true FROM representatives WHERE id = $1 AND removed_at_ms IS NULL AND suspended_at_ms IS NULL "
+        "FOR NO KEY UPDATE", representative_id))

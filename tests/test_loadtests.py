@@ -303,7 +303,8 @@ def test_bench_quick_runs_every_phase(tmp_path):
     assert positive(notices["events"]) and positive(notices["deliveries"])
     assert positive(notices["events_per_s"]) and positive(notices["deliveries_per_s"])
     assert notices["rush"]["errors"] == [] and positive(notices["rush"]["accepts"])
-    for channel in ("all", "email", "app_push"):
+    assert notices["sms_subscribers"]["parents"] > 0 and notices["sms_subscribers"]["quiet_hours"] is None
+    for channel in ("all", "email", "app_push", "sms"):
         t = notices["tap_to_channel_ms"][channel]
         assert positive(t["count"]), channel
         for q in ("p50", "p99", "max"):

@@ -41,7 +41,8 @@ def test_the_parents_api_keeps_its_openapi_contract(demo_dsn, tmp_path):
         # signing out would end the run's token midway (tests/parents_api/test_parents_auth.py covers it)
         result = run_schemathesis(f"http://127.0.0.1:{server.port}/schema/openapi.json", token, tmp_path,
                                   ["--exclude-operation-id", "AuthTokenRevokeToken"],
-                                  ids={"account_id": [7, 8, 2000]})  # parent 7's children, and another family's
+                                  # parent 7's children and own representative row, and another family's
+                                  ids={"account_id": [7, 8, 2000], "representative_id": [7, 5000]})
         took = time.monotonic() - started
     finally:
         server.stop()

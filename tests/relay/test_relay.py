@@ -342,3 +342,48 @@ def test_postgresql_away_the_relay_waits_and_resumes(pg_dsn, amqtt_broker, tmp_p
         relay.terminate()
         sub.close()
         proxy.close()
+
+
+def test_events_that_match_no_subscription_stay_unsent_until_a_subscriber_comes(pg_dsn, tmp_path):
+    """Over MQTT 5 the broker's PUBACK says an event matched no subscription (0x10): the relay
+    keeps it unsent and publishes it again, so nothing is marked sent that nobody received (as
+    after a Mosquitto restart, which keeps no shared subscription). With amqtt (3.1.1 only) the
+    relay falls back to 3.1.1 by itself."""
+    if not accepts(SYSTEM_MOSQUITTO_PORT):
+        pytest.skip("no Mosquitto listens on 127.0.0.1:1883 (the machine's service is not running)")
+    prefix = unique_prefix()
+    events = make_events(40)
+    write_outbox(pg_dsn, events)
+    relay = RelayProcess(pg_dsn, f"mqtt://127.0.0.1:{SYSTEM_MOSQUITTO_PORT}", prefix, tmp_path / "relay.log",
+                         ECARD_RELAY_RECONNECT_BACKOFF_MS_MAX="200").start()
+    sub = None
+    try:
+        wait_until(lambda: relay.metrics().get("ecard_relay_unmatched_total", 0) >= 2 * len(events), 20,
+                   "every event published twice and matched by no subscription")
+        assert unsent_count(pg_dsn) == len(events)  # nothing marked sent that nobody got
+        assert relay.metrics().get("ecard_relay_published_total", 0) == 0
+        sub = Subscriber(SYSTEM_MOSQUITTO_PORT, layout.events_filter(prefix)).start()
+        wait_until(lambda: delivered(sub, pg_dsn, len(events)), DELIVERY_TIMEOUT_S, "every event delivered and marked")
+        assert sorted(set(sub.event_ids())) == sorted(e.event_id for e in events)
+        assert relay.metrics()["ecard_relay_published_total"] == len(events)
+    finally:
+        assert relay.terminate() == 0
+        if sub is not None:
+            sub.close()
+    log = relay.log_text()
+    assert "matched no subscription" in log and "Traceback" not in log
+
+
+def test_the_relay_speaks_3_1_1_to_a_broker_without_mqtt_5(pg_dsn, amqtt_broker, tmp_path):
+    prefix = unique_prefix()
+    sub = Subscriber(amqtt_broker.port, layout.events_filter(prefix)).start()
+    relay = RelayProcess(pg_dsn, amqtt_broker.url, prefix, tmp_path / "relay.log").start()
+    try:
+        events = make_events(5)
+        write_outbox(pg_dsn, events)
+        wait_until(lambda: delivered(sub, pg_dsn, len(events)), DELIVERY_TIMEOUT_S, "every event delivered and marked")
+        assert relay.metrics().get('ecard_relay_connection_failures_total{peer="broker"}', 0) == 0  # the fallback is no failure
+    finally:
+        assert relay.terminate() == 0
+        sub.close()
+    assert "does not speak MQTT 5; using 3.1.1" in relay.log_text()
