@@ -253,19 +253,19 @@ class Intake:
     async def _transaction(self, events: list[Decoded]) -> list[list[Target] | None]:
         made: list[list[Target] | None] = []
         at = now_ms()
+        # Two statements for the whole batch: its subscribers, then its events and deliveries.
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                for event in events:
-                    notice = event.notice
-                    subs = await representatives.subscribers(conn, notice.account_id, event.kind)
-                    targets = targets_of(subs, self.config.channels, self.config.topic_prefix)
-                    count = await store.take_in(
-                        conn, event_id=event.message.event_id, kind=event.kind, account_id=notice.account_id,
-                        school_id=notice.school_id, at_ms=notice.at_ms, created_at_ms=event.message.created_at_ms,
-                        notice_json=bytes(event.message.notice).decode(), targets=targets, now_ms=at,
-                        timeout_s=self.timeout_s,
-                    )
-                    made.append(None if count is None else targets)
+                subs = await representatives.subscribers_of(
+                    conn, [(event.notice.account_id, event.kind) for event in events], timeout_s=self.timeout_s)
+                batch = [
+                    store.EventIn(event.message.event_id, event.kind, event.notice.account_id, event.notice.school_id,
+                                  event.notice.at_ms, event.message.created_at_ms, bytes(event.message.notice).decode(),
+                                  targets_of(found, self.config.channels, self.config.topic_prefix))
+                    for event, found in zip(events, subs)
+                ]
+                counts = await store.take_in_batch(conn, batch, now_ms=at, timeout_s=self.timeout_s)
+        made.extend(None if count is None else e.targets for e, count in zip(batch, counts))
         return made
 
     def _count(self, made: list[list[Target] | None]) -> None:

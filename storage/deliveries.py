@@ -105,22 +105,71 @@ class ProcessedEvent(msgspec.Struct, frozen=True):
 
 # -- taking events in ---------------------------------------------------------------------------
 
+# A batch of events and their deliveries in one statement. An event taken in before (its
+# event_id recorded: a broker's redelivery, a relay's republish) writes nothing and is answered
+# None; the caller de-duplicates within the batch.
 _TAKE_IN = """
 WITH event AS (
     INSERT INTO processed_events
         (event_id, kind, account_id, school_id, at_ms, created_at_ms, received_at_ms, notice, deliveries)
-    VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, cardinality($9::bigint[]))
+    SELECT e.event_id, e.kind, e.account_id, e.school_id, e.at_ms, e.created_at_ms, $7, e.notice::jsonb, e.deliveries
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::integer[], $5::bigint[], $6::bigint[], $8::text[],
+                $9::integer[]) AS e(event_id, kind, account_id, school_id, at_ms, created_at_ms, notice, deliveries)
     ON CONFLICT (event_id) DO NOTHING
     RETURNING event_id
 ), made AS (
     INSERT INTO deliveries (event_id, representative_id, channel, address, status, next_attempt_at_ms,
                             created_at_ms, updated_at_ms)
-    SELECT event.event_id, t.representative_id, t.channel, t.address, 'pending', $7, $7, $7
-    FROM event, unnest($9::bigint[], $10::text[], $11::text[]) AS t(representative_id, channel, address)
-    RETURNING 1
+    SELECT t.event_id, t.representative_id, t.channel, t.address, 'pending', $7, $7, $7
+    FROM unnest($10::text[], $11::bigint[], $12::text[], $13::text[]) AS t(event_id, representative_id, channel, address)
+    JOIN event USING (event_id)
+    RETURNING event_id
 )
-SELECT (SELECT count(*) FROM event) AS new, (SELECT count(*) FROM made) AS made
+SELECT event.event_id, (SELECT count(*) FROM made WHERE made.event_id = event.event_id) AS made FROM event
 """
+
+
+class EventIn(msgspec.Struct, frozen=True):
+    """One event to take in, with where its deliveries go."""
+
+    event_id: str
+    kind: str
+    account_id: int
+    school_id: int
+    at_ms: int
+    created_at_ms: int
+    notice_json: str
+    targets: list[Target]
+
+
+async def take_in_batch(
+    conn: asyncpg.Connection, events: list[EventIn], *, now_ms: int, timeout_s: float | None = None,
+) -> list[int | None]:
+    """Record the events and their deliveries in one statement; for each event, None if it was
+    taken in before (by an earlier batch, or earlier in this one: nothing written), else the
+    number of delivery records made. Call it inside a transaction when it must commit together
+    with other statements."""
+    first: dict[str, int] = {}
+    for i, e in enumerate(events):
+        first.setdefault(e.event_id, i)
+    unique = [events[i] for i in sorted(first.values())]
+    flat = [(e.event_id, t) for e in unique for t in e.targets]
+    rows = await conn.fetch(
+        _TAKE_IN,
+        [e.event_id for e in unique], [e.kind for e in unique], [e.account_id for e in unique],
+        [e.school_id for e in unique], [e.at_ms for e in unique], [e.created_at_ms for e in unique], now_ms,
+        [e.notice_json for e in unique], [len(e.targets) for e in unique],
+        [event_id for event_id, _ in flat], [t.representative_id for _, t in flat], [t.channel for _, t in flat],
+        [t.address for _, t in flat],
+        timeout=timeout_s,
+    )
+    made = {r["event_id"]: int(r["made"]) for r in rows}
+    out: list[int | None] = []
+    for i, e in enumerate(events):
+        count = made.get(e.event_id) if first[e.event_id] == i else None
+        assert count is None or count == len(e.targets), (e.event_id, count, len(e.targets))
+        out.append(count)
+    return out
 
 
 async def take_in(
@@ -137,19 +186,9 @@ async def take_in(
     now_ms: int,
     timeout_s: float | None = None,
 ) -> int | None:
-    """Record the event and its deliveries; None if the event was taken in before (nothing
-    written), else the number of delivery records made. Call it inside a transaction when
-    it must commit together with other statements."""
-    row = await conn.fetchrow(
-        _TAKE_IN,
-        event_id, kind, account_id, school_id, at_ms, created_at_ms, now_ms, notice_json,
-        [t.representative_id for t in targets], [t.channel for t in targets], [t.address for t in targets],
-        timeout=timeout_s,
-    )
-    if not row["new"]:
-        return None
-    assert row["made"] == len(targets), (row["made"], len(targets))
-    return int(row["made"])
+    """One event (``take_in_batch``)."""
+    return (await take_in_batch(conn, [EventIn(event_id, kind, account_id, school_id, at_ms, created_at_ms,
+                                               notice_json, targets)], now_ms=now_ms, timeout_s=timeout_s))[0]
 
 
 # -- sending ------------------------------------------------------------------------------------

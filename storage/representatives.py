@@ -81,27 +81,37 @@ class Subscriber(msgspec.Struct, frozen=True):
     channels: tuple[str, ...]
 
 
+# The subscribers of several (account, kind) pairs in one statement: the notifier takes a batch
+# of events in with one round trip for all their subscribers.
 _SUBSCRIBERS = """
-SELECT r.id, r.full_name, r.relation, r.phone, r.email, r.channels
-FROM representative_pupils rp JOIN representatives r ON r.id = rp.representative_id
-WHERE rp.account_id = $1 AND $2 = ANY (r.kinds)
-  AND r.removed_at_ms IS NULL AND r.suspended_at_ms IS NULL
-ORDER BY r.id
+SELECT q.n, r.id, r.full_name, r.relation, r.phone, r.email, r.channels
+FROM unnest($1::bigint[], $2::text[]) WITH ORDINALITY AS q(account_id, kind, n)
+JOIN representative_pupils rp ON rp.account_id = q.account_id
+JOIN representatives r ON r.id = rp.representative_id
+WHERE q.kind = ANY (r.kinds) AND r.removed_at_ms IS NULL AND r.suspended_at_ms IS NULL
+ORDER BY q.n, r.id
 """
+
+
+async def subscribers_of(
+    conn: asyncpg.Connection | asyncpg.Pool, pairs: list[tuple[int, OutboxKind | str]], timeout_s: float | None = None,
+) -> list[list[Subscriber]]:
+    """For each (account id, event kind): the active (not suspended, not removed) representatives
+    of the account who want events of the kind, by representative id, each with its channels."""
+    kinds = [OutboxKind(kind).value for _, kind in pairs]  # ValueError for a kind that does not exist
+    found: list[list[Subscriber]] = [[] for _ in pairs]
+    for r in await conn.fetch(_SUBSCRIBERS, [account_id for account_id, _ in pairs], kinds, timeout=timeout_s):
+        found[r["n"] - 1].append(Subscriber(
+            representative_id=r["id"], full_name=r["full_name"], relation=r["relation"], phone=r["phone"],
+            email=r["email"], channels=tuple(r["channels"])))
+    return found
 
 
 async def subscribers(
     conn: asyncpg.Connection | asyncpg.Pool, account_id: int, kind: OutboxKind | str
 ) -> list[Subscriber]:
-    """The active (not suspended, not removed) representatives of ``account_id`` who want
-    events of ``kind``, by representative id, each with its channels."""
-    kind = OutboxKind(kind).value  # ValueError for a kind that does not exist
-    rows = await conn.fetch(_SUBSCRIBERS, account_id, kind)
-    return [
-        Subscriber(representative_id=r["id"], full_name=r["full_name"], relation=r["relation"], phone=r["phone"],
-                   email=r["email"], channels=tuple(r["channels"]))
-        for r in rows
-    ]
+    """The subscribers of one (account, kind) (``subscribers_of``)."""
+    return (await subscribers_of(conn, [(account_id, kind)]))[0]
 
 
 # -- SMS settings (migration 0012: representative_sms; no row: the defaults) ---------------------

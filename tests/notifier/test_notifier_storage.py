@@ -63,6 +63,30 @@ def test_an_event_is_taken_in_once(pg_dsn):
     run(pg_dsn, body)
 
 
+def test_a_batch_is_taken_in_in_one_statement_each_event_once(pg_dsn):
+    seed(pg_dsn)
+    _, notice = purchase(1)
+    json = msgspec.json.encode(notice).decode()
+
+    def event(event_id: str, targets: list[Target]) -> store.EventIn:
+        return store.EventIn(event_id, "purchase", 1, 1, NOW, NOW, json, targets)
+
+    async def body(conn):
+        assert await take(conn, "before", TARGETS) == 3
+        batch = [event("b1", TARGETS), event("before", TARGETS), event("b2", TARGETS[:1]), event("b1", TARGETS),
+                 event("b3", [])]
+        # taken in before: None; the same event twice in one batch: the second None, nothing doubled
+        assert await store.take_in_batch(conn, batch, now_ms=NOW) == [3, None, 1, None, 0]
+        assert await store.take_in_batch(conn, batch, now_ms=NOW) == [None] * 5
+        rows = await conn.fetch("SELECT event_id, count(*) AS n FROM deliveries GROUP BY event_id ORDER BY event_id")
+        assert [(r["event_id"], r["n"]) for r in rows] == [("b1", 3), ("b2", 1), ("before", 3)]
+        deliveries = await conn.fetchval("SELECT deliveries FROM processed_events WHERE event_id = 'b2'")
+        assert deliveries == 1
+        assert await store.take_in_batch(conn, [], now_ms=NOW) == []
+
+    run(pg_dsn, body)
+
+
 def test_claims_never_overlap_and_outcomes_need_the_claim(pg_dsn):
     seed(pg_dsn)
 
@@ -143,5 +167,23 @@ def test_reads_are_paginated_newest_first(pg_dsn):
             await store.by_representative(conn, 1, limit=store.PAGE_ROWS_MAX + 1)
         with pytest.raises(ValueError):
             await store.by_status(conn, "lost")
+
+    run(pg_dsn, body)
+
+
+def test_the_subscribers_of_a_batch_in_one_statement(pg_dsn):
+    from storage import representatives
+
+    seed(pg_dsn)
+
+    async def body(conn):
+        found = await representatives.subscribers_of(
+            conn, [(1, "purchase"), (1, "entry"), (2, "purchase"), (3, "entry"), (1, "purchase"), (99, "entry")])
+        ids = [[s.representative_id for s in subs] for subs in found]
+        # rep 2 wants purchases only; 3 and 4 (pupil 2) are suspended and removed; no one for 99
+        assert ids == [[1, 2], [1], [], [5, 6], [1, 2], []]
+        assert found[0][0].channels == ("email", "app_push", "sms")
+        with pytest.raises(ValueError):
+            await representatives.subscribers_of(conn, [(1, "no_such_kind")])
 
     run(pg_dsn, body)
