@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from array import array
-from bisect import bisect_left
+from bisect import bisect_left, bisect_right
 from typing import Callable, Iterable
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
@@ -48,9 +48,18 @@ QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
 class Buckets:
-    """A fixed-bucket histogram with a ring of recent raw samples."""
+    """A fixed-bucket histogram with a ring of recent raw samples.
 
-    __slots__ = ("bounds", "counts", "total", "samples", "cursor", "filled")
+    The hot path does not call into Python per observation: ``record`` is the
+    ``append`` of a plain ``array('q')`` (a C method), and the samples recorded so far
+    are folded into the buckets, the sum and the ring in bulk (``fold``: sorted, then
+    one bisect per bucket bound) by the event loop's thread only: after every group commit
+    and on the gateway's 100 ms timer. A scrape (prometheus_client's own thread) reads what
+    was folded, at most that old; it never folds (a fold there could lose a sample appended
+    meanwhile). ``observe`` (one sample at once) is for the rare observations.
+    """
+
+    __slots__ = ("bounds", "counts", "total", "samples", "cursor", "filled", "pending", "record")
 
     def __init__(self, bounds: tuple[int, ...]) -> None:
         self.bounds = bounds
@@ -59,8 +68,12 @@ class Buckets:
         self.samples = array("q", [0]) * LATENCY_SAMPLES_MAX
         self.cursor = 0
         self.filled = 0
+        self.pending = array("q")  # recorded, not yet folded
+        self.record = self.pending.append
 
     def observe(self, value: int) -> None:
+        if self.pending:
+            self.fold()  # in order
         self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
         i = self.cursor
@@ -68,6 +81,37 @@ class Buckets:
         self.cursor = (i + 1) % LATENCY_SAMPLES_MAX
         if self.filled < LATENCY_SAMPLES_MAX:
             self.filled += 1
+
+    def fold(self) -> None:
+        """Move the recorded samples into the buckets, the sum and the ring (in order)."""
+        pending = self.pending
+        n = len(pending)
+        if not n:
+            return
+        counts = self.counts
+        # Bucket i holds bounds[i-1] < v <= bounds[i] (bisect_left): counted on the sorted
+        # samples with one bisect per bound, whatever their number.
+        data = sorted(pending)
+        previous = 0
+        for i, bound in enumerate(self.bounds):
+            below = bisect_right(data, bound)
+            counts[i] += below - previous
+            previous = below
+        counts[-1] += n - previous
+        self.total += sum(pending)
+        samples = self.samples
+        if n >= LATENCY_SAMPLES_MAX:
+            samples[:] = pending[n - LATENCY_SAMPLES_MAX:]
+            self.cursor = 0
+        else:
+            i = self.cursor
+            head = min(n, LATENCY_SAMPLES_MAX - i)
+            samples[i:i + head] = pending[:head]
+            if head < n:
+                samples[:n - head] = pending[head:]
+            self.cursor = (i + n) % LATENCY_SAMPLES_MAX
+        self.filled = min(LATENCY_SAMPLES_MAX, self.filled + n)
+        del pending[:]
 
     def quantiles(self, qs: Iterable[float] = QUANTILES) -> list[tuple[float, int]]:
         if not self.filled:
@@ -98,6 +142,11 @@ class GatewayMetrics:
 
     def decision_count(self) -> int:
         return self.tally.decision_count()
+
+    def fold(self) -> None:
+        """Fold what the hot path recorded (see Buckets): after each commit and every 100 ms."""
+        self.latency_us.fold()
+        self.durable_lag_ms.fold()
 
 
 class GatewayCollector(Collector):

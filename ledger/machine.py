@@ -249,6 +249,8 @@ class Machine:
 
     def request(self, device: DeviceState, event, now_ms: int, frame_ns: int):
         cls = type(event)
+        if cls in _KIND_OF:  # a transaction: nearly every request
+            return self._transaction(device, event, now_ms, frame_ns)
         if cls is Heartbeat:
             return Heartbeat(now_ms)
         if cls is BalanceQuery:
@@ -351,7 +353,8 @@ class Machine:
             device.txn_seen_max = txn
         if kind == KIND_FIRE_ALARM or kind == KIND_FIRE_RESET:
             return self._fire_request(device, kind, request, now_ms, frame_ns)
-        if request.advice:
+        advice = request.advice  # a property: read once, passed on
+        if advice:
             at_ms, reader_ms = self.judged_at(request, now_ms)
         else:  # judged_at's live branch, inline: most requests are live
             at_ms = now_ms
@@ -368,8 +371,8 @@ class Machine:
         else:
             verdict = authorize_topup(state, device, request, at_ms, self.limits.topup_kopecks_max)
         if verdict.reason != OK:
-            return self._deny(device, kind, txn, verdict, request.advice, at_ms, frame_ns)
-        return self._accept(device, kind, request, verdict, now_ms, at_ms, reader_ms, frame_ns)
+            return self._deny(device, kind, txn, verdict, advice, at_ms, frame_ns)
+        return self._accept(device, kind, request, verdict, now_ms, at_ms, reader_ms, frame_ns, advice)
 
     def _deny(
         self, device: DeviceState, kind: int, txn: int, verdict: Verdict, advice: bool, at_ms: int, frame_ns: int
@@ -399,7 +402,7 @@ class Machine:
 
     def _accept(
         self, device: DeviceState, kind: int, request, verdict: Verdict, now_ms: int, at_ms: int,
-        reader_ms: int | None, frame_ns: int,
+        reader_ms: int | None, frame_ns: int, advice: bool,
     ) -> Decision:
         state = self.state
         _, _, alert = commit(state, verdict, at_ms)
@@ -419,7 +422,7 @@ class Machine:
             if allowances is not None:
                 # The till lowered its own allowance of the card by the total (online or not).
                 allowances.spent(device.device_id, request.identifier, account_id, request.total_kopecks,
-                                 not request.advice, state.policy(device.school_id).offline_floor_kopecks > 0)
+                                 not advice, state.policy(device.school_id).offline_floor_kopecks > 0)
         elif kind == KIND_TOPUP:
             cashier = request.cashier_id
         else:
@@ -438,13 +441,15 @@ class Machine:
                                       direction, at_ms, verdict.passback),)
         row = JournalRow(
             device.device_id, txn, kind, account_id, request.identifier, direction, debit or None, credit or None,
-            amount, pupil_balance, request.advice, reader_ms, now_ms, at_ms, cashier, items, granted,
+            amount, pupil_balance, advice, reader_ms, now_ms, at_ms, cashier, items, granted,
         )
-        key = f"{device.device_id}:{txn}"
-        notice = self._notice(kind, device, request, verdict, pupil_balance, at_ms, grant) if account_id else None
+        # Parents hear of passages, purchases and top-ups (_notice); a grant (entry) tells nobody.
+        notice = (self._notice(kind, device, request, verdict, pupil_balance, at_ms, grant)
+                  if account_id and (kind == KIND_PURCHASE or kind == KIND_PASSAGE or kind == KIND_TOPUP) else None)
         if notice is None:
-            outbox = (self._low_balance(alert, key, now_ms),) if alert else ()
+            outbox = (self._low_balance(alert, f"{device.device_id}:{txn}", now_ms),) if alert else ()
         else:
+            key = f"{device.device_id}:{txn}"
             tag = type(notice).__struct_config__.tag
             event = OutboxEvent(f"{key}:{tag}", tag, account_id, notice, now_ms)
             outbox = (event, self._low_balance(alert, key, now_ms)) if alert else (event,)

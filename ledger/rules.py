@@ -226,11 +226,11 @@ def authorize_entry(state: LedgerState, device: DeviceState, request: CardPresen
     found = _card(state, request.identifier, KIND_ENTRY, at_ms)
     if type(found) is Verdict:
         return found
-    wrong = _at_school(state, device, found, KIND_ENTRY)
-    if wrong is not None:
-        return wrong
+    if state.accounts.school[found] != device.school_id:  # _at_school, inline (every tap at a door)
+        return Verdict(WRONG_SCHOOL, KIND_ENTRY, found)
     escort_id = 0
-    if state.policy(device.school_id).escort_required:
+    policy = state.policy(device.school_id)  # the card's school's too, from here on
+    if policy.escort_required:
         # A kindergarten: the child goes with the trusted person whose card this turnstile
         # granted just before, or not at all (bringing and collecting alike).
         last = device.escort
@@ -240,8 +240,8 @@ def authorize_entry(state: LedgerState, device: DeviceState, request: CardPresen
     if device.school_id in state.alarms:
         # an evacuation: never refused by passback
         return Verdict(OK, KIND_ENTRY, found, direction=direction, escort_id=escort_id)
-    broken = passback(state, found, direction, at_ms)
-    if broken and state.policy(device.school_id).anti_passback == _HARD:
+    broken = passback(state, found, direction, at_ms) if policy.anti_passback else ""  # (passback's first test)
+    if broken and policy.anti_passback == _HARD:
         return Verdict(ANTI_PASSBACK, KIND_ENTRY, found, direction=direction, passback=broken)
     return Verdict(OK, KIND_ENTRY, found, direction=direction, passback=broken, escort_id=escort_id)
 
@@ -357,9 +357,8 @@ def authorize_purchase(state: LedgerState, device: DeviceState, request: Purchas
     if type(found) is Verdict:
         return found
     account_id = found
-    wrong = _at_school(state, device, account_id, KIND_PURCHASE)
-    if wrong is not None:
-        return wrong
+    if accounts.school[account_id] != school:  # _at_school, inline (every sale)
+        return Verdict(WRONG_SCHOOL, KIND_PURCHASE, account_id)
     controls = state.controls.get(account_id)
     entitled = accounts.free_meal[account_id]
     period = state.meal_period(school, at_ms) if controls is not None or entitled else ""
@@ -602,7 +601,7 @@ def _count_purchase(state: LedgerState, verdict: Verdict, at_ms: int) -> None:
 def accept_template(kind: int, direction: int, amount_kopecks: int, balance_kopecks: int) -> tuple[int, tuple[int, ...]]:
     """Display template and parameters of an accepted decision (also rebuilt after a restart)."""
     if kind == KIND_ENTRY:
-        return (TEMPLATE_ACCEPT_ENTRY if direction == Direction.IN else TEMPLATE_ACCEPT_EXIT), ()
+        return (TEMPLATE_ACCEPT_ENTRY if direction == _IN else TEMPLATE_ACCEPT_EXIT), ()
     if kind == KIND_PASSAGE:
         return TEMPLATE_PASSAGE_RECORDED, ()
     if kind == KIND_PURCHASE:

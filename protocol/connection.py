@@ -24,7 +24,7 @@ from typing import Final
 import msgspec
 
 from .codes import FLAG_MAC, FLAG_REPLY, MessageType, NakReason
-from .events import EVENT_TYPES, Event, Hello, HelloAck, Nak, PayloadError
+from .events import EVENT_TYPES, DurableAck, Event, Hello, HelloAck, Nak, PayloadError
 from .limits import (
     CRC_BYTES,
     FRAME_MAC_BYTES,
@@ -127,6 +127,12 @@ UNSOLICITED: Final = frozenset(
     and new_state is State.READY and cls is not Nak
 )
 _HELLO: Final = int(MessageType.HELLO)
+_PAYLOAD_ERRORS: Final = (PayloadError, ValueError, TypeError, OverflowError)  # a payload that does not decode
+_DURABLE_ACK: Final = int(MessageType.DURABLE_ACK)
+_GATEWAY_MAC_FLAGS: Final = FLAG_REPLY | FLAG_MAC
+# A MACed DURABLE_ACK before its MAC: header (seq 0) and the watermark, in one pack.
+_DURABLE_ACK_BODY: Final = struct.Struct("<BBBHIIBQ")
+_U64_MAX: Final = 0xFFFFFFFFFFFFFFFF
 
 
 def crc16(data: bytes) -> int:
@@ -258,58 +264,58 @@ class Connection:
         return len(self._buffer)
 
     def next_event(self) -> Event | Retransmit | _Sentinel:
-        event = self._next_frame_event()
-        while event is _DROPPED:
-            event = self._next_frame_event()
-        return event
-
-    def _next_frame_event(self) -> Event | Retransmit | _Sentinel:
-        if self._error is not None:
-            raise self._error
-        self._answering_hello = False  # until a HELLO is read: a refusal now answers no HELLO
-        buf = self._buffer
-        if len(buf) > RECEIVE_BUFFER_BYTES_MAX:
-            self._fail(NakReason.BUFFER_OVERFLOW, f"more than {RECEIVE_BUFFER_BYTES_MAX} bytes buffered", 0)
-        if len(buf) < HEADER_BYTES:
-            if buf and buf[0] != START_BYTE:
-                self._fail(NakReason.BAD_START_BYTE, f"byte 0x{buf[0]:02x} where a frame must start", 0)
-            return CLOSED if self._eof else NEED_DATA
-        start, version, flags, length, device_id, seq, mtype = HEADER.unpack_from(buf, 0)
-        if start != START_BYTE:
-            self._fail(NakReason.BAD_START_BYTE, f"byte 0x{start:02x} where a frame must start", seq)
-        if version != PROTOCOL_VERSION:
-            self._fail(NakReason.UNSUPPORTED_VERSION, f"version {version}, this peer speaks {PROTOCOL_VERSION}", seq)
-        if length > PAYLOAD_BYTES_MAX:
-            self._fail(NakReason.FRAME_TOO_LARGE, f"payload of {length} bytes, at most {PAYLOAD_BYTES_MAX}", seq)
-        end = HEADER_BYTES + length + CRC_BYTES
-        if len(buf) < end:
-            return CLOSED if self._eof else NEED_DATA
-        if len(buf) == end:  # the common case: the read held exactly one frame
-            frame = bytes(buf)
-            buf.clear()
-        else:
-            frame = bytes(buf[:end])
-            del buf[:end]
-        maced = flags == self._accept_flag | FLAG_MAC and length >= FRAME_MAC_BYTES
-        self._answer_mac = frame[-_MAC_END:-CRC_BYTES] if maced else ZERO_MAC
-        self._answering_hello = mtype == _HELLO
-        if _CRC.unpack_from(frame, end - CRC_BYTES)[0] != crc_hqx(frame[: end - CRC_BYTES], CRC_INIT):
-            raise self._reject(NakReason.BAD_CRC, "CRC mismatch", seq)
-        if flags != self._accept_flag and not maced:
-            raise self._reject(NakReason.UNSUPPORTED_FLAGS, f"flags 0x{flags:02x}", seq)
-        cls = EVENT_TYPES.get(mtype)
-        if cls is None:
-            raise self._reject(NakReason.UNKNOWN_MESSAGE, f"message type 0x{mtype:02x}", seq)
-        if self.role is Role.GATEWAY:
-            if maced is not (self._rx is not None and cls is not Hello):
-                # In a secure session every frame but HELLO carries a MAC; outside one, none does.
-                raise self._reject(NakReason.UNSUPPORTED_FLAGS, f"flags 0x{flags:02x} for {cls.__name__}", seq)
-            return self._gateway_receive(cls, frame, device_id, seq)
-        if maced is not (self._rx is not None):
-            if maced and self.state is State.HELLO and self._device_key is not None:
-                return _DROPPED  # a frame of the session our HELLO ended, crossing it: its keys are gone
-            raise self._reject(NakReason.UNSUPPORTED_FLAGS, f"flags 0x{flags:02x}", seq)
-        return self._device_receive(cls, frame, device_id, seq)
+        # One frame per turn; a frame consumed without an event (_DROPPED: device side) takes
+        # the next. One method, not a helper per frame: this runs twice for every request.
+        while True:
+            if self._error is not None:
+                raise self._error
+            self._answering_hello = False  # until a HELLO is read: a refusal now answers no HELLO
+            buf = self._buffer
+            size = len(buf)
+            if size < HEADER_BYTES:  # (nothing buffered: the common second call after a read's one frame)
+                if buf and buf[0] != START_BYTE:
+                    self._fail(NakReason.BAD_START_BYTE, f"byte 0x{buf[0]:02x} where a frame must start", 0)
+                return CLOSED if self._eof else NEED_DATA
+            if size > RECEIVE_BUFFER_BYTES_MAX:
+                self._fail(NakReason.BUFFER_OVERFLOW, f"more than {RECEIVE_BUFFER_BYTES_MAX} bytes buffered", 0)
+            start, version, flags, length, device_id, seq, mtype = HEADER.unpack_from(buf, 0)
+            if start != START_BYTE:
+                self._fail(NakReason.BAD_START_BYTE, f"byte 0x{start:02x} where a frame must start", seq)
+            if version != PROTOCOL_VERSION:
+                self._fail(NakReason.UNSUPPORTED_VERSION, f"version {version}, this peer speaks {PROTOCOL_VERSION}", seq)
+            if length > PAYLOAD_BYTES_MAX:
+                self._fail(NakReason.FRAME_TOO_LARGE, f"payload of {length} bytes, at most {PAYLOAD_BYTES_MAX}", seq)
+            end = HEADER_BYTES + length + CRC_BYTES
+            if size < end:
+                return CLOSED if self._eof else NEED_DATA
+            if size == end:  # the common case: the read held exactly one frame
+                frame = bytes(buf)
+                buf.clear()
+            else:
+                frame = bytes(buf[:end])
+                del buf[:end]
+            maced = flags == self._accept_flag | FLAG_MAC and length >= FRAME_MAC_BYTES
+            self._answer_mac = frame[-_MAC_END:-CRC_BYTES] if maced else ZERO_MAC
+            self._answering_hello = mtype == _HELLO
+            if _CRC.unpack_from(frame, end - CRC_BYTES)[0] != crc_hqx(frame[: end - CRC_BYTES], CRC_INIT):
+                raise self._reject(NakReason.BAD_CRC, "CRC mismatch", seq)
+            if flags != self._accept_flag and not maced:
+                raise self._reject(NakReason.UNSUPPORTED_FLAGS, f"flags 0x{flags:02x}", seq)
+            cls = EVENT_TYPES.get(mtype)
+            if cls is None:
+                raise self._reject(NakReason.UNKNOWN_MESSAGE, f"message type 0x{mtype:02x}", seq)
+            if self.role is Role.GATEWAY:
+                if maced is not (self._rx is not None and cls is not Hello):
+                    # In a secure session every frame but HELLO carries a MAC; outside one, none does.
+                    raise self._reject(NakReason.UNSUPPORTED_FLAGS, f"flags 0x{flags:02x} for {cls.__name__}", seq)
+                return self._gateway_receive(cls, frame, device_id, seq)
+            if maced is not (self._rx is not None):
+                if maced and self.state is State.HELLO and self._device_key is not None:
+                    continue  # a frame of the session our HELLO ended, crossing it: its keys are gone
+                raise self._reject(NakReason.UNSUPPORTED_FLAGS, f"flags 0x{flags:02x}", seq)
+            event = self._device_receive(cls, frame, device_id, seq)
+            if event is not _DROPPED:
+                return event
 
     def _gateway_receive(self, cls: type[Event], frame: bytes, device_id: int, seq: int) -> Event | Retransmit:
         state = self.state
@@ -346,10 +352,12 @@ class Connection:
             mac = self._answer_mac
             if not rx.verify(self._peer_mac + self._reply_mac, frame[:-_MAC_END], mac):
                 self._mac_failed(seq)
-        if seq == self._last_seq:
+        last_seq = self._last_seq
+        if seq == last_seq:
             raise self._reject(NakReason.SEQUENCE_REUSED, f"sequence {seq} was used for another frame", seq)
-        if seq != next_seq(self._last_seq):
-            raise self._reject(NakReason.BAD_SEQUENCE, f"expected sequence {next_seq(self._last_seq)}", seq)
+        expected = 1 if last_seq >= SEQ_MAX else last_seq + 1  # next_seq, inline
+        if seq != expected:
+            raise self._reject(NakReason.BAD_SEQUENCE, f"expected sequence {expected}", seq)
         # The frame takes its sequence number: whatever we answer is cached for a retransmit.
         if rx is not None:
             self._peer_mac = self._answer_mac  # the device's chain moves only with a frame that took its seq
@@ -361,7 +369,11 @@ class Connection:
         if new_state is None:
             self.state = State.BUSY
             raise RemoteProtocolError(NakReason.OUT_OF_STATE, f"{cls.__name__} in state {state.value}", fatal=False, seq=seq)
-        event = self._decode(cls, frame, seq, taken=True)
+        try:  # self._decode(cls, frame, seq, taken=True), inline: once per request
+            event = cls.decode_payload(frame[HEADER_BYTES : -_MAC_END if frame[2] & FLAG_MAC else -CRC_BYTES])
+        except _PAYLOAD_ERRORS as exc:
+            self.state = State.BUSY
+            raise RemoteProtocolError(NakReason.MALFORMED_PAYLOAD, str(exc), fatal=False, seq=seq) from None
         self.state = new_state
         return event
 
@@ -459,7 +471,7 @@ class Connection:
         try:
             end = -_MAC_END if frame[2] & FLAG_MAC else -CRC_BYTES
             return cls.decode_payload(frame[HEADER_BYTES:end])
-        except (PayloadError, ValueError, TypeError, OverflowError) as exc:
+        except _PAYLOAD_ERRORS as exc:
             if taken:
                 self.state = State.BUSY
                 raise RemoteProtocolError(NakReason.MALFORMED_PAYLOAD, str(exc), fatal=False, seq=seq) from None
@@ -484,10 +496,13 @@ class Connection:
         new_state = self._send_table.get((self.state, type(event)))
         if new_state is None:
             raise LocalProtocolError(f"cannot send {type(event).__name__} in state {self.state.value}")
-        if self.role is Role.GATEWAY:
-            data = self._gateway_send(event)
-        else:
+        if self.role is not Role.GATEWAY:
             data = self._device_send(event)
+        elif self.state is State.BUSY and type(event) not in UNSOLICITED:
+            # The reply to the request being answered (_gateway_send's common case, inline).
+            data = self._last_reply = self._gateway_frame(self._pending_seq, event)
+        else:
+            data = self._gateway_send(event)
         self.state = new_state
         return data
 
@@ -510,12 +525,35 @@ class Connection:
         tx = self._tx
         if tx is None or (self._answering_hello and not unsolicited):
             return encode_frame(self.device_id, seq, event, reply=True)
-        data = encode_mac_frame(self.device_id, seq, event, reply=True, signer=tx, chain=self._own_mac)
-        mac = data[-_MAC_END:-CRC_BYTES]
+        # encode_mac_frame(..., reply=True, signer=tx, chain=self._own_mac), inline
+        payload = event.encode_payload()
+        body = HEADER.pack(
+            START_BYTE, PROTOCOL_VERSION, _GATEWAY_MAC_FLAGS, len(payload) + FRAME_MAC_BYTES, self.device_id, seq,
+            event.message_type,
+        ) + payload
+        mac = tx.sign(self._own_mac, body)
         self._own_mac = mac
         if not unsolicited:
             self._reply_mac = mac
-        return data
+        body += mac
+        return body + _CRC.pack(crc_hqx(body, CRC_INIT))
+
+    def send_durable_ack(self, durable_txn: int) -> bytes:
+        """``send(DurableAck(durable_txn))``, the same bytes, without the event object (it goes
+        with nearly every reply under load)."""
+        tx = self._tx
+        new_state = self._send_table.get((self.state, DurableAck))
+        if tx is None or new_state is None or not 0 <= durable_txn <= _U64_MAX or self.role is not Role.GATEWAY:
+            return self.send(DurableAck(durable_txn))  # no secure session, or refused: as send says
+        body = _DURABLE_ACK_BODY.pack(
+            START_BYTE, PROTOCOL_VERSION, _GATEWAY_MAC_FLAGS, _DURABLE_ACK_BODY.size - HEADER_BYTES + FRAME_MAC_BYTES,
+            self.device_id, 0, _DURABLE_ACK, durable_txn,
+        )
+        mac = tx.sign(self._own_mac, body)
+        self._own_mac = mac  # unsolicited: in the chain, not a reply
+        self.state = new_state
+        body += mac
+        return body + _CRC.pack(crc_hqx(body, CRC_INIT))
 
     def _device_send(self, event: Event) -> bytes:
         tx = self._tx

@@ -85,10 +85,12 @@ class FrameMac:
         self._keyed = CMAC(AES(key))
 
     def sign(self, chain: bytes, data: bytes) -> bytes:
+        # One update of the joined bytes: a call into the binding costs more than the copy.
         c = self._keyed.copy()
-        c.update(chain)
-        c.update(data)
+        c.update(chain + data)
         return c.finalize()[:FRAME_MAC_BYTES]
 
     def verify(self, chain: bytes, data: bytes, mac: bytes) -> bool:
-        return hmac.compare_digest(self.sign(chain, data), mac)
+        c = self._keyed.copy()
+        c.update(chain + data)
+        return hmac.compare_digest(c.finalize()[:FRAME_MAC_BYTES], mac)
