@@ -15,9 +15,11 @@ also on SMS), and every process of the notices' path as its own process:
 - the SMSC: ``python -m notifier.smsc`` (the SMPP simulator the tests use, smpp34) on a free
   port, answering every submit_sm and sending its receipt; the notifier binds to it as to a real
   aggregator (``smpp_url``);
-- ``python -m gateway run``, ``python -m notifier`` (its embedded SMTP sink; e-mail, app push
-  and SMS), ``python -m relay run``, started in that order (the notifier holds its
-  subscription before the relay publishes anything);
+- the SMTP server: ``python -m notifier.sink`` (the embedded sink of `make run`, aiosmtpd, with
+  its Maildir) as a process of its own, as a real relay would be;
+- ``python -m gateway run``, ``python -m notifier`` (e-mail, app push and SMS),
+  ``python -m relay run``, started in that order (the notifier holds its subscription before
+  the relay publishes anything);
 - SMS subscribers (``subscribe_sms``): parents of every ``SMS_PARENT_EVERY``-th pupil keep the
   demo's SMS channel (the others lose it), and every representative on SMS gets explicit terms:
   free plan, no quiet hours (the bench runs at any hour on the machine's clock, and the default
@@ -192,7 +194,17 @@ def smsc(logs: Path) -> ReadyProcess:
     return sim
 
 
-def notifier(dsn: str, broker: Broker, logs: Path, smsc_port: int) -> ReadyProcess:
+def smtp_sink(logs: Path) -> ReadyProcess:
+    """``python -m notifier.sink`` on a free port, a process of its own: the SMTP peer, as a real
+    relay would be (inside the notifier, its Maildir writes would be counted as the notifier's)."""
+    port = free_port()
+    sink = ReadyProcess(["-m", "notifier.sink", "--port", str(port), "--maildir", str(logs / "sink-mail")],
+                        logs / "smtp-sink-notices.log", {}, r'"listening"')
+    sink.port = port
+    return sink
+
+
+def notifier(dsn: str, broker: Broker, logs: Path, smsc_port: int, smtp_port: int) -> ReadyProcess:
     data = logs / "notifier-data"
     data.mkdir(parents=True, exist_ok=True)
     env = {
@@ -204,7 +216,7 @@ def notifier(dsn: str, broker: Broker, logs: Path, smsc_port: int) -> ReadyProce
         "ECARD_NOTIFIER_CLIENT_ID": f"bench-notifier-{broker.tag}",
         "ECARD_NOTIFIER_CHANNELS": ",".join(CHANNELS),
         "ECARD_NOTIFIER_METRICS_PORT": "0",
-        "ECARD_NOTIFIER_SMTP_SINK_PORT": "0",
+        "ECARD_NOTIFIER_SMTP_URL": f"smtp://127.0.0.1:{smtp_port}",
         "ECARD_NOTIFIER_SMPP_URL": f"smpp://bench:bench@127.0.0.1:{smsc_port}",
         "ECARD_NOTIFIER_SENT_DIR": "",
         "ECARD_LOG_LEVEL": "WARNING",
@@ -510,7 +522,9 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
         started.append(sim)
         gw = procs.gateway(dsn, logs / "gateway-notices.log").start()
         started.append(gw)
-        nt = notifier(dsn, broker, logs, sim.port).start()  # before the relay: it holds its subscription first
+        sink = smtp_sink(logs).start()
+        started.append(sink)
+        nt = notifier(dsn, broker, logs, sim.port, sink.port).start()  # before the relay: it holds its subscription first
         started.append(nt)
         rl = relay(dsn, broker, logs).start()
         started.append(rl)

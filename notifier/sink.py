@@ -1,5 +1,8 @@
 """The embedded SMTP sink of `make run`: aiosmtpd on loopback, inside the notifier process.
 
+``python -m notifier.sink --port N [--maildir DIR]`` runs it as a process of its own, an SMTP
+peer like a real relay (the bench's notices phase: the notifier's CPU is then the notifier's).
+
 It accepts every message and keeps it in a Maildir (``<data_dir>/mail``; ``mutt -f
 var/mail`` reads it), so the e-mail channel runs its real SMTP conversation on a
 developer's machine. Production names a real relay with ``smtp_url``.
@@ -7,7 +10,9 @@ developer's machine. Production names a real relay with ``smtp_url``.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
+import json
 import logging
 import mailbox
 from pathlib import Path
@@ -48,3 +53,27 @@ async def start_sink(host: str, port: int, maildir: Path | None) -> tuple[asynci
     )
     bound = server.sockets[0].getsockname()[1]
     return server, bound, handler
+
+
+async def _serve(host: str, port: int, maildir: Path | None) -> None:
+    server, bound, _ = await start_sink(host, port, maildir)
+    print(json.dumps({"listening": bound}), flush=True)
+    async with server:
+        await server.serve_forever()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m notifier.sink", description="SMTP sink (aiosmtpd)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    parser.add_argument("--maildir", type=Path, default=None, help="keep every message here (default: count only)")
+    args = parser.parse_args(argv)
+    try:
+        asyncio.run(_serve(args.host, args.port, args.maildir))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
