@@ -179,6 +179,19 @@ class AmqttBroker(LoggedProcess):
         return self
 
 
+def mosquitto_user() -> str | None:
+    """The user a Mosquitto started as root drops to (its own account when the package made one)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pwd.getpwnam("mosquitto")
+        return "mosquitto"
+    except KeyError:
+        return "root"
+
+
 def mosquitto_binary() -> str | None:
     return shutil.which("mosquitto") or (os.path.exists("/usr/sbin/mosquitto") and "/usr/sbin/mosquitto") or None
 

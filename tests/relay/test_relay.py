@@ -5,7 +5,6 @@ a Mosquitto of the test's own that it stops and starts) and a real MQTT subscrib
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import tempfile
@@ -30,6 +29,7 @@ from relay_support import (
     free_port,
     make_events,
     mosquitto_binary,
+    mosquitto_user,
     outbox_rows,
     unique_prefix,
     unsent_count,
@@ -73,18 +73,6 @@ def own_mosquitto_dir():
     directory = Path(tempfile.mkdtemp(prefix="ecard-mosquitto-"))
     yield directory
     shutil.rmtree(directory, ignore_errors=True)
-
-
-def mosquitto_user() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        import pwd
-
-        pwd.getpwnam("mosquitto")
-        return "mosquitto"
-    except KeyError:
-        return "root"
 
 
 def delivered(sub: Subscriber, dsn: str, count: int) -> bool:

@@ -5,7 +5,6 @@ representative's app reads its own topics only."""
 from __future__ import annotations
 
 import asyncio
-import os
 import secrets
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ import pytest
 from relay import layout
 from relay.mosquitto import write_files
 
-from relay_support import Mosquitto, free_port, mosquitto_binary
+from relay_support import Mosquitto, free_port, mosquitto_binary, mosquitto_user
 
 pytestmark = [
     pytest.mark.processes,
@@ -35,18 +34,6 @@ RECEIVE_TIMEOUT_S = 10.0
 class Secured(msgspec.Struct):
     port: int
     passwords: dict[str, str]
-
-
-def mosquitto_user() -> str | None:
-    if os.geteuid() != 0:
-        return None
-    try:
-        import pwd
-
-        pwd.getpwnam("mosquitto")
-        return "mosquitto"
-    except KeyError:
-        return "root"
 
 
 @pytest.fixture(params=["mosquitto_passwd", "python-hash"])

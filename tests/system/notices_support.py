@@ -14,7 +14,6 @@ Nothing here sleeps blindly: every wait polls a condition with a deadline.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import secrets
 import shutil
@@ -35,7 +34,7 @@ for _helpers in (ROOT / "tests" / "notifier", ROOT / "tests" / "relay"):
         sys.path.insert(0, str(_helpers))
 
 from notifier_support import START_TIMEOUT_S, free_port  # noqa: E402
-from relay_support import Mosquitto, mosquitto_binary  # noqa: E402
+from relay_support import Mosquitto, mosquitto_binary, mosquitto_user  # noqa: E402
 from relay.mosquitto import write_files  # noqa: E402
 from storage import demo  # noqa: E402
 from storage.representatives import SmsSettings, set_sms_settings  # noqa: E402
@@ -88,19 +87,6 @@ class BrokerInfo(msgspec.Struct):
     port: int
     prefix: str = "ecard/v1"
     tag: str = msgspec.field(default_factory=lambda: secrets.token_hex(4))
-
-
-def mosquitto_user() -> str | None:
-    """The user a Mosquitto started as root drops to (as tests/relay/test_relay.py chooses)."""
-    if os.geteuid() != 0:
-        return None
-    import pwd
-
-    try:
-        pwd.getpwnam("mosquitto")
-        return "mosquitto"
-    except KeyError:
-        return "root"
 
 
 class OwnMosquitto:
