@@ -51,7 +51,10 @@ async def record_payment(conn: asyncpg.Connection, payment_id: str, account_id: 
         ON CONFLICT (payment_id) DO UPDATE SET
             representative_id = coalesce(card_payments.representative_id, EXCLUDED.representative_id),
             saved_card_id = coalesce(card_payments.saved_card_id, EXCLUDED.saved_card_id),
-            save_card = card_payments.save_card OR EXCLUDED.save_card
+            save_card = card_payments.save_card OR EXCLUDED.save_card,
+            -- created when ecard asked, not when the event overtaking the reply was written:
+            -- "one threshold charge a local day" reads it (payments.autotopup)
+            created_at_ms = least(card_payments.created_at_ms, EXCLUDED.created_at_ms)
         WHERE card_payments.account_id = EXCLUDED.account_id AND card_payments.amount_kopecks = EXCLUDED.amount_kopecks
           AND (card_payments.representative_id IS NULL AND EXCLUDED.representative_id IS NOT NULL
                OR card_payments.saved_card_id IS NULL AND EXCLUDED.saved_card_id IS NOT NULL
