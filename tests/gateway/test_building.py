@@ -126,6 +126,8 @@ def test_unused_grants_are_recorded_expired_once(demo_dsn):
 def test_hard_passback_refuses_and_an_officers_reconciliation_reaches_the_gateway(demo_dsn):
     async def main():
         async with running_gateway(demo_dsn) as gw:
+            # the change listener first: a NOTIFY sent before its LISTEN reaches nobody
+            await async_wait_until(lambda: gw.commands.connected, 10, "the change listener")
             await set_passback(demo_dsn, 2)
             await async_wait_until(lambda: gw.core.state.policy(1).anti_passback == 2, 10, "the policy reloaded")
             t = await device(gw, ENTRANCE, DeviceKind.TURNSTILE)
