@@ -258,24 +258,10 @@ def replay(recorded: dict, decisions: int, check: bool = False, profile: str | N
 
 
 def callgrind(decisions: int, frames: int) -> dict:
-    """Instructions per decision: (replay of N) - (replay of N/2), divided by N/2 (set-up cancels out)."""
-    if shutil.which("valgrind") is None:
-        return {"skipped": "valgrind is not installed (apt-get install valgrind)"}
-    counts = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for n in (decisions // 2, decisions):
-            out = os.path.join(tmp, f"cg.{n}")
-            subprocess.run(
-                ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}", sys.executable, "-m",
-                 "loadtests.gateway_path", "--decisions", str(n), "--frames", str(frames), "--quiet"],
-                check=True, capture_output=True, timeout=3600,
-            )
-            with open(out) as f:
-                for line in f:
-                    if line.startswith("summary:") or line.startswith("totals:"):
-                        counts[n] = int(line.split()[1])
-    half = decisions // 2
-    return {"instructions_per_decision": round((counts[decisions] - counts[half]) / (decisions - half))}
+    """Instructions per decision of the whole device path (``loadtests.machine.instructions_per_decision``)."""
+    from loadtests.machine import instructions_per_decision
+
+    return instructions_per_decision("loadtests.gateway_path", decisions, ["--frames", str(frames)])
 
 
 def main(argv: list[str] | None = None) -> int:
