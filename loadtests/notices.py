@@ -58,7 +58,7 @@ import time
 import uuid
 from pathlib import Path
 
-from . import procs
+from . import procs, pyspy
 
 CHANNELS = ("email", "app_push", "sms")
 # How long the pipeline may take to hand over the last notices after the rush.
@@ -533,6 +533,10 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
         log(f"notices: rush over {plan.notices_window_s:g} s: {total:,} pupils tap in at {schools * turnstiles} turnstiles, "
             f"{plan.notices_purchase_rate:.0%} also buy at {schools * tills} tills (broker: {broker.kind})")
         gw0 = gw.metrics()
+        spy = None
+        if getattr(plan, "profile", False):  # --profile: the notifier sampled over the rush and its drain
+            out["profile_file"] = str(logs / "pyspy-notifier.speedscope.json")
+            spy = pyspy.start(nt.pid, plan.notices_window_s + 20, Path(out["profile_file"]))
         cpu0 = {name: p.cpu_seconds() for name, p in (("gateway", gw), ("notifier", nt), ("relay", rl))}
         out["rush"] = asyncio.run(drive(
             gw.port, sim_dir, schools=schools, pupils=pupils, turnstiles=turnstiles, tills=tills,
@@ -540,6 +544,8 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
         ))
         state = wait_delivered(dsn)
         out["state"] = state
+        if spy is not None:
+            out["profile"] = pyspy.finish(spy, Path(out["profile_file"]))
         cpu1 = {name: p.cpu_seconds() for name, p in (("gateway", gw), ("notifier", nt), ("relay", rl))}
         out["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu0}
         gm = gw.metrics()

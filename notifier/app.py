@@ -69,6 +69,7 @@ async def serve(config: NotifierConfig) -> int:
     pool = await asyncpg.create_pool(
         dsn, min_size=1, max_size=POOL_CONNECTIONS_MAX, timeout=database.CONNECT_TIMEOUT_S,
         command_timeout=config.statement_timeout_ms / 1000,
+        reset=database.keep_session,  # the notifier leaves no session state: no reset round trip per release
     )
     reference = ReferenceCache(pool, config.reference_ttl_ms, config.statement_timeout_ms / 1000)
     renderer = Renderer()

@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import asyncpg
 
-from storage.deliveries import SchoolReference, pupil_name, school_reference
+from storage.deliveries import SchoolReference, pupil_name, pupil_names, school_reference
 
 from .config import PUPIL_NAMES_CACHED_MAX
 
@@ -45,6 +45,25 @@ class ReferenceCache:
         self._schools[school_id] = (now, ref)
         return ref
 
+    async def preload_pupils(self, account_ids: list[int]) -> None:
+        """Read the names of those of ``account_ids`` not cached (or stale) in one statement: a
+        claimed batch's, before its sends ask ``pupil`` one by one."""
+        now = self._now_ms()
+        missing = {a for a in account_ids
+                   if (cached := self._pupils.get(a)) is None or now - cached[0] >= self.ttl_ms}
+        if not missing:
+            return
+        async with self.pool.acquire() as conn:
+            names = await pupil_names(conn, missing, timeout_s=self.timeout_s)
+        for account_id in missing:
+            self._remember(account_id, now, names.get(account_id) or f"Лицевой счёт № {account_id}")
+
+    def _remember(self, account_id: int, now: float, name: str) -> None:
+        self._pupils[account_id] = (now, name)
+        self._pupils.move_to_end(account_id)
+        while len(self._pupils) > PUPIL_NAMES_CACHED_MAX:
+            self._pupils.popitem(last=False)
+
     async def pupil(self, account_id: int) -> str:
         now = self._now_ms()
         cached = self._pupils.get(account_id)
@@ -53,8 +72,5 @@ class ReferenceCache:
             return cached[1]
         async with self.pool.acquire() as conn:
             name = await pupil_name(conn, account_id, timeout_s=self.timeout_s) or f"Лицевой счёт № {account_id}"
-        self._pupils[account_id] = (now, name)
-        self._pupils.move_to_end(account_id)
-        while len(self._pupils) > PUPIL_NAMES_CACHED_MAX:
-            self._pupils.popitem(last=False)
+        self._remember(account_id, now, name)
         return name

@@ -127,6 +127,9 @@ class Renderer:
             trim_blocks=True,
             lstrip_blocks=True,
             keep_trailing_newline=True,
+            # Templates are part of the release: compiled once, never looked at again (with the
+            # default, every render stat()ed its file to see whether it changed).
+            auto_reload=False,
         )
         self.env.filters["money"] = money
         self.env.globals["relations_ru"] = RELATIONS_RU  # storage.representatives: one list of relations

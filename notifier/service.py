@@ -15,9 +15,12 @@ Intake (one MQTT connection, persistent session, QoS 1, manual acknowledgement):
 Delivery (``send_concurrency_max`` sends in flight):
 
 1. claim due deliveries (``storage.deliveries.claim_due``: SKIP LOCKED, a lease, committed);
-2. for each: render the texts (``render``, reference data cached), ``channel.send``, and
-   write the outcome at once (sent; failed with its backoff; dead; cancelled when the
-   representative was suspended or removed in the meantime).
+2. read the names of the batch's pupils not cached yet (one statement);
+3. for each: render the texts (``render``, reference data cached), ``channel.send``, and
+   hand the outcome (sent; failed with its backoff; dead; cancelled when the representative
+   was suspended or removed in the meantime) to the ``OutcomeWriter``, which writes what the
+   sends finished meanwhile in one statement (group commit). The send's slot is freed once
+   its outcome is written.
 
 Nothing here sleeps blindly: waits are on events with timeouts.
 """
@@ -253,18 +256,20 @@ class Intake:
     async def _transaction(self, events: list[Decoded]) -> list[list[Target] | None]:
         made: list[list[Target] | None] = []
         at = now_ms()
-        # Two statements for the whole batch: its subscribers, then its events and deliveries.
+        # Two statements for the whole batch, no BEGIN/COMMIT around them (each is a round trip,
+        # and a turn of a busy loop): its subscribers (a read), then its events and deliveries in
+        # one statement, atomic by itself. A representative removed in between gets a delivery
+        # that is cancelled when claimed (``representative_active``), as one removed later would.
         async with self.pool.acquire() as conn:
-            async with conn.transaction():
-                subs = await representatives.subscribers_of(
-                    conn, [(event.notice.account_id, event.kind) for event in events], timeout_s=self.timeout_s)
-                batch = [
-                    store.EventIn(event.message.event_id, event.kind, event.notice.account_id, event.notice.school_id,
-                                  event.notice.at_ms, event.message.created_at_ms, bytes(event.message.notice).decode(),
-                                  targets_of(found, self.config.channels, self.config.topic_prefix))
-                    for event, found in zip(events, subs)
-                ]
-                counts = await store.take_in_batch(conn, batch, now_ms=at, timeout_s=self.timeout_s)
+            subs = await representatives.subscribers_of(
+                conn, [(event.notice.account_id, event.kind) for event in events], timeout_s=self.timeout_s)
+            batch = [
+                store.EventIn(event.message.event_id, event.kind, event.notice.account_id, event.notice.school_id,
+                              event.notice.at_ms, event.message.created_at_ms, bytes(event.message.notice).decode(),
+                              targets_of(found, self.config.channels, self.config.topic_prefix))
+                for event, found in zip(events, subs)
+            ]
+            counts = await store.take_in_batch(conn, batch, now_ms=at, timeout_s=self.timeout_s)
         made.extend(None if count is None else e.targets for e, count in zip(batch, counts))
         return made
 
@@ -282,6 +287,76 @@ class Intake:
             self.wake()
 
 
+class OutcomeWriter:
+    """Group commit of delivery outcomes: every send that finished while the last statement was
+    on its way is written by the next one (``storage.deliveries.finish``), instead of one
+    statement (and one pool round) per send. At most ``send_concurrency_max`` outcomes wait (one
+    per send in flight, each awaits its own), so a statement holds at most that many rows.
+
+    While PostgreSQL is away an outcome is retried, but not past its claim's lease: after it
+    the delivery is another process's to take, and that one sends it again."""
+
+    def __init__(self, config: NotifierConfig, pool: asyncpg.Pool, rng: random.Random) -> None:
+        self.config = config
+        self.pool = pool
+        self.rng = rng
+        self.timeout_s = config.statement_timeout_ms / 1000
+        self._waiting: list[tuple[Outcome, asyncio.Future, float]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+
+    async def write(self, outcome: Outcome) -> None:
+        """Return once the outcome is written (or given up, logged)."""
+        done = asyncio.get_running_loop().create_future()
+        self._waiting.append((outcome, done, time.monotonic() + self.config.delivery_lease_ms / 1000))
+        self._wake.set()
+        await done
+
+    def close(self) -> None:
+        """Write what waits, then end ``run``."""
+        self._closing = True
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                await self._write(batch)
+            if self._closing:
+                return
+
+    async def _write(self, batch: list[tuple[Outcome, asyncio.Future, float]]) -> None:
+        reconnect = Reconnect(self.config, self.rng)
+        while batch:
+            try:
+                async with self.pool.acquire() as conn:
+                    await store.finish(conn, [outcome for outcome, _, _ in batch], now_ms=now_ms(),
+                                       worker=self.config.client_id, timeout_s=self.timeout_s)
+                break
+            except asyncio.CancelledError:
+                raise
+            except _DB_LOST as exc:
+                now = time.monotonic()
+                for outcome, _, give_up_at in batch:
+                    if now > give_up_at:
+                        log.error("delivery %d: its outcome (%s) could not be written: %s", outcome.id,
+                                  outcome.status, exc)
+                for _, done, give_up_at in batch:
+                    if now > give_up_at and not done.done():
+                        done.set_result(None)
+                batch = [item for item in batch if now <= item[2]]
+                if batch:
+                    await asyncio.sleep(reconnect.next_delay_s())
+            except Exception:  # a bug: the claims run out and are sent again
+                log.exception("%d delivery outcomes could not be written", len(batch))
+                break
+        for _, done, _ in batch:
+            if not done.done():
+                done.set_result(None)
+
+
 class Deliverer:
     def __init__(self, config: NotifierConfig, pool: asyncpg.Pool, channels: dict[str, Channel], renderer: Renderer,
                  reference: ReferenceCache, metrics: NotifierMetrics, rng: random.Random) -> None:
@@ -295,6 +370,7 @@ class Deliverer:
         self.timeout_s = config.statement_timeout_ms / 1000
         self._wake = asyncio.Event()
         self._in_flight: set[asyncio.Task] = set()
+        self.outcomes = OutcomeWriter(config, pool, rng)
 
     def wake(self) -> None:
         self._wake.set()
@@ -318,12 +394,17 @@ class Deliverer:
         stop_waiter = asyncio.ensure_future(stop.wait())
         stop_waiter.add_done_callback(lambda _: self._wake.set())
         poll_s = self.config.delivery_poll_interval_ms / 1000
+        writing = asyncio.create_task(self.outcomes.run(), name="outcomes")
         try:
+            # A claim is a statement: with sends in flight it waits until a quarter of the slots
+            # are free (a send finishing frees one; claiming for each would be one statement per
+            # delivery).
+            claim_slots_min = max(1, self.config.send_concurrency_max // 4)
             while not stop.is_set():
                 self._wake.clear()
                 free = self.config.send_concurrency_max - len(self._in_flight)
                 claimed: list[Claimed] = []
-                if free > 0:
+                if free >= claim_slots_min or (free > 0 and not self._in_flight):
                     try:
                         claimed = await self._claim(free)
                         reconnect.reset()
@@ -332,8 +413,13 @@ class Deliverer:
                         log.warning("PostgreSQL: %s; claiming again in %.1f s", exc, delay)
                         await _sleep_unless(stop, delay)
                         continue
+                if claimed:
+                    try:
+                        await self.reference.preload_pupils([d.account_id for d in claimed])
+                    except _DB_LOST as exc:  # each send reads its pupil's name itself, or fails and is retried
+                        log.warning("PostgreSQL: %s; pupils' names not read ahead", exc)
                 for delivery in claimed:
-                    task = asyncio.create_task(self._deliver(delivery, stop))
+                    task = asyncio.create_task(self._deliver(delivery))
                     self._in_flight.add(task)
                     task.add_done_callback(self._done)
                 if claimed and len(claimed) == free:
@@ -347,6 +433,8 @@ class Deliverer:
         finally:
             stop_waiter.cancel()
             await self._drain()
+            self.outcomes.close()
+            await writing
 
     def _done(self, task: asyncio.Task) -> None:
         self._in_flight.discard(task)
@@ -382,10 +470,11 @@ class Deliverer:
                              utc_offset_minutes=school.utc_offset_minutes, products=school.products)
         return self.renderer.render(channel.name, delivery.kind, ctx, html=channel.html)
 
-    async def _deliver(self, delivery: Claimed, stop: asyncio.Event) -> None:
+    async def _deliver(self, delivery: Claimed) -> None:
         channel = self.channels[delivery.channel]
         if not delivery.representative_active:
-            outcome = Outcome(delivery.id, CANCELLED, now_ms(), "representative suspended or removed")
+            at = now_ms()
+            outcome = Outcome(delivery.id, CANCELLED, at, "representative suspended or removed", at)
         else:
             self.metrics.in_flight.inc()
             try:
@@ -402,7 +491,7 @@ class Deliverer:
         elif outcome.status == DEAD:
             log.warning("delivery %d (%s, %s) is dead after %d attempts: %s", delivery.id, delivery.channel,
                         delivery.event_id, delivery.attempts, outcome.last_error)
-        await self._finish(outcome, stop)
+        await self.outcomes.write(outcome)
 
     async def _defer(self, delivery: Claimed, deferred: DeferDelivery) -> None:
         try:
@@ -417,11 +506,13 @@ class Deliverer:
             notice = NOTICE_DECODER.decode(delivery.notice)
             rendered = await self._render(delivery, notice, channel)
             await channel.send(delivery, rendered)
-            return Outcome(delivery.id, SENT, now_ms(), None)
+            at = now_ms()
+            return Outcome(delivery.id, SENT, at, None, at)
         except DeferDelivery as exc:
             return exc
         except SkipDelivery as exc:
-            return Outcome(delivery.id, exc.status, now_ms(), str(exc)[:1000])
+            at = now_ms()
+            return Outcome(delivery.id, exc.status, at, str(exc)[:1000], at)
         except (PermanentDeliveryError, RenderError, msgspec.DecodeError, msgspec.ValidationError) as exc:
             return self._failed(delivery, exc, permanent=True)
         except TemporaryDeliveryError as exc:
@@ -440,21 +531,4 @@ class Deliverer:
         )
         text = str(exc) if isinstance(exc, (PermanentDeliveryError, TemporaryDeliveryError, RenderError)) \
             else f"{type(exc).__name__}: {exc}"
-        return Outcome(delivery.id, status, next_at, text[:1000])
-
-    async def _finish(self, outcome: Outcome, stop: asyncio.Event) -> None:
-        """Write the outcome; retried while PostgreSQL is away, but not past the lease (after
-        it the claim is another process's to take, and that one sends it again)."""
-        reconnect = Reconnect(self.config, self.rng)
-        give_up_at = time.monotonic() + self.config.delivery_lease_ms / 1000
-        while True:
-            try:
-                async with self.pool.acquire() as conn:
-                    await store.finish(conn, [outcome], now_ms=now_ms(), worker=self.config.client_id,
-                                       timeout_s=self.timeout_s)
-                return
-            except _DB_LOST as exc:
-                if time.monotonic() > give_up_at:
-                    log.error("delivery %d: its outcome (%s) could not be written: %s", outcome.id, outcome.status, exc)
-                    return
-                await asyncio.sleep(reconnect.next_delay_s())
+        return Outcome(delivery.id, status, next_at, text[:1000], at)

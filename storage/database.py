@@ -23,6 +23,13 @@ CONNECT_TIMEOUT_S = 10.0
 _DB_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """A pool's ``reset`` for code that leaves no session state on its connections (no SET,
+    LISTEN, advisory lock or cursor): nothing to send. asyncpg's default reset is a round trip
+    on every release (``SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL``);
+    an open transaction is still rolled back by the pool itself."""
+
+
 def start_embedded(data_dir: Path) -> str:
     """Start (or find running) the embedded PostgreSQL under ``data_dir``; return its DSN.
 

@@ -89,6 +89,9 @@ class Outcome(msgspec.Struct, frozen=True, array_like=True):
     status: str  # sent, failed, dead or cancelled
     next_attempt_at_ms: int
     last_error: str | None
+    # When the attempt ended (for a sent one the peer's acceptance: its sent_at_ms). None: the
+    # time the outcome is written. Outcomes are written in batches, a little after they ended.
+    ended_at_ms: int | None = None
 
 
 class ProcessedEvent(msgspec.Struct, frozen=True):
@@ -248,9 +251,10 @@ async def claim_due(
 _FINISH = """
 UPDATE deliveries AS d
 SET status = o.status, next_attempt_at_ms = o.next_attempt_at_ms, last_error = o.last_error,
-    sent_at_ms = CASE WHEN o.status = 'sent' THEN $2 ELSE d.sent_at_ms END,
+    sent_at_ms = CASE WHEN o.status = 'sent' THEN coalesce(o.ended_at_ms, $2) ELSE d.sent_at_ms END,
     claimed_by = NULL, updated_at_ms = $2
-FROM unnest($1::bigint[], $4::text[], $5::bigint[], $6::text[]) AS o(id, status, next_attempt_at_ms, last_error)
+FROM unnest($1::bigint[], $4::text[], $5::bigint[], $6::text[], $7::bigint[])
+     AS o(id, status, next_attempt_at_ms, last_error, ended_at_ms)
 WHERE d.id = o.id AND d.status = 'sending' AND d.claimed_by = $3
 """
 
@@ -268,7 +272,7 @@ async def finish(
         _FINISH,
         [o.id for o in outcomes], now_ms, worker, [o.status for o in outcomes],
         [o.next_attempt_at_ms for o in outcomes], [o.last_error for o in outcomes],
-        timeout=timeout_s,
+        [o.ended_at_ms for o in outcomes], timeout=timeout_s,
     )
     return int(status.rsplit(" ", 1)[1])
 
@@ -321,6 +325,15 @@ async def school_reference(conn: asyncpg.Connection, school_id: int, timeout_s: 
 
 async def pupil_name(conn: asyncpg.Connection, account_id: int, timeout_s: float | None = None) -> str | None:
     return await conn.fetchval("SELECT full_name FROM pupils WHERE account_id = $1", account_id, timeout=timeout_s)
+
+
+async def pupil_names(conn: asyncpg.Connection, account_ids: Iterable[int],
+                      timeout_s: float | None = None) -> dict[int, str]:
+    """The names of these pupils in one statement (a claimed batch's); an unknown account is
+    absent from the answer."""
+    rows = await conn.fetch("SELECT account_id, full_name FROM pupils WHERE account_id = ANY($1::bigint[])",
+                            list(account_ids), timeout=timeout_s)
+    return {r["account_id"]: r["full_name"] for r in rows}
 
 
 # -- reads for operators and the parents' API ----------------------------------------------------

@@ -10,7 +10,12 @@ from email import message_from_bytes, policy
 import msgspec
 import pytest
 
-from notifier.channels import build_email, push_payload, representative_topic
+from email.utils import formataddr
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from notifier.channels import build_email, email_bytes, encoded_words, push_payload, representative_topic
 from notifier.config import (
     DELIVERY_ATTEMPTS_MAX,
     DELIVERY_BACKOFF_MS_MAX,
@@ -101,6 +106,63 @@ def test_the_email_is_multipart_alternative_with_a_stable_message_id():
     assert parsed["Message-ID"] == "<delivery-42@ecard.localhost>"
     assert parsed.get_body(("plain",)).get_content() == "Текст\n"
     assert parsed.get_body(("html",)).get_content() == "<p>Текст</p>"
+
+
+SENDER = "noreply@ecard.localhost"
+SENDER_NAME = "Проход и питание"
+
+
+def _fast(delivery: Claimed, rendered: Rendered) -> bytes:
+    raw = email_bytes(delivery, rendered, sender=SENDER, from_header=str(formataddr((SENDER_NAME, SENDER), "utf-8")))
+    assert raw is not None
+    return raw
+
+
+def _same_message(fast: bytes, rendered: Rendered, delivery: Claimed) -> None:
+    """The directly written message reads, through the stdlib parser, as build_email's."""
+    assert b"\r\n" in fast and b"\n" not in fast.replace(b"\r\n", b"")  # CRLF lines only
+    assert all(len(line) <= 998 for line in fast.split(b"\r\n"))
+    a = message_from_bytes(fast, policy=policy.default)
+    b = message_from_bytes(build_email(delivery, rendered, sender=SENDER, sender_name=SENDER_NAME).as_bytes(),
+                           policy=policy.default)
+    assert not a.defects and not any(part.defects for part in a.walk())
+    for header in ("From", "To", "Subject", "Message-ID", "X-Ecard-Event"):
+        assert str(a[header]) == str(b[header]), header
+    assert a.get_content_type() == b.get_content_type()
+    assert a.get_body(("plain",)).get_content() == b.get_body(("plain",)).get_content() == rendered.text
+    if rendered.html is not None:
+        assert a.get_body(("html",)).get_content() == b.get_body(("html",)).get_content() == rendered.html
+
+
+def test_the_directly_written_email_is_the_one_the_mime_classes_build():
+    subject = "Иванов Иван: на лицевом счёте осталось \u221215,00\u00a0₽ — длинная тема, чтобы её перенесли"
+    for rendered in (Rendered(subject, "Текст\n" * 40, "<p>Текст</p>\n" * 40), Rendered("", "", None),
+                     Rendered("Вход в школу", "Иван вошёл в 08:01.\n", None)):
+        _same_message(_fast(claimed(), rendered), rendered, claimed())
+
+
+@settings(max_examples=200, deadline=None)
+@given(subject=st.text(st.characters(blacklist_categories=("Cs", "Cc")), max_size=200),
+       text=st.text(max_size=500), html=st.none() | st.text(max_size=500))
+def test_any_subject_and_body_survive_the_direct_encoding(subject, text, html):
+    rendered = Rendered(subject, text, html)
+    a = message_from_bytes(_fast(claimed(), rendered), policy=policy.default)
+    assert str(a["Subject"]) == subject
+    assert a.get_body(("plain",)).get_content() == text  # base64: every character as it was
+    if html is not None:
+        assert a.get_body(("html",)).get_content() == html
+
+
+def test_encoded_words_stay_within_75_characters_and_never_split_a_character():
+    words = encoded_words("ё" * 100 + "€𝄞" * 20).split("\r\n ")
+    assert all(len(w) <= 75 for w in words) and len(words) > 3
+
+
+def test_an_address_or_event_id_that_is_not_plain_ascii_takes_the_general_path():
+    rendered = Rendered("Тема", "Текст\n", None)
+    for delivery in (claimed(address="родитель@пример.рф"), claimed(address="a@b.ru\r\nBcc: x@y.ru"),
+                     claimed(event_id="1:2:purchase\r\nX: y")):
+        assert email_bytes(delivery, rendered, sender=SENDER, from_header="x <a@b.ru>") is None
 
 
 def test_the_push_payload_carries_the_event_and_the_text():
