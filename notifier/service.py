@@ -287,6 +287,13 @@ class Intake:
             self.wake()
 
 
+# The outcome writer waits this long after the first outcome for others (unless
+# OUTCOMES_BATCH_ROWS_MIN are already waiting): in a rush a statement then carries tens of rows
+# instead of one or two. It delays the freeing of a send slot, not the recorded sent_at_ms.
+OUTCOMES_FLUSH_INTERVAL_MS = 10
+OUTCOMES_BATCH_ROWS_MIN = 16
+
+
 class OutcomeWriter:
     """Group commit of delivery outcomes: every send that finished while the last statement was
     on its way is written by the next one (``storage.deliveries.finish``), instead of one
@@ -320,6 +327,9 @@ class OutcomeWriter:
     async def run(self) -> None:
         while True:
             await self._wake.wait()
+            if not self._closing and len(self._waiting) < OUTCOMES_BATCH_ROWS_MIN:
+                # let the sends finishing meanwhile join this statement
+                await asyncio.sleep(OUTCOMES_FLUSH_INTERVAL_MS / 1000)
             self._wake.clear()
             while self._waiting:
                 batch, self._waiting = self._waiting, []
