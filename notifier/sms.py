@@ -447,6 +447,18 @@ class SmsChannel:
         offset = (await self.reference.school(delivery.school_id)).utc_offset_minutes if self.reference else 180
         now = self.clock_ms()
         assert self.pool is not None
+        if delivery.attempts > 1:
+            # Claimed again: if a notifier that stopped mid-send (SIGKILL, a lost lease) had its
+            # submit accepted and the SMSC's message ids recorded, the SMS is out; sending it again
+            # would charge a parent on a paid plan twice.
+            try:
+                async with self.pool.acquire() as conn:
+                    before = await store.sms_receipt_of(conn, delivery.id)
+            except _DB_ERRORS as exc:
+                raise TemporaryDeliveryError(f"PostgreSQL: {type(exc).__name__}: {exc}") from None
+            if before is not None and before.smsc_message_id is not None:
+                raise SkipDelivery("sent", f"submitted before the notifier stopped (SMSC message id "
+                                           f"{before.smsc_message_id}); not sent again")
         try:
             async with self.pool.acquire() as conn:
                 settings = await representatives.sms_settings(conn, delivery.representative_id)

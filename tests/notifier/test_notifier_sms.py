@@ -256,6 +256,33 @@ def test_the_smsc_going_away_is_retried_and_reconnected_and_the_throttle_holds(w
         again.stop()
 
 
+def test_an_sms_the_smsc_accepted_before_a_kill_is_not_sent_again(world):
+    """A notifier SIGKILLed after the SMSC accepted an SMS and its message id was written, but
+    before the delivery's outcome: the delivery is still ``sending`` under its client id. The
+    next process of that id claims it again and finds the SMSC's id on the record: recorded as
+    sent, and the parent (who may pay per SMS) gets no second copy."""
+    dsn, broker, smsc, start, _ = world
+    first = start()
+    publish(broker.port, broker.prefix, [purchase(1, 30)])
+    wait_until(lambda: [(r["representative_id"], r["status"]) for r in sms_rows(dsn)] == [(1, "sent"), (2, "sent")],
+               DELIVERY_TIMEOUT_S, "both SMS sent")
+    free = next(r for r in sms_rows(dsn) if r["representative_id"] == 1)
+    assert free["smsc_message_id"] and free["attempts"] == 1
+    first.kill()
+    # what the kill between the SMSC's answer (recorded) and the outcome leaves
+    fetch(dsn, "UPDATE deliveries SET status = 'sending', sent_at_ms = NULL, claimed_by = $2, "
+               "next_attempt_at_ms = $3 WHERE id = $1", free["id"], first.client_id, int(time.time() * 1000) + 600_000)
+    at_smsc = len([s for s in smsc.snapshot() if s["destination"] == "79000000001"])
+    assert at_smsc == 1
+    start()  # the same client id: its interrupted claims are due at once
+    wait_until(lambda: next(r for r in sms_rows(dsn) if r["id"] == free["id"])["status"] == "sent",
+               DELIVERY_TIMEOUT_S, "the interrupted SMS recorded as sent")
+    again = next(r for r in sms_rows(dsn) if r["id"] == free["id"])
+    assert again["attempts"] == 2 and again["interrupted_attempts"] == 1
+    assert "not sent again" in again["last_error"] and again["smsc_message_id"] == free["smsc_message_id"]
+    assert len([s for s in smsc.snapshot() if s["destination"] == "79000000001"]) == 1
+
+
 def test_make_run_starts_an_smsc_simulator_and_writes_every_sms(pg_dsn, tmp_path):
     broker = Broker(tmp_path).start()
     seed(pg_dsn, REPS[:1])
