@@ -444,7 +444,11 @@ class Deliverer:
             stop_waiter.cancel()
             await self._drain()
             self.outcomes.close()
-            await writing
+            try:  # bounded: with PostgreSQL away the writer would retry until the leases ran out
+                await asyncio.wait_for(writing, self.config.shutdown_grace_ms / 1000)
+            except asyncio.TimeoutError:
+                log.warning("delivery outcomes not written within the grace time: those deliveries go out again "
+                            "at the next start")
 
     def _done(self, task: asyncio.Task) -> None:
         self._in_flight.discard(task)
