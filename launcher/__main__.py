@@ -1,8 +1,10 @@
 """Start ecard on embedded defaults: PostgreSQL, the gateway (demo data on an empty
 database), the embedded MQTT broker, the notifier and the outbox relay, the staff API,
 the parents' API and USSD, the sandbox acquirer, the payments webhook and the auto top-up
-worker. Ctrl-C stops them in reverse
-order, then the database.
+worker. Ctrl-C stops them in reverse order, then the database: each part runs in a session of
+its own, so the terminal's Ctrl-C reaches the launcher alone, which sends each part SIGTERM and
+waits for it before the next. On Linux a part also gets SIGTERM when the launcher dies (even by
+SIGKILL), so none outlives it.
 
     python -m launcher [--data-dir var]
 
@@ -62,22 +64,45 @@ def port(setting: tuple[str, int], env: dict[str, str] | None = None) -> int:
     return int(text)
 
 
-def pump(name: str, stream) -> None:
-    for line in iter(stream.readline, b""):
-        sys.stdout.write(f"[{name}] {line.decode(errors='replace')}")
-        sys.stdout.flush()
+def _die_with_launcher(launcher_pid: int):
+    """A preexec_fn for Part's children (Linux): the kernel sends the child SIGTERM when the
+    launcher dies, even by SIGKILL, so no part outlives it (each in its own session, none would
+    get the terminal's Ctrl-C either). Elsewhere None: a part outlives a killed launcher there."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig = 1  # <linux/prctl.h>
+
+    # The signal comes when the thread that started the child ends: Parts start on the main thread.
+    def preexec() -> None:  # in the child, between fork and exec: no locks, no output
+        prctl(pr_set_pdeathsig, int(signal.SIGTERM), 0, 0, 0)
+        if os.getppid() != launcher_pid:  # the launcher died before prctl took effect
+            os._exit(1)
+
+    return preexec
 
 
 class Part:
     def __init__(self, name: str, argv: list[str], env: dict[str, str], ready: str | None = None) -> None:
         self.name = name
+        # Each part in its own session: a terminal's Ctrl-C (SIGINT to the whole foreground
+        # process group) reaches the launcher alone, which stops the parts in reverse order
+        # (stop()). The parts started after one may need it to the end (the relay and the
+        # notifier the broker; everything the database), so none may stop on its own.
         self.proc = subprocess.Popen(
-            [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            [sys.executable, *argv], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            start_new_session=True, preexec_fn=_die_with_launcher(os.getpid()),
         )
         self.ready = threading.Event()
-        threading.Thread(target=self._pump, args=(ready,), daemon=True).start()
+        self._pump = threading.Thread(target=self._pump_output, args=(ready,), daemon=True)
+        self._pump.start()
 
-    def _pump(self, ready: str | None) -> None:
+    def _pump_output(self, ready: str | None) -> None:
         if ready is None:
             self.ready.set()
         for line in iter(self.proc.stdout.readline, b""):  # type: ignore[union-attr]
@@ -88,8 +113,15 @@ class Part:
             sys.stdout.flush()
         self.ready.set()
 
-    def wait_ready(self) -> None:
-        if not self.ready.wait(START_TIMEOUT_S) or self.proc.poll() is not None:
+    def wait_ready(self, stop: threading.Event) -> None:
+        """Until the part says it is ready; Interrupted if the launcher is told to stop first."""
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not self.ready.wait(0.1):
+            if stop.is_set():
+                raise Interrupted
+            if time.monotonic() > deadline:
+                break
+        if not self.ready.is_set() or self.proc.poll() is not None:
             raise SystemExit(f"{self.name} did not start (exit code {self.proc.poll()})")
 
     def stop(self) -> None:
@@ -98,8 +130,27 @@ class Part:
             try:
                 self.proc.wait(STOP_TIMEOUT_S)
             except subprocess.TimeoutExpired:
+                print(f"[launcher] {self.name} did not stop within {STOP_TIMEOUT_S:g} s; killed", flush=True)
                 self.proc.kill()
                 self.proc.wait()
+        self._pump.join(5.0)  # its last lines before the next part's first
+        print(f"[launcher] {self.name} stopped{ending(self.proc.returncode)}", flush=True)
+
+
+def ending(code: int) -> str:
+    """How a part's process ended, for "<name> stopped...": by a signal, or with an exit code."""
+    if code == 0:
+        return ""
+    if code < 0:
+        try:
+            return f" by {signal.Signals(-code).name}"
+        except ValueError:
+            return f" by signal {-code}"
+    return f" with exit code {code}"
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while the parts were starting."""
 
 
 def secret_file(path: Path) -> str:
@@ -109,10 +160,11 @@ def secret_file(path: Path) -> str:
     return path.read_text().strip()
 
 
-def start_mqtt(parts: list[Part], env: dict[str, str]) -> str:
+def start_mqtt(parts: list[Part], env: dict[str, str], stop: threading.Event) -> str:
     """The MQTT broker (embedded, unless ECARD_MQTT_URL names one), the notifier and the
     outbox relay, each in its own process; returns where they are, for the banner."""
     from notifier.app import READY_LINE as NOTIFIER_READY
+    from notifier.config import load_config as notifier_config
     from relay.app import READY_LINE as RELAY_READY
     from relay.broker import READY_LINE as BROKER_READY
     from relay.config import ConfigError, broker, load_config
@@ -121,25 +173,30 @@ def start_mqtt(parts: list[Part], env: dict[str, str]) -> str:
         config = load_config(env=env)
     except ConfigError as exc:
         raise SystemExit(f"relay configuration: {exc}") from None
+    try:
+        sent = notifier_config(env=env).sent_path
+    except ConfigError as exc:
+        raise SystemExit(f"notifier configuration: {exc}") from None
     target = broker(config)
     if target.embedded:
         mqtt_broker = Part(
             "mqtt", ["-m", "relay", "broker", "--host", target.host, "--port", str(target.port)], env, ready=BROKER_READY
         )
         parts.append(mqtt_broker)
-        mqtt_broker.wait_ready()
+        mqtt_broker.wait_ready(stop)
     # The notifier subscribes before the relay publishes: on a fresh broker, events published
     # before its first subscription would be lost (the relay marks them sent on PUBACK).
     notifier = Part("notifier", ["-m", "notifier"], env, ready=NOTIFIER_READY)
     parts.append(notifier)
-    notifier.wait_ready()
+    notifier.wait_ready(stop)
     relay = Part("relay", ["-m", "relay", "run"], env, ready=RELAY_READY)
     parts.append(relay)
-    relay.wait_ready()
+    relay.wait_ready(stop)
     return (
         f"MQTT {target.url}{' (embedded amqtt)' if target.embedded else ''} with the parents' notices under "
         f"{config.topic_prefix}/events/# (relay metrics http://{config.metrics_host}:{config.metrics_port}/metrics); "
-        "what the notifier sent is under var/sent/<channel>/"
+        + (f"what the notifier sent is under {sent / '<channel>'}/" if sent is not None
+           else "the notifier keeps no copies of what it sent")
     )
 
 
@@ -149,6 +206,12 @@ def main() -> int:
     args = parser.parse_args()
     data_dir = Path(args.data_dir).resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
+    # The parts run in sessions of their own (Part): a Ctrl-C reaches this process alone, which
+    # then stops them in reverse order. Set before anything starts, so that a Ctrl-C while the
+    # parts start stops those already running too.
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     from storage import database
 
     dsn = os.environ.get("ECARD_PG_DSN", "")
@@ -170,33 +233,41 @@ def main() -> int:
         "ECARD_PAYMENTS_RETURN_ORIGINS": os.environ.get("ECARD_PAYMENTS_RETURN_ORIGINS", f"http://{HOST}:{parents_port}"),
         "PYTHONUNBUFFERED": "1",
     }
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     parts: list[Part] = []
     try:
         gateway = Part("gateway", ["-m", "gateway", "run", "--demo"], env, ready="ecard gateway listening")
         parts.append(gateway)
-        gateway.wait_ready()  # migrations and demo data are in place now
+        gateway.wait_ready(stop)  # migrations and demo data are in place now
         token_path = data_dir / "operator-token.txt"
         if not token_path.exists():
             token = subprocess.run(
                 [sys.executable, "-m", "staff_api", "create-staff", "--login", "operator", "--role", "operator"],
                 env=env, capture_output=True, text=True, check=True, timeout=START_TIMEOUT_S,
+                start_new_session=True,  # a Ctrl-C meanwhile is the launcher's (it stops after this)
             ).stdout.strip().split()[-1]
             token_path.write_text(token + "\n")
             token_path.chmod(0o600)
-        mqtt = start_mqtt(parts, env)
-        for name, argv in (
-            ("staff-api", ["-m", "staff_api", "serve", "--host", HOST, "--port", str(staff_port)]),
-            # payments and the sandbox acquirer read ECARD_WEBHOOK_SECRET themselves: no secret on an argv
-            ("acquirer", ["-m", "payments.sandbox", "--host", HOST, "--port", str(sandbox_port)]),
-            ("payments", ["-m", "payments", "serve", "--host", HOST, "--port", str(payments_port)]),
-            ("autotopup", ["-m", "payments", "autotopup", "--interval-s", "30"]),
-            ("parents-api", ["-m", "parents_api", "--host", HOST, "--port", str(parents_port),
-                             "--sent-dir", str(data_dir / "sent"), "--payments-url", f"http://{HOST}:{payments_port}"]),
-        ):
-            parts.append(Part(name, argv, env))
+        mqtt = start_mqtt(parts, env, stop)
+        # Started together, each then waited for (the line it prints once it listens): the
+        # banner below is printed when every part is up.
+        uvicorn_ready = "Uvicorn running on"  # uvicorn.run's log line (log_level info)
+        rest = [
+            Part(name, argv, env, ready=ready) for name, argv, ready in (
+                ("staff-api", ["-m", "staff_api", "serve", "--host", HOST, "--port", str(staff_port)], uvicorn_ready),
+                # payments and the sandbox acquirer read ECARD_WEBHOOK_SECRET themselves: no secret on an argv
+                ("acquirer", ["-m", "payments.sandbox", "--host", HOST, "--port", str(sandbox_port)],
+                 "sandbox acquirer listening"),
+                ("payments", ["-m", "payments", "serve", "--host", HOST, "--port", str(payments_port)],
+                 "payments listening"),
+                ("autotopup", ["-m", "payments", "autotopup", "--interval-s", "30"], None),
+                ("parents-api", ["-m", "parents_api", "--host", HOST, "--port", str(parents_port), "--sent-dir",
+                                 str(data_dir / "sent"), "--payments-url", f"http://{HOST}:{payments_port}"],
+                 uvicorn_ready),
+            )
+        ]
+        parts.extend(rest)
+        for part in rest:
+            part.wait_ready(stop)
         print(
             f"ecard is running: devices {HOST}:{devices_port}, metrics http://{HOST}:{metrics_port}/metrics, "
             f"staff API http://{HOST}:{staff_port} (operator token in {token_path}), payments "
@@ -211,6 +282,8 @@ def main() -> int:
                     print(f"[launcher] {part.name} exited with {part.proc.returncode}; stopping", flush=True)
                     stop.set()
             stop.wait(1.0)
+    except Interrupted:
+        print("[launcher] stopping before everything started", flush=True)
     finally:
         for part in reversed(parts):
             part.stop()

@@ -57,7 +57,12 @@ def serve(argv: list[str]) -> int:
     service = PaymentsService(a.dsn, SandboxAcquirerClient(a.acquirer_url), settings)
     print(f"payments listening on http://{host}:{port}, webhook {settings.callback_url}", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(service), log_level="warning", lifespan="on"))
-    server.run(sockets=[sock])
+    # On SIGINT or SIGTERM uvicorn shuts down, then raises the signal again: SIGTERM ends the
+    # process quietly, SIGINT comes back here as KeyboardInterrupt (uvicorn.run ignores it too).
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     return 0
 
 

@@ -652,7 +652,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"sandbox acquirer listening on http://{host}:{port}", flush=True)
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level="warning", lifespan="on"))
-    server.run(sockets=[sock])
+    # On SIGINT or SIGTERM uvicorn shuts down, then raises the signal again: SIGTERM ends the
+    # process quietly, SIGINT comes back here as KeyboardInterrupt (uvicorn.run ignores it too).
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass
     return 0
 
 
