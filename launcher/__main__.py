@@ -189,7 +189,11 @@ def start_mqtt(parts: list[Part], env: dict[str, str], stop: threading.Event) ->
     notifier = Part("notifier", ["-m", "notifier"], env, ready=NOTIFIER_READY)
     parts.append(notifier)
     notifier.wait_ready(stop)
-    relay = Part("relay", ["-m", "relay", "run"], env, ready=RELAY_READY)
+    # The embedded broker (amqtt) speaks MQTT 3.1.1 only: the relay need not try 5 first (amqtt
+    # logs every such try as an invalid connection).
+    relay_env = {**env, "ECARD_RELAY_MQTT_PROTOCOL": env.get("ECARD_RELAY_MQTT_PROTOCOL", "3.1.1")} \
+        if target.embedded else env
+    relay = Part("relay", ["-m", "relay", "run"], relay_env, ready=RELAY_READY)
     parts.append(relay)
     relay.wait_ready(stop)
     return (
@@ -210,7 +214,8 @@ def main() -> int:
     # then stops them in reverse order. Set before anything starts, so that a Ctrl-C while the
     # parts start stops those already running too.
     stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    # SIGHUP too: a closed terminal stops ecard in order, as Ctrl-C does.
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, lambda *_: stop.set())
     from storage import database
 
@@ -234,6 +239,7 @@ def main() -> int:
         "PYTHONUNBUFFERED": "1",
     }
     parts: list[Part] = []
+    failed = False
     try:
         gateway = Part("gateway", ["-m", "gateway", "run", "--demo"], env, ready="ecard gateway listening")
         parts.append(gateway)
@@ -280,6 +286,7 @@ def main() -> int:
             for part in parts:
                 if part.proc.poll() is not None:
                     print(f"[launcher] {part.name} exited with {part.proc.returncode}; stopping", flush=True)
+                    failed = True
                     stop.set()
             stop.wait(1.0)
     except Interrupted:
@@ -289,7 +296,7 @@ def main() -> int:
             part.stop()
         if embedded:
             database.stop_embedded(data_dir)
-    return 0
+    return 1 if failed else 0  # a part that stopped on its own is a failure of `make run`
 
 
 if __name__ == "__main__":
