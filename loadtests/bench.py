@@ -42,7 +42,9 @@ CPU, over each measured window (not the warm-up):
 
 ``--profile`` samples the gateway with py-spy during ecard's closed loop at 1,000 devices
 (speedscope file in the logs, the top functions by own time in the JSON and printed); the
-sampling slows the gateway down, so that run's ecard figures are not the benchmark's.
+sampling slows the gateway down, so that run's ecard figures are not the benchmark's. It also
+samples the notifier over the notices phase's rush and drain (``pyspy-notifier.speedscope.json``);
+that run's delivery times are not the benchmark's either.
 """
 
 from __future__ import annotations
@@ -912,7 +914,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--profile",
         action="store_true",
-        help="sample the gateway with py-spy during ecard's closed loop at 1,000 devices (slows that loop down)",
+        help="sample the gateway with py-spy during ecard's closed loop at 1,000 devices, and the notifier during "
+             "the notices phase (slows what it samples down)",
     )
     args = ap.parse_args(argv)
     phases = set(args.phases.split(","))
