@@ -187,3 +187,45 @@ def test_the_subscribers_of_a_batch_in_one_statement(pg_dsn):
             await representatives.subscribers_of(conn, [(1, "no_such_kind")])
 
     run(pg_dsn, body)
+
+
+def test_sms_ids_and_receipts_meet_in_either_order(pg_dsn):
+    """sms_submitted (one statement) and sms_receipt: a receipt that came before the submit side
+    wrote the ids is matched when they are written; one after, at once; all parts DELIVRD
+    make the delivery delivered, a failed part names the delivery's status."""
+    seed(pg_dsn)
+    sms = [Target(1, "sms", "+79000000001")]
+
+    async def body(conn):
+        await take(conn, "s1", sms)
+        await take(conn, "s2", sms)
+        await take(conn, "s3", sms)
+        ids = [r["id"] for r in await conn.fetch("SELECT id FROM deliveries ORDER BY id")]
+
+        async def row(delivery_id):
+            return await conn.fetchrow("SELECT smsc_message_id, sms_parts, receipt_status, delivered_at_ms "
+                                       "FROM deliveries WHERE id = $1", delivery_id)
+
+        # receipt of part 1 first, then the ids, then part 2's receipt
+        assert await store.sms_receipt(conn, "A1", "DELIVRD", now_ms=NOW + 10) is None
+        await store.sms_submitted(conn, ids[0], ["A1", "A2"], now_ms=NOW)
+        r = await row(ids[0])
+        assert (r["smsc_message_id"], r["sms_parts"], r["receipt_status"], r["delivered_at_ms"]) == ("A1", 2, None, None)
+        assert await store.sms_receipt(conn, "A2", "DELIVRD", now_ms=NOW + 20) == ids[0]
+        r = await row(ids[0])
+        assert (r["receipt_status"], r["delivered_at_ms"]) == ("DELIVRD", NOW + 20)
+        # every receipt before the ids: delivered at once when they are written
+        await store.sms_receipt(conn, "B1", "DELIVRD", now_ms=NOW + 30)
+        await store.sms_submitted(conn, ids[1], ["B1"], now_ms=NOW)
+        r = await row(ids[1])
+        assert (r["smsc_message_id"], r["receipt_status"], r["delivered_at_ms"]) == ("B1", "DELIVRD", NOW + 30)
+        # a part that failed: the delivery says so, not delivered
+        await store.sms_receipt(conn, "C2", "UNDELIV", now_ms=NOW + 40)
+        await store.sms_submitted(conn, ids[2], ["C1", "C2"], now_ms=NOW)
+        r = await row(ids[2])
+        assert (r["receipt_status"], r["delivered_at_ms"]) == ("UNDELIV", None)
+        parts = await conn.fetch("SELECT smsc_message_id, delivery_id, part, parts FROM sms_parts ORDER BY 1")
+        assert [tuple(p) for p in parts] == [("A1", ids[0], 1, 2), ("A2", ids[0], 2, 2), ("B1", ids[1], 1, 1),
+                                             ("C1", ids[2], 1, 2), ("C2", ids[2], 2, 2)]
+
+    run(pg_dsn, body)
