@@ -8,7 +8,7 @@ from collections import OrderedDict
 
 import asyncpg
 
-from storage.deliveries import SchoolReference, pupil_name, pupil_names, school_reference
+from storage.deliveries import SchoolReference, pupil_names, school_reference
 
 from .config import PUPIL_NAMES_CACHED_MAX
 
@@ -65,12 +65,9 @@ class ReferenceCache:
             self._pupils.popitem(last=False)
 
     async def pupil(self, account_id: int) -> str:
-        now = self._now_ms()
         cached = self._pupils.get(account_id)
-        if cached is not None and now - cached[0] < self.ttl_ms:
-            self._pupils.move_to_end(account_id)
-            return cached[1]
-        async with self.pool.acquire() as conn:
-            name = await pupil_name(conn, account_id, timeout_s=self.timeout_s) or f"Лицевой счёт № {account_id}"
-        self._remember(account_id, now, name)
-        return name
+        if cached is None or self._now_ms() - cached[0] >= self.ttl_ms:
+            await self.preload_pupils([account_id])
+            cached = self._pupils[account_id]
+        self._pupils.move_to_end(account_id)
+        return cached[1]

@@ -292,6 +292,9 @@ class Intake:
 # instead of one or two. It delays the freeing of a send slot, not the recorded sent_at_ms.
 OUTCOMES_FLUSH_INTERVAL_MS = 10
 OUTCOMES_BATCH_ROWS_MIN = 16
+# A claim is a statement: with sends in flight it waits until 1/CLAIM_FREE_SLOTS_DIVISOR of the
+# send slots are free (a finished send frees one; a claim for each was a statement per delivery).
+CLAIM_FREE_SLOTS_DIVISOR = 4
 
 
 class OutcomeWriter:
@@ -349,12 +352,10 @@ class OutcomeWriter:
                 raise
             except _DB_LOST as exc:
                 now = time.monotonic()
-                for outcome, _, give_up_at in batch:
+                for outcome, done, give_up_at in batch:
                     if now > give_up_at:
                         log.error("delivery %d: its outcome (%s) could not be written: %s", outcome.id,
                                   outcome.status, exc)
-                for _, done, give_up_at in batch:
-                    if now > give_up_at and not done.done():
                         done.set_result(None)
                 batch = [item for item in batch if now <= item[2]]
                 if batch:
@@ -406,10 +407,7 @@ class Deliverer:
         poll_s = self.config.delivery_poll_interval_ms / 1000
         writing = asyncio.create_task(self.outcomes.run(), name="outcomes")
         try:
-            # A claim is a statement: with sends in flight it waits until a quarter of the slots
-            # are free (a send finishing frees one; claiming for each would be one statement per
-            # delivery).
-            claim_slots_min = max(1, self.config.send_concurrency_max // 4)
+            claim_slots_min = max(1, self.config.send_concurrency_max // CLAIM_FREE_SLOTS_DIVISOR)
             while not stop.is_set():
                 self._wake.clear()
                 free = self.config.send_concurrency_max - len(self._in_flight)

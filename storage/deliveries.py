@@ -323,10 +323,6 @@ async def school_reference(conn: asyncpg.Connection, school_id: int, timeout_s: 
     return SchoolReference(row["name"], row["utc_offset_minutes"], {p["code"]: p["name"] for p in products})
 
 
-async def pupil_name(conn: asyncpg.Connection, account_id: int, timeout_s: float | None = None) -> str | None:
-    return await conn.fetchval("SELECT full_name FROM pupils WHERE account_id = $1", account_id, timeout=timeout_s)
-
-
 async def pupil_names(conn: asyncpg.Connection, account_ids: Iterable[int],
                       timeout_s: float | None = None) -> dict[int, str]:
     """The names of these pupils in one statement (a claimed batch's); an unknown account is
@@ -433,39 +429,24 @@ WHERE d.id = s.delivery_id AND s.status IS NOT NULL
 """
 
 
-# One statement (one round trip): the parts' ids, the delivery's first id and count, and its
-# receipt status from receipts that came first (the parts' rows as the upsert leaves them). The
-# time between the SMSC's answer and this COMMIT is the window in which a killed notifier sends
-# the SMS again after its restart (SMPP has no idempotency key): each round trip less narrows it.
-_SMS_SUBMITTED = """
-WITH p AS (
-    INSERT INTO sms_parts (smsc_message_id, delivery_id, part, parts, submitted_at_ms)
-    SELECT m, $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS t(m, n)
-    ON CONFLICT (smsc_message_id) DO UPDATE
-    SET delivery_id = EXCLUDED.delivery_id, part = EXCLUDED.part, parts = EXCLUDED.parts,
-        submitted_at_ms = EXCLUDED.submitted_at_ms
-    RETURNING stat, receipt_at_ms
-), s AS (
-    SELECT CASE WHEN count(*) FILTER (WHERE stat = 'DELIVRD') = $3 THEN 'DELIVRD'
-                ELSE max(stat) FILTER (WHERE stat IS NOT NULL AND stat <> 'DELIVRD') END AS status,
-           max(receipt_at_ms) AS at
-    FROM p
-)
-UPDATE deliveries AS d
-SET smsc_message_id = $2[1], sms_parts = $3,
-    receipt_status = coalesce(s.status, d.receipt_status),
-    delivered_at_ms = CASE WHEN s.status IS NULL THEN d.delivered_at_ms
-                           WHEN s.status = 'DELIVRD' THEN s.at ELSE NULL END
-FROM s
-WHERE d.id = $1
-"""
-
-
 async def sms_submitted(conn: asyncpg.Connection, delivery_id: int, message_ids: list[str], *, now_ms: int,
                         timeout_s: float | None = None) -> None:
     """The SMSC accepted every part of ``delivery_id``: its message ids (in part order) are
     kept; receipts that came first are matched now."""
-    await conn.execute(_SMS_SUBMITTED, delivery_id, message_ids, len(message_ids), now_ms, timeout=timeout_s)
+    async with conn.transaction():
+        await conn.execute(
+            """
+            INSERT INTO sms_parts (smsc_message_id, delivery_id, part, parts, submitted_at_ms)
+            SELECT m, $1, n, $3, $4 FROM unnest($2::text[]) WITH ORDINALITY AS t(m, n)
+            ON CONFLICT (smsc_message_id) DO UPDATE
+            SET delivery_id = EXCLUDED.delivery_id, part = EXCLUDED.part, parts = EXCLUDED.parts,
+                submitted_at_ms = EXCLUDED.submitted_at_ms
+            """,
+            delivery_id, message_ids, len(message_ids), now_ms, timeout=timeout_s,
+        )
+        await conn.execute("UPDATE deliveries SET smsc_message_id = $2, sms_parts = $3 WHERE id = $1",
+                           delivery_id, message_ids[0], len(message_ids), timeout=timeout_s)
+        await conn.execute(_SMS_DELIVERED, delivery_id, timeout=timeout_s)  # the one rule of a receipt status
 
 
 async def sms_receipt(conn: asyncpg.Connection, smsc_message_id: str, stat: str, *, now_ms: int,

@@ -172,3 +172,79 @@ def test_the_push_payload_carries_the_event_and_the_text():
                        "school_id": 1, "title": "Заголовок", "text": "Текст",
                        "notice": {"kind": "purchase", "account_id": 1}}
     assert msgspec.json.decode(push_payload(claimed(), Rendered("a", "b")))["delivery_id"] == 42
+
+
+class _FlakyConn:
+    """A connection whose first ``failures`` statements fail as a lost PostgreSQL would."""
+
+    def __init__(self, failures: int) -> None:
+        self.failures = failures
+        self.batches: list[list[int]] = []
+
+    async def execute(self, _sql, ids, *args, **kw):
+        if self.failures:
+            self.failures -= 1
+            raise OSError("connection refused")
+        self.batches.append(list(ids))
+        return f"UPDATE {len(ids)}"
+
+
+class _Pool:
+    def __init__(self, conn: _FlakyConn) -> None:
+        self.conn = conn
+
+    def acquire(self):
+        conn = self.conn
+
+        class _Acquired:
+            async def __aenter__(self):
+                return conn
+
+            async def __aexit__(self, *exc):
+                return False
+
+        return _Acquired()
+
+
+def _writer(conn: _FlakyConn, **config):
+    from notifier.config import NotifierConfig
+    from notifier.service import OutcomeWriter
+
+    cfg = NotifierConfig(reconnect_backoff_ms_min=1, reconnect_backoff_ms_max=2, **config)
+    return OutcomeWriter(cfg, _Pool(conn), random.Random(1))
+
+
+def test_outcomes_go_in_one_statement_and_are_retried_while_postgresql_is_away():
+    import asyncio
+
+    from storage.deliveries import Outcome
+
+    async def main():
+        conn = _FlakyConn(failures=3)
+        writer = _writer(conn)
+        running = asyncio.create_task(writer.run())
+        await asyncio.wait_for(asyncio.gather(*(writer.write(Outcome(i, "sent", 1, None, 1)) for i in range(5))), 5)
+        writer.close()
+        await asyncio.wait_for(running, 5)
+        return conn
+
+    conn = asyncio.run(main())
+    assert conn.failures == 0 and conn.batches == [[0, 1, 2, 3, 4]]  # three failures, then one statement for all
+
+
+def test_an_outcome_past_its_lease_is_given_up_not_waited_for_forever():
+    import asyncio
+
+    from storage.deliveries import Outcome
+
+    async def main():
+        conn = _FlakyConn(failures=10**9)  # PostgreSQL never comes back
+        writer = _writer(conn, delivery_lease_ms=200, smtp_timeout_ms=100, push_timeout_ms=100,
+                         sms_submit_timeout_ms=100)
+        running = asyncio.create_task(writer.run())
+        await asyncio.wait_for(writer.write(Outcome(7, "sent", 1, None, 1)), 5)  # returns once given up
+        writer.close()
+        await asyncio.wait_for(running, 5)
+        return conn
+
+    assert asyncio.run(main()).batches == []
