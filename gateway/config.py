@@ -44,9 +44,9 @@ class Config(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=Tr
     # must not make the gateway buffer without end: above it we stop reading it.
     write_buffer_bytes_high: int = 64 * 1024
 
-    # Group commit: a batch leaves every flush_interval_ms or at batch_events_max
-    # entries. 5 ms keeps tap->durable well under 20 ms; 4096 rows is one COPY of
-    # about half a MiB, a few ms for PostgreSQL.
+    # Group commit: a batch leaves once its oldest entry has waited flush_interval_ms,
+    # or at batch_events_max entries. 5 ms keeps tap->durable well under 20 ms; 4096
+    # rows is one statement of about half a MiB, a few ms for PostgreSQL.
     flush_interval_ms: int = 5
     # A device with traffic learns its durable watermark with its next reply, in
     # the same write; an idle one from this timer. A DURABLE_ACK of its own per

@@ -93,3 +93,31 @@ def test_gateway_starts_deciding_even_if_the_writer_connects_late(demo_dsn):
         assert await balance(demo_dsn, 31) == 50_000 - 300
 
     asyncio.run(check())
+
+
+def test_the_journal_row_type_is_the_ledger_record_with_the_journal_columns_types(pg_dsn):
+    """The writer sends journal rows as journal_row[] (migration 0023), built from JournalRow's
+    fields by position: the type must have those fields, in that order, typed as the journal's
+    columns, or a row would land in the wrong columns or be refused."""
+    import asyncpg
+
+    from ledger.records import JournalRow
+
+    async def main():
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            def attributes(relation: str):
+                return conn.fetch(
+                    """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute AS a
+                       WHERE a.attrelid = $1::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum""",
+                    relation,
+                )
+
+            row_type = [tuple(r) for r in await attributes("journal_row")]
+            columns = dict(tuple(r) for r in await attributes("journal"))
+        finally:
+            await conn.close()
+        assert [name for name, _ in row_type] == list(JournalRow.__struct_fields__)
+        assert all(columns[name] == type_ for name, type_ in row_type), (row_type, columns)
+
+    asyncio.run(main())
