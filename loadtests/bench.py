@@ -19,6 +19,8 @@ Phases (each server and the load generator run in their own processes):
   crash (long) ``python -m simulators crash --rounds 10`` if that module exists (not with --quick)
   machine  the pure ledger machine alone (``python -m loadtests.machine``): decisions/s, CPU and,
            under ``valgrind --tool=callgrind``, instructions per decision (not with --quick)
+  journal  PostgreSQL's backend CPU per journaled decision by part (``python -m loadtests.journal_cost``):
+           journal row, accounts' checkpoints, outbox events, the rest, and three secondary indexes
 
 PostgreSQL: ECARD_PG_DSN's server (databases created and dropped here) or an
 embedded one in a temporary directory. ``--quick`` shortens every phase to a
@@ -544,6 +546,17 @@ def phase_machine(plan: Plan) -> dict:
     return out
 
 
+def phase_journal(plan: Plan, dbs: procs.Databases) -> dict:
+    """PostgreSQL's CPU per journaled decision by part (loadtests.journal_cost): the gateway's own
+    batches sent with parts left out and indexes dropped, one database per variant."""
+    from . import journal_cost
+
+    n = 4_000 if plan.quick else 60_000
+    log(f"journal: {n:,} decisions' group commits, PostgreSQL backend CPU by part")
+    return journal_cost.run(n, journal_cost.gateway_path.BATCH, rounds=2 if plan.quick else 10, dbs=dbs, log=log,
+                            pupils=5_000 if plan.quick else journal_cost.DATASET["pupils"])
+
+
 def phase_crash(logs: Path, dbs: procs.Databases) -> dict:
     import importlib.util
 
@@ -869,11 +882,18 @@ def table(res: dict) -> str:
             + (f", {mm['instructions_per_decision']:,} instructions per decision (callgrind)"
                if mm.get("instructions_per_decision") else f" ({mm.get('skipped', 'callgrind not run')})")
         )
+    jc = res.get("journal")
+    if jc and "error" not in jc:
+        lines.append(
+            f"journal (python -m loadtests.journal_cost): PostgreSQL backend CPU per journaled decision, the statement "
+            f"alone, batches of {jc['batch_entries']}: "
+            + "; ".join(f"{part} {us}" for part, us in jc["split_us_per_row"].items()) + " us"
+        )
     nt = res.get("notices")
     if nt and "error" not in nt:
         lines.append("")
         lines += notices.render(nt)
-    for name in ("ceiling", "baseline", "ecard", "rules", "cache", "notices", "crash", "machine"):
+    for name in ("ceiling", "baseline", "ecard", "rules", "cache", "notices", "crash", "machine", "journal"):
         if isinstance(res.get(name), dict) and "error" in res[name]:
             lines.append(f"{name}: FAILED: {res[name]['error'][:300]}")
     cr = res.get("crash")
@@ -905,8 +925,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="bench-results", help="directory for the JSON results")
     ap.add_argument(
         "--phases",
-        default="ceiling,baseline,ecard,rules,cache,notices,crash,machine",
-        help="comma-separated subset of ceiling,baseline,ecard,rules,cache,notices,crash,machine",
+        default="ceiling,baseline,ecard,rules,cache,notices,crash,machine,journal",
+        help="comma-separated subset of ceiling,baseline,ecard,rules,cache,notices,crash,machine,journal",
     )
     ap.add_argument("--storm-devices", type=int, help="devices in the reconnect storm (default 19,000; 2,000 with --quick)")
     ap.add_argument("--big-pupils", type=int, help="accounts for the cache phase (default 2,000,000; 100,000 with --quick)")
@@ -973,6 +993,7 @@ def main(argv: list[str] | None = None) -> int:
         "notices": lambda: notices.phase_notices(plan, logs, dbs),
         "crash": lambda: phase_crash(logs, dbs),
         "machine": lambda: phase_machine(plan),
+        "journal": lambda: phase_journal(plan, dbs),
     }
     if args.crash == "skip" or (args.crash == "auto" and args.quick):
         phases.discard("crash")

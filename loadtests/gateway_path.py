@@ -174,8 +174,9 @@ def devices() -> list[int]:
     return [TURNSTILE_ID_BASE + n for n in range(1, turnstiles + 1)] + [TILL_ID_BASE + n for n in range(1, tills + 1)]
 
 
-def record(steps: int, seed: int = 7) -> dict:
-    """Device frames for ``steps`` requests, from device Connections talking to a gateway."""
+def record(steps: int, seed: int = 7, batch: int = BATCH) -> dict:
+    """Device frames for ``steps`` requests, from device Connections talking to a gateway
+    (and the journal writer's statement parameters, a group commit every ``batch`` entries)."""
     ids = devices()
     gw = Gateway(ids, keep=True)
     rng = random.Random(seed)
@@ -212,7 +213,7 @@ def record(steps: int, seed: int = 7) -> dict:
             pass
         frames.append((i, frame))
         replies.append(reply)
-        if gw.journal.depth >= BATCH:
+        if gw.journal.depth >= batch:
             gw.flush()
     gw.flush()
     return {"devices": ids, "hellos": hellos, "frames": frames, "replies": replies, "batches": gw.db.batches}

@@ -14,6 +14,7 @@ import sys
 import pytest
 
 from loadtests import frames as F
+from loadtests import journal_cost
 from loadtests import procs
 from loadtests.bench import Plan, saturation, summarize, table
 from loadtests.notices import summary_ms
@@ -297,6 +298,13 @@ def test_bench_quick_runs_every_phase(tmp_path):
     assert storm["acked"] == 300 and storm["held"]["gateway_devices_connected"] == 300
     assert res["cache"]["cache"]["accounts"] >= 5_000
     assert "crash" not in res  # --quick leaves the long crash phase out
+    # PostgreSQL's CPU per journaled decision by part (loadtests.journal_cost), figures not thresholds.
+    journal = res["journal"]
+    assert set(journal["variants"]) == {name for name, _, _ in journal_cost.VARIANTS}
+    for variant in journal["variants"].values():
+        assert positive(variant["rows"]) and positive(variant["wal_bytes_per_row"])
+    assert positive(journal["variants"]["all"]["backend_cpu_us_per_row"])
+    assert positive(journal["split_us_per_row"]["journal row"])
     # Notices (issue 8 part 4): tap -> handed to the channel under a rush at several schools.
     notices = res["notices"]
     assert notices["schools"] >= 2 and notices["state"]["drained"] is True

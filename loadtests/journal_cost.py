@@ -1,0 +1,171 @@
+"""Where PostgreSQL's CPU per journaled decision goes: the group commit's statement alone.
+
+    python -m loadtests.journal_cost [--decisions 20000] [--batch 64]
+
+The batches are the gateway's own: ``loadtests.gateway_path`` records the held phase's
+workload (1,000 devices of the ``mixed`` workload: turnstile grants and till baskets)
+through the real gateway core and journal writer, and keeps every statement's parameters
+exactly as ``JournalWriter._flush_once`` encoded them. Here they are sent, batch after
+batch, to fresh databases of the bench's dataset (100,000 pupils), as the writer sends
+them: one statement each, on one connection per database.
+
+Measured per journaled decision, for the backend that ran the statements (its
+``/proc/<pid>/stat``, so PostgreSQL must run on this machine): CPU, wall time per batch
+and WAL bytes. The same batches go to one database per variant, with parts left out or
+indexes dropped, the variants taking turns slice by slice (so that drift falls on all
+alike), and the differences are the parts' costs:
+
+- ``journal``: the journal rows only (the other parameters empty);
+- ``+accounts``: and the accounts' checkpoints (balance and counters);
+- ``+outbox``: and the parents' events (no accounts);
+- ``all``: everything, as the gateway sends it;
+- ``all, no journal_account_time`` / ``no journal_command_*`` / ``no outbox_unsent``: the
+  same without one secondary index (what that index costs per row).
+
+What this leaves out and ``make bench`` includes: the other processes of the server
+(walwriter, checkpointer; autovacuum where it is on), the other connections, and the CPU
+contention of a shared machine (the bench's figure per journaled decision is higher).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+import asyncpg
+
+from storage.journal import _FLUSH
+
+from . import gateway_path, procs
+
+# What each variant sends: which of the statement's parameters keep their values
+# ($1 rows, $2 accounts, $3 commands, $4 outbox, $5 access events), and which index it drops.
+VARIANTS: tuple[tuple[str, tuple[int, ...], str | None], ...] = (
+    ("journal", (0,), None),
+    ("+accounts", (0, 1), None),
+    ("+outbox", (0, 3), None),
+    ("all", (0, 1, 2, 3, 4), None),
+    ("all, no journal_account_time", (0, 1, 2, 3, 4), "DROP INDEX journal_account_time"),
+    ("all, no journal_command_*", (0, 1, 2, 3, 4), "DROP INDEX journal_command_debit; DROP INDEX journal_command_credit"),
+    ("all, no outbox_unsent", (0, 1, 2, 3, 4), "DROP INDEX outbox_unsent"),
+)
+# The bench's dataset (loadtests.bench phase c): the account ids of the recorded batches exist.
+DATASET = {"pupils": gateway_path.PUPILS, "turnstiles": 600, "tills": 400}
+_EMPTY_JSON = "[]"
+
+
+def _cpu_s(pid: int) -> float:
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[dict]:
+    """Every variant gets the same batches, interleaved: round r sends the r-th slice of the
+    batches to each variant's database in turn, so that the machine's drift (other work, CPU
+    frequency, a checkpoint) falls on all variants alike."""
+    conns = [await asyncpg.connect(dsn) for dsn in dsns]
+    try:
+        pids = []
+        for conn, (_, _, setup) in zip(conns, VARIANTS):
+            if setup:
+                await conn.execute(setup)
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            if not os.path.exists(f"/proc/{pid}/stat"):
+                raise RuntimeError("PostgreSQL does not run on this machine: its backend's CPU cannot be read")
+            pids.append(pid)
+        params = [
+            [tuple(arg if i in keep else [] if i == 0 else _EMPTY_JSON for i, arg in enumerate(args)) for args in batches]
+            for _, keep, _ in VARIANTS
+        ]
+        # The first batches plan the statement and warm the caches; they are not measured.
+        warm = max(1, len(batches) // 10)
+        for conn, variant in zip(conns, params):
+            for args in variant[:warm]:
+                await conn.fetchval(_FLUSH, *args)
+        measured = len(batches) - warm
+        rows = sum(len(args[0]) for args in batches[warm:])
+        cpu = [0.0] * len(conns)
+        wall = [0.0] * len(conns)
+        wal = [0] * len(conns)
+        for r in range(rounds):
+            lo, hi = warm + measured * r // rounds, warm + measured * (r + 1) // rounds
+            for v, conn in enumerate(conns):
+                wal0 = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
+                cpu0, wall0 = _cpu_s(pids[v]), time.perf_counter()
+                for args in params[v][lo:hi]:
+                    await conn.fetchval(_FLUSH, *args)
+                wall[v] += time.perf_counter() - wall0
+                cpu[v] += _cpu_s(pids[v]) - cpu0
+                # WAL of the whole server in the slice (nothing else writes here during it).
+                wal[v] += int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)", wal0))
+        return [
+            {
+                "rows": rows,
+                "batches": measured,
+                "backend_cpu_us_per_row": round(cpu[v] / rows * 1e6, 2),
+                "wall_ms_per_batch": round(wall[v] / measured * 1e3, 3),
+                "wal_bytes_per_row": round(wal[v] / rows, 1),
+            }
+            for v in range(len(conns))
+        ]
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+def run(decisions: int, batch: int, rounds: int = 10, dbs: procs.Databases | None = None, log=print,
+        pupils: int = DATASET["pupils"]) -> dict:
+    """Record ``decisions`` through the gateway in batches of ``batch`` entries; send them per variant.
+
+    ``pupils`` below the dataset's (bench --quick) leaves most accounts' checkpoints without a row
+    to update: quicker to set up, and its figures are not the benchmark's."""
+    recorded = gateway_path.record(decisions, batch=batch)
+    batches = recorded["batches"]
+    own = dbs is None
+    dbs = dbs or procs.Databases()
+    out: dict = {"decisions": decisions, "batch_entries": batch, "rounds": rounds, "variants": {}}
+    dsns: list[str] = []
+    try:
+        for _ in VARIANTS:
+            dsns.append(dbs.create(**{**DATASET, "pupils": pupils}))
+        results = asyncio.run(_measure(dsns, batches, rounds))
+    finally:
+        for dsn in dsns:
+            dbs.drop(dsn)
+        if own:
+            dbs.close()
+    for (name, _, _), r in zip(VARIANTS, results):
+        out["variants"][name] = r
+        log(f"journal cost: {name:<30} {r['backend_cpu_us_per_row']:>6} us CPU/row "
+            f"{r['wal_bytes_per_row']:>7} WAL bytes/row {r['wall_ms_per_batch']:>7} ms/batch")
+    v = {name: r["backend_cpu_us_per_row"] for name, r in out["variants"].items()}
+    out["split_us_per_row"] = {
+        "journal row": v["journal"],
+        "accounts' checkpoints": round(v["+accounts"] - v["journal"], 2),
+        "outbox events": round(v["+outbox"] - v["journal"], 2),
+        "commands, access events, NOTIFY and the rest": round(v["all"] - v["+accounts"] - v["+outbox"] + v["journal"], 2),
+        "of which index journal_account_time": round(v["all"] - v["all, no journal_account_time"], 2),
+        "of which indexes journal_command_*": round(v["all"] - v["all, no journal_command_*"], 2),
+        "of which index outbox_unsent": round(v["all"] - v["all, no outbox_unsent"], 2),
+    }
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--decisions", type=int, default=20_000)
+    parser.add_argument("--batch", type=int, default=gateway_path.BATCH, help="entries per group commit")
+    parser.add_argument("--rounds", type=int, default=10, help="slices the variants take turns on")
+    args = parser.parse_args(argv)
+    out = run(args.decisions, args.batch, args.rounds, log=lambda line: print(line, file=sys.stderr))
+    print(json.dumps(out, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
