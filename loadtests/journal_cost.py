@@ -92,15 +92,19 @@ async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[d
         cpu = [0.0] * len(conns)
         wall = [0.0] * len(conns)
         wal = [0] * len(conns)
+        per_round: list[list[float]] = [[] for _ in conns]  # us per row, each round: the spread shows the noise
         for r in range(rounds):
             lo, hi = warm + measured * r // rounds, warm + measured * (r + 1) // rounds
+            round_rows = sum(len(args[0]) for args in batches[lo:hi]) or 1
             for v, conn in enumerate(conns):
                 wal0 = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
                 cpu0, wall0 = _cpu_s(pids[v]), time.perf_counter()
                 for args in params[v][lo:hi]:
                     await conn.fetchval(_FLUSH, *args)
                 wall[v] += time.perf_counter() - wall0
-                cpu[v] += _cpu_s(pids[v]) - cpu0
+                used = _cpu_s(pids[v]) - cpu0
+                cpu[v] += used
+                per_round[v].append(used / round_rows * 1e6)
                 # WAL of the whole server in the slice (nothing else writes here during it).
                 wal[v] += int(await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), $1::pg_lsn)", wal0))
         return [
@@ -110,6 +114,8 @@ async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[d
                 "backend_cpu_us_per_row": round(cpu[v] / rows * 1e6, 2),
                 "wall_ms_per_batch": round(wall[v] / measured * 1e3, 3),
                 "wal_bytes_per_row": round(wal[v] / rows, 1),
+                # CPU is read in clock ticks (10 ms): a round must hold enough rows for its figure to mean much
+                "round_cpu_us_per_row_min_max": [round(min(per_round[v]), 1), round(max(per_round[v]), 1)],
             }
             for v in range(len(conns))
         ]
@@ -141,7 +147,8 @@ def run(decisions: int, batch: int, rounds: int = 10, dbs: procs.Databases | Non
             dbs.close()
     for (name, _, _), r in zip(VARIANTS, results):
         out["variants"][name] = r
-        log(f"journal cost: {name:<30} {r['backend_cpu_us_per_row']:>6} us CPU/row "
+        lo, hi = r["round_cpu_us_per_row_min_max"]
+        log(f"journal cost: {name:<30} {r['backend_cpu_us_per_row']:>6} us CPU/row ({lo}..{hi} over the rounds) "
             f"{r['wal_bytes_per_row']:>7} WAL bytes/row {r['wall_ms_per_batch']:>7} ms/batch")
     v = {name: r["backend_cpu_us_per_row"] for name, r in out["variants"].items()}
     out["split_us_per_row"] = {
