@@ -4,14 +4,14 @@ The gateway appends entries synchronously (no await on the hot path); a flusher
 task writes them once the oldest waiting entry is ``flush_interval_ms`` old or
 ``batch_events_max`` entries wait, whichever comes first (a batch that waited
 during the previous flush leaves as soon as that flush ends, if it is due), in
-ONE statement per batch (atomic): the
-journal rows, one set-based UPDATE of the balances and day counters they leave
-(the machine's checkpoints), the results of money commands and the outbox
-events that came with them. Only after COMMIT are entries dropped from the
-queue and reported durable (the machine then moves the devices' prefix
-watermarks), so a failed batch is retried whole, and exactly: after a failure
-whose outcome is unknown the same entries go again, and rows already there are
-skipped (ON CONFLICT), which the log then reports as such.
+ONE statement per batch (atomic): the journal rows, one set-based UPDATE of
+the balances and day counters they leave (the machine's checkpoints), the
+results of money commands and the outbox events that came with them. Only after
+COMMIT are entries dropped from the queue and reported durable (the machine then
+moves the devices' prefix watermarks), so a failed batch is retried whole, and
+exactly: after any failure the same entries go again, with a statement that
+skips rows already there (ON CONFLICT DO NOTHING; a first attempt inserts
+plainly), and the log says how many there were.
 
 The queue is bounded (``queue_events_max``): when PostgreSQL is slow or down the
 gateway keeps deciding while there is room, then refuses with TRY_AGAIN_LATER.
@@ -55,13 +55,23 @@ NOTIFY_SEQS_MAX = 500
 #   $5 AccessEvent arrays) travels as JSON (encoded in C by msgspec from the ledger's
 #   records) that PostgreSQL unpacks as jsonb: parsed once per batch, then ``->>N`` is an
 #   index into a parsed array. (As ``json`` every ``->>`` re-scanned the element's text.)
-_FLUSH = f"""
+def _flush_statement(retry: bool) -> str:
+    """The group commit's statement. A batch's first attempt inserts its journal and outbox rows
+    plainly: the machine decided each (device, txn) once and event ids derive from it, so they are
+    new. PostgreSQL's ON CONFLICT (a speculative insertion: a probe of the unique index, then a
+    confirmation record in the WAL per row) cost it 2-4 us per decision more, measured side by
+    side on the gateway's own batches (22.0/22.2 against 24.1/26.3 us). The retry of a batch whose
+    outcome is unknown, or which met a key already there (a bug: the error log says so), skips
+    what is there already."""
+    journal_conflict = "ON CONFLICT (device_id, device_txn) DO NOTHING" if retry else ""
+    outbox_conflict = "ON CONFLICT (event_id) DO NOTHING" if retry else ""
+    return f"""
 WITH j AS (
     INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, debit_account_id,
                          credit_account_id, amount_kopecks, balance_after_kopecks, advice, device_time_ms,
                          decided_at_ms, happened_at_ms, cashier_id, items, granted_txn)
     SELECT r.* FROM unnest($1::journal_row[]) AS r
-    ON CONFLICT (device_id, device_txn) DO NOTHING
+    {journal_conflict}
     RETURNING 1
 ), b AS (
     -- each touched account as the batch leaves it (the machine is the only writer):
@@ -79,7 +89,7 @@ WITH j AS (
 ), o AS (
     INSERT INTO outbox (event_id, kind, account_id, payload, created_at_ms)
     SELECT v->>0, v->>1, (v->>2)::bigint, (v->3)::jsonb, (v->>4)::bigint FROM jsonb_array_elements($4::jsonb) AS v
-    ON CONFLICT (event_id) DO NOTHING
+    {outbox_conflict}
     RETURNING 1
 ), a AS (
     -- what happened at the doors besides entries and exits (ledger.records.AccessEvent)
@@ -101,6 +111,10 @@ WITH j AS (
 SELECT (SELECT count(*) FROM j) + 0 * (SELECT count(*) FROM b) + 0 * (SELECT count(*) FROM o)
        + 0 * (SELECT count(*) FROM n) + 0 * (SELECT count(*) FROM w) + 0 * (SELECT count(*) FROM a)
 """
+
+
+_FLUSH = _flush_statement(retry=False)
+_FLUSH_RETRY = _flush_statement(retry=True)
 _encode = msgspec.json.Encoder().encode
 _astuple = msgspec.structs.astuple
 
@@ -257,7 +271,7 @@ class JournalWriter:
         encode = _encode
         self._retry_events = len(batch)  # until we know the outcome
         inserted = await conn.fetchval(
-            _FLUSH,
+            _FLUSH_RETRY if retrying else _FLUSH,
             rows,
             encode(list(accounts.values())).decode(),
             encode(commands).decode(),

@@ -121,3 +121,55 @@ def test_the_journal_row_type_is_the_ledger_record_with_the_journal_columns_type
         assert all(columns[name] == type_ for name, type_ in row_type), (row_type, columns)
 
     asyncio.run(main())
+
+
+def test_a_batch_meeting_a_key_already_journaled_is_written_by_the_retry_and_logged(pg_dsn, caplog):
+    """A first attempt inserts plainly; a key already there (a double decision: a bug) fails it,
+    and the retry, which skips what is there, writes the rest and says so in the error log.
+    Nothing is lost and nothing is written twice; every entry is reported durable."""
+    import logging
+    import time
+
+    import asyncpg
+
+    from ledger.records import JournalEntry, JournalRow, OutboxEvent
+    from ledger.notices import EntryNotice
+    from storage.journal import JournalWriter
+
+    def entry(txn: int) -> JournalEntry:
+        row = JournalRow(1_000_001, txn, 2, 30, b"\x04\x00\x00\x00\x00\x00\x1e", 1, None, None, 0, 50_000, False,
+                         None, 1_795_550_000_000, 1_795_550_000_000, None, None, txn)
+        notice = EntryNotice(account_id=30, school_id=1, at_ms=1_795_550_000_000, device_id=1_000_001)
+        event = OutboxEvent(f"1000001:{txn}:entry", "entry", 30, notice, 1_795_550_000_000)
+        return JournalEntry(row, (), (event,), None, time.perf_counter_ns())
+
+    async def write(entries: list[JournalEntry]) -> list[JournalEntry]:
+        committed: list[JournalEntry] = []
+        writer = JournalWriter(
+            lambda: asyncpg.connect(pg_dsn), lambda batch, _ns: committed.extend(batch), flush_interval_ms=5,
+            batch_events_max=100, queue_events_max=1_000, statement_timeout_ms=10_000, retry_backoff_ms_max=100,
+        )
+        for e in entries:
+            writer.append(e)
+        task = asyncio.create_task(writer.run())
+        assert await writer.stop(task, 30) == 0
+        return committed
+
+    async def main():
+        assert len(await write([entry(1)])) == 1
+        with caplog.at_level(logging.INFO, logger="ecard.journal"):
+            committed = await write([entry(1), entry(2), entry(3)])
+        assert [e.row.device_txn for e in committed] == [1, 2, 3]
+        first_failures = [r for r in caplog.records if "UniqueViolation" in r.getMessage()]
+        assert first_failures, "the plain first attempt should have met the key already there"
+        assert any(r.levelno == logging.ERROR and "1 already-journaled" in r.getMessage() for r in caplog.records)
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            txns = [r[0] for r in await conn.fetch("SELECT device_txn FROM journal ORDER BY device_txn")]
+            events = [r[0] for r in await conn.fetch("SELECT event_id FROM outbox ORDER BY id")]
+        finally:
+            await conn.close()
+        assert txns == [1, 2, 3]
+        assert events == ["1000001:1:entry", "1000001:2:entry", "1000001:3:entry"]
+
+    asyncio.run(main())
