@@ -9,8 +9,8 @@ exactly as ``JournalWriter._flush_once`` encoded them. Here they are sent, batch
 batch, to fresh databases of the bench's dataset (100,000 pupils), as the writer sends
 them: one statement each, on one connection per database.
 
-Measured per journaled decision, for the backend that ran the statements (its
-``/proc/<pid>/stat``, so PostgreSQL must run on this machine): CPU, wall time per batch
+Measured per journaled decision, for the backend that ran the statements (its CPU
+times through psutil, so PostgreSQL must run on this machine): CPU, wall time per batch
 and WAL bytes. The same batches go to one database per variant, with parts left out or
 indexes dropped, the variants taking turns slice by slice (so that drift falls on all
 alike), and the differences are the parts' costs:
@@ -32,11 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 
 import asyncpg
+import psutil
 
 from storage.journal import _FLUSH
 
@@ -58,10 +58,9 @@ DATASET = {"pupils": gateway_path.PUPILS, "turnstiles": 600, "tills": 400}
 _EMPTY_JSON = "[]"
 
 
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(backend: psutil.Process) -> float:
+    t = backend.cpu_times()
+    return t.user + t.system
 
 
 async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[dict]:
@@ -70,14 +69,15 @@ async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[d
     frequency, a checkpoint) falls on all variants alike."""
     conns = [await asyncpg.connect(dsn) for dsn in dsns]
     try:
-        pids = []
+        backends = []
         for conn, (_, _, setup) in zip(conns, VARIANTS):
             if setup:
                 await conn.execute(setup)
             pid = await conn.fetchval("SELECT pg_backend_pid()")
-            if not os.path.exists(f"/proc/{pid}/stat"):
-                raise RuntimeError("PostgreSQL does not run on this machine: its backend's CPU cannot be read")
-            pids.append(pid)
+            try:
+                backends.append(psutil.Process(pid))
+            except psutil.NoSuchProcess:
+                raise RuntimeError("PostgreSQL does not run on this machine: its backend's CPU cannot be read") from None
         params = [
             [tuple(arg if i in keep else [] if i == 0 else _EMPTY_JSON for i, arg in enumerate(args)) for args in batches]
             for _, keep, _ in VARIANTS
@@ -98,11 +98,11 @@ async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[d
             round_rows = sum(len(args[0]) for args in batches[lo:hi]) or 1
             for v, conn in enumerate(conns):
                 wal0 = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
-                cpu0, wall0 = _cpu_s(pids[v]), time.perf_counter()
+                cpu0, wall0 = _cpu_s(backends[v]), time.perf_counter()
                 for args in params[v][lo:hi]:
                     await conn.fetchval(_FLUSH, *args)
                 wall[v] += time.perf_counter() - wall0
-                used = _cpu_s(pids[v]) - cpu0
+                used = _cpu_s(backends[v]) - cpu0
                 cpu[v] += used
                 per_round[v].append(used / round_rows * 1e6)
                 # WAL of the whole server in the slice (nothing else writes here during it).
@@ -114,7 +114,7 @@ async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[d
                 "backend_cpu_us_per_row": round(cpu[v] / rows * 1e6, 2),
                 "wall_ms_per_batch": round(wall[v] / measured * 1e3, 3),
                 "wal_bytes_per_row": round(wal[v] / rows, 1),
-                # CPU is read in clock ticks (10 ms): a round must hold enough rows for its figure to mean much
+                # CPU times come in clock ticks (10 ms): a round must hold enough rows for its figure to mean much
                 "round_cpu_us_per_row_min_max": [round(min(per_round[v]), 1), round(max(per_round[v]), 1)],
             }
             for v in range(len(conns))
@@ -156,9 +156,10 @@ def run(decisions: int, batch: int, rounds: int = 10, dbs: procs.Databases | Non
         "accounts' checkpoints": round(v["+accounts"] - v["journal"], 2),
         "outbox events": round(v["+outbox"] - v["journal"], 2),
         "commands, access events, NOTIFY and the rest": round(v["all"] - v["+accounts"] - v["+outbox"] + v["journal"], 2),
-        "of which index journal_account_time": round(v["all"] - v["all, no journal_account_time"], 2),
-        "of which indexes journal_command_*": round(v["all"] - v["all, no journal_command_*"], 2),
-        "of which index outbox_unsent": round(v["all"] - v["all, no outbox_unsent"], 2),
+        # within the above: what one secondary index costs (all minus all without it)
+        "index journal_account_time": round(v["all"] - v["all, no journal_account_time"], 2),
+        "indexes journal_command_*": round(v["all"] - v["all, no journal_command_*"], 2),
+        "index outbox_unsent": round(v["all"] - v["all, no outbox_unsent"], 2),
     }
     return out
 

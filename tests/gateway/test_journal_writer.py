@@ -93,14 +93,15 @@ def test_entries_that_came_during_a_slow_flush_leave_when_it_ends():
     assert [e.row.device_txn for e in committed] == [1, 2]
 
 
-def test_an_idle_writer_is_woken_by_the_first_entry_and_stops_at_once_when_empty():
+def test_an_idle_writer_is_woken_by_the_first_entry_and_stops_when_empty():
+    """With nothing queued the writer waits without a timer; the first append must wake it."""
     db = _SlowDatabase(0)
     committed: list[JournalEntry] = []
 
     async def main() -> None:
         writer = _writer(db, committed, interval_ms=5)
         task = asyncio.create_task(writer.run())
-        await asyncio.sleep(0.05)  # idle: no timer polls an empty queue
+        await asyncio.sleep(0.05)  # idle: nothing to write
         assert db.started == []
         writer.append(_entry(1, time.perf_counter_ns()))
         await async_wait_until(lambda: len(committed) == 1, 5, "the entry to be written")
