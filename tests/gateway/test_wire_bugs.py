@@ -14,6 +14,7 @@ from protocol.limits import PENDING_FRAMES_MAX
 from storage.demo_dataset import demo_card_uid, till_ids
 from tests.device_client import DeviceClient
 from tests.gateway.test_gateway import fetch, running_gateway
+from tests.support import async_wait_until
 
 pytestmark = pytest.mark.pg
 
@@ -69,11 +70,6 @@ def test_exactly_the_limit_of_frames_is_answered_one_by_one(demo_dsn):
     asyncio.run(main())
 
 
-async def _until(condition) -> None:
-    while not condition():
-        await asyncio.sleep(0.01)
-
-
 def test_a_hello_of_another_device_on_an_open_session_is_refused_and_closes(demo_dsn):
     async def main():
         async with running_gateway(demo_dsn) as gw:
@@ -84,6 +80,6 @@ def test_a_hello_of_another_device_on_an_open_session_is_refused_and_closes(demo
             raw = await d.read_raw_until_closed()
             assert raw[13] == 0x7F and raw[14] == NakReason.DEVICE_MISMATCH, raw.hex()
             assert gw.core.sessions.of_device(TILL2) is None
-            await _until(lambda: gw.core.sessions.of_device(TILL) is None)
+            await async_wait_until(lambda: gw.core.sessions.of_device(TILL) is None, 10, "the session closed")
 
     asyncio.run(main())
