@@ -47,6 +47,12 @@ CPU, over each measured window (not the warm-up):
 sampling slows the gateway down, so that run's ecard figures are not the benchmark's. It also
 samples the notifier over the notices phase's rush and drain (``pyspy-notifier.speedscope.json``);
 that run's delivery times are not the benchmark's either.
+
+``--perf`` samples the gateway and the ceiling with Linux ``perf`` over the held phase's window
+(``loadtests.perf_split``; the Debian package ``linux-perf``) and splits each one's CPU per
+decision by binary: the kernel, the interpreter, uvloop, cryptography, msgspec, asyncpg. perf
+samples from the kernel without pausing the process, so the held figures of that run stay close
+to an unsampled one's.
 """
 
 from __future__ import annotations
@@ -67,6 +73,7 @@ import psutil
 
 from . import notices
 from . import procs
+from . import perf_split
 from . import pyspy
 from .loadgen import run_load
 from .workloads import device_ids, split_devices, workload
@@ -112,6 +119,7 @@ class Plan:
         # The held rate: this fraction of ecard's closed-loop throughput at 1,000 devices, this run.
         self.held_fraction = 0.5
         self.profile = False
+        self.perf = False  # perf samples the gateway and the ceiling over the held phase's window
         self.storm_devices = 2_000 if quick else 19_000
         self.big_pupils = 100_000 if quick else 2_000_000
         self.pupils = 100_000
@@ -157,13 +165,15 @@ def measure(
     pg: procs.PostgresCPU | None = None,
     journals: bool = False,
     profile: Path | None = None,
+    perf: Path | None = None,
     **load,
 ) -> dict:
     """One load against ``server``; adds the CPU of the server, PostgreSQL and the machine over the window.
 
     ``journals``: the server journals every accepted decision in PostgreSQL (ecard, baseline), so
     PostgreSQL's CPU is divided by those; otherwise (the ceiling) it is only reported, as the floor
-    an idle server costs. ``profile``: py-spy samples the server over the window into this file.
+    an idle server costs. ``profile``: py-spy samples the server over the window into this file;
+    ``perf``: Linux perf does, and its samples are split by binary (``loadtests.perf_split``).
     """
     marks: dict = {}
     spy: dict = {}
@@ -179,8 +189,12 @@ def measure(
         marks["me0"] = sum(me.cpu_times()[:2])
         if profile is not None and server is not None:
             spy["proc"] = pyspy.start(server.pid, plan.duration_s, profile)
+        if perf is not None and server is not None:
+            spy["perf"] = perf_split.start(server.pid, perf)
 
     def end() -> None:
+        if spy.get("perf") is not None:
+            spy["perf"].stop()
         marks["busy1"], marks["t1"] = machine_seconds(), time.perf_counter()
         marks["me1"] = sum(me.cpu_times()[:2])
         if server is not None:
@@ -249,6 +263,11 @@ def measure(
                 result["pg_own_cpu_us_per_journaled"] = round(own / journaled * 1e6, 2)
     if "proc" in spy:
         result["profile"] = pyspy.finish(spy["proc"], profile, result.get("server_cpu_us_per_decision"))
+    if "perf" in spy:
+        recording = spy["perf"]
+        result["perf"] = (
+            recording.finish(result.get("server_cpu_us_per_decision")) if recording is not None else dict(perf_split.MISSING)
+        )
     return result
 
 
@@ -340,10 +359,13 @@ def phase_baseline(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
         dbs.drop(dsn)
 
 
-def measure_paced(gw: procs.ServerProcess, plan: Plan, rate: float, pg: procs.PostgresCPU | None) -> dict:
+def measure_paced(
+    gw: procs.ServerProcess, plan: Plan, rate: float, pg: procs.PostgresCPU | None, perf: Path | None = None
+) -> dict:
     """A paced load against a fresh gateway (its quantile rings hold only this load's samples)."""
     r = measure(
-        gw, plan, pg=pg, journals=True, mode="paced", devices=plan.paced_devices, rate=rate, processes=plan.paced_processes
+        gw, plan, pg=pg, journals=True, mode="paced", devices=plan.paced_devices, rate=rate,
+        processes=plan.paced_processes, perf=perf,
     )
     m = gw.metrics()
     r["server_latency_us"] = procs.quantiles(m, "ecard_decision_latency_quantile_us")
@@ -369,11 +391,14 @@ def phase_held(plan: Plan, logs: Path, dsn: str, capacity: float, pg: procs.Post
     }
     with procs.gateway(dsn, logs / "gateway-held.log").start() as gw:
         log(f"held: ecard paced at {rate:,} taps/s over {plan.paced_devices} devices ({plan.held_fraction:g} of {capacity:,.0f}/s)")
-        out["ecard"] = measure_paced(gw, plan, rate, pg)
+        out["ecard"] = measure_paced(gw, plan, rate, pg, perf=logs / "perf-ecard-held.data" if plan.perf else None)
         wait_drained(gw)
     with procs.ceiling(logs / "ceiling-held.log").start() as server:
         log(f"held: ceiling paced at {rate:,} taps/s over {plan.paced_devices} devices")
-        r = measure(server, plan, pg=pg, mode="paced", devices=plan.paced_devices, rate=rate, processes=plan.paced_processes)
+        r = measure(
+            server, plan, pg=pg, mode="paced", devices=plan.paced_devices, rate=rate, processes=plan.paced_processes,
+            perf=logs / "perf-ceiling-held.data" if plan.perf else None,
+        )
         r["saturated"] = saturation(r)
         out["ceiling"] = r
     out["cpu_per_decision_vs_ceiling"] = _ratio(
@@ -904,6 +929,13 @@ def table(res: dict) -> str:
         lines.append("")
         lines.append("shared machine: work outside this run during measured windows (its figures are less clean):")
         lines += [f"  {w}" for w in warnings]
+    held = e.get("held") or {}
+    if (held.get("ecard") or {}).get("perf"):
+        lines.append("")
+        lines += perf_split.render(
+            held["ecard"]["perf"], (held.get("ceiling") or {}).get("perf"),
+            f"perf, CPU per decision by binary at the held rate ({held.get('rate'):,} taps/s), ecard and the ceiling:",
+        )
     prof = ((e.get("closed") or {}).get(str(max(CONCURRENCIES))) or {}).get("profile")
     if prof:
         lines.append("")
@@ -937,10 +969,17 @@ def main(argv: list[str] | None = None) -> int:
         help="sample the gateway with py-spy during ecard's closed loop at 1,000 devices, and the notifier during "
              "the notices phase (slows what it samples down)",
     )
+    ap.add_argument(
+        "--perf",
+        action="store_true",
+        help="sample the gateway and the ceiling with Linux perf over the held phase, and split their CPU per "
+             "decision by binary (kernel, interpreter, uvloop, ...)",
+    )
     args = ap.parse_args(argv)
     phases = set(args.phases.split(","))
     plan = Plan(args.quick)
     plan.profile = args.profile
+    plan.perf = args.perf
     if args.storm_devices:
         plan.storm_devices = args.storm_devices
     if args.big_pupils:

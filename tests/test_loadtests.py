@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 
+import psutil
 import pytest
 
 from loadtests import frames as F
@@ -18,6 +19,7 @@ from loadtests import journal_cost
 from loadtests import procs
 from loadtests.bench import Plan, saturation, summarize, table
 from loadtests.notices import summary_ms
+from loadtests import perf_split
 from loadtests.pyspy import own_time
 from loadtests.loadgen import run_load
 from loadtests.locust_run import run_locust
@@ -25,7 +27,7 @@ from loadtests.workloads import baskets, device_ids, split_devices, workload
 from protocol import CardPresented, Connection, DenyReason, Hello, HelloAck, Purchase, Role
 from protocol.auth import verify_hello
 from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids, turnstile_ids
-from tests.support import GatewayProcess
+from tests.support import GatewayProcess, wait_until
 
 
 def test_fast_frames_are_what_the_protocol_decodes():
@@ -229,6 +231,64 @@ def test_pyspy_own_time_sums_innermost_frames():
     assert summary["samples"] == 3 and summary["sampled_s"] == 4  # py-spy weighs samples in seconds
     assert [(r["function"], r["samples"], r["own_fraction"]) for r in summary["top"]] == [("decide", 2, 0.5), ("run", 1, 0.5)]
     assert sum(r["own_fraction"] for r in summary["top"]) == pytest.approx(1.0)
+
+
+PERF_REPORT = """\
+# Total Lost Samples: 0
+#
+# Samples: 7K of event 'cpu-clock:ppp'
+# Event count (approx.): 7330330323
+#
+# Overhead  Shared Object
+# ........  ........................................
+#
+    55.89%  libpython3.11.so.1.0
+    25.15%  [kernel.kallsyms]
+     4.16%  loop.cpython-311-x86_64-linux-gnu.so
+     3.55%  _rust.abi3.so
+     1.07%  protocol.cpython-311-x86_64-linux-gnu.so
+     0.81%  pgproto.cpython-311-x86_64-linux-gnu.so
+     0.66%  binascii.cpython-311-x86_64-linux-gnu.so
+     0.15%  [vdso]
+     0.07%  ld-linux-x86-64.so.2
+"""
+
+
+def test_perf_split_names_the_binaries_and_gives_each_its_share_per_decision():
+    out = perf_split.parse(PERF_REPORT, us_per_decision=100.0)
+    assert out["samples"] == 7000
+    parts = {p["part"]: p for p in out["parts"]}
+    assert list(parts) == ["python", "kernel", "uvloop", "cryptography", "asyncpg", "binascii", "other"]
+    assert parts["asyncpg"]["percent"] == pytest.approx(1.88)  # its protocol and pgproto modules, summed
+    assert parts["other"]["percent"] == pytest.approx(0.22)  # parts under SHARE_MIN_PERCENT
+    assert parts["python"]["us_per_decision"] == pytest.approx(55.9) and parts["kernel"]["us_per_decision"] == 25.1
+    assert sum(p["percent"] for p in out["parts"]) == pytest.approx(91.51)  # every row, nothing dropped
+    text = "\n".join(perf_split.render(out, perf_split.parse(PERF_REPORT, 20.0), "t"))
+    assert "python" in text and "55.9" in text and "11.2" in text  # the ceiling's column: 55.89% of 20 us
+
+
+@pytest.mark.processes
+def test_perf_split_samples_a_real_process(tmp_path):
+    """perf (Debian's linux-perf) records a busy Python process; its time is found in the interpreter."""
+    if perf_split.executable() is None:
+        pytest.skip("perf is not installed (apt-get install linux-perf): the bench's --perf needs it")
+    busy = subprocess.Popen([sys.executable, "-c", "import sys\nwhile True: sum(range(1000))"])
+    try:
+        recording = perf_split.start(busy.pid, tmp_path / "perf.data")
+        assert recording is not None
+        proc = psutil.Process(busy.pid)
+        start_cpu_s = sum(proc.cpu_times()[:2])
+        wait_until(lambda: sum(proc.cpu_times()[:2]) - start_cpu_s > 0.5, 30, "the busy process to use 0.5 s of CPU")
+        out = recording.finish(us_per_decision=10.0)
+    finally:
+        busy.kill()
+        busy.wait()
+    if "error" in out and "perf_event_paranoid" in out["error"]:
+        pytest.skip(f"perf may not sample here: {out['error']}")
+    assert "error" not in out, out
+    parts = {p["part"]: p["percent"] for p in out["parts"]}
+    assert parts.get("python", 0) > 50, parts  # sum(range()) runs in the interpreter
+    assert out["samples"] > 0
 
 
 @pytest.mark.slow
