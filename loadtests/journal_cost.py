@@ -22,6 +22,13 @@ alike), and the differences are the parts' costs:
 - ``all, no journal_account_time`` / ``no journal_command_*`` / ``no outbox_unsent``: the
   same without one secondary index (what that index costs per row).
 
+``--per-commit`` measures instead what a group commit costs PostgreSQL whatever its size, one
+statement kind after another on one connection (``PER_COMMIT_CALLS`` calls each, two rounds):
+a prepared ``SELECT 1`` (a round trip), the journal's INSERT alone with no rows, the group
+commit's statement with every part empty, and a one-row INSERT committed with the WAL flushed
+and, for the measurement only, without (``synchronous_commit = off``). With the per-row cost
+from two ``--batch`` sizes this says where the ~300 us a commit costs go.
+
 What this leaves out and ``make bench`` includes: the other processes of the server
 (walwriter, checkpointer; autovacuum where it is on), the other connections, and the CPU
 contention of a shared machine (the bench's figure per journaled decision is higher).
@@ -164,12 +171,86 @@ def run(decisions: int, batch: int, rounds: int = 10, dbs: procs.Databases | Non
     return out
 
 
+# Calls per statement kind in --per-commit: CPU times come in 10 ms clock ticks, so 3,000 calls
+# of 30-150 us give each figure to within a few us.
+PER_COMMIT_CALLS = 3_000
+_JOURNAL_INSERT_ALONE = """
+WITH j AS (
+    INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, debit_account_id,
+                         credit_account_id, amount_kopecks, balance_after_kopecks, advice, device_time_ms,
+                         decided_at_ms, happened_at_ms, cashier_id, items, granted_txn)
+    SELECT r.* FROM unnest($1::journal_row[]) AS r
+    RETURNING 1
+)
+SELECT count(*) FROM j
+"""
+
+
+async def _per_commit(dsn: str, calls: int) -> dict[str, float]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute("CREATE TABLE per_commit_probe (v bigint)")
+        backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
+        one = await conn.prepare("SELECT 1")
+        alone = await conn.prepare(_JOURNAL_INSERT_ALONE)
+        flush = await conn.prepare(_FLUSH)
+        insert = await conn.prepare("INSERT INTO per_commit_probe VALUES (1)")
+
+        async def synchronous(on: bool) -> None:
+            await conn.execute(f"SET synchronous_commit = {'on' if on else 'off'}")
+
+        kinds = (
+            ("a prepared SELECT 1 (a round trip)", None, lambda: one.fetchval()),
+            ("the journal's INSERT alone, no rows", None, lambda: alone.fetchval([])),
+            ("the group commit's statement, every part empty", None,
+             lambda: flush.fetchval([], _EMPTY_JSON, _EMPTY_JSON, _EMPTY_JSON, _EMPTY_JSON)),
+            ("one row INSERTed, COMMIT flushes the WAL", True, lambda: insert.fetch()),
+            ("one row INSERTed, COMMIT without the flush", False, lambda: insert.fetch()),
+        )
+        sums = {name: 0.0 for name, _, _ in kinds}
+        for _ in range(2):  # two rounds, the kinds taking turns: drift falls on all alike
+            for name, sync, call in kinds:
+                if sync is not None:
+                    await synchronous(sync)
+                for _ in range(calls // 10):  # warm
+                    await call()
+                cpu0 = _cpu_s(backend)
+                for _ in range(calls):
+                    await call()
+                sums[name] += _cpu_s(backend) - cpu0
+                await synchronous(True)
+        return {name: round(total / (2 * calls) * 1e6, 1) for name, total in sums.items()}
+    finally:
+        await conn.close()
+
+
+def per_commit(calls: int = PER_COMMIT_CALLS, log=print, dbs: procs.Databases | None = None) -> dict:
+    own = dbs is None
+    dbs = dbs or procs.Databases()
+    try:
+        dsn = dbs.create(pupils=1_000, turnstiles=10, tills=10)
+        try:
+            out = asyncio.run(_per_commit(dsn, calls))
+        finally:
+            dbs.drop(dsn)
+    finally:
+        if own:
+            dbs.close()
+    for name, us in out.items():
+        log(f"per commit: {name:<50} {us:>6} us backend CPU per call")
+    return {"calls": calls, "backend_cpu_us_per_call": out}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--decisions", type=int, default=20_000)
     parser.add_argument("--batch", type=int, default=gateway_path.BATCH, help="entries per group commit")
     parser.add_argument("--rounds", type=int, default=10, help="slices the variants take turns on")
+    parser.add_argument("--per-commit", action="store_true", help="what a commit costs whatever its size (see above)")
     args = parser.parse_args(argv)
+    if args.per_commit:
+        print(json.dumps(per_commit(log=lambda line: print(line, file=sys.stderr)), indent=1))
+        return 0
     out = run(args.decisions, args.batch, args.rounds, log=lambda line: print(line, file=sys.stderr))
     print(json.dumps(out, indent=1))
     return 0

@@ -215,6 +215,18 @@ def test_postgres_cpu_finds_the_server(pg_admin_dsn):
     assert s0["procs"] and procs.PostgresCPU.seconds(s0, pg.snapshot()) >= 0.0
 
 
+@pytest.mark.pg
+def test_journal_cost_per_commit_measures_each_statement_kind(pg_admin_dsn):
+    dbs = procs.Databases(pg_admin_dsn)
+    try:
+        out = journal_cost.per_commit(calls=100, log=lambda _line: None, dbs=dbs)
+    finally:
+        dbs.close()
+    figures = out["backend_cpu_us_per_call"]
+    assert len(figures) == 5 and "one row INSERTed, COMMIT flushes the WAL" in figures
+    assert all(v >= 0 for v in figures.values()) and any(v > 0 for v in figures.values())  # figures, not thresholds
+
+
 def test_histogram_quantile_reads_bucket_bounds():
     m = procs.parse_metrics('x_bucket{le="1"} 5\nx_bucket{le="10"} 98\nx_bucket{le="+Inf"} 100\n')
     assert procs.histogram_quantile(m, "x", 0.5) == 10.0
