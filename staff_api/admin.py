@@ -12,7 +12,8 @@ from parents_api.hardening import INT64_MAX
 
 from . import db
 from .auth import OWN_TOKEN_PATH, STAFF_TOKEN_TTL_MS, PrincipalDep, new_token, token_sha256
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, answers, invalid, refuse
+from .refusals import Refusal
 from .schemas import AuditEntry, AuditPage, Me, StaffBody, StaffCreated, StaffOut, StaffToken
 
 PAGE_MAX = 500
@@ -25,13 +26,13 @@ async def create_staff(
     """Insert a staff member with a new token (audited); returns the token."""
     if role in ("operator", "auditor"):
         if school_id is not None:
-            raise Unprocessable("school_id", f"a city-level {role} is not bound to a school")
+            raise invalid("school_id", Refusal.CITY_ROLE_HAS_NO_SCHOOL, role=role)
     elif school_id is None:
-        raise Unprocessable("school_id", f"role {role} needs a school")
+        raise invalid("school_id", Refusal.ROLE_NEEDS_SCHOOL, role=role)
     if school_id is not None and await conn.fetchval("SELECT id FROM schools WHERE id = $1", school_id) is None:
-        raise Unprocessable("school_id", f"no school {school_id}")
+        raise invalid("school_id", Refusal.NO_SCHOOL, school_id=school_id)
     if await conn.fetchval("SELECT login FROM staff WHERE login = $1", login) is not None:
-        raise Conflict(f"staff login {login!r} exists")
+        raise refuse(Conflict, Refusal.STAFF_LOGIN_EXISTS, login=login)
     token = new_token()
     expires = now_ms + STAFF_TOKEN_TTL_MS
     await conn.execute(
@@ -49,9 +50,9 @@ async def rotate_token(conn: asyncpg.Connection, login: str, actor: str, now_ms:
     sessions, signed in with it), valid STAFF_TOKEN_TTL_MS; audited without the token."""
     before = await conn.fetchrow(f"SELECT {STAFF_COLUMNS} FROM staff WHERE login = $1 FOR UPDATE", login)
     if before is None:
-        raise NotFoundException(f"no staff login {login!r}")
+        raise refuse(NotFoundException, Refusal.NO_STAFF_LOGIN, login=login)
     if not before["active"]:
-        raise Conflict(f"staff member {login!r} is deactivated: a deactivated member gets no token")
+        raise refuse(Conflict, Refusal.STAFF_DEACTIVATED_NO_TOKEN, login=login)
     token = new_token()
     expires = now_ms + STAFF_TOKEN_TTL_MS
     await conn.execute("UPDATE staff SET token_sha256 = $2, token_expires_at_ms = $3 WHERE login = $1",
@@ -94,9 +95,9 @@ class StaffController(Controller):
                 "SELECT login FROM staff WHERE role = 'operator' AND active ORDER BY login FOR UPDATE")
             before = await conn.fetchrow(f"SELECT {STAFF_COLUMNS} FROM staff WHERE login = $1 FOR UPDATE", login)
             if before is None:
-                raise NotFoundException(f"no staff login {login!r}")
+                raise refuse(NotFoundException, Refusal.NO_STAFF_LOGIN, login=login)
             if before["role"] == "operator" and before["active"] and len(operators) <= 1:
-                raise Conflict(f"{login!r} is the last active operator: create another operator first")
+                raise refuse(Conflict, Refusal.LAST_OPERATOR, login=login)
             after = await conn.fetchrow(
                 f"UPDATE staff SET active = false WHERE login = $1 RETURNING {STAFF_COLUMNS}", login)
             await db.audit(conn, principal.login, "staff.deactivate", f"staff:{login}",

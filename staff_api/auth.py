@@ -21,6 +21,8 @@ from litestar.di import NamedDependency
 from litestar.exceptions import NotAuthorizedException, PermissionDeniedException
 
 from .db import system_clock_ms
+from .errors import refuse
+from .refusals import Refusal
 
 ROLES = ("operator", "officer", "cashier", "auditor")
 CITY_ROLES = frozenset(("operator", "auditor"))  # not bound to a school
@@ -60,9 +62,8 @@ class Principal:
     def require(self, *roles: str, action: str) -> None:
         """403 unless the caller has one of ``roles``."""
         if self.role not in roles:
-            raise PermissionDeniedException(
-                f"role {self.role!r} may not {action}; allowed: {', '.join(roles)}"
-            )
+            raise refuse(PermissionDeniedException, Refusal.ROLE_FORBIDDEN, role=self.role, action=action,
+                         allowed=list(roles))
 
     def require_own(self, school_id: int | None, refusal: Exception) -> None:
         """A school-bound role reaching another school's pupil, card, account, representative,
@@ -77,10 +78,10 @@ class Principal:
         if self.school_id is None:
             return
         if school_id != self.school_id:
-            where = f"school {school_id}" if school_id is not None else "city-level data"
-            raise PermissionDeniedException(
-                f"{self.role} {self.login!r} is bound to school {self.school_id}; {what} belongs to {where}"
-            )
+            params = {"role": self.role, "login": self.login, "own_school_id": self.school_id, "what": what}
+            if school_id is None:
+                raise refuse(PermissionDeniedException, Refusal.CITY_LEVEL_DATA, **params)
+            raise refuse(PermissionDeniedException, Refusal.FOREIGN_SCHOOL, school_id=school_id, **params)
 
 
 PrincipalDep = NamedDependency[Principal]
@@ -112,7 +113,7 @@ async def authenticate(request: Request, pool: asyncpg.Pool, now_ms: int | None 
     else:
         principal = await _bearer_principal(header, pool, system_clock_ms() if now_ms is None else now_ms)
     if principal.role == "auditor" and request.method not in READ_METHODS and request.url.path != OWN_TOKEN_PATH:
-        raise PermissionDeniedException("role 'auditor' is read-only")
+        raise refuse(PermissionDeniedException, Refusal.AUDITOR_READ_ONLY)
     return principal
 
 
@@ -120,19 +121,18 @@ async def _bearer_principal(header: str, pool: asyncpg.Pool, now_ms: int) -> Pri
     scheme, _, token = header.partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
-        raise NotAuthorizedException("missing bearer token: send 'Authorization: Bearer <token>'")
+        raise refuse(NotAuthorizedException, Refusal.BEARER_MISSING)
     row = await pool.fetchrow(
         "SELECT login, role, school_id, active, token_expires_at_ms FROM staff WHERE token_sha256 = $1",
         token_sha256(token),
     )
     if row is None:
-        raise NotAuthorizedException("unknown token")
+        raise refuse(NotAuthorizedException, Refusal.TOKEN_UNKNOWN)
     if not row["active"]:
-        raise NotAuthorizedException(f"staff member {row['login']!r} is deactivated")
+        raise refuse(NotAuthorizedException, Refusal.STAFF_DEACTIVATED, login=row["login"])
     if row["token_expires_at_ms"] <= now_ms:
-        raise NotAuthorizedException(
-            f"token expired (at {row['token_expires_at_ms']} ms): an operator issues a new one "
-            f"(POST /staff/{row['login']}/token)")
+        raise refuse(NotAuthorizedException, Refusal.TOKEN_EXPIRED, expired_at_ms=row["token_expires_at_ms"],
+                     login=row["login"])
     return Principal(row["login"], row["role"], row["school_id"])
 
 
@@ -147,11 +147,11 @@ async def _session_principal(request: Request, pool: asyncpg.Pool, session_id: s
         token_sha256(session_id),
     )
     if row is None or row["revoked_at_ms"] is not None or row["expires_at_ms"] <= now_ms:
-        raise NotAuthorizedException("console session unknown, expired or signed out: sign in again at /console/signin")
+        raise refuse(NotAuthorizedException, Refusal.SESSION_INVALID)
     if not row["active"]:
-        raise NotAuthorizedException(f"staff member {row['login']!r} is deactivated")
+        raise refuse(NotAuthorizedException, Refusal.STAFF_DEACTIVATED, login=row["login"])
     if request.method not in READ_METHODS and not csrf_matches(
             session_id, request.headers.get(CSRF_HEADER, ""), request.cookies.get(CSRF_COOKIE, "")):
-        raise PermissionDeniedException(
-            f"a console session's {request.method} needs the {CSRF_HEADER} header equal to the {CSRF_COOKIE} cookie")
+        raise refuse(PermissionDeniedException, Refusal.CSRF_MISSING, method=request.method, header=CSRF_HEADER,
+                     cookie=CSRF_COOKIE)
     return Principal(row["login"], row["role"], row["school_id"])

@@ -25,7 +25,8 @@ from parents_api.hardening import INT64_MAX
 
 from . import db
 from .auth import PrincipalDep
-from .errors import answers
+from .errors import answers, refuse
+from .refusals import Refusal
 from .money import IdempotencyHeader, _key, run_command
 from .schemas import Base, CommandOut
 
@@ -220,7 +221,7 @@ class FireController(Controller):
             turnstiles = await conn.fetchval(
                 "SELECT count(*) FROM devices WHERE school_id = $1 AND kind = $2", school_id, int(DeviceKind.TURNSTILE))
         if alarm is None:
-            raise NotFoundException(f"school {school_id} has had no fire alarm")
+            raise refuse(NotFoundException, Refusal.NO_FIRE_ALARM, school_id=school_id)
         classes: dict[tuple[int, str], MusterClass] = {}
         for m in alarm.muster:
             group = classes.get((m.grade, m.class_name))

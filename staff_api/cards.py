@@ -9,7 +9,8 @@ from litestar.params import JSONBody
 
 from . import cards_core, db
 from .auth import PrincipalDep
-from .errors import Unprocessable, answers
+from .errors import answers, invalid
+from .refusals import Refusal
 from .schemas import UidPath, CardDetail, CardEventOut, CardOut, ReturnOut, TemporaryBody, TemporaryOut
 
 WRITERS = ("operator", "officer")
@@ -18,7 +19,7 @@ WRITERS = ("operator", "officer")
 def _uid(text: str, field: str = "uid") -> bytes:
     uid = db.parse_uid(text)
     if uid is None:
-        raise Unprocessable(field, "must be 4..16 bytes as hex", source="path" if field == "uid" else "body")
+        raise invalid(field, Refusal.UID_NOT_HEX, source="path" if field == "uid" else "body")
     return uid
 
 

@@ -25,7 +25,8 @@ from ledger.records import OutboxEvent
 from storage.outbox import OUTBOX_CHANNEL
 
 from . import db
-from .errors import Conflict, Unprocessable
+from .errors import Conflict, invalid, refuse
+from .refusals import Refusal
 
 _OUTBOX_INSERT = (
     "INSERT INTO outbox (event_id, kind, account_id, payload, created_at_ms) VALUES ($1, $2, $3, $4::jsonb, $5) "
@@ -97,16 +98,18 @@ async def ensure_unbound(conn: asyncpg.Connection, uid: bytes, field: str, schoo
         "WHERE i.identifier = $1", uid)
     if row is not None:
         if row["school_id"] != school_id:
-            raise Conflict(f"{field}: card {uid.hex()} is already bound to another account")
+            raise refuse(Conflict, Refusal.CARD_BOUND_ELSEWHERE, field=field, uid=uid.hex())
         state = db.CARD_STATUS_NAMES.get(row["status"], "?")
-        raise Conflict(f"{field}: card {uid.hex()} is already bound to account {row['account_id']} ({state})")
+        raise refuse(Conflict, Refusal.CARD_BOUND_TO_ACCOUNT, field=field, uid=uid.hex(), account_id=row["account_id"],
+                     status=state)
     trusted = await conn.fetchrow(
         "SELECT t.representative_id, r.school_id FROM trusted_cards t JOIN representatives r ON r.id = t.representative_id "
         "WHERE t.identifier = $1", uid)
     if trusted is not None:
         if trusted["school_id"] != school_id:
-            raise Conflict(f"{field}: card {uid.hex()} is a trusted person's card")
-        raise Conflict(f"{field}: card {uid.hex()} is the trusted card of representative {trusted['representative_id']}")
+            raise refuse(Conflict, Refusal.CARD_TRUSTED_ELSEWHERE, field=field, uid=uid.hex())
+        raise refuse(Conflict, Refusal.CARD_TRUSTED_OF, field=field, uid=uid.hex(),
+                     representative_id=trusted["representative_id"])
 
 
 async def bind(
@@ -152,9 +155,9 @@ async def unbind(conn: asyncpg.Connection, uid: bytes, actor: str, now_ms: int) 
     """Remove the binding (the card may be bound again elsewhere); the events keep the history."""
     row = await card_row(conn, uid, for_update=True)
     if row["kind"] == db.CARD_KINDS["temporary"] and row["status"] == db.CARD_STATUS_ACTIVE:
-        raise Conflict(f"card {uid.hex()} is an active temporary card: return it instead")
+        raise refuse(Conflict, Refusal.CARD_TEMPORARY_ACTIVE, uid=uid.hex())
     if row["status"] == db.CARD_STATUS_BLOCKED:
-        raise Conflict(f"card {uid.hex()} is blocked for good and stays on record")
+        raise refuse(Conflict, Refusal.CARD_BLOCKED_FOR_GOOD, uid=uid.hex())
     await conn.execute("DELETE FROM identifiers WHERE identifier = $1", uid)
     await db.identifier_event(conn, uid, row["account_id"], "unbind", None, actor, now_ms)
     await db.notify(conn, "identifier", uid.hex())
@@ -164,7 +167,7 @@ async def unbind(conn: asyncpg.Connection, uid: bytes, actor: str, now_ms: int) 
 async def block(conn: asyncpg.Connection, uid: bytes, actor: str, now_ms: int) -> asyncpg.Record:
     row = await card_row(conn, uid, for_update=True)
     if row["status"] == db.CARD_STATUS_BLOCKED:
-        raise Conflict(f"card {uid.hex()} is already blocked")
+        raise refuse(Conflict, Refusal.CARD_ALREADY_BLOCKED, uid=uid.hex())
     await conn.execute("UPDATE identifiers SET status = 1, expires_at_ms = NULL WHERE identifier = $1", uid)
     await db.identifier_event(conn, uid, row["account_id"], "block", None, actor, now_ms)
     await db.notify(conn, "identifier", uid.hex())
@@ -181,12 +184,12 @@ async def issue_temporary(
     temporary until a new permanent card is bound."""
     row = await card_row(conn, original, for_update=True)
     if row["kind"] == db.CARD_KINDS["temporary"]:
-        raise Unprocessable("uid", "a temporary card cannot itself be replaced by a temporary card")
+        raise invalid("uid", Refusal.TEMPORARY_NOT_REPLACEABLE)
     if row["status"] != db.CARD_STATUS_ACTIVE:
         state = db.CARD_STATUS_NAMES.get(row["status"], "?")
-        raise Conflict(f"card {original.hex()} is {state}; a temporary card stands only for an active card")
+        raise refuse(Conflict, Refusal.ORIGINAL_NOT_ACTIVE, uid=original.hex(), status=state)
     if temp == original:
-        raise Unprocessable("temporary_uid", "must differ from the original card")
+        raise invalid("temporary_uid", Refusal.TEMPORARY_SAME_AS_ORIGINAL)
     account_id = row["account_id"]
     expires: int | None = None
     if reason == "forgotten":
@@ -207,9 +210,9 @@ async def return_temporary(conn: asyncpg.Connection, temp: bytes, actor: str, no
     """Temporary card -> blocked; a suspended (forgotten) original is restored. Returns the original."""
     row = await card_row(conn, temp, for_update=True)
     if row["kind"] != db.CARD_KINDS["temporary"]:
-        raise Unprocessable("uid", f"card {temp.hex()} is not a temporary card")
+        raise invalid("uid", Refusal.NOT_TEMPORARY, uid=temp.hex())
     if row["status"] == db.CARD_STATUS_BLOCKED:
-        raise Conflict(f"temporary card {temp.hex()} was already returned or blocked")
+        raise refuse(Conflict, Refusal.TEMPORARY_ALREADY_RETURNED, uid=temp.hex())
     account_id = row["account_id"]
     await conn.execute("UPDATE identifiers SET status = 1, expires_at_ms = NULL WHERE identifier = $1", temp)
     original = None if row["replaces"] is None else bytes(row["replaces"])

@@ -80,7 +80,9 @@ PAGE_HEADERS = [
 # What the page's script needs from here (base.html puts it in the page as JSON): one definition.
 CLIENT = {"console": CONSOLE_PATH, "csrf_cookie": CSRF_COOKIE, "csrf_header": CSRF_HEADER,
           "status_titles": ru.STATUS_TITLE, "desk": ru.DESK, "desk_failures": ru.DESK_FAILURES,
-          "command_refusals": ru.COMMAND_REFUSAL}
+          "command_refusals": ru.COMMAND_REFUSAL, "refusal_texts": ru.REFUSAL, "param_names": ru.PARAM_NAMES,
+          "validation": ru.VALIDATION, "refusal_unknown": ru.REFUSAL_UNKNOWN, "item_unknown": ru.ITEM_UNKNOWN,
+          "support_summary": ru.SUPPORT_SUMMARY}
 
 
 @dataclass(frozen=True)
@@ -248,11 +250,15 @@ class Page:
         })
 
     def refused(self, answer: Answer, *, section: str = "") -> Template:
-        return self.render("error.html", status_code=answer.status, section=section, status=answer.status,
-                           title=ru.STATUS_TITLE.get(answer.status, ru.STATUS_TITLE[500]), detail=answer.detail)
+        return self.render("error.html", status_code=answer.status, section=section, refusal=_refusal(answer))
 
     def denied(self, exc: PermissionDeniedException, *, section: str = "") -> Template:
-        return self.refused(Answer(403, {"detail": exc.detail}), section=section)
+        """The API's own 403 (``Principal.require``), as its JSON body would carry it."""
+        body: dict[str, Any] = {"detail": exc.detail}
+        code = getattr(exc, "code", None)
+        if code is not None:
+            body.update(code=code.value, params=getattr(exc, "params", {}))
+        return self.refused(Answer(403, body), section=section)
 
 
 async def _page(request: Request, handler: Any) -> Template | Redirect:
@@ -537,8 +543,7 @@ def _find_link(q: str, class_name: str, school: str, offset: int) -> str:
 
 
 def _refusal(answer: Answer) -> dict[str, Any]:
-    return {"status": answer.status, "title": ru.STATUS_TITLE.get(answer.status, ru.STATUS_TITLE[500]),
-            "detail": answer.detail, "field": answer.body.get("field", "") if isinstance(answer.body, dict) else ""}
+    return ru.refusal_view(answer.status, answer.body)
 
 
 def _pupil_row(p: dict) -> dict:

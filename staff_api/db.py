@@ -11,6 +11,9 @@ import msgspec
 from litestar.di import NamedDependency
 from litestar.exceptions import NotFoundException
 
+from .errors import refuse
+from .refusals import Refusal
+
 from ledger.codes import AccountStatus, IdentifierKind, IdentifierStatus
 from storage import changes
 
@@ -106,21 +109,21 @@ notify = changes.notify
 
 # The answers for a row that is not there, also given for another school's row (auth.Principal.require_own).
 def pupil_not_found(account_id: int) -> NotFoundException:
-    return NotFoundException(f"no pupil with account {account_id}")
+    return refuse(NotFoundException, Refusal.NO_PUPIL, account_id=account_id)
 
 
 def account_not_found(account_id: int) -> NotFoundException:
-    return NotFoundException(f"no account {account_id}")
+    return refuse(NotFoundException, Refusal.NO_ACCOUNT, account_id=account_id)
 
 
 def card_not_found(uid: bytes) -> NotFoundException:
-    return NotFoundException(f"no card {uid.hex()}")
+    return refuse(NotFoundException, Refusal.NO_CARD, uid=uid.hex())
 
 
 async def school_row(conn: asyncpg.Connection, school_id: int) -> asyncpg.Record:
     row = await conn.fetchrow("SELECT id, name, utc_offset_minutes FROM schools WHERE id = $1", school_id)
     if row is None:
-        raise NotFoundException(f"no school {school_id}")
+        raise refuse(NotFoundException, Refusal.NO_SCHOOL, school_id=school_id)
     return row
 
 

@@ -31,7 +31,8 @@ from parents_api.hardening import INT64_MAX
 
 from . import cards_core, db
 from .auth import Principal, PrincipalDep
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, answers, invalid, refuse
+from .refusals import Refusal, recognise
 from .schemas import AccountId, Base, CardKind, CardOut, TemporaryReason, UidHex
 
 # A pending operation expires this long after it was started. The officer starts it at the
@@ -105,6 +106,9 @@ class OperationOut(Base):
     card: CardOut | None  # done: the card bound (the temporary card for issue_temporary)
     original: CardOut | None  # done, issue_temporary: the original card after the change
     error: str | None  # failed: why (the detail the card endpoint would have answered)
+    # failed: the refusal's code and parameters (staff_api.refusals), when ``error`` is one of its texts
+    error_code: str | None = None
+    error_params: dict[str, Any] | None = None
 
 
 # --- helpers --------------------------------------------------------------------------------------
@@ -112,7 +116,7 @@ class OperationOut(Base):
 
 def _checked_name(name: str) -> str:
     if _NAME.fullmatch(name) is None:
-        raise Unprocessable("name", "must be 1..64 of [A-Za-z0-9._-]", source="path")
+        raise invalid("name", Refusal.DESK_NAME_INVALID, source="path")
     return name
 
 
@@ -128,7 +132,7 @@ async def _reader(conn: asyncpg.Connection, name: str, *, for_update: bool = Fal
 
 
 def _reader_not_found(name: str) -> NotFoundException:
-    return NotFoundException(f"no desk reader {name!r}: register it with PUT /desk-readers/{name}")
+    return refuse(NotFoundException, Refusal.NO_DESK_READER, name=name)
 
 
 def _reader_school(principal: Principal, reader: asyncpg.Record) -> None:
@@ -154,13 +158,20 @@ def _operation_out(row: asyncpg.Record, now_ms: int) -> OperationOut:
         uid=None if row["uid"] is None else bytes(row["uid"]).hex(),
         completed_by=row["completed_by"], completed_at_ms=row["completed_at_ms"],
         card=None if card is None else CardOut(**card), original=None if original is None else CardOut(**original),
-        error=row["error"],
+        error=row["error"], **_error_code(row["error"]),
     )
+
+
+def _error_code(error: str | None) -> dict[str, Any]:
+    known = None if error is None else recognise(error)
+    return {} if known is None else {"error_code": known[0].value, "error_params": known[1]}
 
 
 def _audit_view(row: asyncpg.Record) -> dict[str, Any]:
     view = msgspec.to_builtins(_operation_out(row, row["started_at_ms"]))
     view["status"] = row["status"]  # as stored
+    for derived in ("error_code", "error_params"):  # made from error when read, not stored
+        view.pop(derived, None)
     return view
 
 
@@ -186,10 +197,10 @@ async def _finish(
     return after
 
 
-def _expired_detail(op: asyncpg.Record) -> str:
-    return (f"the pending operation {op['id']} on desk reader {op['reader']!r} ({op['action']} for pupil "
-            f"{op['account_id']}) expired at {op['expires_at_ms']} ms, {DESK_OPERATION_TTL_MS // 1000} s after it "
-            f"started: start it again")
+def _expired(op: asyncpg.Record) -> Conflict:
+    return refuse(Conflict, Refusal.DESK_OPERATION_EXPIRED, operation_id=op["id"], name=op["reader"],
+                  action=op["action"], account_id=op["account_id"], expired_at_ms=op["expires_at_ms"],
+                  ttl_s=DESK_OPERATION_TTL_MS // 1000)
 
 
 # --- the card operations: the card endpoints' calls, inside the caller's transaction --------------
@@ -217,7 +228,7 @@ async def _issue_temporary(
     original = bytes.fromhex(params["original_uid"])
     row = await cards_core.card_row(conn, original, for_update=True)
     if row["account_id"] != op["account_id"]:
-        raise Conflict(f"card {original.hex()} no longer belongs to pupil {op['account_id']}")
+        raise refuse(Conflict, Refusal.CARD_LEFT_PUPIL, uid=original.hex(), account_id=op["account_id"])
     await cards_core.issue_temporary(conn, original, params["reason"], temp, school_offset_minutes, actor, now_ms)
     orig_after = await cards_core.card_snapshot(conn, original)
     temp_after = await cards_core.card_snapshot(conn, temp)
@@ -268,7 +279,7 @@ class DeskController(Controller):
             if row is None:
                 row = await _reader(conn, name)
                 if row["school_id"] != data.school_id:
-                    raise Conflict(f"desk reader {name!r} is registered to school {row['school_id']}")
+                    raise refuse(Conflict, Refusal.DESK_READER_OTHER_SCHOOL, name=name, school_id=row["school_id"])
             else:
                 await db.audit(conn, principal.login, "desk_reader.register", f"desk_reader:{name}", None,
                                dict(row), now_ms)
@@ -289,13 +300,13 @@ class DeskController(Controller):
             pupil_school = await db.pupil_school(conn, data.pupil_id)
             principal.require_own(pupil_school, db.pupil_not_found(data.pupil_id))
             if pupil_school != reader["school_id"]:
-                raise Unprocessable("pupil_id", f"pupil {data.pupil_id} belongs to school {pupil_school}; "
-                                    f"desk reader {name!r} to school {reader['school_id']}")
+                raise invalid("pupil_id", Refusal.DESK_PUPIL_OTHER_SCHOOL, pupil_id=data.pupil_id,
+                              pupil_school_id=pupil_school, name=name, school_id=reader["school_id"])
             if data.action == "issue_temporary":
                 original = await cards_core.card_row(conn, bytes.fromhex(params["original_uid"]))
                 if original["account_id"] != data.pupil_id:
-                    raise Unprocessable("original_uid", f"card {params['original_uid']} is not pupil "
-                                        f"{data.pupil_id}'s")
+                    raise invalid("original_uid", Refusal.DESK_CARD_NOT_PUPILS, uid=params["original_uid"],
+                                  pupil_id=data.pupil_id)
             previous = await _pending(conn, name)
             if previous is not None:
                 status = "expired" if previous["expires_at_ms"] <= now_ms else "cancelled"
@@ -321,7 +332,7 @@ class DeskController(Controller):
             _reader_school(principal, reader)
             row = await conn.fetchrow("SELECT * FROM desk_operations WHERE reader = $1 ORDER BY id DESC LIMIT 1", name)
         if row is None:
-            raise NotFoundException(f"desk reader {name!r} has had no operation yet")
+            raise refuse(NotFoundException, Refusal.DESK_NO_OPERATION_YET, name=name)
         return _operation_out(row, now_ms)
 
     @post("/{name:str}/operation/cancel", status_code=200, opt=answers(409))
@@ -339,12 +350,13 @@ class DeskController(Controller):
             op = await conn.fetchrow("SELECT * FROM desk_operations WHERE id = $1 AND reader = $2 FOR UPDATE",
                                      data.id, name)
             if op is None:
-                raise NotFoundException(f"no operation {data.id} on desk reader {name!r}")
+                raise refuse(NotFoundException, Refusal.DESK_NO_OPERATION, operation_id=data.id, name=name)
             if op["status"] != "pending":
-                raise Conflict(f"operation {data.id} on desk reader {name!r} has already ended: {op['status']}")
+                raise refuse(Conflict, Refusal.DESK_OPERATION_ENDED, operation_id=data.id, name=name,
+                             status=op["status"])
             if op["expires_at_ms"] <= now_ms:
                 await _finish(conn, op, "expired", principal.login, now_ms)
-                refusal = Conflict(_expired_detail(op))  # raised after COMMIT: the expiry is recorded
+                refusal = _expired(op)  # raised after COMMIT: the expiry is recorded
             else:
                 row = await _finish(conn, op, "cancelled", principal.login, now_ms,
                                     error=f"cancelled by {principal.login}")
@@ -367,11 +379,10 @@ class DeskController(Controller):
             _reader_school(principal, reader)
             op = await _pending(conn, name)
             if op is None:
-                raise Conflict(f"no pending operation on desk reader {name!r}: card {uid.hex()} was not used "
-                               f"(an officer starts one with POST /desk-readers/{name}/operation)")
+                raise refuse(Conflict, Refusal.DESK_NOTHING_PENDING, name=name, uid=uid.hex())
             if op["expires_at_ms"] <= now_ms:
                 await _finish(conn, op, "expired", principal.login, now_ms, uid=uid)
-                refusal = Conflict(_expired_detail(op))  # raised after COMMIT: the expiry is recorded
+                refusal = _expired(op)  # raised after COMMIT: the expiry is recorded
             else:
                 row = await _complete(conn, op, reader, uid, principal.login, now_ms)
         if refusal is not None:
@@ -383,13 +394,13 @@ def _params(data: OperationBody) -> dict[str, Any]:
     if data.action == "bind_card":
         for field in ("original_uid", "reason"):
             if getattr(data, field) is not None:
-                raise Unprocessable(field, "only for action issue_temporary")
+                raise invalid(field, Refusal.ONLY_FOR_ISSUE_TEMPORARY)
         return {"kind": data.kind or "service_card"}
     if data.kind is not None:
-        raise Unprocessable("kind", "only for action bind_card (a temporary card's kind is temporary)")
+        raise invalid("kind", Refusal.ONLY_FOR_BIND_CARD)
     for field in ("original_uid", "reason"):
         if getattr(data, field) is None:
-            raise Unprocessable(field, "required for action issue_temporary")
+            raise invalid(field, Refusal.REQUIRED_FOR_ISSUE_TEMPORARY)
     original = db.parse_uid(data.original_uid or "")
     assert original is not None  # UidHex
     return {"original_uid": original.hex(), "reason": data.reason}
@@ -411,5 +422,5 @@ async def _complete(
         return await _finish(conn, op, "failed", bridge, now_ms, uid=uid, error=exc.detail)
     except asyncpg.UniqueViolationError as exc:  # the card bound at the same moment elsewhere
         return await _finish(conn, op, "failed", bridge, now_ms, uid=uid,
-                             error=f"conflict with a concurrent change: {exc.detail or exc}")
+                             error=Refusal.CONCURRENT_CHANGE.detail(reason=str(exc.detail or exc)))
     return await _finish(conn, op, "done", bridge, now_ms, uid=uid, result=result)

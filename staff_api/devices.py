@@ -41,7 +41,8 @@ from parents_api.hardening import INT32_MAX, NAME_PATTERN, NAME_RULE
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, answers, invalid, refuse
+from .refusals import Refusal
 
 WRITERS = ("operator", "officer")
 ENROL_PATH = "/devices/enrol"  # the one route without a staff token (staff_api.app.auth_guard)
@@ -116,24 +117,24 @@ def _out(row: asyncpg.Record) -> DeviceOut:
 def _kind(text: str) -> int:
     kind = KINDS.get(text)
     if kind is None:
-        raise Unprocessable("kind", f"must be one of {', '.join(KINDS)}")
+        raise invalid("kind", Refusal.DEVICE_KIND_INVALID, kinds=list(KINDS))
     return kind
 
 
 def _name(text: str) -> str:
     name = text.strip()
     if not name or len(name) > NAME_CHARS_MAX:
-        raise Unprocessable("name", f"must be 1..{NAME_CHARS_MAX} characters")
+        raise invalid("name", Refusal.DEVICE_NAME_LENGTH, chars_max=NAME_CHARS_MAX)
     return name
 
 
 async def _school(conn: asyncpg.Connection, school_id: int) -> None:
     if await conn.fetchval("SELECT 1 FROM schools WHERE id = $1", school_id) is None:
-        raise Unprocessable("school_id", f"school {school_id} does not exist")
+        raise invalid("school_id", Refusal.SCHOOL_DOES_NOT_EXIST, school_id=school_id)
 
 
 def _device_not_found(device_id: int) -> NotFoundException:
-    return NotFoundException(f"device {device_id} does not exist")
+    return refuse(NotFoundException, Refusal.NO_DEVICE, device_id=device_id)
 
 
 async def _device(conn: asyncpg.Connection, device_id: int, *, for_update: bool = False) -> asyncpg.Record:
@@ -150,9 +151,9 @@ async def _insert(conn: asyncpg.Connection, device_id: int | None, school_id: in
     if device_id is None:
         device_id = await conn.fetchval("SELECT coalesce(max(id), 0)::bigint + 1 FROM devices")
     if not 1 <= device_id <= DEVICE_ID_MAX:
-        raise Unprocessable("device_id", f"must be 1..{DEVICE_ID_MAX}")
+        raise invalid("device_id", Refusal.DEVICE_ID_RANGE, device_id_max=DEVICE_ID_MAX)
     if await conn.fetchval("SELECT 1 FROM devices WHERE id = $1", device_id) is not None:
-        raise Conflict(detail=f"device {device_id} exists")
+        raise refuse(Conflict, Refusal.DEVICE_EXISTS, device_id=device_id)
     row = await conn.fetchrow(
         f"INSERT INTO devices (id, school_id, kind, key, name, created_at_ms) VALUES ($1, $2, $3, $4, $5, $6)"
         f" RETURNING {_COLUMNS}",
@@ -222,7 +223,7 @@ class DeviceController(Controller):
             before = await _device(conn, device_id, for_update=True)
             principal.require_own(before["school_id"], _device_not_found(device_id))
             if before["revoked_at_ms"] is not None:
-                raise Conflict(detail=f"device {device_id} is revoked")
+                raise refuse(Conflict, Refusal.DEVICE_REVOKED, device_id=device_id)
             row = await conn.fetchrow(f"UPDATE devices SET next_key = $2 WHERE id = $1 RETURNING {_COLUMNS}", device_id, key)
             await db.notify(conn, "device", device_id)
             out = _out(row)
@@ -239,7 +240,7 @@ class DeviceController(Controller):
             before = await _device(conn, device_id, for_update=True)
             principal.require_own(before["school_id"], _device_not_found(device_id))
             if before["next_key"] is None:
-                raise Conflict(detail=f"device {device_id} has no next key: rotate first")
+                raise refuse(Conflict, Refusal.DEVICE_NO_NEXT_KEY, device_id=device_id)
             row = await conn.fetchrow(
                 f"UPDATE devices SET key = next_key, next_key = NULL WHERE id = $1 RETURNING {_COLUMNS}", device_id
             )
@@ -292,7 +293,7 @@ class DeviceController(Controller):
         principal.require(*WRITERS, action="open install mode")
         principal.require_school(data.school_id, "the install mode")
         if not 1 <= data.minutes <= INSTALL_MODE_MINUTES_MAX:
-            raise Unprocessable("minutes", f"must be 1..{INSTALL_MODE_MINUTES_MAX}")
+            raise invalid("minutes", Refusal.INSTALL_MINUTES_RANGE, minutes_max=INSTALL_MODE_MINUTES_MAX)
         code = secrets.token_hex(ENROLMENT_CODE_BYTES)
         until_ms = now_ms + data.minutes * 60_000
         async with pool.acquire() as conn, conn.transaction():
@@ -331,7 +332,7 @@ class DeviceController(Controller):
         except ValueError:
             key = b""
         if len(key) != DEVICE_KEY_BYTES or key == bytes(DEVICE_KEY_BYTES):
-            raise Unprocessable("key", f"must be {DEVICE_KEY_BYTES} random bytes as hex")
+            raise invalid("key", Refusal.DEVICE_KEY_INVALID, key_bytes=DEVICE_KEY_BYTES)
         async with pool.acquire() as conn, conn.transaction():
             mode = await conn.fetchrow(
                 "SELECT code_sha256, until_ms, used_at_ms FROM device_install_modes WHERE school_id = $1 FOR UPDATE",
@@ -343,7 +344,7 @@ class DeviceController(Controller):
                 or mode["until_ms"] <= now_ms
                 or not hmac.compare_digest(bytes(mode["code_sha256"]), _code_sha256(data.code))
             ):
-                raise PermissionDeniedException("install mode is off for this school, or the code is wrong or used")
+                raise refuse(PermissionDeniedException, Refusal.INSTALL_CODE_REFUSED)
             row = await _insert(conn, None, data.school_id, kind, name, key, now_ms)
             out = _out(row)
             await conn.execute(

@@ -18,7 +18,8 @@ from storage import commands
 
 from . import db
 from .auth import Principal, PrincipalDep
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, answers, error_item, invalid, refuse
+from .refusals import Refusal
 from .schemas import CashTopupBody, CommandOut, CorrectionBody, RefundBody, TransferBody
 
 IDEMPOTENCY_KEY_CHARS_MAX = 200
@@ -37,10 +38,11 @@ IdempotencyHeader = HeaderParameter(
 
 def _key(header: str | None) -> str:
     if header is None or not header.strip():
-        raise Unprocessable("Idempotency-Key", "header required for money requests",
-                            errors=[{"field": "Idempotency-Key", "message": "header required", "source": "header"}])
+        raise invalid("Idempotency-Key", Refusal.IDEMPOTENCY_KEY_REQUIRED, source="header",
+                      errors=[{**error_item("Idempotency-Key", Refusal.IDEMPOTENCY_KEY_REQUIRED, source="header"),
+                               "message": "header required"}])
     if len(header) > IDEMPOTENCY_KEY_CHARS_MAX:
-        raise Unprocessable("Idempotency-Key", f"longer than {IDEMPOTENCY_KEY_CHARS_MAX} characters")
+        raise invalid("Idempotency-Key", Refusal.TOO_LONG_CHARS, chars_max=IDEMPOTENCY_KEY_CHARS_MAX)
     return KEY_PREFIX + header.strip()
 
 
@@ -58,7 +60,7 @@ async def run_command(
             try:
                 queued = await commands.submit(conn, key, kind, payload, principal.login, wait_ms=0)
             except commands.IdempotencyConflict as exc:
-                raise Conflict(f"IdempotencyConflict: {exc}") from None
+                raise refuse(Conflict, Refusal.IDEMPOTENCY_CONFLICT, reason=str(exc)) from None
             if existed is None:
                 await db.audit(conn, principal.login, audit_action or f"money.{kind}", f"command:{queued.seq}", None,
                                {"kind": kind, "payload": payload, "idempotency_key": key}, now_ms)
@@ -75,7 +77,7 @@ async def run_command(
 async def _pupil(conn: asyncpg.Connection, principal: Principal, account_id: int, field: str) -> asyncpg.Record:
     """The pupil's row; another school's pupil is refused as an account that is no pupil's."""
     row = await conn.fetchrow("SELECT account_id, school_id, family_id FROM pupils WHERE account_id = $1", account_id)
-    refusal = Unprocessable(field, f"account {account_id} is not a pupil's account")
+    refusal = invalid(field, Refusal.NOT_A_PUPILS_ACCOUNT, account_id=account_id)
     if row is None:
         raise refusal
     principal.require_own(row["school_id"], refusal)
@@ -95,12 +97,12 @@ class MoneyController(Controller):
         key = _key(idempotency_key)
         principal.require("operator", "officer", action="transfer money")
         if data.from_account_id == data.to_account_id:
-            raise Unprocessable("to_account_id", "must differ from from_account_id")
+            raise invalid("to_account_id", Refusal.TRANSFER_SAME_ACCOUNT)
         async with pool.acquire() as conn:
             src = await _pupil(conn, principal, data.from_account_id, "from_account_id")
             dst = await _pupil(conn, principal, data.to_account_id, "to_account_id")
         if src["family_id"] is None or src["family_id"] != dst["family_id"]:
-            raise Unprocessable("to_account_id", "transfers are only between pupils of one family")
+            raise invalid("to_account_id", Refusal.TRANSFER_OTHER_FAMILY)
         return await run_command(pool, principal, key, "transfer", {
             "from_account_id": data.from_account_id, "to_account_id": data.to_account_id,
             "amount_kopecks": data.amount_kopecks}, now_ms, command_wait_ms)
@@ -114,7 +116,7 @@ class MoneyController(Controller):
         key = _key(idempotency_key)
         principal.require("operator", "officer", "cashier", action="refund purchases")
         device = await pool.fetchrow("SELECT school_id, kind FROM devices WHERE id = $1", data.device_id)
-        refusal = Unprocessable("device_id", f"device {data.device_id} is not a till")
+        refusal = invalid("device_id", Refusal.DEVICE_NOT_A_TILL, device_id=data.device_id)
         if device is None or device["kind"] != DEVICE_TILL:
             raise refusal
         principal.require_own(device["school_id"], refusal)  # another school's till: as no till
@@ -131,9 +133,9 @@ class MoneyController(Controller):
         key = _key(idempotency_key)
         principal.require("operator", action="correct balances")
         if data.amount_kopecks == 0:
-            raise Unprocessable("amount_kopecks", "must not be zero")
+            raise invalid("amount_kopecks", Refusal.AMOUNT_ZERO)
         if await pool.fetchval("SELECT id FROM accounts WHERE id = $1", data.account_id) is None:
-            raise Unprocessable("account_id", f"no account {data.account_id}")
+            raise invalid("account_id", Refusal.NO_ACCOUNT, account_id=data.account_id)
         return await run_command(pool, principal, key, "correction", {
             "account_id": data.account_id, "amount_kopecks": data.amount_kopecks,
             "reason": data.reason}, now_ms, command_wait_ms)

@@ -28,7 +28,8 @@ from storage.preorders import (  # the rule is storage's (one definition for the
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, Unprocessable, answers, invalid, refuse
+from .refusals import Refusal
 from .schemas import Base, DayPath
 
 WRITERS = ("operator", "officer")
@@ -42,13 +43,11 @@ def _zone(utc_offset_minutes: int) -> str:
     return f"UTC{sign}{hours:02d}:{minutes:02d}"
 
 
-def lock_message(day: date, period: str, today: date, lock_days: int, utc_offset_minutes: int) -> str:
+def locked(day: date, period: str, today: date, lock_days: int, utc_offset_minutes: int) -> Conflict:
     last = last_editable_day(day, lock_days)
-    return (
-        f"the pre-order of {day.isoformat()} {period} is locked: it was editable until the end of "
-        f"{last.isoformat()} (00:00 of {(last + timedelta(days=1)).isoformat()}, school time {_zone(utc_offset_minutes)}), "
-        f"{lock_days} day(s) before; today is {today.isoformat()} at the school"
-    )
+    return refuse(Conflict, Refusal.PREORDER_LOCKED, day=day.isoformat(), period=period, last_day=last.isoformat(),
+                  next_day=(last + timedelta(days=1)).isoformat(), zone=_zone(utc_offset_minutes),
+                  lock_days=lock_days, today=today.isoformat())
 
 
 def parse_day(text: str) -> date:
@@ -58,7 +57,7 @@ def parse_day(text: str) -> date:
             raise ValueError(text)
         return date.fromisoformat(text)
     except ValueError:
-        raise Unprocessable("day", f"{text!r} is not a date YYYY-MM-DD", source="path") from None
+        raise invalid("day", Refusal.DAY_INVALID, source="path", day=text) from None
 
 
 # --- bodies ------------------------------------------------------------------------------------------
@@ -189,7 +188,7 @@ class PreorderController(Controller):
             except preorder_store.PreorderRefused as refused:
                 if refused.reason == "locked":
                     offset, lock_days, _ = await _school_context(conn, school_id)
-                    raise Conflict(lock_message(on, period, school_today(now_ms, offset), lock_days, offset)) from None
+                    raise locked(on, period, school_today(now_ms, offset), lock_days, offset) from None
                 raise Unprocessable(refused.field, refused.message, errors=refused.errors or None,
                                     **({"source": "path"} if refused.field == "period" else {})) from None
             offset, lock_days = context.utc_offset_minutes, context.lock_days
@@ -223,9 +222,10 @@ class PreorderController(Controller):
             first = from_day or today
             last = to_day or first + timedelta(days=DEFAULT_RANGE_DAYS - 1)
             if last < first:
-                raise Unprocessable("to", f"must not be before from ({first.isoformat()})", source="query")
+                raise invalid("to", Refusal.RANGE_TO_BEFORE_FROM, source="query", first_day=first.isoformat())
             if (last - first).days >= RANGE_DAYS_MAX:
-                raise Unprocessable("to", f"at most {RANGE_DAYS_MAX} days from {first.isoformat()}", source="query")
+                raise invalid("to", Refusal.RANGE_TOO_LONG, source="query", days_max=RANGE_DAYS_MAX,
+                              first_day=first.isoformat())
             rows = await conn.fetch(
                 "SELECT day, period, product_code, quantity, updated_at_ms, updated_by FROM preorders "
                 "WHERE account_id = $1 AND day BETWEEN $2 AND $3 ORDER BY day, period, product_code",

@@ -21,7 +21,8 @@ from parents_api.hardening import INT64_MAX, NAME_PATTERN, name_problem, text_pr
 
 from . import cards_core, db
 from .auth import PrincipalDep
-from .errors import Unprocessable, answers
+from .errors import Unprocessable, answers, invalid, refuse
+from .refusals import Refusal
 from .schemas import (
     TEXT_CHARS_MAX,
     CardBody,
@@ -111,7 +112,7 @@ async def load_pupil(conn: asyncpg.Connection, account_id: int) -> PupilOut:
         account_id,
     )
     if row is None:
-        raise NotFoundException(f"no pupil with account {account_id}")
+        raise refuse(NotFoundException, Refusal.NO_PUPIL, account_id=account_id)
     cards = await conn.fetch(
         f"SELECT {db.CARD_COLUMNS} FROM identifiers WHERE account_id = $1 ORDER BY bound_at_ms NULLS FIRST, identifier",
         account_id,
@@ -227,10 +228,10 @@ class PupilController(Controller):
         words: list[str] = []
         if name is not None:
             problem = name_problem(name)
-            if problem is None and len(name) > NAME_QUERY_CHARS_MAX:
-                problem = f"longer than {NAME_QUERY_CHARS_MAX} characters"
-            if problem is not None:
+            if problem is not None:  # the text rule's own words (parents_api.hardening)
                 raise Unprocessable("name", problem, source="query")
+            if len(name) > NAME_QUERY_CHARS_MAX:
+                raise invalid("name", Refusal.TOO_LONG_CHARS, source="query", chars_max=NAME_QUERY_CHARS_MAX)
             words = name_words(name)
         # A name is looked for in one school's pupils (the index pupils_school): each word typed
         # begins a word of the folded full name (strpos: nothing in it is a pattern).
@@ -288,11 +289,11 @@ class PupilController(Controller):
         principal.require(*WRITERS, action="import pupils")
         principal.require_school(school_id, f"school {school_id}")
         if len(data) > CSV_BYTES_MAX:
-            raise Unprocessable("body", f"larger than {CSV_BYTES_MAX} bytes")
+            raise invalid("body", Refusal.BODY_TOO_LARGE, bytes_max=CSV_BYTES_MAX)
         try:
             text = data.decode("utf-8-sig")
         except UnicodeDecodeError:
-            raise Unprocessable("body", "not UTF-8 text") from None
+            raise invalid("body", Refusal.NOT_UTF8) from None
         rows, errors = parse_csv(text)
         async with pool.acquire() as conn, conn.transaction():
             await db.school_row(conn, school_id)
@@ -311,12 +312,8 @@ class PupilController(Controller):
                 errors.append(RowError(row=1, field="body", message="no rows"))
             if errors:
                 errors.sort(key=lambda e: (e.row, e.field))
-                raise Unprocessable(
-                    errors[0].field,
-                    f"{len(errors)} row errors; nothing imported",
-                    errors=[msgspec.to_builtins(e) for e in errors],
-                    detail=f"{len(errors)} row errors; nothing imported",
-                )
+                raise invalid(errors[0].field, Refusal.CSV_ROW_ERRORS, count=len(errors), unnamed=True,
+                              errors=[msgspec.to_builtins(e) for e in errors])
             next_id = await ledger_accounts.next_account_id(conn)
             ids: list[int] = []
             for _line, body in rows:
@@ -342,7 +339,7 @@ class PupilController(Controller):
         principal.require(*WRITERS, action="change pupils")
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not msgspec.UNSET}
         if not changes:
-            raise Unprocessable("body", "nothing to change")
+            raise invalid("body", Refusal.NOTHING_TO_CHANGE)
         async with pool.acquire() as conn, conn.transaction():
             principal.require_own(await db.pupil_school(conn, account_id, for_update=True), db.pupil_not_found(account_id))
             before = await load_pupil(conn, account_id)
@@ -374,8 +371,8 @@ class PupilController(Controller):
         """Replace the parent controls (daily and per-period limits, bans, allergens, diet, note)."""
         principal.require(*WRITERS, action="set parent controls")
         if len(data.cashier_note.encode()) > CASHIER_NOTE_BYTES_MAX:
-            raise Unprocessable("cashier_note", f"longer than {CASHIER_NOTE_BYTES_MAX} bytes of UTF-8 "
-                                f"(what the till receives; {len(data.cashier_note.encode())} given)")
+            raise invalid("cashier_note", Refusal.CASHIER_NOTE_TOO_LONG, bytes_max=CASHIER_NOTE_BYTES_MAX,
+                          bytes_given=len(data.cashier_note.encode()))
         async with pool.acquire() as conn, conn.transaction():
             school_id = await db.pupil_school(conn, account_id, for_update=True)
             principal.require_own(school_id, db.pupil_not_found(account_id))

@@ -20,7 +20,8 @@ from storage import reports
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Unprocessable, answers
+from .errors import answers, invalid, refuse
+from .refusals import Refusal
 from .schemas import DAY_PATTERN
 
 # Who reads a school's day of money: the auditor and the operator everywhere, the school's
@@ -80,11 +81,11 @@ class ReportController(Controller):
         try:
             on = date.fromisoformat(day)
         except ValueError:
-            raise Unprocessable("day", f"{day!r} is not a date YYYY-MM-DD", source="query") from None
+            raise invalid("day", Refusal.DAY_INVALID, source="query", day=day) from None
         async with pool.acquire() as conn:
             report = await reports.daily(conn, school_id, on)
         if report is None:
-            raise NotFoundException(f"no school {school_id}")
+            raise refuse(NotFoundException, Refusal.NO_SCHOOL, school_id=school_id)
         if format == "csv":
             return Response(report_csv(report), media_type="text/csv; charset=utf-8", headers={
                 "content-disposition": f'attachment; filename="report-{school_id}-{on.isoformat()}.csv"'})

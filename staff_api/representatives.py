@@ -32,7 +32,8 @@ from parents_api.hardening import INT64_MAX
 
 from . import db
 from .auth import Principal, PrincipalDep
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, Unprocessable, answers, error_item, invalid, refuse
+from .refusals import Refusal
 from .preorders import school_today
 from .schemas import AccountId, Base, Name
 
@@ -139,7 +140,7 @@ def _view(row: asyncpg.Record) -> RepresentativeOut:
 
 
 def representative_not_found(representative_id: int) -> NotFoundException:
-    return NotFoundException(f"no representative {representative_id}")
+    return refuse(NotFoundException, Refusal.NO_REPRESENTATIVE, representative_id=representative_id)
 
 
 async def load(conn: asyncpg.Connection, representative_id: int, *, for_update: bool = False) -> RepresentativeOut:
@@ -162,13 +163,13 @@ def _check_one_line(**fields: str | None) -> None:
     """The patterns end with ``$``, which lets one trailing line break through."""
     for field, value in fields.items():
         if value is not None and "\n" in value:
-            raise Unprocessable(field, "must not contain a line break")
+            raise invalid(field, Refusal.LINE_BREAK)
 
 
 def _check_email_channel(channels: list[str], email: str | None) -> None:
     problem = preferences_problem(channels, None, email)  # the one rule, shared with the parents' pages
     if problem is not None:
-        raise Unprocessable(*problem)
+        raise Unprocessable(*problem)  # storage's words; the handler finds their code (refusals.recognise)
 
 
 async def _check_phone_free(
@@ -185,7 +186,8 @@ async def _check_phone_free(
         pupil_ids, phone, exclude_id,
     )
     if taken is not None:
-        raise Conflict(f"phone {phone} is already representative {taken['id']} of pupil {taken['account_id']}")
+        raise refuse(Conflict, Refusal.PHONE_TAKEN, phone=phone, representative_id=taken["id"],
+                     account_id=taken["account_id"])
 
 
 async def _lock_pupils(conn: asyncpg.Connection, principal: Principal, body_ids: list[int]) -> tuple[int, list[int]]:
@@ -202,16 +204,14 @@ async def _lock_pupils(conn: asyncpg.Connection, principal: Principal, body_ids:
                  if principal.school_id is None or r["school_id"] == principal.school_id}
     missing = [(i, a) for i, a in enumerate(body_ids) if a not in school_of]
     if missing:
-        raise Unprocessable(
-            f"pupil_ids[{missing[0][0]}]", f"account {missing[0][1]} is not a pupil's account",
-            errors=[{"field": f"pupil_ids[{i}]", "message": f"account {a} is not a pupil's account", "source": "body"}
-                    for i, a in missing],
-        )
+        raise invalid(f"pupil_ids[{missing[0][0]}]", Refusal.NOT_A_PUPILS_ACCOUNT, account_id=missing[0][1],
+                      errors=[error_item(f"pupil_ids[{i}]", Refusal.NOT_A_PUPILS_ACCOUNT, account_id=a)
+                              for i, a in missing])
     schools = sorted(set(school_of.values()))
     if len(schools) > 1:
         by_school = "; ".join(
             f"school {s}: {', '.join(str(a) for a in pupil_ids if school_of[a] == s)}" for s in schools)
-        raise Unprocessable("pupil_ids", f"one application covers pupils of one school ({by_school})")
+        raise invalid("pupil_ids", Refusal.ONE_SCHOOL_PER_APPLICATION, by_school=by_school)
     return schools[0], pupil_ids
 
 
@@ -228,10 +228,7 @@ async def _check_room(conn: asyncpg.Connection, pupil_ids: list[int]) -> None:
     )
     if rows:
         full = ", ".join(f"pupil {r['account_id']} has {r['n']}" for r in rows)
-        raise Conflict(
-            f"at most {REPRESENTATIVES_PER_PUPIL_MAX} representatives per pupil (active and suspended; remove one "
-            f"first): {full}"
-        )
+        raise refuse(Conflict, Refusal.REPRESENTATIVES_FULL, per_pupil_max=REPRESENTATIVES_PER_PUPIL_MAX, full=full)
 
 
 def _audit_view(rep: RepresentativeOut) -> dict[str, Any]:
@@ -263,9 +260,7 @@ class RepresentativeController(Controller):
         event kinds wanted and the consent to the processing of personal data (required)."""
         principal.require(*WRITERS, action="register representatives")
         if not data.consent:
-            raise Unprocessable(
-                "consent", "the representative's consent to the processing of personal data is required: "
-                "no consent, no registration")
+            raise invalid("consent", Refusal.CONSENT_REQUIRED)
         _check_one_line(phone=data.phone, email=data.email)
         channels = _canonical(data.channels, CHANNELS)
         kinds = _canonical(data.kinds, KINDS)
@@ -275,8 +270,8 @@ class RepresentativeController(Controller):
             offset = (await db.school_row(conn, school_id))["utc_offset_minutes"]
             today = school_today(now_ms, offset)
             if data.consent_date > today:
-                raise Unprocessable("consent_date", f"{data.consent_date.isoformat()} is in the future "
-                                                    f"(today is {today.isoformat()} at the school)")
+                raise invalid("consent_date", Refusal.CONSENT_DATE_FUTURE, consent_date=data.consent_date.isoformat(),
+                              today=today.isoformat())
             await _check_room(conn, pupil_ids)
             await _check_phone_free(conn, data.phone, pupil_ids)
             representative_id = await conn.fetchval(
@@ -393,7 +388,7 @@ class RepresentativeController(Controller):
         principal.require(*WRITERS, action="change representatives")
         changes = {k: v for k, v in msgspec.structs.asdict(data).items() if v is not UNSET}
         if not changes:
-            raise Unprocessable("body", "nothing to change")
+            raise invalid("body", Refusal.NOTHING_TO_CHANGE)
         _check_one_line(phone=changes.get("phone"), email=changes.get("email"))
         if "channels" in changes:
             changes["channels"] = _canonical(changes["channels"], CHANNELS)
@@ -446,16 +441,16 @@ async def _writable(conn: asyncpg.Connection, principal: Principal, representati
     rep = await load(conn, representative_id, for_update=True)
     principal.require_own(rep.school_id, representative_not_found(representative_id))
     if rep.status == "removed":
-        raise Conflict(f"representative {representative_id} was removed (at {rep.removed_at_ms} ms); "
-                       "it stays on record and changes no more")
+        raise refuse(Conflict, Refusal.REPRESENTATIVE_REMOVED, representative_id=representative_id,
+                     removed_at_ms=rep.removed_at_ms)
     return rep
 
 
 _TRANSITIONS = {
     # action: (status required, SQL assignment, refusal)
-    "suspend": ("active", "suspended_at_ms = $2", "only an active representative can be suspended"),
-    "resume": ("suspended", "suspended_at_ms = NULL", "only a suspended representative can be resumed"),
-    "remove": (None, "removed_at_ms = $2", ""),
+    "suspend": ("active", "suspended_at_ms = $2", Refusal.REPRESENTATIVE_NOT_ACTIVE),
+    "resume": ("suspended", "suspended_at_ms = NULL", Refusal.REPRESENTATIVE_NOT_SUSPENDED),
+    "remove": (None, "removed_at_ms = $2", None),
 }
 
 
@@ -467,7 +462,8 @@ async def _transition(
     async with pool.acquire() as conn, conn.transaction():
         before = await _writable(conn, principal, representative_id)
         if required is not None and before.status != required:
-            raise Conflict(f"representative {representative_id} is {before.status}: {refusal}")
+            assert refusal is not None
+            raise refuse(Conflict, refusal, representative_id=representative_id, status=before.status)
         await conn.execute(
             f"UPDATE representatives SET {assignment}, updated_at_ms = $2 WHERE id = $1", representative_id, now_ms
         )

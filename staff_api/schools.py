@@ -17,7 +17,8 @@ from parents_api.hardening import INT32_MAX
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, answers, invalid, refuse
+from .refusals import Refusal
 from .schemas import (
     MealPeriod,
     MealPeriodBody,
@@ -93,9 +94,9 @@ class SchoolController(Controller):
             school_id = data.id if data.id is not None else await conn.fetchval(
                 "SELECT COALESCE(max(id), 0)::bigint + 1 FROM schools")
             if school_id > INT32_MAX:
-                raise Conflict(f"school {INT32_MAX} exists, so there is no next number: give an id")
+                raise refuse(Conflict, Refusal.NO_NEXT_SCHOOL_ID, school_id=INT32_MAX)
             if await conn.fetchval("SELECT 1 FROM schools WHERE id = $1", school_id):
-                raise Conflict(f"school {school_id} exists")
+                raise refuse(Conflict, Refusal.SCHOOL_EXISTS, school_id=school_id)
             row = await conn.fetchrow(
                 "INSERT INTO schools (id, name, utc_offset_minutes) VALUES ($1, $2, $3) "
                 "RETURNING id, name, utc_offset_minutes",
@@ -166,7 +167,7 @@ class SchoolController(Controller):
         """Set one meal period (breakfast, lunch, snack) in minutes after local midnight. Operator only."""
         principal.require("operator", action="change meal periods")
         if data.ends_minute <= data.starts_minute:
-            raise Unprocessable("ends_minute", "must be after starts_minute")
+            raise invalid("ends_minute", Refusal.ENDS_BEFORE_STARTS)
         async with pool.acquire() as conn, conn.transaction():
             await db.school_row(conn, school_id)
             before = await conn.fetchrow(
@@ -249,7 +250,7 @@ class SchoolController(Controller):
             }
             unknown = [c for c in codes if c not in known]
             if unknown:
-                raise Unprocessable("product_codes", f"unknown product codes of school {school_id}: {unknown}")
+                raise invalid("product_codes", Refusal.UNKNOWN_PRODUCTS, school_id=school_id, codes=unknown)
             before = await conn.fetch(
                 "DELETE FROM menus WHERE school_id = $1 AND day = $2 AND period = $3 RETURNING product_code",
                 school_id, day, period,

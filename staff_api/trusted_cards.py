@@ -15,7 +15,8 @@ from litestar.params import FromPath, JSONBody
 
 from . import db
 from .auth import PrincipalDep
-from .errors import Conflict, Unprocessable, answers
+from .errors import Conflict, answers, invalid, refuse
+from .refusals import Refusal
 from .representatives import READERS, WRITERS, _writable, load, representative_not_found
 from .schemas import Base, UidHex, UidPath
 
@@ -66,25 +67,27 @@ class TrustedCardController(Controller):
         principal.require(*WRITERS, action="give trusted cards")
         uid = db.parse_uid(data.uid)
         if uid is None:
-            raise Unprocessable("uid", "not a card UID")
+            raise invalid("uid", Refusal.NOT_A_CARD_UID)
         async with pool.acquire() as conn, conn.transaction():
             rep = await _writable(conn, principal, representative_id)
             if rep.status != "active":
-                raise Conflict(f"representative {representative_id} is {rep.status}: no cards until resumed")
+                raise refuse(Conflict, Refusal.TRUSTED_REP_NOT_ACTIVE, representative_id=representative_id,
+                             status=rep.status)
             if await conn.fetchval("SELECT 1 FROM identifiers WHERE identifier = $1", uid):
-                raise Conflict(f"card {uid.hex()} is a pupil's card; a trusted person needs a card of their own")
+                raise refuse(Conflict, Refusal.TRUSTED_PUPILS_CARD, uid=uid.hex())
             held = await conn.fetchrow(
                 "SELECT t.representative_id, r.school_id FROM trusted_cards t"
                 " JOIN representatives r ON r.id = t.representative_id WHERE t.identifier = $1", uid)
             if held is not None:
-                whose = (f"representative {held['representative_id']}" if held["school_id"] == rep.school_id
-                         else "another trusted person")  # nothing told of another school's cards
-                raise Conflict(f"card {uid.hex()} is already the card of {whose}")
+                if held["school_id"] == rep.school_id:
+                    raise refuse(Conflict, Refusal.TRUSTED_CARD_TAKEN_BY_REP, uid=uid.hex(),
+                                 representative_id=held["representative_id"])
+                raise refuse(Conflict, Refusal.TRUSTED_CARD_TAKEN, uid=uid.hex())  # nothing told of another school's
             count = await conn.fetchval("SELECT count(*) FROM trusted_cards WHERE representative_id = $1",
                                         representative_id)
             if count >= TRUSTED_CARDS_PER_REPRESENTATIVE_MAX:
-                raise Conflict(f"representative {representative_id} already has {count} cards "
-                               f"(at most {TRUSTED_CARDS_PER_REPRESENTATIVE_MAX}); take one back first")
+                raise refuse(Conflict, Refusal.TRUSTED_CARDS_FULL, representative_id=representative_id, count=count,
+                             cards_max=TRUSTED_CARDS_PER_REPRESENTATIVE_MAX)
             row = await conn.fetchrow(
                 "INSERT INTO trusted_cards (identifier, representative_id, added_by, added_at_ms)"
                 " VALUES ($1, $2, $3, $4) RETURNING *", uid, representative_id, principal.login, now_ms)
@@ -103,14 +106,15 @@ class TrustedCardController(Controller):
         principal.require(*WRITERS, action="take trusted cards back")
         identifier = db.parse_uid(uid)
         if identifier is None:
-            raise Unprocessable("uid", "not a card UID")
+            raise invalid("uid", Refusal.NOT_A_CARD_UID)
         async with pool.acquire() as conn, conn.transaction():
             await _writable(conn, principal, representative_id)
             row = await conn.fetchrow(
                 "DELETE FROM trusted_cards WHERE identifier = $1 AND representative_id = $2 RETURNING *",
                 identifier, representative_id)
             if row is None:
-                raise NotFoundException(f"representative {representative_id} has no card {identifier.hex()}")
+                raise refuse(NotFoundException, Refusal.TRUSTED_NO_CARD, representative_id=representative_id,
+                             uid=identifier.hex())
             out = _out(row)
             await db.audit(conn, principal.login, "trusted_card.remove", f"representative:{representative_id}",
                            msgspec.structs.asdict(out), None, now_ms)

@@ -1,7 +1,8 @@
 /* The staff console's actions (staff_api/console.py). Every form or button marked data-action
    calls an endpoint of the JSON API with fetch(): the session cookie goes by itself, the CSRF
    cookie is echoed in the header. Nothing is checked here that the API checks: a refusal is
-   shown as the API gave it (a Russian line for its status, then the API's own detail). */
+   shown in Russian (a line for its status, then the text for its code or messages, from
+   console_ru via CLIENT); the API's English detail only folded away, for the support desk. */
 (function () {
   "use strict";
 
@@ -85,6 +86,67 @@
     node.setAttribute("aria-describedby", described.join(" "));
   }
 
+  // --- a refusal in Russian: console_ru.refusal_view again, from the same tables ----------------
+
+  // A parameter's value as the person reads it (console_ru._param_text).
+  function paramText(code, name, value) {
+    var names = CLIENT.param_names[code + "." + name] || CLIENT.param_names[name] || {};
+    var named = function (v) { return Object.prototype.hasOwnProperty.call(names, v) ? names[v] : v; };
+    if (/_kopecks$/.test(name) && typeof value === "number") return rubles(value);
+    if (Array.isArray(value)) return value.map(named).join(", ");
+    if (typeof value === "string" && value.indexOf(", ") >= 0 && !(value in names)) {
+      return value.split(", ").map(named).join(", ");
+    }
+    return String(named(value));
+  }
+
+  // The Russian text of a code with its parameters, or "".
+  function refusalText(code, params) {
+    var template = typeof code === "string" ? CLIENT.refusal_texts[code] : undefined;
+    if (template === undefined) return "";
+    var values = {};
+    Object.keys(params || {}).forEach(function (k) { values[k] = paramText(code, k, params[k]); });
+    return fill(template, values);
+  }
+
+  // A validation message without a code (msgspec's, the strict input rule's, a CSV row's), or "".
+  function validationText(message) {
+    for (var i = 0; i < CLIENT.validation.length; i++) {
+      var m = new RegExp(CLIENT.validation[i][0]).exec(message || "");
+      if (m) {
+        var groups = {};
+        for (var g = 1; g < m.length; g++) groups[String(g)] = m[g] === undefined ? "" : m[g];
+        return fill(CLIENT.validation[i][1], groups);
+      }
+    }
+    return "";
+  }
+
+  function errorText(e) {
+    return refusalText(e.code, e.params) || validationText(String(e.message || "")) || CLIENT.item_unknown;
+  }
+
+  // The main Russian line of a refusal that is not a 422 with fields.
+  function refusalMain(answer) {
+    var data = answer.data || {};
+    if (answer.status === 409 && REFUSALS[data.reason]) {
+      // a refused money command: the gateway's reason in Russian, its limit in rubles
+      var params = (data.result && data.result.params) || [];
+      var limit = typeof params[1] === "number" ? rubles(params[1]) : "";
+      return REFUSALS[data.reason].replace("{max}", limit);
+    }
+    if (answer.status === 0) return "";  // no answer at all: the status line says it
+    return refusalText(data.code, data.params) || CLIENT.refusal_unknown;
+  }
+
+  // The API's English words, folded away: for the support desk, never the text to read.
+  function supportDetails(detail) {
+    var details = el("details", null, { "class": "support" });
+    details.appendChild(el("summary", CLIENT.support_summary));
+    details.appendChild(el("code", detail, { lang: "en" }));
+    return details;
+  }
+
   function showRefusal(scope, box, answer) {
     clearErrors(scope, box);
     var title = TITLES[String(answer.status)] || TITLES["500"];
@@ -100,23 +162,17 @@
       errors.forEach(function (e) {
         var node = fieldOf(scope, e.field);
         var item = el("li");
-        item.appendChild(el("span", (node && node.dataset.label) ? "«" + node.dataset.label + "»: " : e.field + ": "));
-        item.appendChild(el("span", e.message, { lang: "en" }));
+        if (node && node.dataset.label) item.appendChild(el("span", "«" + node.dataset.label + "»: "));
+        item.appendChild(el("span", errorText(e)));
         list.appendChild(item);
         if (node) { markInvalid(node, box); first = first || node; }
       });
       box.appendChild(list);
-    } else if (answer.status === 409 && REFUSALS[answer.data.reason]) {
-      // a refused money command: the gateway's reason in Russian, its limit in rubles
-      var params = (answer.data.result && answer.data.result.params) || [];
-      var limit = typeof params[1] === "number" ? rubles(params[1]) : "";
-      box.appendChild(el("span", " " + REFUSALS[answer.data.reason].replace("{max}", limit), { "class": "detail" }));
-    } else if (answer.data.detail) {
-      var detail = el("span", null, { "class": "detail" });
-      detail.appendChild(document.createTextNode("Ответ сервера: "));
-      detail.appendChild(el("span", answer.data.detail, { lang: "en" }));
-      box.appendChild(detail);
+    } else {
+      var main = refusalMain(answer);
+      if (main) box.appendChild(el("span", " " + main, { "class": "detail" }));
     }
+    if (answer.data.detail) box.appendChild(supportDetails(answer.data.detail));
     if (first && typeof first.focus === "function") {
       (first.matches("fieldset") ? first.querySelector("input") || first : first).focus();
     }
@@ -263,6 +319,7 @@
     clearErrors(form, errorBox);
     errorBox.appendChild(el("span", TITLES["422"] + " Ничего не импортировано: ошибок " + errors.length +
                                     ". Исправьте файл и загрузите его снова."));
+    if (answer.data.detail) errorBox.appendChild(supportDetails(answer.data.detail));
     var box = reportBox();
     var table = el("table");
     table.appendChild(el("caption", "Ошибки в файле"));
@@ -273,8 +330,8 @@
     errors.forEach(function (e) {
       var row = el("tr");
       row.appendChild(el("td", e.row));
-      row.appendChild(el("td", e.field, { lang: "en" }));
-      row.appendChild(el("td", e.message, { lang: "en" }));
+      row.appendChild(el("td", e.field));  // the file's own column name, as in its header
+      row.appendChild(el("td", errorText(e)));
       body.appendChild(row);
     });
     box.appendChild(table);
@@ -378,7 +435,8 @@
 
     function tick() { countdown.textContent = minutesSeconds(deadline - Date.now()); }
 
-    // The wait is over: say how (a line in the status, or an error with the API's detail).
+    // The wait is over: say how (a line in the status, or an error; the API's English detail,
+    // if any, folded away for the support desk).
     function end(message, asError, detail) {
       stopTimers();
       op = null;
@@ -389,12 +447,7 @@
       state.textContent = asError ? "" : message;
       if (asError) {
         error.appendChild(el("span", message));
-        if (detail) {
-          var node = el("span", null, { "class": "detail" });
-          node.appendChild(document.createTextNode("Ответ сервера: "));
-          node.appendChild(el("span", detail, { lang: "en" }));
-          error.appendChild(node);
-        }
+        if (detail) error.appendChild(supportDetails(detail));
       }
       startButton.focus();
     }
@@ -411,8 +464,9 @@
           return true;
         case "failed":
           var failed = CLIENT.desk[operation.action === "bind_card" ? "bind_failed" : "temporary_failed"];
-          var why = deskFailure(operation.error, operation.pupil_id);
-          end(why ? failed + " " + why : failed, true, operation.error);
+          var why = deskFailure(operation.error, operation.pupil_id) ||
+                    refusalText(operation.error_code, operation.error_params) || CLIENT.refusal_unknown;
+          end(failed + " " + why, true, operation.error);
           return true;
         case "expired":
           end(CLIENT.desk.expired, true);

@@ -219,6 +219,44 @@ def test_bad_input_is_422_naming_the_field(api: Api):
     assert sql(api.dsn, "SELECT count(*) AS n FROM commands")[0]["n"] == 0
 
 
+def test_refusals_carry_a_code_and_params_beside_the_unchanged_english_detail(api: Api):
+    """``code`` and ``params`` (staff_api.refusals) for programs and the console's Russian; ``detail``
+    stays the English it always was."""
+    def body(r: httpx.Response, status: int) -> dict:
+        assert r.status_code == status, r.text
+        return r.json()
+
+    b = body(api.as_("nobody-token", "GET", "/pupils/1"), 401)
+    assert (b["detail"], b["code"], b["params"]) == ("unknown token", "token_unknown", {})
+    b = body(api.as_("off1", "GET", "/pupils/2000"), 404)
+    assert (b["detail"], b["code"], b["params"]) == ("no pupil with account 2000", "no_pupil", {"account_id": 2000})
+    b = body(api.as_("cash1", "POST", f"/cards/{demo_card_uid(3).hex()}/block"), 403)
+    assert b["detail"] == "role 'cashier' may not block cards; allowed: operator, officer"
+    assert (b["code"], b["params"]) == ("role_forbidden", {"role": "cashier", "action": "block cards",
+                                                           "allowed": ["operator", "officer"]})
+    assert body(api.op("POST", f"/cards/{demo_card_uid(3).hex()}/block"), 200)
+    b = body(api.op("POST", f"/cards/{demo_card_uid(3).hex()}/block"), 409)
+    assert (b["detail"], b["code"], b["params"]) == (f"card {demo_card_uid(3).hex()} is already blocked",
+                                                     "card_already_blocked", {"uid": demo_card_uid(3).hex()})
+    # a 422 of the package: the code at the top and on its error item
+    b = body(api.op("POST", "/money/corrections", json={"account_id": 3, "amount_kopecks": 0, "reason": "x"},
+                    headers={"Idempotency-Key": "z"}), 422)
+    assert (b["detail"], b["field"], b["code"], b["params"]) == ("amount_kopecks: must not be zero", "amount_kopecks",
+                                                                 "amount_zero", {})
+    assert b["errors"] == [{"field": "amount_kopecks", "message": "must not be zero", "source": "body",
+                            "code": "amount_zero", "params": {}}]
+    # words made elsewhere from a known template get its code too (storage's, the path ids' 404),
+    # their parameters as the text had them
+    b = body(api.op("PUT", "/pupils/3/controls", json={"banned_products": [999]}), 422)
+    assert (b["detail"], b["code"], b["params"]) == ("banned_products: unknown product codes of school 1: [999]",
+                                                     "unknown_products", {"school_id": "1", "codes": "999"})
+    b = body(api.op("GET", f"/schools/{2**31}"), 404)
+    assert (b["detail"], b["code"], b["params"]) == (f"no school {2**31}", "no_school", {"school_id": str(2**31)})
+    # msgspec's own messages have no code: the console reads them by their words
+    b = body(api.op("POST", "/schools/1/pupils", json={"full_name": "Петров Олег", "grade": 12}), 422)
+    assert b["field"] == "grade" and "code" not in b and "code" not in b["errors"][0], b
+
+
 # --- pupils, schools, controls ------------------------------------------------------------------
 
 

@@ -85,6 +85,22 @@ def alert_text(page, selector: str) -> str:
     return page.inner_text(selector)
 
 
+def russian_only(page, selector: str, russian: str, english: str = "") -> None:
+    """A refusal shown in Russian: ``russian`` is read, no Latin word outside the folded-away
+    "Подробности для службы поддержки", which holds the API's English detail (``english``)."""
+    box = page.locator(selector)
+    shown = " ".join(box.inner_text().split())
+    assert russian in shown, shown
+    details = box.locator("details")
+    assert details.count() == 1 and details.get_attribute("open") is None, shown
+    assert details.locator("summary").inner_text() == "Подробности для службы поддержки"
+    outside = box.evaluate("""b => { const c = b.cloneNode(true); c.querySelectorAll('details').forEach(d => d.remove());
+                                     return c.textContent; }""")
+    assert not re.search(r"(?!UID\b)\b[A-Za-z]{3,}", outside), outside
+    if english:
+        assert english in details.locator("[lang=en]").text_content(), details.inner_html()
+
+
 def test_an_officer_enrols_a_pupil_and_the_temporary_card_issued_opens_the_turnstile(console, browser_page, tmp_path):
     api, page = console, browser_page
     url = api.url
@@ -115,6 +131,7 @@ def test_an_officer_enrols_a_pupil_and_the_temporary_card_issued_opens_the_turns
         page.get_by_role("button", name="Зачислить").click()
         error = alert_text(page, "#enrol-error")
         assert "Проверьте введённые данные" in error and "«Номер карты (UID)»" in error, error
+        russian_only(page, "#enrol-error", "«Номер карты (UID)»: Значение записано в неверном виде.")
         assert page.get_attribute("#card_uid", "aria-invalid") == "true"
         assert page.evaluate("document.activeElement.id") == "card_uid"
         accessible(page, "staff-console-enrol-error")
@@ -126,6 +143,15 @@ def test_an_officer_enrols_a_pupil_and_the_temporary_card_issued_opens_the_turns
         assert "Кузнецова Анна Сергеевна" in page.inner_text("h1")
         assert "сервисная карта" in page.inner_text("#cards table")
         accessible(page, "staff-console-pupil")
+
+        # a card already bound to another pupil: the API's 409, in Russian (its code and parameters)
+        page.locator("#bind-uid").fill("04000000000003")
+        page.locator("form[data-action=bind]").get_by_role("button", name="Привязать").click()
+        alert_text(page, "#bind-error")
+        russian_only(page, "#bind-error", "Действие невозможно в текущем состоянии. (409) Карта 04000000000003 уже "
+                                          "привязана к лицевому счёту № 3 (карта действует).",
+                     "uid: card 04000000000003 is already bound to account 3 (active)")
+        accessible(page, "staff-console-pupil-bind-refused")
 
         # a temporary card, its UID typed: the original is suspended, the temporary card bound
         page.get_by_label("Взамен карты").select_option(ORIGINAL_UID.lower())
@@ -194,7 +220,8 @@ def test_an_officer_enrols_a_pupil_and_the_temporary_card_issued_opens_the_turns
         page.get_by_label("выход из школы").check()
         page.get_by_role("button", name="Зарегистрировать заявление").click()
         error = alert_text(page, "#application-error")
-        assert "«Согласие»" in error and "consent" in error, error
+        russian_only(page, "#application-error", "«Согласие»: Без согласия на обработку персональных данных "
+                                                 "заявление не регистрируется.", "consent: the representative's consent")
         accessible(page, "staff-console-application-error")
         page.get_by_label("Представитель дал согласие на обработку персональных данных").check()
         page.get_by_role("button", name="Зарегистрировать заявление").click()
@@ -264,10 +291,13 @@ def test_a_cashier_is_offered_what_a_cashier_may_do_and_shown_the_apis_refusals(
     # a pupil of another school: the API's 404, as for no pupil (nothing told about it); a page of
     # the office: the API's 403, in the page
     page.goto(api.url + "/console/pupils/2000")
-    assert "no pupil with account 2000" in page.inner_text("[role=alert]")
-    assert "school 2" not in page.inner_text("[role=alert]")
+    russian_only(page, "[role=alert]", "Не найдено. (404) Ученика с лицевым счётом № 2000 нет.",
+                 "no pupil with account 2000")
+    assert "school 2" not in page.text_content("[role=alert]")
     page.goto(api.url + "/console/schools/1/presence")
-    assert "role 'cashier' may not see who is inside a school" in page.inner_text("[role=alert]")
+    russian_only(page, "[role=alert]", "Роли «кассир столовой» это действие недоступно. Его выполняют: "
+                                       "оператор города, ответственный сотрудник школы, аудитор.",
+                 "role 'cashier' may not see who is inside a school")
     accessible(page, "staff-console-cashier-403")
     # an action the page did not offer, tried from the browser all the same: the API refuses it
     answer = page.evaluate("""async () => {

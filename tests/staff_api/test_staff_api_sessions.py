@@ -226,11 +226,16 @@ def test_each_role_is_offered_its_pages_and_shown_the_apis_403_elsewhere(api: Ap
         text = client.get("/console").text
         assert "/console/schools/1/presence" in text and "/console/schools/2/fire-alarm" in text
 
-    # reached anyway: the API's own refusal, with its status
+    # reached anyway: the API's own refusal, with its status, in Russian (its English detail for
+    # the support desk, folded away)
     r = cashier.get("/console/schools/1/presence")
     assert r.status_code == 403 and "role 'cashier' may not see who is inside a school" in alert(r.text)
     r = cashier.get("/console/pupils/new")
     assert r.status_code == 403 and "may not enrol pupils" in alert(r.text)
+    assert "Роли «кассир столовой» это действие недоступно. Его выполняют: оператор города, ответственный " \
+           "сотрудник школы." in alert(r.text)  # the form page's own check (console.Page.denied)
+    assert re.search(r'<details class="support"><summary>Подробности для службы поддержки</summary>'
+                     r'<code lang="en">role &#39;cashier&#39; may not enrol pupils', r.text), r.text
     r = auditor.get("/console/applications/new")
     assert r.status_code == 403 and "may not register representatives" in alert(r.text)
     r = officer.get("/console/pupils/2000")  # another school's pupil: as no pupil
