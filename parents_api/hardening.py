@@ -256,8 +256,12 @@ ERROR_SCHEMA: dict[str, Any] = {
         "errors": {"type": "array", "items": {
             "type": "object", "required": ["field", "message"],
             "properties": {"field": {"type": "string"}, "message": {"type": "string"},
-                           "source": {"type": "string"}, "row": {"type": "integer"}},
+                           "source": {"type": "string"}, "row": {"type": "integer"},
+                           "code": {"type": "string"}, "params": {"type": "object"}},
         }},
+        "code": {"type": "string", "description": "the staff API: the refusal's code (staff_api.refusals), "
+                                                  "for a client to say it in its own language"},
+        "params": {"type": "object", "description": "the staff API: the values the code's text names"},
         "request_id": {"type": "string", "description": "5xx (and a value the database refused): in the log"},
     },
 }
