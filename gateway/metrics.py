@@ -10,7 +10,8 @@ Exported (all prefixed ecard_):
 - naks_total{reason}
 - security_events_total{event}, reader_time_rejected_total
 - decision_latency_us (histogram, frame received -> reply written, server side)
-- decision_latency_quantile_us{quantile} (exact, over the last LATENCY_SAMPLES_MAX decisions)
+- decision_latency_quantile_us{quantile} (over the last LATENCY_SAMPLES_MAX decisions: exact up to
+  QUANTILE_SORT_SAMPLES_MAX of them, beyond that from that many evenly spaced ones)
 - devices_connected{kind}
 - allowance_pages_total, allowance_resets_total, allowance_tills_unseen (offline tills)
 - journal_queue_depth, journal_flush_batch_events (histogram), journal_flush_duration_ms (histogram)
@@ -41,9 +42,14 @@ LATENCY_BUCKETS_US = (10, 25, 50, 75, 100, 150, 200, 250, 350, 500, 750, 1_000, 
 DURABLE_BUCKETS_MS = (1, 2, 5, 10, 15, 20, 30, 50, 100, 250, 500, 1_000, 5_000, 30_000)
 BATCH_BUCKETS = (1, 4, 16, 64, 256, 1_024, 4_096, 16_384)
 FLUSH_BUCKETS_MS = (1, 2, 5, 10, 20, 50, 100, 500, 1_000, 5_000)
-# Exact quantiles come from a ring of the most recent samples: 65,536 samples
+# Quantiles come from a ring of the most recent samples: 65,536 samples
 # hold a few seconds of peak traffic, at 512 KiB per ring.
 LATENCY_SAMPLES_MAX = 65_536
+# A quantile sorts at most this many samples of the ring (every k-th, evenly spaced): the sort
+# holds the GIL (a scrape runs in prometheus_client's thread), so the event loop waits for it.
+# All 65,536 took 6-10 ms of the loop per ring, twice per scrape and once per progress line;
+# 8,192 take under 1 ms, and the p99.9 of 8,192 is still the 9th highest.
+QUANTILE_SORT_SAMPLES_MAX = 8_192
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
 
 
@@ -114,9 +120,11 @@ class Buckets:
         del pending[:]
 
     def quantiles(self, qs: Iterable[float] = QUANTILES) -> list[tuple[float, int]]:
-        if not self.filled:
+        filled = self.filled
+        if not filled:
             return [(q, 0) for q in qs]
-        data = sorted(self.samples[: self.filled])
+        stride = -(-filled // QUANTILE_SORT_SAMPLES_MAX)  # 1 (all of them) up to 8,192 samples
+        data = sorted(self.samples[:filled:stride])
         return [(q, data[min(len(data) - 1, int(q * len(data)))]) for q in qs]
 
     def family(self, name: str, doc: str) -> HistogramMetricFamily:
@@ -184,7 +192,9 @@ class GatewayCollector(Collector):
         yield n
         yield m.latency_us.family("ecard_decision_latency_us", "Frame received to reply written, microseconds")
         q = GaugeMetricFamily(
-            "ecard_decision_latency_quantile_us", "Exact quantiles over recent decisions, microseconds", labels=("quantile",)
+            "ecard_decision_latency_quantile_us",
+            "Quantiles over the last 65,536 decisions (8,192 of them, evenly spaced), microseconds",
+            labels=("quantile",),
         )
         for quantile, value in m.latency_us.quantiles():
             q.add_metric((str(quantile),), value)
@@ -211,7 +221,10 @@ class GatewayCollector(Collector):
             "Tills of schools with an offline floor not synced since the start (their schools keep the floor reserved)",
             value=unseen,
         )
-        q = GaugeMetricFamily("ecard_durable_lag_quantile_ms", "Exact quantiles over recent events, ms", labels=("quantile",))
+        q = GaugeMetricFamily(
+            "ecard_durable_lag_quantile_ms", "Quantiles over the last 65,536 events (8,192 of them, evenly spaced), ms",
+            labels=("quantile",),
+        )
         for quantile, value in m.durable_lag_ms.quantiles():
             q.add_metric((str(quantile),), value)
         yield q

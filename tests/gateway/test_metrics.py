@@ -1,0 +1,80 @@
+"""gateway.metrics.Buckets: what the hot path records is folded into buckets and a ring in order,
+and the quantiles read the whole ring, sorting at most QUANTILE_SORT_SAMPLES_MAX samples."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from gateway import metrics
+from gateway.metrics import LATENCY_SAMPLES_MAX, QUANTILE_SORT_SAMPLES_MAX, Buckets
+
+
+def test_fold_counts_each_sample_in_its_bucket_and_keeps_the_ring_in_order():
+    b = Buckets((10, 100))
+    for v in (1, 10, 11, 100, 101, 5_000):
+        b.record(v)
+    b.fold()
+    assert b.counts == [2, 2, 2]  # <= 10, <= 100, above (bisect_left: a bound belongs to its bucket)
+    assert b.total == 1 + 10 + 11 + 100 + 101 + 5_000
+    assert list(b.samples[: b.filled]) == [1, 10, 11, 100, 101, 5_000] and b.cursor == 6
+    b.observe(7)  # one at once, after what was recorded
+    assert b.counts == [3, 2, 2] and b.samples[6] == 7 and b.filled == 7
+
+
+def test_the_ring_wraps_and_keeps_the_most_recent_samples():
+    b = Buckets((10,))
+    for v in range(LATENCY_SAMPLES_MAX + 5):
+        b.record(v)
+    b.fold()
+    assert b.filled == LATENCY_SAMPLES_MAX and b.cursor == 0
+    assert min(b.samples) == 5 and max(b.samples) == LATENCY_SAMPLES_MAX + 4  # the oldest 5 are gone
+    for v in (-1, -2):
+        b.record(v)
+    b.fold()
+    assert b.cursor == 2 and list(b.samples[:2]) == [-1, -2] and b.samples[2] == 7
+
+
+def test_quantiles_are_exact_while_the_ring_holds_no_more_than_a_sort_takes():
+    rng = random.Random(7)
+    values = [rng.randrange(1_000_000) for _ in range(QUANTILE_SORT_SAMPLES_MAX)]
+    b = Buckets((10,))
+    for v in values:
+        b.record(v)
+    b.fold()
+    ordered = sorted(values)
+    assert b.quantiles((0.5, 0.99, 0.999)) == [
+        (q, ordered[int(q * len(ordered))]) for q in (0.5, 0.99, 0.999)
+    ]
+
+
+def test_quantiles_of_a_full_ring_sort_evenly_spaced_samples_of_all_of_it(monkeypatch):
+    sorted_lengths = []
+    real_sorted = sorted
+
+    def counting_sorted(data):
+        sorted_lengths.append(len(data))
+        return real_sorted(data)
+
+    monkeypatch.setattr(metrics, "sorted", counting_sorted, raising=False)
+    b = Buckets((10,))
+    # the older half of the ring is fast (1 us), the newer half slow (1,000 us)
+    for v in [1] * (LATENCY_SAMPLES_MAX // 2) + [1_000] * (LATENCY_SAMPLES_MAX // 2):
+        b.record(v)
+    b.fold()
+    sorted_lengths.clear()
+    got = dict(b.quantiles((0.25, 0.75)))
+    assert sorted_lengths == [QUANTILE_SORT_SAMPLES_MAX]  # not the whole ring
+    assert got == {0.25: 1, 0.75: 1_000}  # both halves of the ring are in the sample
+
+    rng = random.Random(11)
+    values = list(range(LATENCY_SAMPLES_MAX))
+    rng.shuffle(values)
+    b = Buckets((10,))
+    for v in values:
+        b.record(v)
+    b.fold()
+    for q, value in b.quantiles((0.5, 0.9, 0.99, 0.999)):
+        # the exact quantile is q * 65,536; a sample of 8,192 lands within a few hundred of it
+        assert value == pytest.approx(q * LATENCY_SAMPLES_MAX, abs=0.01 * LATENCY_SAMPLES_MAX), q
