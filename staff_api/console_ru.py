@@ -188,7 +188,7 @@ DESK_FAILURES = [
 # the support desk (``SUPPORT_SUMMARY``).
 
 REFUSAL = {
-    "role_forbidden": "Роли «{role}» это действие недоступно. Его выполняют: {allowed}.",
+    "role_forbidden": "Роль «{role}» не может {action}. Это могут роли: {allowed}.",
     "auditor_read_only": "Аудитор может только просматривать данные, но не изменять их.",
     "foreign_school": "Вы работаете в школе № {own_school_id}, а это данные школы № {school_id}.",
     "city_level_data": "Вы работаете в школе № {own_school_id}, а это данные городского уровня.",
@@ -314,6 +314,67 @@ REFUSAL = {
 DESK_OPERATION_STATUS = {"pending": "ожидает карту", "done": "выполнена", "failed": "не выполнена",
                          "expired": "время ожидания истекло", "cancelled": "отменена"}
 DESK_ACTION = {"bind_card": "привязка карты", "issue_temporary": "выдача временной карты"}
+# What a role may not do (the role check's ``action``, staff_api.auth.Principal.require), as the
+# refusal says it after "не может". Every action the API checks has its phrase here (a test reads
+# them from the code).
+ACTION = {
+    "bind cards": "привязывать карты",
+    "block cards": "блокировать карты",
+    "cancel desk reader operations": "отменять операции на считывателях",
+    "change a school policy": "менять правила школы",
+    "change meal periods": "менять периоды питания",
+    "change menus": "менять меню",
+    "change pre-orders": "менять предзаказы",
+    "change products": "менять товары",
+    "change pupils": "менять данные учеников",
+    "change representatives": "менять данные представителей",
+    "close install mode": "выключать режим установки",
+    "correct balances": "исправлять балансы",
+    "create schools": "создавать школы",
+    "create staff": "создавать учётные записи сотрудников",
+    "deactivate staff": "отключать сотрудников",
+    "enrol pupils": "зачислять учеников",
+    "give trusted cards": "выдавать карты доверенным лицам",
+    "import pupils": "загружать списки учеников",
+    "issue temporary cards": "выдавать временные карты",
+    "issue tokens for other staff": "выдавать ключи доступа другим сотрудникам",
+    "list staff": "просматривать список сотрудников",
+    "open install mode": "включать режим установки",
+    "present cards on desk readers": "прикладывать карты к считывателям",
+    "promote device keys": "вводить в действие новые ключи устройств",
+    "raise or reset a fire alarm": "объявлять и снимать пожарную тревогу",
+    "read a school's access log": "просматривать журнал проходов школы",
+    "read a school's fire alarm": "просматривать пожарную тревогу школы",
+    "read deliveries": "просматривать доставку уведомлений",
+    "read desk reader operations": "просматривать операции на считывателях",
+    "read desk readers": "просматривать считыватели",
+    "read representatives": "просматривать представителей",
+    "read the audit log": "просматривать журнал действий",
+    "read the daily report": "просматривать дневной отчёт",
+    "read the dead letters": "просматривать недоставленные уведомления",
+    "read trusted cards": "просматривать карты доверенных лиц",
+    "reconcile a school's presence": "сверять, кто находится в школе",
+    "refund purchases": "оформлять возвраты покупок",
+    "register desk readers": "регистрировать считыватели",
+    "register devices": "регистрировать устройства",
+    "register representatives": "регистрировать представителей",
+    "remove representatives": "удалять представителей",
+    "resume representatives": "возобновлять доступ представителей",
+    "retire device keys": "выводить из действия ключи устройств",
+    "revoke devices": "отзывать устройства",
+    "rotate device keys": "менять ключи устройств",
+    "see the schools and the staff": "просматривать школы и сотрудников",
+    "see who is inside a school": "смотреть, кто находится в школе",
+    "set parent controls": "устанавливать ограничения родителей",
+    "start desk reader operations": "начинать операции на считывателях",
+    "suspend representatives": "приостанавливать доступ представителей",
+    "take back temporary cards": "принимать обратно временные карты",
+    "take cash top-ups": "принимать пополнения наличными",
+    "take trusted cards back": "забирать карты доверенных лиц",
+    "transfer money": "переводить деньги",
+    "unbind cards": "отвязывать карты",
+}
+
 PARAM_NAMES: dict[str, dict] = {
     "role": ROLE,
     "allowed": ROLE,
@@ -327,6 +388,7 @@ PARAM_NAMES: dict[str, dict] = {
     "trusted_rep_not_active.status": REPRESENTATIVE_STATUS,
     "desk_operation_ended.status": DESK_OPERATION_STATUS,
     "desk_operation_expired.action": DESK_ACTION,
+    "role_forbidden.action": ACTION,
 }
 
 # Messages with no code: msgspec's and Litestar's validation, the strict input rule's

@@ -184,7 +184,7 @@ def test_a_coded_refusal_reads_in_russian_with_its_parameters_named():
                                  "code": "role_forbidden",
                                  "params": {"role": "cashier", "action": "block cards", "allowed": ["operator"]}})
     assert view["title"] == ru.STATUS_TITLE[403]
-    assert view["text"] == "Роли «кассир столовой» это действие недоступно. Его выполняют: оператор города."
+    assert view["text"] == "Роль «кассир столовой» не может блокировать карты. Это могут роли: оператор города."
     assert view["support"] == "role 'cashier' may not block cards; allowed: operator"
     # a parameter recognised from a text is a string; a list the text joined is named item by item
     view = ru.refusal_view(422, {"detail": "x", "errors": [{"field": "period", "message": "x",
@@ -193,6 +193,42 @@ def test_a_coded_refusal_reads_in_russian_with_its_parameters_named():
                                                                         "periods": "breakfast, lunch"}}]})
     assert view["items"] == [{"field": "period", "label": "", "text": "В школе № 1 нет такого приёма пищи. "
                                                                        "Есть: завтрак, обед."}]
+
+
+def _role_check_actions() -> set[str]:
+    """Every ``action`` the package's role checks name: ``require(..., action="...")`` literals, and
+    the one f-string (``f"{action} representatives"``) over its table's keys."""
+    actions: set[str] = set()
+    for path in sorted(PACKAGE.glob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "require"):
+                continue
+            for kw in node.keywords:
+                if kw.arg != "action":
+                    continue
+                if isinstance(kw.value, ast.Constant):
+                    actions.add(kw.value.value)
+                elif isinstance(kw.value, ast.JoinedStr) and path.name == "representatives.py":
+                    from staff_api.representatives import _TRANSITIONS
+
+                    tail = "".join(v.value for v in kw.value.values if isinstance(v, ast.Constant))
+                    actions.update(f"{key}{tail}" for key in _TRANSITIONS)
+                else:
+                    raise AssertionError(f"{path.name}:{node.lineno}: a role check's action this test cannot read")
+    return actions
+
+
+def test_every_action_a_role_check_names_reads_in_russian():
+    actions = _role_check_actions()
+    assert len(actions) >= 50 and "block cards" in actions and "suspend representatives" in actions
+    assert actions <= set(ru.ACTION), sorted(actions - set(ru.ACTION))
+    for phrase in ru.ACTION.values():
+        assert not _LATIN_WORD.search(phrase), phrase
+    view = ru.refusal_view(403, {"detail": "x", "code": "role_forbidden",
+                                 "params": {"role": "auditor", "action": "suspend representatives",
+                                            "allowed": ["operator", "officer"]}})
+    assert view["text"].startswith("Роль «аудитор» не может приостанавливать доступ представителей. Это могут роли: ")
 
 
 def test_money_parameters_are_rubles():

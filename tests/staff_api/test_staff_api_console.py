@@ -295,8 +295,8 @@ def test_a_cashier_is_offered_what_a_cashier_may_do_and_shown_the_apis_refusals(
                  "no pupil with account 2000")
     assert "school 2" not in page.text_content("[role=alert]")
     page.goto(api.url + "/console/schools/1/presence")
-    russian_only(page, "[role=alert]", "Роли «кассир столовой» это действие недоступно. Его выполняют: "
-                                       "оператор города, ответственный сотрудник школы, аудитор.",
+    russian_only(page, "[role=alert]", "Роль «кассир столовой» не может смотреть, кто находится в школе. "
+                                       "Это могут роли: оператор города, ответственный сотрудник школы, аудитор.",
                  "role 'cashier' may not see who is inside a school")
     accessible(page, "staff-console-cashier-403")
     # an action the page did not offer, tried from the browser all the same: the API refuses it

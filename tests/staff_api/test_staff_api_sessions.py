@@ -232,8 +232,8 @@ def test_each_role_is_offered_its_pages_and_shown_the_apis_403_elsewhere(api: Ap
     assert r.status_code == 403 and "role 'cashier' may not see who is inside a school" in alert(r.text)
     r = cashier.get("/console/pupils/new")
     assert r.status_code == 403 and "may not enrol pupils" in alert(r.text)
-    assert "Роли «кассир столовой» это действие недоступно. Его выполняют: оператор города, ответственный " \
-           "сотрудник школы." in alert(r.text)  # the form page's own check (console.Page.denied)
+    assert "Роль «кассир столовой» не может зачислять учеников. Это могут роли: оператор города, " \
+           "ответственный сотрудник школы." in alert(r.text)  # the form page's own check (console.Page.denied)
     assert re.search(r'<details class="support"><summary>Подробности для службы поддержки</summary>'
                      r'<code lang="en">role &#39;cashier&#39; may not enrol pupils', r.text), r.text
     r = auditor.get("/console/applications/new")
