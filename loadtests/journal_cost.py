@@ -45,7 +45,7 @@ import time
 import asyncpg
 import psutil
 
-from storage.journal import _FLUSH
+from storage.journal import _FLUSH, JOURNAL_INSERT
 
 from . import gateway_path, procs
 
@@ -174,16 +174,7 @@ def run(decisions: int, batch: int, rounds: int = 10, dbs: procs.Databases | Non
 # Calls per statement kind in --per-commit: CPU times come in 10 ms clock ticks, so 3,000 calls
 # of 30-150 us give each figure to within a few us.
 PER_COMMIT_CALLS = 3_000
-_JOURNAL_INSERT_ALONE = """
-WITH j AS (
-    INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, debit_account_id,
-                         credit_account_id, amount_kopecks, balance_after_kopecks, advice, device_time_ms,
-                         decided_at_ms, happened_at_ms, cashier_id, items, granted_txn)
-    SELECT r.* FROM unnest($1::journal_row[]) AS r
-    RETURNING 1
-)
-SELECT count(*) FROM j
-"""
+_JOURNAL_INSERT_ALONE = f"WITH j AS ({JOURNAL_INSERT} RETURNING 1) SELECT count(*) FROM j"
 
 
 async def _per_commit(dsn: str, calls: int) -> dict[str, float]:

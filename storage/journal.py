@@ -30,7 +30,7 @@ from typing import Awaitable, Callable
 import asyncpg
 import msgspec
 
-from ledger.records import AccountCheckpoint, JournalEntry
+from ledger.records import AccountCheckpoint, JournalEntry, JournalRow
 
 from .outbox import OUTBOX_CHANNEL
 
@@ -55,6 +55,13 @@ NOTIFY_SEQS_MAX = 500
 #   $5 AccessEvent arrays) travels as JSON (encoded in C by msgspec from the ledger's
 #   records) that PostgreSQL unpacks as jsonb: parsed once per batch, then ``->>N`` is an
 #   index into a parsed array. (As ``json`` every ``->>`` re-scanned the element's text.)
+# The journal rows of a batch ($1, an array of journal_row) into the journal: its columns are
+# JournalRow's fields, in order, as the composite type's are (migration 0023).
+JOURNAL_INSERT = (
+    f"INSERT INTO journal ({', '.join(JournalRow.__struct_fields__)}) SELECT r.* FROM unnest($1::journal_row[]) AS r"
+)
+
+
 def _flush_statement(retry: bool) -> str:
     """The group commit's statement. A batch's first attempt inserts its journal and outbox rows
     plainly: the machine decided each (device, txn) once and event ids derive from it, so they are
@@ -67,10 +74,7 @@ def _flush_statement(retry: bool) -> str:
     outbox_conflict = "ON CONFLICT (event_id) DO NOTHING" if retry else ""
     return f"""
 WITH j AS (
-    INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, debit_account_id,
-                         credit_account_id, amount_kopecks, balance_after_kopecks, advice, device_time_ms,
-                         decided_at_ms, happened_at_ms, cashier_id, items, granted_txn)
-    SELECT r.* FROM unnest($1::journal_row[]) AS r
+    {JOURNAL_INSERT}
     {journal_conflict}
     RETURNING 1
 ), b AS (
