@@ -133,6 +133,7 @@ class Gateway:
             self.load_rss_mib,
         )
         metrics = GatewayMetrics(machine.tally)
+        metrics.gc_pauses.install()  # from here on: the load's own collections are not the service's pauses
         self.core = core = GatewayCore(config, machine, metrics)
         self._journal_task = asyncio.create_task(journal.run(), name="journal")
         self.commands = CommandProcessor(
@@ -250,6 +251,8 @@ class Gateway:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        if core is not None:
+            core.metrics.gc_pauses.uninstall()
         if self._metrics_server is not None:
             self._metrics_server.shutdown()
             self._metrics_server.server_close()

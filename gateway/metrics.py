@@ -19,11 +19,14 @@ Exported (all prefixed ecard_):
   journal_oldest_pending_ms, journal_flush_failures_total, journal_connected
 - event_loop_lag_ms (histogram): how late a timer of the event loop fires; the wait a
   tap spends queued behind other work, which the decision latency does not show
+- gc_pause_us{generation} (histogram): every collection of Python's cyclic garbage collector,
+  how long it held the process (the event loop waits for all of it)
 - process_cpu_seconds etc. from prometheus_client's default process collector
 """
 
 from __future__ import annotations
 
+import gc
 import time
 from array import array
 from bisect import bisect_left, bisect_right
@@ -51,6 +54,10 @@ LATENCY_SAMPLES_MAX = 65_536
 # 8,192 take under 1 ms, and the p99.9 of 8,192 is still the 9th highest.
 QUANTILE_SORT_SAMPLES_MAX = 8_192
 QUANTILES = (0.5, 0.9, 0.99, 0.999)
+# A collection of the cyclic GC stops everything for as long as it walks its generation:
+# 0.1 ms is a young collection of a few thousand objects, 100 ms a walk of millions.
+GC_PAUSE_BUCKETS_US = (100, 250, 500, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000)
+GC_GENERATIONS = 3
 
 
 class Buckets:
@@ -94,6 +101,9 @@ class Buckets:
         n = len(pending)
         if not n:
             return
+        # The first n samples only, copied (one C copy): a sample appended meanwhile (a GC pause
+        # recorded from the scrape thread, see GcPauses) stays pending for the next fold.
+        pending = pending[:n]
         counts = self.counts
         # Bucket i holds bounds[i-1] < v <= bounds[i] (bisect_left): counted on the sorted
         # samples with one bisect per bound, whatever their number.
@@ -117,7 +127,7 @@ class Buckets:
                 samples[:n - head] = pending[head:]
             self.cursor = (i + n) % LATENCY_SAMPLES_MAX
         self.filled = min(LATENCY_SAMPLES_MAX, self.filled + n)
-        del pending[:]
+        del self.pending[:n]
 
     def quantiles(self, qs: Iterable[float] = QUANTILES) -> list[tuple[float, int]]:
         filled = self.filled
@@ -127,13 +137,60 @@ class Buckets:
         data = sorted(self.samples[:filled:stride])
         return [(q, data[min(len(data) - 1, int(q * len(data)))]) for q in qs]
 
-    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+    def cumulative(self) -> list[tuple[str, int]]:
+        """Prometheus's buckets: (upper bound, samples at or below it), the last one "+Inf"."""
         cumulative, buckets = 0, []
         for bound, count in zip(self.bounds, self.counts):
             cumulative += count
             buckets.append((str(bound), cumulative))
         buckets.append(("+Inf", cumulative + self.counts[-1]))
-        return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=self.total)
+        return buckets
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        return HistogramMetricFamily(name, doc, buckets=self.cumulative(), sum_value=self.total)
+
+
+class GcPauses:
+    """Times every collection of Python's cyclic GC (a ``gc.callbacks`` hook), by generation.
+
+    A collection runs in whichever thread allocated past the threshold (the event loop's, or
+    prometheus_client's during a scrape) and holds the GIL throughout, so the event loop waits
+    for all of it: a pause of the gateway that neither the decision latency (it falls between
+    two decisions) nor a 100 ms timer sees in full. ``record`` is an array append, safe from
+    any thread; the loop's fold moves the samples into the buckets.
+    """
+
+    __slots__ = ("generations", "_started_ns")
+
+    def __init__(self) -> None:
+        self.generations = tuple(Buckets(GC_PAUSE_BUCKETS_US) for _ in range(GC_GENERATIONS))
+        self._started_ns = 0
+
+    def __call__(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._started_ns = time.perf_counter_ns()
+        else:
+            self.generations[info["generation"]].record((time.perf_counter_ns() - self._started_ns) // 1_000)
+
+    def install(self) -> None:
+        if self not in gc.callbacks:
+            gc.callbacks.append(self)
+
+    def uninstall(self) -> None:
+        if self in gc.callbacks:
+            gc.callbacks.remove(self)
+
+    def fold(self) -> None:
+        for buckets in self.generations:
+            buckets.fold()
+
+    def family(self) -> HistogramMetricFamily:
+        h = HistogramMetricFamily(
+            "ecard_gc_pause_us", "Collections of the cyclic GC, how long each held the process, us", labels=("generation",)
+        )
+        for generation, buckets in enumerate(self.generations):
+            h.add_metric((str(generation),), buckets.cumulative(), sum_value=buckets.total)
+        return h
 
 
 class GatewayMetrics:
@@ -146,6 +203,7 @@ class GatewayMetrics:
         self.batch_events = Buckets(BATCH_BUCKETS)
         self.flush_ms = Buckets(FLUSH_BUCKETS_MS)
         self.loop_lag_ms = Buckets(LOOP_LAG_BUCKETS_MS)
+        self.gc_pauses = GcPauses()  # installed by the gateway once its state is loaded and frozen
         self.decisions_total = 0
 
     def decision_count(self) -> int:
@@ -155,6 +213,7 @@ class GatewayMetrics:
         """Fold what the hot path recorded (see Buckets): after each commit and every 100 ms."""
         self.latency_us.fold()
         self.durable_lag_ms.fold()
+        self.gc_pauses.fold()
 
 
 class GatewayCollector(Collector):
@@ -213,6 +272,7 @@ class GatewayCollector(Collector):
         yield m.flush_ms.family("ecard_journal_flush_duration_ms", "Duration of one group commit, ms")
         yield m.durable_lag_ms.family("ecard_durable_lag_ms", "Decision to COMMIT, ms")
         yield m.loop_lag_ms.family("ecard_event_loop_lag_ms", "How late an event-loop timer fires, ms")
+        yield m.gc_pauses.family()
         pages, resets, unseen = self._allowance_state()
         yield CounterMetricFamily("ecard_allowance_pages", "ALLOWANCE_PAGEs sent to tills", value=pages)
         yield CounterMetricFamily("ecard_allowance_resets", "ALLOWANCE_PAGEs that started a till afresh", value=resets)

@@ -377,6 +377,9 @@ def measure_paced(
     r["event_loop_lag_ms"] = {
         q: procs.histogram_quantile(m, "ecard_event_loop_lag_ms", float(q)) for q in ("0.5", "0.99", "0.999")
     }
+    # The cyclic GC's collections since the gateway started (after its state was loaded and
+    # frozen): each one held the event loop for its whole pause (gateway.metrics.GcPauses).
+    r["gc_pauses"] = procs.histogram_by_label(m, "ecard_gc_pause_us", "generation")
     r["saturated"] = saturation(r)
     return r
 
@@ -850,6 +853,12 @@ def table(res: dict) -> str:
                 f"  ecard event-loop lag (timer lateness, bucket bounds): p50 <= {_fmt(lag.get('0.5'))} ms, "
                 f"p99 <= {_fmt(lag.get('0.99'))} ms, p99.9 <= {_fmt(lag.get('0.999'))} ms"
             )
+        gcp = (h.get("ecard") or {}).get("gc_pauses") or {}
+        if gcp:
+            lines.append("  ecard GC collections since start (generation: count, total pause, longest <= bucket bound): " + "; ".join(
+                f"{g}: {int(v.get('count', 0)):,}, {_fmt((v.get('sum') or 0) / 1000, 1)} ms, <= {_fmt(v.get('max_bound'))} us"
+                for g, v in sorted(gcp.items())
+            ))
         jr = (h.get("ecard") or {}).get("journal") or {}
         if jr:
             lines.append(

@@ -201,6 +201,34 @@ def histogram_quantile(metrics: dict[str, dict[str, float]], name: str, q: float
     return None
 
 
+def histogram_by_label(metrics: dict[str, dict[str, float]], name: str, label: str) -> dict[str, dict]:
+    """A labelled Prometheus histogram, per value of ``label``: its count, its sum and the upper
+    bound of the highest bucket any sample reached (the largest sample is at most that; "> B"
+    past the last finite bound B)."""
+    out: dict[str, dict] = {}
+    pattern = re.compile(label + r'="([^"]*)"')
+    for suffix, key in (("_count", "count"), ("_sum", "sum")):
+        for labels, value in metrics.get(name + suffix, {}).items():
+            m = pattern.search(labels)
+            if m:
+                out.setdefault(m.group(1), {})[key] = value
+    buckets: dict[str, list[tuple[float, float]]] = {}
+    for labels, value in metrics.get(name + "_bucket", {}).items():
+        m, le = pattern.search(labels), re.search(r'le="([^"]+)"', labels)
+        if m and le:
+            buckets.setdefault(m.group(1), []).append((float(le.group(1)), value))
+    for key, series in buckets.items():
+        series.sort()
+        finite = [b for b, _ in series if b != float("inf")]
+        top, below = None, 0.0
+        for bound, cumulative in series:
+            if cumulative > below:
+                top = bound if bound != float("inf") else (f"> {finite[-1]:g}" if finite else None)
+            below = cumulative
+        out.setdefault(key, {})["max_bound"] = top
+    return out
+
+
 def cache_loaded(log_path: Path) -> dict | None:
     """The gateway's "cache loaded: ..." (now "state loaded: ...") log line, parsed."""
     try:

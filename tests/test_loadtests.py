@@ -234,6 +234,30 @@ def test_histogram_quantile_reads_bucket_bounds():
     assert procs.histogram_quantile(m, "y", 0.99) is None
 
 
+def test_histogram_by_label_reads_count_sum_and_the_highest_bucket_reached():
+    from gateway.metrics import GcPauses
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    pauses = GcPauses()
+    pauses.generations[0].record(120)  # in (100, 250]
+    pauses.generations[0].record(90)
+    pauses.generations[2].record(400_000)  # past the last bound
+    pauses.fold()
+
+    class One:
+        def collect(self):
+            yield pauses.family()
+
+    registry = CollectorRegistry()
+    registry.register(One())
+    m = procs.parse_metrics(generate_latest(registry).decode())
+    got = procs.histogram_by_label(m, "ecard_gc_pause_us", "generation")
+    assert got["0"] == {"count": 2.0, "sum": 210.0, "max_bound": 250.0}
+    assert got["1"] == {"count": 0.0, "sum": 0.0, "max_bound": None}
+    assert got["2"] == {"count": 1.0, "sum": 400_000.0, "max_bound": "> 250000"}
+    assert procs.histogram_by_label(m, "absent", "generation") == {}
+
+
 def test_pyspy_own_time_sums_innermost_frames():
     speedscope = {
         "shared": {"frames": [{"name": "run", "file": "a.py"}, {"name": "decide", "file": "b.py"}, {"name": "decide", "file": "b.py", "line": 9}]},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import struct
 import urllib.request
 
@@ -12,6 +13,7 @@ import pytest
 
 from gateway.app import Gateway
 from gateway.config import load_config
+from gateway.metrics import GcPauses
 from protocol import (
     CLOSED,
     DECISION_FLAG_DUPLICATE,
@@ -112,10 +114,12 @@ def test_taps_are_decided_journaled_and_acknowledged_durable(demo_dsn):
             assert 'ecard_decisions_total{kind="purchase",reason="OK"} 1.0' in text
             assert 'ecard_devices_connected{kind="till"} 1.0' in text
             assert 'ecard_event_loop_lag_ms_count' in text and 'ecard_durable_lag_ms_count' in text
+            assert all(f'ecard_gc_pause_us_count{{generation="{g}"}}' in text for g in (0, 1, 2))
             await t.close()
             await till.close()
 
     asyncio.run(main())
+    assert not [c for c in gc.callbacks if isinstance(c, GcPauses)], "a stopped gateway leaves no GC hook behind"
 
 
 # ---------------------------------------------------------------- HELLO and authentication

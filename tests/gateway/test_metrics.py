@@ -3,6 +3,7 @@ and the quantiles read the whole ring, sorting at most QUANTILE_SORT_SAMPLES_MAX
 
 from __future__ import annotations
 
+import gc
 import random
 
 import pytest
@@ -78,3 +79,47 @@ def test_quantiles_of_a_full_ring_sort_evenly_spaced_samples_of_all_of_it(monkey
     for q, value in b.quantiles((0.5, 0.9, 0.99, 0.999)):
         # the exact quantile is q * 65,536; a sample of 8,192 lands within a few hundred of it
         assert value == pytest.approx(q * LATENCY_SAMPLES_MAX, abs=0.01 * LATENCY_SAMPLES_MAX), q
+
+
+def test_a_sample_recorded_during_a_fold_waits_for_the_next_fold(monkeypatch):
+    """GC pauses are recorded from whichever thread collects (the scrape's too): an append that
+    lands while the loop folds must not be dropped with the samples folded."""
+    b = Buckets((10, 100))
+    for v in (1, 50):
+        b.record(v)
+    real_sorted = sorted
+
+    def sorted_while_another_thread_records(data):
+        b.record(500)  # what another thread appends between the fold's read and its clear
+        return real_sorted(data)
+
+    monkeypatch.setattr(metrics, "sorted", sorted_while_another_thread_records, raising=False)
+    b.fold()
+    monkeypatch.undo()
+    assert b.counts == [1, 1, 0] and list(b.pending) == [500]
+    b.fold()
+    assert b.counts == [1, 1, 1] and not b.pending and b.total == 551
+
+
+def test_gc_pauses_times_each_collection_under_its_generation():
+    pauses = metrics.GcPauses()
+    pauses.install()
+    try:
+        pauses.install()  # idempotent: one hook, one sample per collection
+        gc.collect(1)
+        gc.collect(2)
+        gc.collect(2)
+    finally:
+        pauses.uninstall()
+    gc.collect(0)  # not recorded any more
+    pauses.fold()
+    counts = [sum(b.counts) for b in pauses.generations]
+    # Collections the test's own allocations triggered may add to generation 0, never to 1 or 2.
+    assert counts[1:] == [1, 2]
+    assert pauses not in gc.callbacks
+    family = pauses.family()
+    assert family.name == "ecard_gc_pause_us"
+    by_generation = {
+        s.labels["generation"]: s.value for s in family.samples if s.name == "ecard_gc_pause_us_count"
+    }
+    assert by_generation == {"0": counts[0], "1": 1, "2": 2}
