@@ -41,11 +41,13 @@ from protocol import (
     HelloAck,
     Nak,
     NakReason,
+    Passage,
     Purchase,
     RemoteProtocolError,
     Retransmit,
     Role,
 )
+from ledger.codes import JournalKind
 from protocol.auth import verify_hello
 try:
     from protocol.items import encode_items
@@ -63,11 +65,11 @@ RETURNING id, balance_kopecks
 _JOURNAL = """
 INSERT INTO journal (device_id, device_txn, kind, account_id, identifier, direction, amount_kopecks,
                      balance_after_kopecks, advice, device_time_ms, decided_at_ms,
-                     items)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, false, $9, $10, $11)
+                     items, granted_txn)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $12, $9, $10, $11, $13)
 ON CONFLICT (device_id, device_txn) DO NOTHING
 """
-KIND_ENTRY, KIND_PURCHASE = 1, 3
+KIND_ENTRY, KIND_PASSAGE, KIND_PURCHASE = int(JournalKind.ENTRY), int(JournalKind.PASSAGE), int(JournalKind.PURCHASE)
 
 
 class Baseline:
@@ -118,8 +120,13 @@ class Baseline:
             return HelloAck(now_ms, 0, 10_000)
         if cls is Heartbeat:
             return Heartbeat(now_ms)
+        granted = None
         if cls is CardPresented:
             kind, amount, direction, items = KIND_ENTRY, 0, event.direction, None
+        elif cls is Passage:
+            # The pupil went through: journaled like the entry it follows (no check of the grant:
+            # the naive server trusts the turnstile).
+            kind, amount, direction, items, granted = KIND_PASSAGE, 0, event.direction, None, event.granted_txn
         elif cls is Purchase:
             kind, amount, direction, items = KIND_PURCHASE, event.total_kopecks, None, event.items
         else:
@@ -145,6 +152,8 @@ class Baseline:
                     event.reader_time_ms,
                     now_ms,
                     encode_items(items) if items else None,
+                    event.advice,
+                    granted,
                 )
         self.decisions += 1
         shown = balance if kind == KIND_PURCHASE else 0

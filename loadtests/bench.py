@@ -2,6 +2,11 @@
 
     python -m loadtests.bench [--quick] [--out bench-results/]
 
+The load (``loadtests.workloads``, ``mixed``): 60 % of the devices are turnstiles, whose every
+accepted CARD_PRESENTED is followed by its PASSAGE (the pupil goes through: the entry or exit
+that is journaled and told to the parents), 40 % tills selling baskets. A "tap" or a "decision"
+below is any one request: a card, a passage or a sale.
+
 Phases (each server and the load generator run in their own processes):
   a. ceiling   closed loop at 1, 100, 1,000 devices (constant replies: the upper bound)
   b. baseline  the same loads, one PostgreSQL transaction per tap (the usual design)

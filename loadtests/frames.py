@@ -36,6 +36,9 @@ IDENT_BYTES = 7  # demo service card UIDs: 0x04 + account id as 6 big-endian byt
 # Header + CARD_PRESENTED payload (txn, flags, direction, reader time, identifier) in one struct.
 CARD = struct.Struct(f"<BBBHIIBQBBQB{IDENT_BYTES}s")
 CARD_PAYLOAD = CARD.size - HEADER_BYTES
+# Header + PASSAGE payload (txn, flags, direction, reader time, granted txn, identifier) in one struct.
+PASSAGE = struct.Struct(f"<BBBHIIBQBBQQB{IDENT_BYTES}s")
+PASSAGE_PAYLOAD = PASSAGE.size - HEADER_BYTES
 # Header + PURCHASE payload head (txn, flags, reader time, total, identifier, item count); items follow.
 PURCHASE_HEAD = struct.Struct(f"<BBBHIIBQBQIB{IDENT_BYTES}sB")
 PURCHASE_FIXED = PURCHASE_HEAD.size - HEADER_BYTES
@@ -46,6 +49,7 @@ T_HELLO = int(MessageType.HELLO)
 T_HELLO_ACK = int(MessageType.HELLO_ACK)
 T_HEARTBEAT = int(MessageType.HEARTBEAT)
 T_CARD = int(MessageType.CARD_PRESENTED)
+T_PASSAGE = int(MessageType.PASSAGE)
 T_PURCHASE = int(MessageType.PURCHASE)
 T_DECISION = int(MessageType.DECISION)
 T_DURABLE_ACK = int(MessageType.DURABLE_ACK)
@@ -88,6 +92,15 @@ def card_uid(account_id: int) -> bytes:
 def card_frame(device_id: int, seq: int, txn: int, direction: int, now_ms: int, ident: bytes) -> bytes:
     body = CARD.pack(
         START_BYTE, PROTOCOL_VERSION, 0, CARD_PAYLOAD, device_id, seq, T_CARD, txn, 0, direction, now_ms, IDENT_BYTES, ident
+    )
+    return body + CRC.pack(crc_hqx(body, CRC_INIT))
+
+
+def passage_frame(device_id: int, seq: int, txn: int, direction: int, now_ms: int, granted_txn: int, ident: bytes) -> bytes:
+    """The holder of the card granted at ``granted_txn`` went through (a live PASSAGE: flags 0)."""
+    body = PASSAGE.pack(
+        START_BYTE, PROTOCOL_VERSION, 0, PASSAGE_PAYLOAD, device_id, seq, T_PASSAGE, txn, 0, direction, now_ms,
+        granted_txn, IDENT_BYTES, ident,
     )
     return body + CRC.pack(crc_hqx(body, CRC_INIT))
 

@@ -4,7 +4,8 @@
 
 What ``loadtests.machine`` measures plus everything the gateway does around the machine,
 as ``make bench``'s held phase has it: 1,000 devices (600 turnstiles tapping CARD_PRESENTED,
-400 tills selling baskets of the ``mixed`` workload), each request a secure-channel frame
+each grant followed by its PASSAGE, and 400 tills selling baskets of the ``mixed`` workload),
+each request a secure-channel frame
 (MAC verified, reply and DURABLE_ACK MACed) through ``DeviceSession.data_received``, the
 decision latency recorded, the journal writer's batch (``JournalWriter._flush_once``: the
 batch gathered and encoded as the statement's parameters) every ``--batch`` entries (64:
@@ -41,7 +42,7 @@ from gateway.config import Config, machine_limits
 from ledger.codes import AccountKind
 from ledger.machine import Machine
 from ledger.state import NO_LIMIT, DeviceState, LedgerState, MealPeriod, Policy, Product
-from protocol import CardPresented, Connection, DeviceKind, Hello, Item, NEED_DATA, Purchase, Role
+from protocol import CardPresented, Connection, Decision, DeviceKind, Hello, Item, NEED_DATA, Passage, Purchase, Role
 from protocol.auth import sign_hello
 from storage.demo_dataset import TILL_ID_BASE, TURNSTILE_ID_BASE, demo_card_uid, demo_device_key
 from storage.journal import JournalWriter
@@ -194,12 +195,20 @@ def record(steps: int, seed: int = 7, batch: int = BATCH) -> dict:
         peers.append(peer)
         hellos.append(frame)
     frames, replies, txns = [], [], [0] * len(ids)
+    passages = workload("mixed").get("passage")
+    granted: list[CardPresented | None] = [None] * len(ids)  # a turnstile's grant whose PASSAGE comes next
+    directions = [1] * len(ids)
     for _ in range(steps):
         i = rng.randrange(len(ids))
         txns[i] = txn = txns[i] + 1
         ident = demo_card_uid(rng.randrange(1, PUPILS + 1))
-        if ids[i] < TILL_ID_BASE:
-            request = CardPresented(txn, 0, 1 + (txn & 1), NOW_MS, ident)
+        card = granted[i]
+        if card is not None:  # the pupil goes through (loadtests.workloads, "passage")
+            granted[i] = None
+            request = Passage(txn, 0, card.direction, NOW_MS, card.txn, card.identifier)
+        elif ids[i] < TILL_ID_BASE:
+            directions[i] = 3 - directions[i]  # each card the other way, as the load generator
+            request = CardPresented(txn, 0, directions[i], NOW_MS, ident)
         else:
             items = lines[txn & 255]
             request = Purchase(txn, 0, NOW_MS, sum(i.quantity * i.unit_price_kopecks for i in items), ident, items)
@@ -209,8 +218,9 @@ def record(steps: int, seed: int = 7, batch: int = BATCH) -> dict:
         reply = b"".join(session.transport.out)
         session.transport.out.clear()
         peers[i].receive_data(reply)
-        while peers[i].next_event() is not NEED_DATA:
-            pass
+        while (event := peers[i].next_event()) is not NEED_DATA:
+            if passages and type(request) is CardPresented and type(event) is Decision and event.outcome:
+                granted[i] = request
         frames.append((i, frame))
         replies.append(reply)
         if gw.journal.depth >= batch:

@@ -40,7 +40,7 @@ from .workloads import baskets, device_ids, workload
 
 LATENCY_MAX_US = 60_000_000
 QUANTILES = (50.0, 90.0, 99.0, 99.9)
-REQUEST_NAMES = {F.T_CARD: "CARD_PRESENTED", F.T_PURCHASE: "PURCHASE", F.T_HEARTBEAT: "HEARTBEAT"}
+REQUEST_NAMES = {F.T_CARD: "CARD_PRESENTED", F.T_PASSAGE: "PASSAGE", F.T_PURCHASE: "PURCHASE", F.T_HEARTBEAT: "HEARTBEAT"}
 DENY_NAMES = {int(r): r.name for r in DenyReason}
 NAK_NAMES = {int(r): r.name for r in NakReason}
 # After the window closes, replies still in flight are awaited this long.
@@ -78,6 +78,7 @@ class Worker:
         w = spec["workload"]
         self.rng = random.Random(w.get("seed", 0) * 1_000 + spec["index"])
         self.pupils = w["pupils"]
+        self.passages = bool(w.get("passage"))  # a granted card is followed by its PASSAGE (workloads)
         self.baskets = [F.basket_bytes(b) for b in baskets(w)]
         self.hist = new_histogram()
         self.counts: dict[str, dict[str, int]] = {}  # request -> outcome -> replies in the window
@@ -119,6 +120,7 @@ class Device(asyncio.Protocol):
     __slots__ = (
         "w", "device_id", "kind", "seq", "txn", "buf", "sent_ns", "sent_type", "transport", "ready",
         "replies", "next_due", "loop", "in_flight", "done", "hello", "interval", "owed", "key", "channel",
+        "sent_ident", "sent_direction", "granted",
     )
 
     def __init__(self, worker: Worker, device_id: int, hello: bytes) -> None:
@@ -144,6 +146,10 @@ class Device(asyncio.Protocol):
         self.owed = False  # paced: a tap came due while the previous one was in flight
         self.key = demo_device_key(device_id)
         self.channel: F.DeviceChannel | None = None  # the secure channel, once HELLO_ACK verified
+        self.sent_ident = b""  # the card of the CARD_PRESENTED in flight, and its direction
+        self.sent_direction = 0
+        # A turnstile's accepted CARD_PRESENTED (txn, direction, card) whose PASSAGE is its next request.
+        self.granted: tuple[int, int, bytes] | None = None
 
     # -- sending
 
@@ -158,12 +164,24 @@ class Device(asyncio.Protocol):
         w = self.w
         self.seq += 1
         self.txn += 1
-        ident = F.card_uid(w.rng.randrange(1, w.pupils + 1))
         now_ms = time.time_ns() // 1_000_000
-        if self.kind == 1:
-            frame = F.card_frame(self.device_id, self.seq, self.txn, 1 + (self.txn & 1), now_ms, ident)
+        granted = self.granted
+        if granted is not None:
+            # The pupil went through the turnstile that granted the card: as at a real school,
+            # every accepted CARD_PRESENTED is followed by its PASSAGE (journaled, and the entry
+            # or exit the parents are told of).
+            self.granted = None
+            granted_txn, direction, ident = granted
+            frame = F.passage_frame(self.device_id, self.seq, self.txn, direction, now_ms, granted_txn, ident)
+            self.sent_type = F.T_PASSAGE
+        elif self.kind == 1:
+            ident = F.card_uid(w.rng.randrange(1, w.pupils + 1))
+            direction = 2 if self.sent_direction == 1 else 1  # in, out, in, ...: each card the other way
+            frame = F.card_frame(self.device_id, self.seq, self.txn, direction, now_ms, ident)
             self.sent_type = F.T_CARD
+            self.sent_ident, self.sent_direction = ident, direction
         else:
+            ident = F.card_uid(w.rng.randrange(1, w.pupils + 1))
             frame = F.purchase_frame(self.device_id, self.seq, self.txn, now_ms, ident, w.baskets[self.txn & 255])
             self.sent_type = F.T_PURCHASE
         self.in_flight = True
@@ -278,6 +296,8 @@ class Device(asyncio.Protocol):
         totals = w.totals
         if mtype == F.T_DECISION:
             totals["decisions"] += 1
+            if sent_type == F.T_CARD and w.passages and frame[F.OFF_OUTCOME]:
+                self.granted = (self.txn, self.sent_direction, self.sent_ident)
         else:
             totals["naks"] += 1
         outcome = w.outcome(mtype, frame)

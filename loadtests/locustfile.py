@@ -55,6 +55,7 @@ from protocol import (
     Item,
     Nak,
     NakReason,
+    Passage,
     Purchase,
     Role,
 )
@@ -130,6 +131,9 @@ class DeviceClient:
         # (they may not run more than 2^32 ahead of the highest txn the gateway knows).
         self.txn = 0
         self.rng = random.Random(device_id)
+        # A granted CARD_PRESENTED (txn, direction, card): its PASSAGE is the next request, as at a
+        # real turnstile (loadtests.workloads, "passage").
+        self.granted: tuple[int, int, bytes] | None = None
 
     def connect(self) -> None:
         self.sock = socket.create_connection((self.host, self.port), timeout=TIMEOUT_S)
@@ -144,18 +148,25 @@ class DeviceClient:
 
     def tap(self) -> None:
         self.txn += 1
-        ident = demo_card_uid(self.rng.randint(1, PUPILS))
         now_ms = time.time_ns() // 1_000_000
+        if self.granted is not None:
+            granted_txn, direction, ident = self.granted
+            self.granted = None
+            self.request("PASSAGE", Passage(self.txn, 0, direction, now_ms, granted_txn, ident))
+            return
+        ident = demo_card_uid(self.rng.randint(1, PUPILS))
         if self.kind == 1:
-            event = CardPresented(self.txn, 0, 1 + (self.txn & 1), now_ms, ident)
-            self.request("CARD_PRESENTED", event)
+            event = CardPresented(self.txn, 0, 1 + (self.rng.random() < 0.5), now_ms, ident)
+            if self.request("CARD_PRESENTED", event) == "accept":
+                self.granted = (event.txn, event.direction, ident)
         else:
             picked = self.rng.sample(PRODUCTS, self.rng.randint(1, 3))
             items = tuple(Item(code, 1, price) for code, price in picked)
             event = Purchase(self.txn, 0, now_ms, sum(p for _, p in picked), ident, items)
             self.request("PURCHASE", event)
 
-    def request(self, request_type: str, event) -> None:
+    def request(self, request_type: str, event) -> str:
+        """Send ``event``, read its reply, report both to locust; the reply's outcome name."""
         started = time.perf_counter()
         name, length, exc = "error", 0, None
         try:
@@ -186,6 +197,7 @@ class DeviceClient:
         )
         if exc is not None and (request_type == "HELLO" or self.sock is None):
             raise StopUser()
+        return name
 
     def _reply(self):
         """The next reply, skipping unsolicited DURABLE_ACKs; (event, bytes read)."""

@@ -4,6 +4,11 @@ A workload is a plain dict (JSON-friendly, written into every result):
 - ``mix``: request kinds with weights. Each device has one kind (a turnstile
   sends CARD_PRESENTED, a till sends PURCHASE), so the weights decide how many
   of the devices in a run are turnstiles and how many are tills.
+- ``passage``: a turnstile whose CARD_PRESENTED was accepted sends the PASSAGE of that
+  grant as its next request (the pupil went through), as every real turnstile does: the
+  PASSAGE is what the gateway journals as the entry or exit, counts as presence and tells
+  the parents of. So half of a turnstile's requests are PASSAGEs. Without it (the old
+  runs) the turnstiles' grants were never used and cost PostgreSQL one row each only.
 - ``pupils``: account ids 1..pupils are tapped, chosen by a seeded RNG.
 - ``baskets``: for PURCHASE, 1..items_max items drawn from ``products``
   (code, unit price in kopecks). Pupils start with 50,000 kopecks; with cheap
@@ -24,6 +29,7 @@ WORKLOADS: dict[str, dict] = {
             {"request": "CARD_PRESENTED", "weight": 60},
             {"request": "PURCHASE", "weight": 40},
         ],
+        "passage": True,
         "pupils": 100_000,
         "items_min": 1,
         "items_max": 3,
@@ -33,6 +39,7 @@ WORKLOADS: dict[str, dict] = {
     },
     "turnstiles": {
         "mix": [{"request": "CARD_PRESENTED", "weight": 100}],
+        "passage": True,
         "pupils": 100_000,
         "seed": 1,
     },

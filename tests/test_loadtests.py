@@ -24,7 +24,7 @@ from loadtests.pyspy import own_time
 from loadtests.loadgen import run_load
 from loadtests.locust_run import run_locust
 from loadtests.workloads import baskets, device_ids, split_devices, workload
-from protocol import CardPresented, Connection, DenyReason, Hello, HelloAck, Purchase, Role
+from protocol import CardPresented, Connection, Decision, DenyReason, Hello, HelloAck, Passage, Purchase, Role
 from protocol.auth import verify_hello
 from storage.demo_dataset import demo_card_uid, demo_device_key, till_ids, turnstile_ids
 from tests.support import GatewayProcess, wait_until
@@ -40,6 +40,9 @@ def test_fast_frames_are_what_the_protocol_decodes():
     assert F.card_uid(42) == demo_card_uid(42)
     gw.receive_data(F.card_frame(turnstile, 1, 7, 2, 123, F.card_uid(42)))
     assert gw.next_event() == CardPresented(7, 0, 2, 123, demo_card_uid(42))
+    gw.send(Decision(7, 1, 0, 0, 0, 0xFF, 1, ()))
+    gw.receive_data(F.passage_frame(turnstile, 2, 8, 2, 124, 7, F.card_uid(42)))
+    assert gw.next_event() == Passage(8, 0, 2, 124, 7, demo_card_uid(42))
 
     gw2 = Connection(Role.GATEWAY)
     gw2.receive_data(F.hello_frame(till, 2, demo_device_key(till)))
@@ -101,11 +104,16 @@ def test_loadgen_counts_match_the_gateway(demo_dsn, tmp_path):
     totals = result["totals"]
     assert totals["sent"] == totals["decisions"] == 300 and totals["naks"] == 0, (totals, result["outcomes"])
     assert result["window_replies"] == 300 == result["latency_us"]["count"]
-    assert set(result["outcomes"]) == {"CARD_PRESENTED", "PURCHASE"}
+    assert set(result["outcomes"]) == {"CARD_PRESENTED", "PASSAGE", "PURCHASE"}
     assert sum(result["total_outcomes"].values()) == 300
     assert procs.metric_sum(metrics, "ecard_decisions_total") == totals["decisions"]
     accepted = sum(v for k, v in metrics["ecard_decisions_total"].items() if 'reason="OK"' in k)
     assert accepted == result["total_outcomes"].get("accept", 0)
+    # Every granted card is followed by its PASSAGE, which the gateway accepts (a wrong
+    # granted_txn would be NO_GRANT): the 4 turnstiles' 50 requests each alternate.
+    cards, passages = result["outcomes"]["CARD_PRESENTED"], result["outcomes"]["PASSAGE"]
+    assert passages == {"accept": cards["accept"]} == {"accept": 100}, (cards, passages)
+    assert metrics["ecard_decisions_total"]['{kind="passage",reason="OK"}'] == 100
 
 
 def test_locust_users_speak_the_protocol(demo_dsn, tmp_path):
@@ -135,8 +143,14 @@ def test_locust_users_speak_the_protocol(demo_dsn, tmp_path):
     deny_names = {f"deny:{r.name}" for r in DenyReason}
     for (kind, name), row in by_name.items():
         if kind:
-            assert kind in ("HELLO", "CARD_PRESENTED", "PURCHASE")
+            assert kind in ("HELLO", "CARD_PRESENTED", "PASSAGE", "PURCHASE")
             assert name == "accept" or name in deny_names  # denies are successes with their own name
+    # A granted card's PASSAGE follows it (the last grant of each of the 2 users may be cut off by
+    # the end of the run), and the gateway accepts every one: it names a real grant.
+    count = lambda kind, name: int(by_name[(kind, name)]["Request Count"]) if (kind, name) in by_name else 0  # noqa: E731
+    cards = count("CARD_PRESENTED", "accept")
+    assert cards > 0 and cards - 2 <= count("PASSAGE", "accept") <= cards
+    assert [name for kind, name in by_name if kind == "PASSAGE"] == ["accept"]
 
 
 def test_bench_report_renders_partial_results():
@@ -347,6 +361,9 @@ def test_bench_quick_runs_every_phase(tmp_path):
         assert res["ecard"]["closed"][c]["window_replies"] > 0
     assert res["ecard"]["paced"]["window_replies"] > 0
     assert isinstance(res["ecard"]["paced"]["saturated"], list)
+    # The turnstiles' grants are followed by their PASSAGEs, which ecard and the baseline journal.
+    for system in (res["baseline"]["100"], res["ecard"]["closed"]["100"]):
+        assert set(system["outcomes"]["PASSAGE"]) == {"accept"}, system["outcomes"]
 
     def positive(value):
         return isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
