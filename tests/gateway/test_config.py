@@ -13,7 +13,7 @@ from tests.support import ROOT
 
 def test_defaults_are_valid_and_documented_ports():
     c = load_config(env={})
-    assert (c.listen_port, c.metrics_port, c.flush_interval_ms) == (7700, 9108, 5)
+    assert (c.listen_port, c.metrics_port, c.flush_interval_ms) == (7700, 9108, 10)
 
 
 def test_env_overrides_file_and_converts_types(tmp_path):
