@@ -248,6 +248,21 @@ def test_histogram_quantile_reads_bucket_bounds():
     assert procs.histogram_quantile(m, "y", 0.99) is None
 
 
+def test_journal_stats_reads_the_group_commits_means_and_tail():
+    from loadtests.bench import journal_stats
+
+    m = procs.parse_metrics(
+        "ecard_journal_flush_batch_events_count 4\necard_journal_flush_batch_events_sum 100\n"
+        "ecard_journal_flush_duration_ms_count 4\necard_journal_flush_duration_ms_sum 30\n"
+        'ecard_journal_flush_duration_ms_bucket{le="5"} 3\necard_journal_flush_duration_ms_bucket{le="20"} 4\n'
+        'ecard_journal_flush_duration_ms_bucket{le="+Inf"} 4\n'
+    )
+    assert journal_stats(m) == {
+        "mean_batch_events": 25.0, "mean_flush_ms": 7.5, "flushes": 4, "flush_ms_p99": 20.0, "flush_ms_p999": 20.0,
+    }
+    assert journal_stats({}) == {}  # no commits yet: the report leaves the line out
+
+
 def test_histogram_by_label_reads_count_sum_and_the_highest_bucket_reached():
     from gateway.metrics import GcPauses
     from prometheus_client import CollectorRegistry, generate_latest
