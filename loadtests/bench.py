@@ -171,9 +171,14 @@ def measure(
     journals: bool = False,
     profile: Path | None = None,
     perf: Path | None = None,
+    window_histograms: tuple[str, ...] = (),
     **load,
 ) -> dict:
     """One load against ``server``; adds the CPU of the server, PostgreSQL and the machine over the window.
+
+    ``window_histograms``: these histograms of the server's Prometheus metrics (ecard's gateway) are
+    read at the window's start and end, and their difference, the window's own, is returned under
+    ``"window_histograms"`` (parsed metrics; the caller turns them into figures and drops them).
 
     ``journals``: the server journals every accepted decision in PostgreSQL (ecard, baseline), so
     PostgreSQL's CPU is divided by those; otherwise (the ceiling) it is only reported, as the floor
@@ -192,6 +197,8 @@ def measure(
             marks["cpu0"] = server.cpu_seconds()
         marks["busy0"], marks["t0"] = machine_seconds(), time.perf_counter()
         marks["me0"] = sum(me.cpu_times()[:2])
+        if window_histograms and server is not None:
+            marks["m0"] = server.metrics()
         if profile is not None and server is not None:
             spy["proc"] = pyspy.start(server.pid, plan.duration_s, profile)
         if perf is not None and server is not None:
@@ -206,6 +213,8 @@ def measure(
             marks["cpu1"] = server.cpu_seconds()
         if pg is not None:
             marks["pg1"] = pg.snapshot(databases)
+        if window_histograms and server is not None:
+            marks["m1"] = server.metrics()
 
     result = run_load(
         "127.0.0.1",
@@ -266,6 +275,8 @@ def measure(
             if journaled:
                 result["pg_cpu_us_per_journaled"] = round(pg_cpu / journaled * 1e6, 2)
                 result["pg_own_cpu_us_per_journaled"] = round(own / journaled * 1e6, 2)
+    if "m1" in marks:
+        result["window_histograms"] = procs.window_delta(marks["m1"], marks["m0"], *window_histograms)
     if "proc" in spy:
         result["profile"] = pyspy.finish(spy["proc"], profile, result.get("server_cpu_us_per_decision"))
     if "perf" in spy:
@@ -364,27 +375,35 @@ def phase_baseline(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
         dbs.drop(dsn)
 
 
+# The gateway's histograms the paced phases report over their measured window.
+WINDOW_HISTOGRAMS = (
+    "ecard_journal_flush_batch_events", "ecard_journal_flush_duration_ms", "ecard_event_loop_lag_ms", "ecard_gc_pause_us",
+)
+
+
 def measure_paced(
     gw: procs.ServerProcess, plan: Plan, rate: float, pg: procs.PostgresCPU | None, perf: Path | None = None
 ) -> dict:
     """A paced load against a fresh gateway (its quantile rings hold only this load's samples)."""
     r = measure(
         gw, plan, pg=pg, journals=True, mode="paced", devices=plan.paced_devices, rate=rate,
-        processes=plan.paced_processes, perf=perf,
+        processes=plan.paced_processes, perf=perf, window_histograms=WINDOW_HISTOGRAMS,
     )
     m = gw.metrics()
     r["server_latency_us"] = procs.quantiles(m, "ecard_decision_latency_quantile_us")
     r["durable_lag_ms"] = procs.quantiles(m, "ecard_durable_lag_quantile_ms")
     r["journal_queue_depth_after"] = int(procs.metric_sum(m, "ecard_journal_queue_depth"))
-    r["journal"] = journal_stats(m)
-    # How late the gateway's event-loop timers fire (since it started): the queueing a tap meets
-    # before data_received runs, which the server-side latency does not see (bucket bound, ms).
+    # The histograms over the measured window only (not the devices' HELLOs and the warm-up);
+    # since the gateway started if the window's start could not be read.
+    w = r.pop("window_histograms", None) or m
+    r["journal"] = journal_stats(w)
+    # How late the gateway's event-loop timers fire: the queueing a tap meets before
+    # data_received runs, which the server-side latency does not see (bucket bound, ms).
     r["event_loop_lag_ms"] = {
-        q: procs.histogram_quantile(m, "ecard_event_loop_lag_ms", float(q)) for q in ("0.5", "0.99", "0.999")
+        q: procs.histogram_quantile(w, "ecard_event_loop_lag_ms", float(q)) for q in ("0.5", "0.99", "0.999")
     }
-    # The cyclic GC's collections since the gateway started (after its state was loaded and
-    # frozen): each one held the event loop for its whole pause (gateway.metrics.GcPauses).
-    r["gc_pauses"] = procs.histogram_by_label(m, "ecard_gc_pause_us", "generation")
+    # The cyclic GC's collections: each one held the event loop for its whole pause (gateway.metrics.GcPauses).
+    r["gc_pauses"] = procs.histogram_by_label(w, "ecard_gc_pause_us", "generation")
     r["saturated"] = saturation(r)
     return r
 
@@ -865,14 +884,14 @@ def table(res: dict) -> str:
             )
         gcp = (h.get("ecard") or {}).get("gc_pauses") or {}
         if gcp:
-            lines.append("  ecard GC collections since start (generation: count, total pause, longest <= bucket bound): " + "; ".join(
+            lines.append("  ecard GC collections in the window (generation: count, total pause, longest <= bucket bound): " + "; ".join(
                 f"{g}: {int(v.get('count', 0)):,}, {_fmt((v.get('sum') or 0) / 1000, 1)} ms, <= {_fmt(v.get('max_bound'))} us"
                 for g, v in sorted(gcp.items())
             ))
         jr = (h.get("ecard") or {}).get("journal") or {}
         if jr:
             lines.append(
-                f"  ecard group commit: {jr.get('flushes', '-'):,} flushes since start, mean {jr.get('mean_batch_events', '-')} events, "
+                f"  ecard group commit: {jr.get('flushes', '-'):,} flushes in the window, mean {jr.get('mean_batch_events', '-')} events, "
                 f"mean {jr.get('mean_flush_ms', '-')} ms each (p99 <= {_fmt(jr.get('flush_ms_p99'))} ms, "
                 f"p99.9 <= {_fmt(jr.get('flush_ms_p999'))} ms)"
             )

@@ -201,6 +201,19 @@ def histogram_quantile(metrics: dict[str, dict[str, float]], name: str, q: float
     return None
 
 
+def window_delta(after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], *names: str) -> dict[str, dict[str, float]]:
+    """The histograms ``names`` over a window: their buckets, counts and sums at its end minus at
+    its start (both cumulative since the server started). Only these series, nothing else."""
+    out: dict[str, dict[str, float]] = {}
+    for name in names:
+        for suffix in ("_bucket", "_count", "_sum"):
+            series = after.get(name + suffix)
+            if series is not None:
+                earlier = before.get(name + suffix, {})
+                out[name + suffix] = {labels: value - earlier.get(labels, 0.0) for labels, value in series.items()}
+    return out
+
+
 def histogram_by_label(metrics: dict[str, dict[str, float]], name: str, label: str) -> dict[str, dict]:
     """A labelled Prometheus histogram, per value of ``label``: its count, its sum and the upper
     bound of the highest bucket any sample reached (the largest sample is at most that; "> B"
