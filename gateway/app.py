@@ -18,6 +18,7 @@ import os
 import resource
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -34,7 +35,7 @@ from storage.journal import JournalWriter
 
 from .config import Config, machine_limits
 from .commands import CommandProcessor
-from .metrics import GatewayCollector, GatewayMetrics
+from .metrics import GatewayCollector, GatewayMetrics, schedstat_path
 from .reference import load_state
 from .server import DeviceSession, GatewayCore
 
@@ -166,6 +167,7 @@ class Gateway:
                     journal.connected,
                 ),
                 lambda: _allowance_state(core.state.allowances),
+                schedstat_path(threading.get_native_id()),  # this is the event loop's thread
             )
         )
         self._metrics_server, _ = start_http_server(config.metrics_port, addr=config.metrics_host, registry=registry)

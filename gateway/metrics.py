@@ -19,6 +19,9 @@ Exported (all prefixed ecard_):
   journal_oldest_pending_ms, journal_flush_failures_total, journal_connected
 - event_loop_lag_ms (histogram): how late a timer of the event loop fires; the wait a
   tap spends queued behind other work, which the decision latency does not show
+- event_loop_thread_cpu_seconds_total, event_loop_thread_runqueue_wait_seconds_total: the event
+  loop's thread on a CPU, and ready to run but waiting for one (other processes had the cores),
+  from Linux's /proc/<pid>/task/<tid>/schedstat; absent elsewhere
 - gc_pause_us{generation} (histogram): every collection of Python's cyclic garbage collector,
   how long it held the process (the event loop waits for all of it)
 - process_cpu_seconds etc. from prometheus_client's default process collector
@@ -216,6 +219,21 @@ class GatewayMetrics:
         self.gc_pauses.fold()
 
 
+def thread_schedstat(path: str) -> tuple[float, float] | None:
+    """(seconds on a CPU, seconds runnable but waiting for a CPU) of one thread, from its Linux
+    schedstat file ("<on-CPU ns> <run-queue wait ns> <timeslices>"); None where there is none."""
+    try:
+        with open(path) as f:
+            on_cpu_ns, waited_ns, _ = f.read().split()
+    except (OSError, ValueError):
+        return None
+    return int(on_cpu_ns) / 1e9, int(waited_ns) / 1e9
+
+
+def schedstat_path(thread_id: int) -> str:
+    return f"/proc/self/task/{thread_id}/schedstat"
+
+
 class GatewayCollector(Collector):
     def __init__(
         self,
@@ -223,8 +241,13 @@ class GatewayCollector(Collector):
         devices_connected: Callable[[], dict[int, int]],
         journal_state: Callable[[], tuple[int, int, int, bool]],
         allowance_state: Callable[[], tuple[int, int, int]] = lambda: (0, 0, 0),
+        loop_schedstat: str | None = None,
     ) -> None:
         self._m = metrics
+        # The event loop thread's schedstat file (schedstat_path): read at each scrape, from the
+        # scrape's own thread. A tap that waits while the loop's thread waits for a CPU is the
+        # machine's contention, not the gateway's work: these two counters tell them apart.
+        self._loop_schedstat = loop_schedstat
         self._allowance_state = allowance_state  # (pages sent, of them RESET, tills unseen since the start)
         self._devices_connected = devices_connected
         self._journal_state = journal_state  # (depth, oldest pending ms, failures, connected)
@@ -273,6 +296,16 @@ class GatewayCollector(Collector):
         yield m.durable_lag_ms.family("ecard_durable_lag_ms", "Decision to COMMIT, ms")
         yield m.loop_lag_ms.family("ecard_event_loop_lag_ms", "How late an event-loop timer fires, ms")
         yield m.gc_pauses.family()
+        times = thread_schedstat(self._loop_schedstat) if self._loop_schedstat else None
+        if times is not None:
+            yield CounterMetricFamily(
+                "ecard_event_loop_thread_cpu_seconds", "The event loop's thread on a CPU, seconds", value=times[0]
+            )
+            yield CounterMetricFamily(
+                "ecard_event_loop_thread_runqueue_wait_seconds",
+                "The event loop's thread ready to run but waiting for a CPU (the cores were busy with others), seconds",
+                value=times[1],
+            )
         pages, resets, unseen = self._allowance_state()
         yield CounterMetricFamily("ecard_allowance_pages", "ALLOWANCE_PAGEs sent to tills", value=pages)
         yield CounterMetricFamily("ecard_allowance_resets", "ALLOWANCE_PAGEs that started a till afresh", value=resets)

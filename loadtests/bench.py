@@ -277,6 +277,7 @@ def measure(
                 result["pg_own_cpu_us_per_journaled"] = round(own / journaled * 1e6, 2)
     if "m1" in marks:
         result["window_histograms"] = procs.window_delta(marks["m1"], marks["m0"], *window_histograms)
+        result["window_histograms_s"] = round(marks["t1"] - marks["t0"], 3)  # between the two reads, about
     if "proc" in spy:
         result["profile"] = pyspy.finish(spy["proc"], profile, result.get("server_cpu_us_per_decision"))
     if "perf" in spy:
@@ -378,6 +379,8 @@ def phase_baseline(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
 # The gateway's histograms the paced phases report over their measured window.
 WINDOW_HISTOGRAMS = (
     "ecard_journal_flush_batch_events", "ecard_journal_flush_duration_ms", "ecard_event_loop_lag_ms", "ecard_gc_pause_us",
+    # counters: the event loop's thread on a CPU, and waiting for one (Linux schedstat)
+    "ecard_event_loop_thread_cpu_seconds_total", "ecard_event_loop_thread_runqueue_wait_seconds_total",
 )
 
 
@@ -396,6 +399,7 @@ def measure_paced(
     # The histograms over the measured window only (not the devices' HELLOs and the warm-up);
     # since the gateway started if the window's start could not be read.
     w = r.pop("window_histograms", None) or m
+    window_s = r.pop("window_histograms_s", 0)
     r["journal"] = journal_stats(w)
     # How late the gateway's event-loop timers fire: the queueing a tap meets before
     # data_received runs, which the server-side latency does not see (bucket bound, ms).
@@ -404,6 +408,13 @@ def measure_paced(
     }
     # The cyclic GC's collections: each one held the event loop for its whole pause (gateway.metrics.GcPauses).
     r["gc_pauses"] = procs.histogram_by_label(w, "ecard_gc_pause_us", "generation")
+    # The event loop's thread per second of the window: on a CPU, and ready but waiting for one
+    # while other processes (the load generator, PostgreSQL) had both cores.
+    if w is not m and window_s and "ecard_event_loop_thread_cpu_seconds_total" in w:
+        r["loop_thread_ms_per_s"] = {
+            "on_cpu": round(procs.metric_sum(w, "ecard_event_loop_thread_cpu_seconds_total") / window_s * 1000, 1),
+            "waiting_for_cpu": round(procs.metric_sum(w, "ecard_event_loop_thread_runqueue_wait_seconds_total") / window_s * 1000, 1),
+        }
     r["saturated"] = saturation(r)
     return r
 
@@ -881,6 +892,12 @@ def table(res: dict) -> str:
             lines.append(
                 f"  ecard event-loop lag (timer lateness, bucket bounds): p50 <= {_fmt(lag.get('0.5'))} ms, "
                 f"p99 <= {_fmt(lag.get('0.99'))} ms, p99.9 <= {_fmt(lag.get('0.999'))} ms"
+            )
+        th = (h.get("ecard") or {}).get("loop_thread_ms_per_s") or {}
+        if th:
+            lines.append(
+                f"  ecard event-loop thread, per second of the window: {_fmt(th.get('on_cpu'), 1)} ms on a CPU, "
+                f"{_fmt(th.get('waiting_for_cpu'), 1)} ms ready but waiting for one (the cores busy with others)"
             )
         gcp = (h.get("ecard") or {}).get("gc_pauses") or {}
         if gcp:

@@ -202,11 +202,12 @@ def histogram_quantile(metrics: dict[str, dict[str, float]], name: str, q: float
 
 
 def window_delta(after: dict[str, dict[str, float]], before: dict[str, dict[str, float]], *names: str) -> dict[str, dict[str, float]]:
-    """The histograms ``names`` over a window: their buckets, counts and sums at its end minus at
-    its start (both cumulative since the server started). Only these series, nothing else."""
+    """The histograms and counters ``names`` over a window: their buckets, counts and sums (a
+    counter: its value) at its end minus at its start (both cumulative since the server started).
+    Only these series, nothing else."""
     out: dict[str, dict[str, float]] = {}
     for name in names:
-        for suffix in ("_bucket", "_count", "_sum"):
+        for suffix in ("_bucket", "_count", "_sum", ""):
             series = after.get(name + suffix)
             if series is not None:
                 earlier = before.get(name + suffix, {})

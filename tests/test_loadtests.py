@@ -266,6 +266,7 @@ def test_journal_stats_reads_the_group_commits_means_and_tail():
 def test_window_delta_keeps_only_what_the_window_added():
     before = procs.parse_metrics('x_bucket{le="1"} 5\nx_bucket{le="+Inf"} 7\nx_count 7\nx_sum 30\ny_count 3\n')
     after = procs.parse_metrics('x_bucket{le="1"} 6\nx_bucket{le="+Inf"} 10\nx_count 10\nx_sum 90\ny_count 9\n')
+    assert procs.window_delta(after, before, "y_count") == {"y_count": {"": 6.0}}  # a counter: its value
     window = procs.window_delta(after, before, "x")
     assert window == {"x_bucket": {'{le="1"}': 1.0, '{le="+Inf"}': 3.0}, "x_count": {"": 3.0}, "x_sum": {"": 60.0}}
     assert procs.histogram_quantile(window, "x", 0.5) == "> 1"  # 2 of the window's 3 above 1; since start it was <= 1
@@ -389,6 +390,7 @@ def test_bench_quick_runs_every_phase(tmp_path):
     held_ecard = res["ecard"]["held"]["ecard"]
     assert held_ecard["journal"]["flushes"] > 0 and "window_histograms" not in held_ecard
     assert set(held_ecard["gc_pauses"]) == {"0", "1", "2"} and held_ecard["event_loop_lag_ms"]["0.5"] is not None
+    assert held_ecard["loop_thread_ms_per_s"]["on_cpu"] > 0 and held_ecard["loop_thread_ms_per_s"]["waiting_for_cpu"] >= 0
     # The turnstiles' grants are followed by their PASSAGEs, which ecard and the baseline journal.
     for system in (res["baseline"]["100"], res["ecard"]["closed"]["100"]):
         assert set(system["outcomes"]["PASSAGE"]) == {"accept"}, system["outcomes"]

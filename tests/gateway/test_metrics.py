@@ -4,12 +4,15 @@ and the quantiles read the whole ring, sorting at most QUANTILE_SORT_SAMPLES_MAX
 from __future__ import annotations
 
 import gc
+import os
+import threading
 import random
 
 import pytest
 
 from gateway import metrics
 from gateway.metrics import LATENCY_SAMPLES_MAX, QUANTILE_SORT_SAMPLES_MAX, Buckets
+from ledger.machine import Tally
 
 
 def test_fold_counts_each_sample_in_its_bucket_and_keeps_the_ring_in_order():
@@ -123,3 +126,27 @@ def test_gc_pauses_times_each_collection_under_its_generation():
         s.labels["generation"]: s.value for s in family.samples if s.name == "ecard_gc_pause_us_count"
     }
     assert by_generation == {"0": counts[0], "1": 1, "2": 2}
+
+
+def test_thread_schedstat_reads_cpu_and_runqueue_wait(tmp_path):
+    path = tmp_path / "schedstat"
+    path.write_text("2500000000 125000000 77\n")
+    assert metrics.thread_schedstat(str(path)) == (2.5, 0.125)
+    assert metrics.thread_schedstat(str(tmp_path / "absent")) is None
+    path.write_text("garbage\n")
+    assert metrics.thread_schedstat(str(path)) is None
+
+
+@pytest.mark.skipif(not os.path.exists(metrics.schedstat_path(threading.get_native_id())), reason="Linux schedstat only")
+def test_the_collector_exports_the_loop_threads_cpu_and_wait():
+    collector = metrics.GatewayCollector(
+        metrics.GatewayMetrics(Tally()), lambda: {}, lambda: (0, 0, 0, True),
+        loop_schedstat=metrics.schedstat_path(threading.get_native_id()),
+    )
+    families = {f.name: f for f in collector.collect()}
+    on_cpu = families["ecard_event_loop_thread_cpu_seconds"].samples[0].value
+    waited = families["ecard_event_loop_thread_runqueue_wait_seconds"].samples[0].value
+    assert on_cpu > 0 and waited >= 0  # this thread has run (it is running this test)
+    # Without a file (not Linux) the two are left out, not zero.
+    families = {f.name for f in metrics.GatewayCollector(metrics.GatewayMetrics(Tally()), lambda: {}, lambda: (0, 0, 0, True)).collect()}
+    assert "ecard_event_loop_thread_cpu_seconds" not in families
