@@ -159,8 +159,8 @@ class GcPauses:
     A collection runs in whichever thread allocated past the threshold (the event loop's, or
     prometheus_client's during a scrape) and holds the GIL throughout, so the event loop waits
     for all of it: a pause of the gateway that neither the decision latency (it falls between
-    two decisions) nor a 100 ms timer sees in full. ``record`` is an array append, safe from
-    any thread; the loop's fold moves the samples into the buckets.
+    two decisions) nor the loop-lag timer (it sees one late firing) shows in full. ``record`` is
+    an array append, safe from any thread; the loop's fold moves the samples into the buckets.
     """
 
     __slots__ = ("generations", "_started_ns")
