@@ -171,14 +171,14 @@ def measure(
     journals: bool = False,
     profile: Path | None = None,
     perf: Path | None = None,
-    window_histograms: tuple[str, ...] = (),
+    window_metrics: tuple[str, ...] = (),
     **load,
 ) -> dict:
     """One load against ``server``; adds the CPU of the server, PostgreSQL and the machine over the window.
 
-    ``window_histograms``: these histograms of the server's Prometheus metrics (ecard's gateway) are
-    read at the window's start and end, and their difference, the window's own, is returned under
-    ``"window_histograms"`` (parsed metrics; the caller turns them into figures and drops them).
+    ``window_metrics``: these histograms and counters of the server's Prometheus metrics (ecard's
+    gateway) are read at the window's start and end, and their difference, the window's own, is
+    returned under ``"window_metrics"`` (parsed; the caller turns them into figures and drops them).
 
     ``journals``: the server journals every accepted decision in PostgreSQL (ecard, baseline), so
     PostgreSQL's CPU is divided by those; otherwise (the ceiling) it is only reported, as the floor
@@ -197,7 +197,7 @@ def measure(
             marks["cpu0"] = server.cpu_seconds()
         marks["busy0"], marks["t0"] = machine_seconds(), time.perf_counter()
         marks["me0"] = sum(me.cpu_times()[:2])
-        if window_histograms and server is not None:
+        if window_metrics and server is not None:
             marks["m0"] = server.metrics()
         if profile is not None and server is not None:
             spy["proc"] = pyspy.start(server.pid, plan.duration_s, profile)
@@ -213,7 +213,7 @@ def measure(
             marks["cpu1"] = server.cpu_seconds()
         if pg is not None:
             marks["pg1"] = pg.snapshot(databases)
-        if window_histograms and server is not None:
+        if window_metrics and server is not None:
             marks["m1"] = server.metrics()
 
     result = run_load(
@@ -276,8 +276,8 @@ def measure(
                 result["pg_cpu_us_per_journaled"] = round(pg_cpu / journaled * 1e6, 2)
                 result["pg_own_cpu_us_per_journaled"] = round(own / journaled * 1e6, 2)
     if "m1" in marks:
-        result["window_histograms"] = procs.window_delta(marks["m1"], marks["m0"], *window_histograms)
-        result["window_histograms_s"] = round(marks["t1"] - marks["t0"], 3)  # between the two reads, about
+        result["window_metrics"] = procs.window_delta(marks["m1"], marks["m0"], *window_metrics)
+        result["window_metrics_s"] = round(marks["t1"] - marks["t0"], 3)  # between the two reads, about
     if "proc" in spy:
         result["profile"] = pyspy.finish(spy["proc"], profile, result.get("server_cpu_us_per_decision"))
     if "perf" in spy:
@@ -376,8 +376,8 @@ def phase_baseline(plan: Plan, logs: Path, dbs: procs.Databases) -> dict:
         dbs.drop(dsn)
 
 
-# The gateway's histograms the paced phases report over their measured window.
-WINDOW_HISTOGRAMS = (
+# The gateway's histograms and counters the paced phases report over their measured window.
+WINDOW_METRICS = (
     "ecard_journal_flush_batch_events", "ecard_journal_flush_duration_ms", "ecard_event_loop_lag_ms", "ecard_gc_pause_us",
     # counters: the event loop's thread on a CPU, and waiting for one (Linux schedstat)
     "ecard_event_loop_thread_cpu_seconds_total", "ecard_event_loop_thread_runqueue_wait_seconds_total",
@@ -390,7 +390,7 @@ def measure_paced(
     """A paced load against a fresh gateway (its quantile rings hold only this load's samples)."""
     r = measure(
         gw, plan, pg=pg, journals=True, mode="paced", devices=plan.paced_devices, rate=rate,
-        processes=plan.paced_processes, perf=perf, window_histograms=WINDOW_HISTOGRAMS,
+        processes=plan.paced_processes, perf=perf, window_metrics=WINDOW_METRICS,
     )
     m = gw.metrics()
     r["server_latency_us"] = procs.quantiles(m, "ecard_decision_latency_quantile_us")
@@ -398,8 +398,8 @@ def measure_paced(
     r["journal_queue_depth_after"] = int(procs.metric_sum(m, "ecard_journal_queue_depth"))
     # The histograms over the measured window only (not the devices' HELLOs and the warm-up);
     # since the gateway started if the window's start could not be read.
-    w = r.pop("window_histograms", None) or m
-    window_s = r.pop("window_histograms_s", 0)
+    w = r.pop("window_metrics", None) or m
+    window_s = r.pop("window_metrics_s", 0)
     r["journal"] = journal_stats(w)
     # How late the gateway's event-loop timers fire: the queueing a tap meets before
     # data_received runs, which the server-side latency does not see (bucket bound, ms).

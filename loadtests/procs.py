@@ -180,24 +180,41 @@ def quantiles(metrics: dict[str, dict[str, float]], name: str) -> dict[str, floa
     return out
 
 
+_LE = re.compile(r'le="([^"]+)"')
+
+
+def _bound(bound: float, buckets: list[tuple[float, float]]) -> float | str | None:
+    """A bucket's upper bound as reported: past the last finite bound B, "> B"."""
+    if bound != float("inf"):
+        return bound
+    finite = [b for b, _ in buckets if b != float("inf")]
+    return f"> {finite[-1]:g}" if finite else None
+
+
+def _buckets(series: dict[str, float], labelled: re.Pattern | None = None) -> dict[str, list[tuple[float, float]]]:
+    """A histogram's ``_bucket`` series as sorted (upper bound, cumulative count), per value of the
+    label ``labelled`` matches (one group, "" without a label)."""
+    out: dict[str, list[tuple[float, float]]] = {}
+    for labels, value in series.items():
+        le = _LE.search(labels)
+        m = labelled.search(labels) if labelled is not None else None
+        if le and (labelled is None or m):
+            out.setdefault(m.group(1) if m else "", []).append((float(le.group(1)), value))
+    for buckets in out.values():
+        buckets.sort()
+    return out
+
+
 def histogram_quantile(metrics: dict[str, dict[str, float]], name: str, q: float) -> float | str | None:
     """The upper bound of the bucket holding quantile ``q`` of a Prometheus histogram (None if empty;
     "> B" if it is past the last finite bound B)."""
-    buckets = []
-    for labels, value in metrics.get(name + "_bucket", {}).items():
-        m = re.search(r'le="([^"]+)"', labels)
-        if m:
-            buckets.append((float(m.group(1)), value))
-    buckets.sort()
+    buckets = _buckets(metrics.get(name + "_bucket", {})).get("", [])
     if not buckets or buckets[-1][1] <= 0:
         return None
     rank = q * buckets[-1][1]
-    finite = [b for b, _ in buckets if b != float("inf")]
     for bound, cumulative in buckets:
         if cumulative >= rank:
-            if bound == float("inf"):
-                return f"> {finite[-1]:g}" if finite else None
-            return bound
+            return _bound(bound, buckets)
     return None
 
 
@@ -226,18 +243,11 @@ def histogram_by_label(metrics: dict[str, dict[str, float]], name: str, label: s
             m = pattern.search(labels)
             if m:
                 out.setdefault(m.group(1), {})[key] = value
-    buckets: dict[str, list[tuple[float, float]]] = {}
-    for labels, value in metrics.get(name + "_bucket", {}).items():
-        m, le = pattern.search(labels), re.search(r'le="([^"]+)"', labels)
-        if m and le:
-            buckets.setdefault(m.group(1), []).append((float(le.group(1)), value))
-    for key, series in buckets.items():
-        series.sort()
-        finite = [b for b, _ in series if b != float("inf")]
+    for key, series in _buckets(metrics.get(name + "_bucket", {}), pattern).items():
         top, below = None, 0.0
         for bound, cumulative in series:
             if cumulative > below:
-                top = bound if bound != float("inf") else (f"> {finite[-1]:g}" if finite else None)
+                top = _bound(bound, series)
             below = cumulative
         out.setdefault(key, {})["max_bound"] = top
     return out

@@ -388,7 +388,7 @@ def test_bench_quick_runs_every_phase(tmp_path):
     assert isinstance(res["ecard"]["paced"]["saturated"], list)
     # The held phase's gateway histograms cover its window (their raw series are not kept).
     held_ecard = res["ecard"]["held"]["ecard"]
-    assert held_ecard["journal"]["flushes"] > 0 and "window_histograms" not in held_ecard
+    assert held_ecard["journal"]["flushes"] > 0 and "window_metrics" not in held_ecard
     assert set(held_ecard["gc_pauses"]) == {"0", "1", "2"} and held_ecard["event_loop_lag_ms"]["0.5"] is not None
     assert held_ecard["loop_thread_ms_per_s"]["on_cpu"] > 0 and held_ecard["loop_thread_ms_per_s"]["waiting_for_cpu"] >= 0
     # The turnstiles' grants are followed by their PASSAGEs, which ecard and the baseline journal.
