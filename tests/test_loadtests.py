@@ -17,7 +17,7 @@ import pytest
 from loadtests import frames as F
 from loadtests import journal_cost
 from loadtests import procs
-from loadtests.bench import Plan, saturation, summarize, table
+from loadtests.bench import Plan, saturation, summarize, table, throughput_bound_vs_ceiling
 from loadtests.notices import summary_ms
 from loadtests import perf_split
 from loadtests.pyspy import own_time
@@ -201,6 +201,24 @@ def test_bench_report_renders_partial_results():
     assert "PASS" in text and "MISS" in text and "NOT MEASURED" in text
     assert Plan(quick=True).duration_s < Plan(quick=False).duration_s
     assert Plan(quick=True).held_rate(25_172.4) == 12_600
+
+
+def test_throughput_bound_counts_what_the_gateway_does_not_spend():
+    # The ceiling: 40 us of the machine per decision, 16 of them its own. ecard: 5 s gateway, 2 s
+    # PostgreSQL and 3 s else (the load generator) for 50,000 decisions: 60 us per decision that
+    # no gateway change removes. With the targets met: 2 x 16 + 8 + 60 = 100 us against 40.
+    ceiling = {"machine_cpu_window_s": 4.0, "server_cpu_window_s": 1.6, "window_decided": 100_000}
+    ecard = {"machine_cpu_window_s": 10.0, "server_cpu_window_s": 5.0, "pg_cpu_window_s": 2.0,
+             "window_decided": 50_000, "window_journaled": 50_000}
+    assert throughput_bound_vs_ceiling(ecard, ceiling) == 0.4
+    # Half the decisions journaled: PostgreSQL's 8 us per journaled decision is 4 per decision.
+    assert throughput_bound_vs_ceiling(dict(ecard, window_journaled=25_000), ceiling) == round(40 / 96, 3)
+    assert throughput_bound_vs_ceiling(ecard, {}) is None  # no ceiling in this run
+    res = {"ceiling": {"1000": dict(ceiling, throughput_per_s=10_000.0)},
+           "ecard": {"closed": {"1000": dict(ecard, throughput_per_s=2_000.0, loadgen_cpu_us_per_reply=58.0)}}}
+    res["summary"] = summarize(res)
+    assert res["summary"]["throughput_vs_ceiling_bound"] == 0.4
+    assert "at most 0.4 on this machine even with both CPU targets met" in table(res)
 
 
 def test_saturation_names_its_reasons():
