@@ -410,8 +410,8 @@ async def drive(port: int, log_dir: Path, *, schools: int, pupils: int, turnstil
 # ----------------------------------------------------------------------------- measuring
 
 _STATE = """
-SELECT (SELECT count(*) FROM outbox) AS outbox,
-       (SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL) AS unsent,
+SELECT (SELECT count(*) FROM outbox_events) AS outbox,
+       (SELECT count(*) FROM outbox_events WHERE sent_at_ms IS NULL) AS unsent,
        (SELECT count(*) FROM processed_events) AS processed,
        (SELECT count(*) FROM deliveries WHERE status IN ('pending', 'sending', 'failed')) AS open,
        (SELECT count(*) FROM deliveries) AS deliveries
@@ -428,7 +428,7 @@ SELECT d.channel, pe.kind, d.sent_at_ms,
        d.sent_at_ms - pe.received_at_ms AS taken_in_to_channel
 FROM deliveries AS d
 JOIN processed_events AS pe ON pe.event_id = d.event_id
-JOIN outbox AS o ON o.event_id = d.event_id
+JOIN outbox_events AS o ON o.event_id = d.event_id
 JOIN journal AS j ON j.device_id = split_part(d.event_id, ':', 1)::bigint
                  AND j.device_txn = split_part(d.event_id, ':', 2)::bigint
 -- an entry's notice comes from the PASSAGE; the tap is the CARD_PRESENTED granted just before

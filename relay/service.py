@@ -4,12 +4,13 @@ One loop, one batch at a time:
 
 1. hold PostgreSQL (one connection: the relay's advisory lock, LISTEN, the reads and
    the marks) and the broker (one aiomqtt client, clean session);
-2. read the first ``batch_events_max`` unsent rows in id order
-   (``storage.outbox.pending``);
+2. read the first ``batch_events_max`` unsent events in id order
+   (``storage.outbox.pending``; a group commit's events share one outbox row, which is
+   read whole);
 3. PUBLISH each with QoS 1, pipelined (``inflight_events_max`` at once, in order on
    the one connection), and wait for the PUBACKs, but no longer than the connection
    lives or ``puback_timeout_ms``;
-4. set ``sent_at_ms`` on exactly the rows whose PUBACK came (one UPDATE); if any did
+4. set ``sent_at_ms`` on exactly the rows all of whose events' PUBACKs came (one UPDATE); if any did
    not, drop the connection, back off and start again from the first unsent row. Over
    MQTT 5 a PUBACK also says whether the event matched any subscription: one that
    matched none (reason 0x10; Mosquitto keeps no shared subscription across its
@@ -132,7 +133,8 @@ class RelayMetrics:
         )
         self.unmarked = Counter(
             "ecard_relay_unmarked",
-            "events acknowledged by the broker whose sent_at_ms could not be written (published again)",
+            "events acknowledged by the broker whose sent_at_ms could not be written, or whose outbox row "
+            "held an event that was not acknowledged (published again)",
             registry=registry,
         )
         self.broker_connected = Gauge(
@@ -264,12 +266,13 @@ class Relay:
             keepalive=config.keepalive_s,
             timeout=self._puback_timeout_s,
             max_inflight_messages=config.inflight_events_max,
-            max_queued_outgoing_messages=config.batch_events_max,
+            # a read holds the rows that begin within batch_events_max events, whole
+            max_queued_outgoing_messages=config.batch_events_max + outbox.ROW_EVENTS_MAX,
             tls_context=ssl.create_default_context() if b.tls else None,
             logger=logging.getLogger("ecard.relay.mqtt"),
         )
         # aiomqtt warns above 10 pending calls; a batch is all pending by design.
-        client.pending_calls_threshold = config.batch_events_max + 1
+        client.pending_calls_threshold = config.batch_events_max + outbox.ROW_EVENTS_MAX + 1
         return client
 
     async def _session(self, conn: asyncpg.Connection, backoff: Backoff) -> None:
@@ -357,17 +360,22 @@ class Relay:
         acked = [(e, t) for e, t in zip(events, tasks) if not t.cancelled() and t.exception() is None]
         # MQTT 3.1.1: a PUBACK is all there is (result None). MQTT 5: only a success code counts;
         # 0x10 (matched no subscription) stays unsent, and so does a refusal (0x80 and above).
-        done_ids = [e.id for e, t in acked if t.result() in (None, PUBACK_SUCCESS)]
+        done = [not t.cancelled() and t.exception() is None and t.result() in (None, PUBACK_SUCCESS) for t in tasks]
+        # A row is sent once all its events are (a group commit's events share one row): the
+        # acknowledged events of a row that is not go again, counted as unmarked.
+        done_ids = outbox.sent_rows(events, done)
+        marked = set(done_ids)
+        self.metrics.unmarked.inc(sum(1 for e, ok in zip(events, done) if ok and e.id not in marked))
         unmatched = sum(1 for _, t in acked if t.result() == PUBACK_NO_MATCHING_SUBSCRIBERS)
         refused = [t.result() for _, t in acked if t.result() not in (None, PUBACK_SUCCESS,
                                                                         PUBACK_NO_MATCHING_SUBSCRIBERS)]
         missing = len(events) - len(acked)
-        self.metrics.published.inc(len(done_ids))
+        self.metrics.published.inc(sum(done))
         if done_ids:
             try:
                 await outbox.mark_sent(conn, done_ids, int(time.time() * 1000), self._statement_timeout_s)
             except _DB_FAILURES:
-                self.metrics.unmarked.inc(len(done_ids))
+                self.metrics.unmarked.inc(sum(1 for e in events if e.id in marked))
                 raise
         if missing:
             self.metrics.unacknowledged.inc(missing)

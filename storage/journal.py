@@ -6,7 +6,8 @@ task writes them once the oldest waiting entry is ``flush_interval_ms`` old or
 during the previous flush leaves as soon as that flush ends, if it is due), in
 ONE statement per batch (atomic): the journal rows, one set-based UPDATE of
 the balances and day counters they leave (the machine's checkpoints), the
-results of money commands and the outbox events that came with them. Only after
+results of money commands and one outbox row holding the parents' events that came
+with them (``storage.outbox``). Only after
 COMMIT are entries dropped from the queue and reported durable (the machine then
 moves the devices' prefix watermarks), so a failed batch is retried whole, and
 exactly: after any failure the same entries go again, with a statement that
@@ -32,7 +33,7 @@ import msgspec
 
 from ledger.records import AccountCheckpoint, JournalEntry, JournalRow
 
-from .outbox import OUTBOX_CHANNEL
+from .outbox import BATCH_KIND, OUTBOX_CHANNEL, ROW_EVENTS_MAX
 
 log = logging.getLogger("ecard.journal")
 
@@ -51,7 +52,7 @@ NOTIFY_SEQS_MAX = 500
 #   by side), for 1.2 us more of the gateway's CPU per row; binary COPY would be cheaper
 #   still for PostgreSQL but needs BEGIN, COPY, the rest and COMMIT: four round trips,
 #   and measured as a whole flush it saved PostgreSQL nothing and cost the gateway 2.5x.
-# - The rest ($2 AccountCheckpoint arrays, $3 command results, $4 OutboxEvent arrays,
+# - The rest ($2 AccountCheckpoint arrays, $3 command results, $4 OutboxEvent arrays in rows,
 #   $5 AccessEvent arrays) travels as JSON (encoded in C by msgspec from the ledger's
 #   records) that PostgreSQL unpacks as jsonb: parsed once per batch, then ``->>N`` is an
 #   index into a parsed array. (As ``json`` every ``->>`` re-scanned the element's text.)
@@ -69,14 +70,29 @@ def _flush_statement(retry: bool) -> str:
     confirmation record in the WAL per row) cost it 2-4 us per decision more, measured side by
     side on the gateway's own batches (22.0/22.2 against 24.1/26.3 us). The retry of a batch whose
     outcome is unknown, or which met a key already there (a bug: the error log says so), skips
-    what is there already."""
+    what is there already: the journal rows by their key, and the events for parents of the
+    rows it skipped (they went in with those rows: an event's id begins with its row's key,
+    ``device_id:device_txn:``), the rest in rows of up to ROW_EVENTS_MAX again."""
     journal_conflict = "ON CONFLICT (device_id, device_txn) DO NOTHING" if retry else ""
-    outbox_conflict = "ON CONFLICT (event_id) DO NOTHING" if retry else ""
+    if retry:
+        events = f"""(
+        SELECT jsonb_agg(v ORDER BY k) AS x, (k - 1) / {ROW_EVENTS_MAX} AS n
+        FROM (
+            SELECT e.v, row_number() OVER (ORDER BY b.n, e.n) AS k
+            FROM jsonb_array_elements($4::jsonb) WITH ORDINALITY AS b(chunk, n)
+            CROSS JOIN LATERAL jsonb_array_elements(b.chunk) WITH ORDINALITY AS e(v, n)
+            WHERE (split_part(e.v->>0, ':', 1)::bigint, split_part(e.v->>0, ':', 2)::bigint)
+                  IN (SELECT device_id, device_txn FROM j)
+        ) AS kept
+        GROUP BY 2
+    ) AS b"""
+    else:
+        events = "jsonb_array_elements($4::jsonb) WITH ORDINALITY AS b(x, n)"
     return f"""
 WITH j AS (
     {JOURNAL_INSERT}
     {journal_conflict}
-    RETURNING 1
+    RETURNING {"device_id, device_txn" if retry else "1"}
 ), b AS (
     -- each touched account as the batch leaves it (the machine is the only writer):
     -- balance and the day counters a restart restores
@@ -91,9 +107,13 @@ WITH j AS (
     WHERE c.seq = (v->>'seq')::bigint AND c.status = 0
     RETURNING c.seq
 ), o AS (
-    INSERT INTO outbox (event_id, kind, account_id, payload, created_at_ms)
-    SELECT v->>0, v->>1, (v->>2)::bigint, (v->3)::jsonb, (v->>4)::bigint FROM jsonb_array_elements($4::jsonb) AS v
-    {outbox_conflict}
+    -- the batch's events for parents in rows of up to ROW_EVENTS_MAX (storage.outbox: the relay
+    -- reads them one by one through outbox_events): one tuple and three index entries per
+    -- row, not per event
+    INSERT INTO outbox (event_id, kind, account_id, payload, created_at_ms, events)
+    SELECT '{BATCH_KIND}:' || (x->0->>0), '{BATCH_KIND}', 0, x, (x->0->>4)::bigint, jsonb_array_length(x)
+    FROM {events}
+    ORDER BY n
     RETURNING 1
 ), a AS (
     -- what happened at the doors besides entries and exits (ledger.records.AccessEvent)
@@ -279,7 +299,7 @@ class JournalWriter:
             rows,
             encode(list(accounts.values())).decode(),
             encode(commands).decode(),
-            encode(outbox).decode(),
+            encode([outbox[i : i + ROW_EVENTS_MAX] for i in range(0, len(outbox), ROW_EVENTS_MAX)]).decode(),
             encode(access).decode(),
             timeout=self._statement_timeout_s,
         )

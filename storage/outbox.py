@@ -1,13 +1,23 @@
 """The outbox as the relay reads it: unsent events in id order, marked once the broker has them.
 
-The gateway's group commit writes ``outbox`` rows (``storage/journal.py``, one
-``ledger.records.OutboxEvent`` each, the notice Struct as ``payload`` jsonb) in the
-same transaction as the journal rows that caused them. The relay (``relay/``, its
-own process) reads the unsent ones here, publishes them to MQTT and sets
-``sent_at_ms`` on those the broker acknowledged. Nothing else writes
-``sent_at_ms``.
+Two kinds of ``outbox`` row (migration 0024):
+- the gateway's group commit (``storage/journal.py``) writes the events for parents it
+  brought as rows of kind ``batch`` (``BATCH_KIND``), one per ``ROW_EVENTS_MAX`` events
+  (one row at the held rate), in the same transaction as the journal rows that caused them:
+  a row's ``payload`` is the JSON array of its ``ledger.records.OutboxEvent``s in decision
+  order, ``events`` their count. A row per
+  event cost PostgreSQL a tuple and three index entries each, and the relay's mark a
+  second tuple each.
+- the staff and parents' APIs write a row per event (``kind`` the event's kind, the notice
+  Struct as ``payload``, ``events`` 1).
 
-Order: ``ORDER BY id`` over what is committed. An id is taken at INSERT and seen at
+``outbox_events`` (a view) reads both as one row per event, (row_id, position) in
+publication order. The relay (``relay/``, its own process) reads the unsent events here,
+publishes them to MQTT and sets ``sent_at_ms`` on the rows whose events the broker all
+acknowledged. Nothing else writes ``sent_at_ms``. A row whose events went out only in part
+goes out whole again (consumers de-duplicate by ``event_id``, as after any redelivery).
+
+Order: ``ORDER BY id`` (then the position inside a row) over what is committed. An id is taken at INSERT and seen at
 COMMIT, so a row of a slower concurrent writer (the staff API's card events) can
 become visible after a higher id was published; it is not skipped: every read
 starts from the lowest unsent id again (no cursor), so it goes out with the next
@@ -34,12 +44,20 @@ OUTBOX_CHANNEL = "ecard_outbox"
 # one's connection ends (a SIGKILLed relay's connection ends with it). The number is
 # the ASCII of "ecRELAY" read as an integer: any fixed value unused elsewhere would do.
 RELAY_LOCK_KEY = 0x6563_5245_4C41_59
+# outbox.kind of a row that holds a group commit's events (its event_id is this, a colon and
+# the first event's id: as unique as that event's).
+BATCH_KIND = "batch"
+# A group commit's events go in rows of at most this many. The relay reads a row whole, so
+# one read holds at most its batch_events_max + ROW_EVENTS_MAX - 1 events (paho's queue is
+# sized for that). At the held rate a commit brings about 35 events (one row); the rows a
+# bigger commit adds cost PostgreSQL a tuple and three index entries each.
+ROW_EVENTS_MAX = 64
 
 
 class PendingEvent(msgspec.Struct, frozen=True, gc=False):
     """One unsent outbox row, as the relay publishes it."""
 
-    id: int  # outbox.id: the drain order
+    id: int  # outbox.id of the row that holds it (a group commit's events share one): the drain order
     event_id: str  # unique; consumers de-duplicate by it
     kind: str  # OutboxKind value, the notice's tag
     account_id: int
@@ -48,34 +66,41 @@ class PendingEvent(msgspec.Struct, frozen=True, gc=False):
     notice: msgspec.Raw  # the payload jsonb exactly as PostgreSQL renders it (JSON text)
 
 
-# school_id: from the notice itself (every ledger.notices Struct carries it); rows
-# written before the notices had one fall back to the account's school.
+# The unsent rows that begin within the first $1 events (so at least one row, whatever its
+# size: a row goes out whole), expanded into their events. school_id: from the notice itself
+# (every ledger.notices Struct carries it); rows written before the notices had one fall back
+# to the account's school.
 _PENDING = """
-SELECT o.id, o.event_id, o.kind, o.account_id,
-       COALESCE(CASE WHEN jsonb_typeof(o.payload->'school_id') = 'number'
-                     THEN (o.payload->>'school_id')::bigint END,
+SELECT e.row_id, e.event_id, e.kind, e.account_id,
+       COALESCE(CASE WHEN jsonb_typeof(e.payload->'school_id') = 'number'
+                     THEN (e.payload->>'school_id')::bigint END,
                 a.school_id, 0) AS school_id,
-       o.created_at_ms, o.payload::text AS notice
-FROM outbox AS o LEFT JOIN accounts AS a ON a.id = o.account_id
-WHERE o.sent_at_ms IS NULL
-ORDER BY o.id
-LIMIT $1
+       e.created_at_ms, e.payload::text AS notice
+FROM (SELECT id, sum(events) OVER (ORDER BY id) - events AS before
+      FROM (SELECT id, events FROM outbox WHERE sent_at_ms IS NULL ORDER BY id LIMIT $1) AS u) AS r
+JOIN outbox_events AS e ON e.row_id = r.id
+LEFT JOIN accounts AS a ON a.id = e.account_id
+WHERE r.before < $1
+ORDER BY e.row_id, e.position
 """
 
 _MARK_SENT = """
 UPDATE outbox SET sent_at_ms = $2 WHERE id = ANY($1::bigint[]) AND sent_at_ms IS NULL
 """
 
-# The count is bounded by $1 so that it stays a bounded piece of work however far
-# behind the relay is; the oldest pending row gives the age of the backlog.
+# The count is bounded by $1 (rows read, and events counted) so that it stays a bounded
+# piece of work however far behind the relay is; the oldest pending row gives the age of
+# the backlog (a batch row's created_at_ms is its first event's).
 _BACKLOG = """
-SELECT (SELECT count(*) FROM (SELECT 1 FROM outbox WHERE sent_at_ms IS NULL LIMIT $1) AS p) AS pending,
+SELECT (SELECT least($1, coalesce(sum(events), 0))
+        FROM (SELECT events FROM outbox WHERE sent_at_ms IS NULL ORDER BY id LIMIT $1) AS p) AS pending,
        (SELECT created_at_ms FROM outbox WHERE sent_at_ms IS NULL ORDER BY id LIMIT 1) AS oldest_created_at_ms
 """
 
 
 async def pending(conn: asyncpg.Connection, limit: int, timeout_s: float) -> list[PendingEvent]:
-    """The first ``limit`` unsent events in id order."""
+    """The unsent events in publication order, of the rows that begin within the first ``limit``
+    events: at most ``limit`` events, unless one row holds more (a row goes out whole)."""
     assert limit > 0
     rows = await conn.fetch(_PENDING, limit, timeout=timeout_s)
     return [
@@ -85,15 +110,24 @@ async def pending(conn: asyncpg.Connection, limit: int, timeout_s: float) -> lis
 
 
 async def mark_sent(conn: asyncpg.Connection, ids: list[int], sent_at_ms: int, timeout_s: float) -> int:
-    """Set ``sent_at_ms`` on these rows (those still unsent); return how many changed."""
+    """Set ``sent_at_ms`` on these rows (those still unsent); return how many changed. Only a row
+    whose every event the broker acknowledged is sent (``sent_rows``)."""
     if not ids:
         return 0
     status = await conn.execute(_MARK_SENT, ids, sent_at_ms, timeout=timeout_s)
     return int(status.rsplit(" ", 1)[1])
 
 
+def sent_rows(events: list[PendingEvent], done: list[bool]) -> list[int]:
+    """The outbox rows to mark: those all of whose ``events`` are ``done`` (in order, once each)."""
+    rows: dict[int, bool] = {}
+    for event, ok in zip(events, done, strict=True):
+        rows[event.id] = rows.get(event.id, True) and ok
+    return [row for row, ok in rows.items() if ok]
+
+
 async def backlog(conn: asyncpg.Connection, count_max: int, timeout_s: float) -> tuple[int, int | None]:
-    """(unsent rows counted up to ``count_max``, created_at_ms of the oldest or None)."""
+    """(unsent events counted up to ``count_max``, created_at_ms of the oldest or None)."""
     row = await conn.fetchrow(_BACKLOG, count_max, timeout=timeout_s)
     return int(row[0]), row[1]
 

@@ -220,7 +220,7 @@ def test_issue_temporary_by_presenting_the_temporary_card(desk):
     assert card(desk.dsn, original)["status"] == 2
     assert [a["action"] for a in audit(desk.dsn, f"card:{original.hex()}")] == ["card.temporary.forgotten"]
     assert [a["action"] for a in audit(desk.dsn, f"card:{NEW_UID.lower()}")] == ["card.bind"]
-    outbox = sql(desk.dsn, "SELECT kind FROM outbox WHERE account_id = 6")
+    outbox = sql(desk.dsn, "SELECT kind FROM outbox_events WHERE account_id = 6")
     assert [o["kind"] for o in outbox] == ["temporary_card_issued"]
 
 

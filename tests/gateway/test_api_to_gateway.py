@@ -194,7 +194,7 @@ def test_kindergarten_trusted_cards_through_the_api_reach_the_turnstile(demo_dsn
             assert (await t.request(Passage(4, TXN_FLAG_ADVICE, 1, now + 1_000, 3, demo_card_uid(7)))).outcome == 1
             await async_wait_until(lambda: gw.core.journal.depth == 0, 10, "durable")
             rows = await asyncio.to_thread(
-                sql_rows, demo_dsn, "SELECT payload->>'escort', payload->>'escort_relation' FROM outbox WHERE kind = 'entry'")
+                sql_rows, demo_dsn, "SELECT payload->>'escort', payload->>'escort_relation' FROM outbox_events WHERE kind = 'entry'")
             (name,) = (await asyncio.to_thread(sql_rows, demo_dsn, "SELECT full_name FROM representatives WHERE id = 7"))[0]
             assert rows == [(name, "parent")], rows
             r = await call("off1", "POST", "/representatives/7/suspend")

@@ -83,7 +83,7 @@ def test_passages_set_presence_checkpointed_and_read_back_after_a_restart(demo_d
             Presence.INSIDE, Presence.OUTSIDE, Presence.UNKNOWN)
         rows = await fetch(demo_dsn, "SELECT granted_txn FROM journal WHERE kind = 2 ORDER BY device_id, device_txn")
         assert [r[0] for r in rows] == [1, 3, 1]
-        notices = await fetch(demo_dsn, "SELECT kind, account_id FROM outbox ORDER BY id")
+        notices = await fetch(demo_dsn, "SELECT kind, account_id FROM outbox_events ORDER BY row_id, position")
         assert [tuple(r) for r in notices] == [("entry", 5), ("entry", 6), ("exit", 6)]
         async with running_gateway(demo_dsn) as gw:  # a restart: presence comes back from the checkpoints
             assert gw.core.state.inside(1, now_ms()) == [5]

@@ -166,10 +166,68 @@ def test_a_batch_meeting_a_key_already_journaled_is_written_by_the_retry_and_log
         conn = await asyncpg.connect(pg_dsn)
         try:
             txns = [r[0] for r in await conn.fetch("SELECT device_txn FROM journal ORDER BY device_txn")]
-            events = [r[0] for r in await conn.fetch("SELECT event_id FROM outbox ORDER BY id")]
+            events = [r[0] for r in await conn.fetch("SELECT event_id FROM outbox_events ORDER BY row_id, position")]
         finally:
             await conn.close()
         assert txns == [1, 2, 3]
         assert events == ["1000001:1:entry", "1000001:2:entry", "1000001:3:entry"]
+
+    asyncio.run(main())
+
+
+def test_a_commits_events_for_parents_go_in_rows_of_at_most_row_events_max_and_a_retry_adds_none(pg_dsn):
+    """A group commit writes its events as outbox rows of up to ROW_EVENTS_MAX, in decision order
+    (``outbox_events`` reads them one by one); the retry of a batch that had committed (its outcome
+    unknown to the writer) writes neither journal rows nor events again."""
+    import time
+
+    import asyncpg
+    import msgspec
+
+    from ledger.notices import EntryNotice
+    from ledger.records import JournalEntry, JournalRow, OutboxEvent
+    from storage.journal import _FLUSH, _FLUSH_RETRY
+    from storage.outbox import BATCH_KIND, ROW_EVENTS_MAX
+
+    def entry(txn: int) -> JournalEntry:
+        row = JournalRow(1_000_001, txn, 2, 30, b"\x04\x00\x00\x00\x00\x00\x1e", 1, None, None, 0, 50_000, False,
+                         None, 1_795_550_000_000, 1_795_550_000_000 + txn, None, None, None)
+        notice = EntryNotice(account_id=30, school_id=1, at_ms=1_795_550_000_000 + txn, device_id=1_000_001)
+        return JournalEntry(row, (), (OutboxEvent(f"1000001:{txn}:entry", "entry", 30, notice, 1_795_550_000_000 + txn),),
+                            None, time.perf_counter_ns())
+
+    count = 2 * ROW_EVENTS_MAX + 22
+    entries = [entry(txn) for txn in range(1, count + 1)]
+    events = [e for entry_ in entries for e in entry_.outbox]
+    encode = msgspec.json.Encoder().encode
+    args = (
+        [msgspec.structs.astuple(e.row) for e in entries], "[]", "[]",
+        encode([events[i : i + ROW_EVENTS_MAX] for i in range(0, len(events), ROW_EVENTS_MAX)]).decode(), "[]",
+    )
+
+    async def main():
+        conn = await asyncpg.connect(pg_dsn)
+        try:
+            assert await conn.fetchval(_FLUSH, *args) == count
+            rows = await conn.fetch("SELECT event_id, kind, events, created_at_ms FROM outbox ORDER BY id")
+            assert [(r["kind"], r["events"]) for r in rows] == [
+                (BATCH_KIND, ROW_EVENTS_MAX), (BATCH_KIND, ROW_EVENTS_MAX), (BATCH_KIND, 22)
+            ]
+            assert [r["event_id"] for r in rows] == [f"{BATCH_KIND}:1000001:{n}:entry" for n in (1, 65, 129)]
+            assert [r["created_at_ms"] for r in rows] == [1_795_550_000_000 + n for n in (1, 65, 129)]
+            stored = await conn.fetch("SELECT event_id, kind, account_id, payload::text AS payload, created_at_ms "
+                                      "FROM outbox_events ORDER BY row_id, position")
+            assert [r["event_id"] for r in stored] == [e.event_id for e in events]
+            assert all(
+                (r["kind"], r["account_id"], r["created_at_ms"]) == (e.kind, e.account_id, e.created_at_ms)
+                and msgspec.json.decode(r["payload"], type=EntryNotice) == e.payload
+                for r, e in zip(stored, events)
+            )
+            # The same batch again, as the writer retries one whose COMMIT it did not hear of.
+            assert await conn.fetchval(_FLUSH_RETRY, *args) == 0
+            assert await conn.fetchval("SELECT count(*) FROM outbox") == 3
+            assert await conn.fetchval("SELECT count(*) FROM outbox_events") == count
+        finally:
+            await conn.close()
 
     asyncio.run(main())

@@ -102,7 +102,7 @@ def test_block_a_card_with_confirmation(world: World):
     audit = sql(world.dsn, "SELECT actor, action, after->>'status' AS status FROM audit_log WHERE entity = $1",
                 f"card:{uid.hex()}")
     assert [(a["actor"], a["action"], a["status"]) for a in audit] == [("representative:7:ussd", "card.block", "blocked")]
-    outbox = sql(world.dsn, "SELECT kind, account_id, payload->>'identifier_hex' AS uid FROM outbox")
+    outbox = sql(world.dsn, "SELECT kind, account_id, payload->>'identifier_hex' AS uid FROM outbox_events")
     assert [(o["kind"], o["account_id"], o["uid"]) for o in outbox] == [(OutboxKind.CARD_BLOCKED.value, 8, uid.hex())]
     # the blocked card is no longer offered; the other one still is
     _, _, cards = dial(world, "b2", "4", "2")

@@ -149,13 +149,15 @@ async def _fetch(dsn: str, query: str, *args):
 
 
 def outbox_rows(dsn: str) -> list[asyncpg.Record]:
-    """Every outbox row in id order, the payload as PostgreSQL renders it."""
-    return asyncio.run(_fetch(dsn, "SELECT id, event_id, kind, account_id, payload::text AS payload, created_at_ms, "
-                                   "sent_at_ms FROM outbox ORDER BY id"))
+    """Every outbox event in publication order (``outbox_events``: a group commit's events share
+    one row, ``id``), the payload as PostgreSQL renders it."""
+    return asyncio.run(_fetch(dsn, "SELECT row_id AS id, event_id, kind, account_id, payload::text AS payload, "
+                                   "created_at_ms, sent_at_ms FROM outbox_events ORDER BY row_id, position"))
 
 
 def unsent_count(dsn: str) -> int:
-    return asyncio.run(_fetch(dsn, "SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL"))[0][0]
+    """Events not yet marked sent."""
+    return asyncio.run(_fetch(dsn, "SELECT count(*) FROM outbox_events WHERE sent_at_ms IS NULL"))[0][0]
 
 
 # ---------------------------------------------------------------- processes

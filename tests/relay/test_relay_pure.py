@@ -18,8 +18,22 @@ from relay import layout
 from relay.backoff import Backoff
 from relay.config import ConfigError, broker, env_name, load_config, redacted
 from relay.mosquitto import acl_text, check_user, config_text, hash_password, read_users_file
+from storage.outbox import PendingEvent, sent_rows
 
 PREFIX = "ecard/v1"
+
+
+def test_an_outbox_row_is_sent_only_when_every_event_it_holds_is():
+    def event(row: int, n: int) -> PendingEvent:
+        return PendingEvent(row, f"{row}:{n}:entry", "entry", 5, 1, 0, msgspec.Raw(b"{}"))
+
+    events = [event(7, 1), event(7, 2), event(8, 1), event(9, 1), event(9, 2), event(9, 3)]
+    assert sent_rows(events, [True] * 6) == [7, 8, 9]
+    assert sent_rows(events, [True, False, True, True, True, True]) == [8, 9]  # row 7 goes again whole
+    assert sent_rows(events, [True, True, True, True, True, False]) == [7, 8]
+    assert sent_rows(events, [False] * 6) == []
+    with pytest.raises(ValueError):
+        sent_rows(events, [True])  # one verdict per event
 
 
 def test_every_outbox_kind_is_a_valid_topic_level():

@@ -86,7 +86,7 @@ def test_a_cashier_takes_cash_at_the_desk(demo_dsn):
         assert [tuple(r) for r in rows] == [(int(JournalKind.DESK_CASH_TOPUP), drawer, PUPIL, 25_000, 75_000)]
         kind = asyncio.run(fetch(demo_dsn, "SELECT kind, holder_name FROM accounts WHERE id = $1", drawer))[0]
         assert kind["kind"] == int(AccountKind.DESK_DRAWER)
-        events = asyncio.run(fetch(demo_dsn, "SELECT kind, payload FROM outbox WHERE event_id = $1", f"0:{seq}:cash_topup"))
+        events = asyncio.run(fetch(demo_dsn, "SELECT kind, payload FROM outbox_events WHERE event_id = $1", f"0:{seq}:cash_topup"))
         assert len(events) == 1 and events[0]["kind"] == "cash_topup"
         assert '"amount_kopecks": 25000' in events[0]["payload"] and '"balance_kopecks": 75000' in events[0]["payload"]
         audits = asyncio.run(fetch(demo_dsn, "SELECT actor FROM audit_log WHERE action = 'money.cash_topup'"))

@@ -160,7 +160,7 @@ async def eventually(check, what: str, timeout_s: float = STEP_TIMEOUT_S) -> Non
 
 
 async def notice_at_ms(conn: asyncpg.Connection, event_id: str) -> int:
-    value = await conn.fetchval("SELECT (payload->>'at_ms')::bigint FROM outbox WHERE event_id = $1", event_id)
+    value = await conn.fetchval("SELECT (payload->>'at_ms')::bigint FROM outbox_events WHERE event_id = $1", event_id)
     assert value is not None, f"no outbox row {event_id}"
     return value
 
@@ -253,13 +253,13 @@ def test_a_tap_reaches_email_sms_and_the_app_and_an_entry_only_on_passage(notice
             marker = f"{till_id}:{topup.txn}:cash_topup"
             by, mail, push, sms = await delivered_everywhere(conn, peers, marker)
             left = await conn.fetchval("SELECT count(*) FROM deliveries WHERE status NOT IN ('sent', 'dead', 'cancelled')")
-            assert left == 0 and await conn.fetchval("SELECT count(*) FROM outbox WHERE sent_at_ms IS NULL") == 0
+            assert left == 0 and await conn.fetchval("SELECT count(*) FROM outbox_events WHERE sent_at_ms IS NULL") == 0
             # Nothing about an entry reached any peer ...
             assert not [m.subject for m in peers.mails() if "вход" in m.subject or "вход" in m.text]
             assert not [p for p in peers.pushes() if p["kind"] == "entry"]
             assert not [text_of([s]) for s in peers.submits() if "вход" in text_of([s])]
             # ... because there is no such event at all.
-            assert await conn.fetchval("SELECT count(*) FROM outbox WHERE kind IN ('entry', 'exit')") == 0
+            assert await conn.fetchval("SELECT count(*) FROM outbox_events WHERE kind IN ('entry', 'exit')") == 0
             assert await conn.fetchval("SELECT count(*) FROM processed_events WHERE kind IN ('entry', 'exit')") == 0
             assert mail.subject == f"Ученик 7: лицевой счёт пополнен на 100,00{NBSP}₽"
             assert f"Остаток на лицевом счёте: 515,00{NBSP}₽" in mail.text
@@ -330,7 +330,7 @@ EXPECTED = """
 SELECT o.event_id, r.id AS representative_id, ch AS channel,
        CASE ch WHEN 'email' THEN r.email WHEN 'sms' THEN r.phone
                ELSE $2 || '/representatives/' || r.id || '/events' END AS address
-FROM outbox o
+FROM outbox_events o
 JOIN representative_pupils rp ON rp.account_id = o.account_id
 JOIN representatives r ON r.id = rp.representative_id
 CROSS JOIN LATERAL unnest(r.channels) AS ch
@@ -396,7 +396,7 @@ class Faults:
 
 def outbox_counts(dsn: str) -> tuple[int, int]:
     """(rows published and marked sent, all rows)."""
-    row = fetch(dsn, "SELECT count(*) FILTER (WHERE sent_at_ms IS NOT NULL), count(*) FROM outbox")[0]
+    row = fetch(dsn, "SELECT count(*) FILTER (WHERE sent_at_ms IS NOT NULL), count(*) FROM outbox_events")[0]
     return row[0], row[1]
 
 
@@ -508,8 +508,8 @@ def test_exactly_once_under_sigkills_and_a_broker_restart_counted_at_the_peers(f
     # Every (event, representative, channel) the records call for, from the outbox and the subscriptions.
     expected = {(r["event_id"], r["representative_id"], r["channel"]): r["address"]
                 for r in fetch(dsn, EXPECTED, list(CHANNELS), "ecard/v1")}
-    events = {r["event_id"] for r in fetch(dsn, "SELECT event_id FROM outbox")}
-    kinds = {r["kind"]: r["n"] for r in fetch(dsn, "SELECT kind, count(*) AS n FROM outbox GROUP BY kind")}
+    events = {r["event_id"] for r in fetch(dsn, "SELECT event_id FROM outbox_events")}
+    kinds = {r["kind"]: r["n"] for r in fetch(dsn, "SELECT kind, count(*) AS n FROM outbox_events GROUP BY kind")}
     assert kinds.get("purchase", 0) >= MIN_PURCHASES and kinds.get("entry", 0) and kinds.get("low_balance", 0) == 2, kinds
 
     def sent_everywhere() -> bool:
@@ -525,12 +525,13 @@ def test_exactly_once_under_sigkills_and_a_broker_restart_counted_at_the_peers(f
                             "FROM deliveries GROUP BY 1, 2 ORDER BY 1, 2")
         made = {(r["event_id"], r["representative_id"], r["channel"]) for r in fetch(dsn, "SELECT * FROM deliveries")}
         missing = sorted(set(expected) - made)
-        lost = fetch(dsn, "SELECT id, event_id, created_at_ms, sent_at_ms FROM outbox WHERE event_id = ANY ($1::text[]) "
-                          "AND event_id NOT IN (SELECT event_id FROM processed_events) ORDER BY id",
+        lost = fetch(dsn, "SELECT row_id AS id, event_id, created_at_ms, sent_at_ms FROM outbox_events "
+                          "WHERE event_id = ANY ($1::text[]) "
+                          "AND event_id NOT IN (SELECT event_id FROM processed_events) ORDER BY row_id, position",
                      sorted({m[0] for m in missing}))
         runs: list[list] = []  # contiguous runs of outbox ids never taken in: [first, last, published from, to]
         for r in lost:
-            if runs and runs[-1][1] + 1 == r["id"]:
+            if runs and runs[-1][1] + 1 >= r["id"]:  # a run of outbox rows (a row holds a commit's events)
                 runs[-1][1], runs[-1][3] = r["id"], faults.since(r["sent_at_ms"])
             else:
                 runs.append([r["id"], r["id"], faults.since(r["sent_at_ms"]), faults.since(r["sent_at_ms"])])
