@@ -71,16 +71,24 @@ class PendingEvent(msgspec.Struct, frozen=True, gc=False):
 # (every ledger.notices Struct carries it); rows written before the notices had one fall back
 # to the account's school.
 _PENDING = """
+WITH r AS MATERIALIZED (
+    SELECT id FROM (
+        SELECT id, sum(events) OVER (ORDER BY id) - events AS before
+        FROM (SELECT id, events FROM outbox WHERE sent_at_ms IS NULL ORDER BY id LIMIT $1) AS u
+    ) AS w
+    WHERE before < $1
+)
 SELECT e.row_id, e.event_id, e.kind, e.account_id,
        COALESCE(CASE WHEN jsonb_typeof(e.payload->'school_id') = 'number'
                      THEN (e.payload->>'school_id')::bigint END,
                 a.school_id, 0) AS school_id,
        e.created_at_ms, e.payload::text AS notice
-FROM (SELECT id, sum(events) OVER (ORDER BY id) - events AS before
-      FROM (SELECT id, events FROM outbox WHERE sent_at_ms IS NULL ORDER BY id LIMIT $1) AS u) AS r
+FROM r
 JOIN outbox_events AS e ON e.row_id = r.id
 LEFT JOIN accounts AS a ON a.id = e.account_id
-WHERE r.before < $1
+-- the id range of the rows read: whatever join the planner picks reads the outbox from there,
+-- never from the first row ever sent
+WHERE e.row_id BETWEEN (SELECT min(id) FROM r) AND (SELECT max(id) FROM r)
 ORDER BY e.row_id, e.position
 """
 
