@@ -6,8 +6,8 @@ task writes them once the oldest waiting entry is ``flush_interval_ms`` old or
 during the previous flush leaves as soon as that flush ends, if it is due), in
 ONE statement per batch (atomic): the journal rows, one set-based UPDATE of
 the balances and day counters they leave (the machine's checkpoints), the
-results of money commands and one outbox row holding the parents' events that came
-with them (``storage.outbox``). Only after
+results of money commands and the parents' events that came with them, in outbox
+rows of up to ``storage.outbox.ROW_EVENTS_MAX`` events. Only after
 COMMIT are entries dropped from the queue and reported durable (the machine then
 moves the devices' prefix watermarks), so a failed batch is retried whole, and
 exactly: after any failure the same entries go again, with a statement that

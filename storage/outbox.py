@@ -5,9 +5,8 @@ Two kinds of ``outbox`` row (migration 0024):
   brought as rows of kind ``batch`` (``BATCH_KIND``), one per ``ROW_EVENTS_MAX`` events
   (one row at the held rate), in the same transaction as the journal rows that caused them:
   a row's ``payload`` is the JSON array of its ``ledger.records.OutboxEvent``s in decision
-  order, ``events`` their count. A row per
-  event cost PostgreSQL a tuple and three index entries each, and the relay's mark a
-  second tuple each.
+  order, ``events`` their count. A row per event cost PostgreSQL a tuple and three index
+  entries each, and the relay's mark a second tuple each.
 - the staff and parents' APIs write a row per event (``kind`` the event's kind, the notice
   Struct as ``payload``, ``events`` 1).
 
@@ -17,9 +16,9 @@ publishes them to MQTT and sets ``sent_at_ms`` on the rows whose events the brok
 acknowledged. Nothing else writes ``sent_at_ms``. A row whose events went out only in part
 goes out whole again (consumers de-duplicate by ``event_id``, as after any redelivery).
 
-Order: ``ORDER BY id`` (then the position inside a row) over what is committed. An id is taken at INSERT and seen at
-COMMIT, so a row of a slower concurrent writer (the staff API's card events) can
-become visible after a higher id was published; it is not skipped: every read
+Order: ``ORDER BY id``, then the position inside a row, over what is committed. An id is
+taken at INSERT and seen at COMMIT, so a row of a slower concurrent writer (the staff API's
+card events) can become visible after a higher id was published; it is not skipped: every read
 starts from the lowest unsent id again (no cursor), so it goes out with the next
 batch. The journal writer itself is one connection and commits in id order.
 
@@ -45,7 +44,8 @@ OUTBOX_CHANNEL = "ecard_outbox"
 # the ASCII of "ecRELAY" read as an integer: any fixed value unused elsewhere would do.
 RELAY_LOCK_KEY = 0x6563_5245_4C41_59
 # outbox.kind of a row that holds a group commit's events (its event_id is this, a colon and
-# the first event's id: as unique as that event's).
+# the first event's id: as unique as that event's). The view outbox_events (migration 0024)
+# names it too: it never changes.
 BATCH_KIND = "batch"
 # A group commit's events go in rows of at most this many. The relay reads a row whole, so
 # one read holds at most its batch_events_max + ROW_EVENTS_MAX - 1 events (paho's queue is
@@ -55,7 +55,7 @@ ROW_EVENTS_MAX = 64
 
 
 class PendingEvent(msgspec.Struct, frozen=True, gc=False):
-    """One unsent outbox row, as the relay publishes it."""
+    """One unsent outbox event, as the relay publishes it."""
 
     id: int  # outbox.id of the row that holds it (a group commit's events share one): the drain order
     event_id: str  # unique; consumers de-duplicate by it

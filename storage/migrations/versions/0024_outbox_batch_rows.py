@@ -27,6 +27,8 @@ Revises: 0023
 
 from alembic import op
 
+from storage.migrations import split_statements
+
 revision = "0024"
 down_revision = "0023"
 branch_labels = None
@@ -61,16 +63,11 @@ ALTER TABLE outbox DROP COLUMN events;
 """
 
 
-def _each(statements: str) -> None:
-    # one statement per execute: the driver prepares each (no multi-statement strings)
-    for statement in statements.split(";\n"):
-        if statement.strip():
-            op.execute(statement)
-
-
 def upgrade() -> None:
-    _each(UP)
+    for statement in split_statements(UP):
+        op.execute(statement)
 
 
 def downgrade() -> None:
-    _each(DOWN)
+    for statement in split_statements(DOWN):
+        op.execute(statement)
