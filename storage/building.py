@@ -47,7 +47,7 @@ async def presence(conn: asyncpg.Connection, school_id: int, at_ms: int) -> list
     reset_ms = await presence_reset_ms(conn, school_id)
     rows = await conn.fetch(
         """
-        SELECT p.account_id, p.full_name, p.grade, p.class_name, a.counters::text AS counters
+        SELECT p.account_id, p.full_name, p.grade, p.class_name, a.counters
         FROM pupils p JOIN accounts a ON a.id = p.account_id
         WHERE p.school_id = $1
         ORDER BY p.grade, p.class_name, p.full_name, p.account_id

@@ -31,7 +31,7 @@ from typing import Awaitable, Callable
 import asyncpg
 import msgspec
 
-from ledger.records import AccountCheckpoint, JournalEntry, JournalRow
+from ledger.records import AccountCheckpoint, JournalEntry, JournalRow, OutboxEvent
 
 from .outbox import BATCH_KIND, OUTBOX_CHANNEL, ROW_EVENTS_MAX
 
@@ -52,10 +52,19 @@ NOTIFY_SEQS_MAX = 500
 #   by side), for 1.2 us more of the gateway's CPU per row; binary COPY would be cheaper
 #   still for PostgreSQL but needs BEGIN, COPY, the rest and COMMIT: four round trips,
 #   and measured as a whole flush it saved PostgreSQL nothing and cost the gateway 2.5x.
-# - The rest ($2 AccountCheckpoint arrays, $3 command results, $4 OutboxEvent arrays in rows,
-#   $5 AccessEvent arrays) travels as JSON (encoded in C by msgspec from the ledger's
-#   records) that PostgreSQL unpacks as jsonb: parsed once per batch, then ``->>N`` is an
-#   index into a parsed array. (As ``json`` every ``->>`` re-scanned the element's text.)
+# - The accounts' checkpoints ($2) travel the same way, as an array of ``account_checkpoint``
+#   (migration 0025: AccountCheckpoint's fields, the counters as msgspec's JSON bytes, which
+#   ``accounts.counters`` stores unparsed as bytea). As one jsonb array PostgreSQL parsed the
+#   batch's JSON and then each account's counters again into jsonb: 30.6 / 27.0 against
+#   25.0 / 20.4 us of backend CPU per journaled decision for the accounts' update (the
+#   gateway's own batches of 50, side by side, two runs).
+# - The events for parents ($4) too, as an array of ``outbox_batch`` (migration 0026): a row's
+#   OutboxEvents as msgspec's JSON bytes, which ``outbox.batch_events`` stores unparsed. As one
+#   jsonb array of rows the outbox's INSERT cost the backend 12.6 / 13.3 against 7.8 / 7.4 us
+#   per journaled decision (the gateway's own batches of 50, side by side, two pairs).
+# - The rest ($3 command results, $5 AccessEvent arrays) travels as JSON (encoded in C by msgspec from the ledger's records) that PostgreSQL
+#   unpacks as jsonb: parsed once per batch, then ``->>N`` is an index into a parsed array.
+#   (As ``json`` every ``->>`` re-scanned the element's text.)
 # The journal rows of a batch ($1, an array of journal_row) into the journal: its columns are
 # JournalRow's fields, in order, as the composite type's are (migration 0023).
 JOURNAL_INSERT = (
@@ -75,19 +84,28 @@ def _flush_statement(retry: bool) -> str:
     ``device_id:device_txn:``), the rest in rows of up to ROW_EVENTS_MAX again."""
     journal_conflict = "ON CONFLICT (device_id, device_txn) DO NOTHING" if retry else ""
     if retry:
-        events = f"""(
+        # the kept events in rows of up to ROW_EVENTS_MAX again (rare: parsed here, as JSON)
+        events = f"""
+    SELECT '{BATCH_KIND}:' || (x->0->>0), '{BATCH_KIND}', 0, convert_to(x::text, 'UTF8'),
+           (x->0->>4)::bigint, jsonb_array_length(x)
+    FROM (
         SELECT jsonb_agg(v ORDER BY k) AS x, (k - 1) / {ROW_EVENTS_MAX} AS n
         FROM (
             SELECT e.v, row_number() OVER (ORDER BY b.n, e.n) AS k
-            FROM jsonb_array_elements($4::jsonb) WITH ORDINALITY AS b(chunk, n)
-            CROSS JOIN LATERAL jsonb_array_elements(b.chunk) WITH ORDINALITY AS e(v, n)
+            FROM unnest($4::outbox_batch[]) WITH ORDINALITY AS b(first_event_id, created_at_ms, events, batch_events, n)
+            CROSS JOIN LATERAL jsonb_array_elements(convert_from(b.batch_events, 'UTF8')::jsonb) WITH ORDINALITY AS e(v, n)
             WHERE (split_part(e.v->>0, ':', 1)::bigint, split_part(e.v->>0, ':', 2)::bigint)
                   IN (SELECT device_id, device_txn FROM j)
         ) AS kept
         GROUP BY 2
-    ) AS b"""
+    ) AS b
+    ORDER BY n"""
     else:
-        events = "jsonb_array_elements($4::jsonb) WITH ORDINALITY AS b(x, n)"
+        # as the writer made them: nothing in them is parsed
+        events = f"""
+    SELECT '{BATCH_KIND}:' || b.first_event_id, '{BATCH_KIND}', 0, b.batch_events, b.created_at_ms, b.events
+    FROM unnest($4::outbox_batch[]) WITH ORDINALITY AS b(first_event_id, created_at_ms, events, batch_events, n)
+    ORDER BY n"""
     return f"""
 WITH j AS (
     {JOURNAL_INSERT}
@@ -95,10 +113,10 @@ WITH j AS (
     RETURNING {"device_id, device_txn" if retry else "1"}
 ), b AS (
     -- each touched account as the batch leaves it (the machine is the only writer):
-    -- balance and the day counters a restart restores
-    UPDATE accounts AS a SET balance_kopecks = (v->>1)::bigint, counters = (v->2)::jsonb
-    FROM jsonb_array_elements($2::jsonb) AS v
-    WHERE a.id = (v->>0)::bigint
+    -- balance and the day counters a restart restores (bytes PostgreSQL stores unparsed)
+    UPDATE accounts AS a SET balance_kopecks = v.balance_kopecks, counters = v.counters
+    FROM unnest($2::account_checkpoint[]) AS v
+    WHERE a.id = v.account_id
     RETURNING 1
 ), c AS (
     UPDATE commands AS c SET status = (v->>'status')::smallint, result = (v->'result')::jsonb,
@@ -107,13 +125,11 @@ WITH j AS (
     WHERE c.seq = (v->>'seq')::bigint AND c.status = 0
     RETURNING c.seq
 ), o AS (
-    -- the batch's events for parents in rows of up to ROW_EVENTS_MAX (storage.outbox: the relay
-    -- reads them one by one through outbox_events): one tuple and three index entries per
-    -- row, not per event
-    INSERT INTO outbox (event_id, kind, account_id, payload, created_at_ms, events)
-    SELECT '{BATCH_KIND}:' || (x->0->>0), '{BATCH_KIND}', 0, x, (x->0->>4)::bigint, jsonb_array_length(x)
-    FROM {events}
-    ORDER BY n
+    -- the batch's events for parents in rows of up to ROW_EVENTS_MAX, as the JSON bytes of
+    -- their OutboxEvent array (storage.outbox: the relay splits them): one tuple and three
+    -- index entries per row, not per event
+    INSERT INTO outbox (event_id, kind, account_id, batch_events, created_at_ms, events)
+    {events}
     RETURNING 1
 ), a AS (
     -- what happened at the doors besides entries and exits (ledger.records.AccessEvent)
@@ -141,6 +157,16 @@ _FLUSH = _flush_statement(retry=False)
 _FLUSH_RETRY = _flush_statement(retry=True)
 _encode = msgspec.json.Encoder().encode
 _astuple = msgspec.structs.astuple
+
+def _outbox_rows(events: list[OutboxEvent]) -> list[tuple[str, int, int, bytes]]:
+    """A batch's events as ``outbox_batch`` rows of up to ROW_EVENTS_MAX, in decision order:
+    (the first event's id, its created_at_ms, how many, their JSON array's bytes)."""
+    rows = []
+    for i in range(0, len(events), ROW_EVENTS_MAX):
+        chunk = events[i : i + ROW_EVENTS_MAX]
+        rows.append((chunk[0].event_id, chunk[0].created_at_ms, len(chunk), _encode(chunk)))
+    return rows
+
 
 OnCommit = Callable[[list[JournalEntry], int], None]
 
@@ -297,9 +323,9 @@ class JournalWriter:
         inserted = await conn.fetchval(
             _FLUSH_RETRY if retrying else _FLUSH,
             rows,
-            encode(list(accounts.values())).decode(),
+            [(c.account_id, c.balance_kopecks, encode(c.counters)) for c in accounts.values()],  # account_checkpoint
             encode(commands).decode(),
-            encode([outbox[i : i + ROW_EVENTS_MAX] for i in range(0, len(outbox), ROW_EVENTS_MAX)]).decode(),
+            _outbox_rows(outbox),
             encode(access).decode(),
             timeout=self._statement_timeout_s,
         )

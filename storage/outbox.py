@@ -1,17 +1,19 @@
 """The outbox as the relay reads it: unsent events in id order, marked once the broker has them.
 
-Two kinds of ``outbox`` row (migration 0024):
+Two kinds of ``outbox`` row (migrations 0024 and 0026):
 - the gateway's group commit (``storage/journal.py``) writes the events for parents it
   brought as rows of kind ``batch`` (``BATCH_KIND``), one per ``ROW_EVENTS_MAX`` events
   (one row at the held rate), in the same transaction as the journal rows that caused them:
-  a row's ``payload`` is the JSON array of its ``ledger.records.OutboxEvent``s in decision
-  order, ``events`` their count. A row per event cost PostgreSQL a tuple and three index
-  entries each, and the relay's mark a second tuple each.
+  a row's ``batch_events`` is the JSON array of its ``ledger.records.OutboxEvent``s in
+  decision order as bytes PostgreSQL never parses (its ``payload`` is NULL), ``events``
+  their count. A row per event cost PostgreSQL a tuple and three index entries each, and the
+  relay's mark a second tuple each; jsonb cost it a parse on every write and every read.
 - the staff and parents' APIs write a row per event (``kind`` the event's kind, the notice
-  Struct as ``payload``, ``events`` 1).
+  Struct as jsonb ``payload``, ``events`` 1).
 
 ``outbox_events`` (a view) reads both as one row per event, (row_id, position) in
-publication order. The relay (``relay/``, its own process) reads the unsent events here,
+publication order, for tests and tools. The relay (``relay/``, its own process) reads the
+unsent rows here (``pending`` splits the batch rows with msgspec, in that same order),
 publishes them to MQTT and sets ``sent_at_ms`` on the rows whose events the broker all
 acknowledged. Nothing else writes ``sent_at_ms``. A row whose events went out only in part
 goes out whole again (consumers de-duplicate by ``event_id``, as after any redelivery).
@@ -30,7 +32,7 @@ row ever sent.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 import asyncpg
 import msgspec
@@ -44,7 +46,7 @@ OUTBOX_CHANNEL = "ecard_outbox"
 # the ASCII of "ecRELAY" read as an integer: any fixed value unused elsewhere would do.
 RELAY_LOCK_KEY = 0x6563_5245_4C41_59
 # outbox.kind of a row that holds a group commit's events (its event_id is this, a colon and
-# the first event's id: as unique as that event's). The view outbox_events (migration 0024)
+# the first event's id: as unique as that event's). The view outbox_events (migrations 0024, 0026)
 # names it too: it never changes.
 BATCH_KIND = "batch"
 # A group commit's events go in rows of at most this many. The relay reads a row whole, so
@@ -63,13 +65,13 @@ class PendingEvent(msgspec.Struct, frozen=True, gc=False):
     account_id: int
     school_id: int  # the notice's school_id (else the account's school; 0 if neither is known)
     created_at_ms: int
-    notice: msgspec.Raw  # the payload jsonb exactly as PostgreSQL renders it (JSON text)
+    notice: msgspec.Raw  # the notice's JSON text (a single row's jsonb as PostgreSQL renders it)
 
 
 # The unsent rows that begin within the first $1 events (so at least one row, whatever its
-# size: a row goes out whole), expanded into their events. school_id: from the notice itself
-# (every ledger.notices Struct carries it); rows written before the notices had one fall back
-# to the account's school.
+# size: a row goes out whole), each with its account's school (the fallback for a notice
+# written before the notices carried school_id). A batch row's events stay the bytes the
+# journal writer stored: ``pending`` splits them (PostgreSQL parses no JSON here).
 _PENDING = """
 WITH r AS MATERIALIZED (
     SELECT id FROM (
@@ -78,19 +80,42 @@ WITH r AS MATERIALIZED (
     ) AS w
     WHERE before < $1
 )
-SELECT e.row_id, e.event_id, e.kind, e.account_id,
-       COALESCE(CASE WHEN jsonb_typeof(e.payload->'school_id') = 'number'
-                     THEN (e.payload->>'school_id')::bigint END,
-                a.school_id, 0) AS school_id,
-       e.created_at_ms, e.payload::text AS notice
+SELECT o.id, o.event_id, o.kind, o.account_id, coalesce(a.school_id, 0) AS school_id, o.created_at_ms,
+       o.payload::text AS notice, o.batch_events
 FROM r
-JOIN outbox_events AS e ON e.row_id = r.id
-LEFT JOIN accounts AS a ON a.id = e.account_id
+JOIN outbox AS o ON o.id = r.id
+LEFT JOIN accounts AS a ON a.id = o.account_id
 -- the id range of the rows read: whatever join the planner picks reads the outbox from there,
 -- never from the first row ever sent
-WHERE e.row_id BETWEEN (SELECT min(id) FROM r) AND (SELECT max(id) FROM r)
-ORDER BY e.row_id, e.position
+WHERE o.id BETWEEN (SELECT min(id) FROM r) AND (SELECT max(id) FROM r)
+ORDER BY o.id
 """
+
+
+class _BatchEvent(msgspec.Struct, array_like=True, frozen=True, gc=False):
+    """ledger.records.OutboxEvent as a batch row holds it, its notice left as JSON."""
+
+    event_id: str
+    kind: str
+    account_id: int
+    notice: msgspec.Raw
+    created_at_ms: int
+
+
+class _NoticeSchool(msgspec.Struct, gc=False):
+    """The one field of a notice the relay reads (every ledger.notices Struct has it)."""
+
+    school_id: Any = None
+
+
+_batch_decoder = msgspec.json.Decoder(list[_BatchEvent])
+_school_decoder = msgspec.json.Decoder(_NoticeSchool)
+
+
+def _school_of(notice: bytes | msgspec.Raw, account_school_id: int) -> int:
+    school_id = _school_decoder.decode(notice).school_id
+    return school_id if type(school_id) is int else account_school_id
+
 
 _MARK_SENT = """
 UPDATE outbox SET sent_at_ms = $2 WHERE id = ANY($1::bigint[]) AND sent_at_ms IS NULL
@@ -110,11 +135,19 @@ async def pending(conn: asyncpg.Connection, limit: int, timeout_s: float) -> lis
     """The unsent events in publication order, of the rows that begin within the first ``limit``
     events: at most ``limit`` events, unless one row holds more (a row goes out whole)."""
     assert limit > 0
-    rows = await conn.fetch(_PENDING, limit, timeout=timeout_s)
-    return [
-        PendingEvent(r[0], r[1], r[2], r[3], r[4], r[5], msgspec.Raw(r[6].encode()))
-        for r in rows
-    ]
+    out = []
+    for row_id, event_id, kind, account_id, school_id, created_at_ms, notice, batch in await conn.fetch(
+        _PENDING, limit, timeout=timeout_s
+    ):
+        if batch is None:
+            raw = notice.encode()
+            out.append(PendingEvent(row_id, event_id, kind, account_id, _school_of(raw, school_id), created_at_ms,
+                                    msgspec.Raw(raw)))
+            continue
+        for e in _batch_decoder.decode(batch):
+            out.append(PendingEvent(row_id, e.event_id, e.kind, e.account_id, _school_of(e.notice, 0),
+                                    e.created_at_ms, e.notice))
+    return out
 
 
 async def mark_sent(conn: asyncpg.Connection, ids: list[int], sent_at_ms: int, timeout_s: float) -> int:

@@ -30,22 +30,23 @@ async def _chunks(conn: asyncpg.Connection, query: str, *args) -> AsyncIterator[
 
 
 def accounts(conn: asyncpg.Connection) -> AsyncIterator[list[asyncpg.Record]]:
-    """(id, kind, school_id, status, balance_kopecks, daily_limit_kopecks or -1, counters JSON or None) by id.
+    """(id, kind, school_id, status, balance_kopecks, daily_limit_kopecks or -1, counters bytes or None) by id.
 
     ``counters`` is the machine's last checkpoint of the account's day counters
     (decode with ``decode_counters``)."""
     return _chunks(
         conn,
         "SELECT id, kind, coalesce(school_id, 0), status, balance_kopecks, coalesce(daily_limit_kopecks, -1),"
-        " counters::text FROM accounts ORDER BY id",
+        " counters FROM accounts ORDER BY id",
     )
 
 
 _counters_decoder = msgspec.json.Decoder(AccountCounters)
 
 
-def decode_counters(text: str | None) -> AccountCounters | None:
-    return None if text is None else _counters_decoder.decode(text)
+def decode_counters(data: bytes | None) -> AccountCounters | None:
+    """``accounts.counters``: AccountCounters as msgspec's JSON, stored as bytea (migration 0025)."""
+    return None if data is None else _counters_decoder.decode(data)
 
 
 def identifiers(conn: asyncpg.Connection) -> AsyncIterator[list[asyncpg.Record]]:

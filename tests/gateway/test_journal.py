@@ -123,6 +123,45 @@ def test_the_journal_row_type_is_the_ledger_record_with_the_journal_columns_type
     asyncio.run(main())
 
 
+def test_the_account_checkpoint_type_is_the_ledger_record_with_the_accounts_columns_types(demo_dsn):
+    """The writer sends the accounts' checkpoints as account_checkpoint[] (migration 0025), built
+    from AccountCheckpoint's fields by position with the counters as msgspec's JSON bytes, which
+    accounts.counters keeps as they are: a restart decodes them back to the same counters."""
+    import asyncpg
+    import msgspec
+
+    from ledger.records import AccountCheckpoint, AccountCounters
+    from storage import snapshot
+
+    counters = AccountCounters(spent_day=20_600, spent_kopecks=12_345, grace_used=2, low_alerted=True,
+                               period_spent=(("lunch", 9_000),), presence=1, passage_ms=1_795_550_000_000)
+
+    async def main():
+        conn = await asyncpg.connect(demo_dsn)
+        try:
+            fields = await conn.fetch(
+                """SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_attribute AS a
+                   WHERE a.attrelid = 'account_checkpoint'::regclass AND a.attnum > 0 ORDER BY a.attnum""")
+            columns = dict(tuple(r) for r in await conn.fetch(
+                """SELECT column_name, data_type FROM information_schema.columns
+                   WHERE table_name = 'accounts' AND column_name IN ('id', 'balance_kopecks', 'counters')"""))
+            account_id = await conn.fetchval("SELECT min(id) FROM accounts WHERE kind = 1")
+            checkpoint = AccountCheckpoint(account_id, -4_200, counters)
+            await conn.execute(
+                "UPDATE accounts AS a SET balance_kopecks = v.balance_kopecks, counters = v.counters "
+                "FROM unnest($1::account_checkpoint[]) AS v WHERE a.id = v.account_id",
+                [(account_id, checkpoint.balance_kopecks, msgspec.json.encode(checkpoint.counters))])
+            loaded = [r async for chunk in snapshot.accounts(conn) for r in chunk if r[0] == account_id]
+        finally:
+            await conn.close()
+        assert [r[0] for r in fields] == list(AccountCheckpoint.__struct_fields__)
+        assert [r[1] for r in fields] == ["bigint", "bigint", "bytea"]
+        assert columns == {"id": "bigint", "balance_kopecks": "bigint", "counters": "bytea"}
+        assert [(r[4], snapshot.decode_counters(r[6])) for r in loaded] == [(-4_200, counters)]
+
+    asyncio.run(main())
+
+
 def test_a_batch_meeting_a_key_already_journaled_is_written_by_the_retry_and_logged(pg_dsn, caplog):
     """A first attempt inserts plainly; a key already there (a double decision: a bug) fails it,
     and the retry, which skips what is there, writes the rest and says so in the error log.
@@ -186,7 +225,8 @@ def test_a_commits_events_for_parents_go_in_rows_of_at_most_row_events_max_and_a
 
     from ledger.notices import EntryNotice
     from ledger.records import JournalEntry, JournalRow, OutboxEvent
-    from storage.journal import _FLUSH, _FLUSH_RETRY
+    from storage import outbox
+    from storage.journal import _FLUSH, _FLUSH_RETRY, _outbox_rows
     from storage.outbox import BATCH_KIND, ROW_EVENTS_MAX
 
     def entry(txn: int) -> JournalEntry:
@@ -199,17 +239,16 @@ def test_a_commits_events_for_parents_go_in_rows_of_at_most_row_events_max_and_a
     count = 2 * ROW_EVENTS_MAX + 22
     entries = [entry(txn) for txn in range(1, count + 1)]
     events = [e for entry_ in entries for e in entry_.outbox]
-    encode = msgspec.json.Encoder().encode
     args = (
-        [msgspec.structs.astuple(e.row) for e in entries], "[]", "[]",
-        encode([events[i : i + ROW_EVENTS_MAX] for i in range(0, len(events), ROW_EVENTS_MAX)]).decode(), "[]",
+        [msgspec.structs.astuple(e.row) for e in entries], [], "[]",
+        _outbox_rows(events), "[]",
     )
 
     async def main():
         conn = await asyncpg.connect(pg_dsn)
         try:
             assert await conn.fetchval(_FLUSH, *args) == count
-            rows = await conn.fetch("SELECT event_id, kind, events, created_at_ms FROM outbox ORDER BY id")
+            rows = await conn.fetch("SELECT id, event_id, kind, events, created_at_ms FROM outbox ORDER BY id")
             assert [(r["kind"], r["events"]) for r in rows] == [
                 (BATCH_KIND, ROW_EVENTS_MAX), (BATCH_KIND, ROW_EVENTS_MAX), (BATCH_KIND, 22)
             ]
@@ -222,6 +261,15 @@ def test_a_commits_events_for_parents_go_in_rows_of_at_most_row_events_max_and_a
                 (r["kind"], r["account_id"], r["created_at_ms"]) == (e.kind, e.account_id, e.created_at_ms)
                 and msgspec.json.decode(r["payload"], type=EntryNotice) == e.payload
                 for r, e in zip(stored, events)
+            )
+            # The relay splits the rows' bytes itself: the same events, in order, whole rows at a time.
+            pending = await outbox.pending(conn, ROW_EVENTS_MAX + 1, timeout_s=10)
+            assert [p.event_id for p in pending] == [e.event_id for e in events[: 2 * ROW_EVENTS_MAX]]
+            assert [p.id for p in pending] == [r["id"] for r in rows[:2] for _ in range(ROW_EVENTS_MAX)]
+            assert all(
+                (p.kind, p.account_id, p.school_id, p.created_at_ms) == (e.kind, e.account_id, 1, e.created_at_ms)
+                and msgspec.json.decode(p.notice, type=EntryNotice) == e.payload
+                for p, e in zip(pending, events)
             )
             # The same batch again, as the writer retries one whose COMMIT it did not hear of.
             assert await conn.fetchval(_FLUSH_RETRY, *args) == 0

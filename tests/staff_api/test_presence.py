@@ -21,8 +21,7 @@ HOUR_MS = 3_600_000
 
 def passed(dsn: str, account_id: int, presence: Presence, at_ms: int) -> None:
     counters = AccountCounters(presence=int(presence), passage_ms=at_ms, entry_ms=at_ms)
-    sql(dsn, "UPDATE accounts SET counters = $2::jsonb WHERE id = $1", account_id,
-        msgspec.json.encode(counters).decode())
+    sql(dsn, "UPDATE accounts SET counters = $2 WHERE id = $1", account_id, msgspec.json.encode(counters))
 
 
 def inside_ids(body: dict) -> list[int]:

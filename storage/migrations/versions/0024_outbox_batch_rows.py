@@ -34,9 +34,8 @@ down_revision = "0023"
 branch_labels = None
 depends_on = None
 
-UP = """
-ALTER TABLE outbox ADD COLUMN events integer NOT NULL DEFAULT 1 CHECK (events >= 1);
-ALTER TABLE outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
+# The view as this revision made it (migration 0026's downgrade makes it again).
+VIEW = """
 CREATE VIEW outbox_events AS
 SELECT o.id AS row_id, x.n AS position, x.v->>0 AS event_id, x.v->>1 AS kind, (x.v->>2)::bigint AS account_id,
        x.v->3 AS payload, (x.v->>4)::bigint AS created_at_ms, o.sent_at_ms
@@ -47,6 +46,11 @@ CROSS JOIN LATERAL jsonb_array_elements(
     END
 ) WITH ORDINALITY AS x(v, n);
 """
+
+UP = """
+ALTER TABLE outbox ADD COLUMN events integer NOT NULL DEFAULT 1 CHECK (events >= 1);
+ALTER TABLE outbox ALTER COLUMN payload SET STORAGE EXTERNAL;
+""" + VIEW
 
 # Back to a row per event: the batch rows' events become rows of their own (new ids, in
 # the same order), sent or not as their batch row was.
