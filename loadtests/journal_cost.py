@@ -63,8 +63,9 @@ VARIANTS: tuple[tuple[str, tuple[int, ...], str | None], ...] = (
 # The bench's dataset (loadtests.bench phase c): the account ids of the recorded batches exist.
 DATASET = {"pupils": gateway_path.PUPILS, "turnstiles": 600, "tills": 400}
 _EMPTY_JSON = "[]"
-# The parameters that travel as arrays of a composite type ($1 journal_row, $2 account_checkpoint).
-_BINARY_ARRAYS = (0, 1)
+# The parameters that travel as arrays of a composite type ($1 journal_row, $2 account_checkpoint,
+# $4 outbox_batch).
+_BINARY_ARRAYS = (0, 1, 3)
 
 
 def _cpu_s(backend: psutil.Process) -> float:
@@ -196,7 +197,7 @@ async def _per_commit(dsn: str, calls: int) -> dict[str, float]:
             ("a prepared SELECT 1 (a round trip)", None, lambda: one.fetchval()),
             ("the journal's INSERT alone, no rows", None, lambda: alone.fetchval([])),
             ("the group commit's statement, every part empty", None,
-             lambda: flush.fetchval([], [], _EMPTY_JSON, _EMPTY_JSON, _EMPTY_JSON)),
+             lambda: flush.fetchval([], [], _EMPTY_JSON, [], _EMPTY_JSON)),
             ("one row INSERTed, COMMIT flushes the WAL", True, lambda: insert.fetch()),
             ("one row INSERTed, COMMIT without the flush", False, lambda: insert.fetch()),
         )

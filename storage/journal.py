@@ -59,9 +59,10 @@ NOTIFY_SEQS_MAX = 500
 #   25.0 / 20.4 us of backend CPU per journaled decision for the accounts' update (the
 #   gateway's own batches of 50, side by side, two runs).
 # - The events for parents ($4) too, as an array of ``outbox_batch`` (migration 0026): a row's
-#   OutboxEvents as msgspec's JSON bytes, which ``outbox.batch_events`` stores unparsed. As one
-#   jsonb array of rows the outbox's INSERT cost the backend 12.6 / 13.3 against 7.8 / 7.4 us
-#   per journaled decision (the gateway's own batches of 50, side by side, two pairs).
+#   OutboxEvents as msgspec's JSON bytes, which ``outbox.batch_events`` stores unparsed (lz4
+#   where the server has it). As one jsonb array of rows the outbox's INSERT cost the backend
+#   12.6 / 13.3 against 7.8 / 7.4 us per journaled decision (the gateway's own batches of 50,
+#   side by side, two pairs); lz4 took it to 4.4 (5.6 uncompressed, in another pair of runs).
 # - The rest ($3 command results, $5 AccessEvent arrays) travels as JSON (encoded in C by msgspec from the ledger's records) that PostgreSQL
 #   unpacks as jsonb: parsed once per batch, then ``->>N`` is an index into a parsed array.
 #   (As ``json`` every ``->>`` re-scanned the element's text.)

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 import asyncpg
+import msgspec
 import pytest
 
 from relay import layout
@@ -101,7 +102,9 @@ def test_rows_reach_a_subscriber_as_stored_in_order_and_are_marked_sent(pg_dsn, 
             assert (message.event_id, message.kind, message.account_id, message.created_at_ms) == (
                 row["event_id"], row["kind"], row["account_id"], row["created_at_ms"],
             )
-            assert bytes(message.notice) == row["payload"].encode()  # the payload exactly as stored
+            # the notice's JSON exactly as the gateway encoded and stored it (a batch row's bytes)
+            assert bytes(message.notice) == msgspec.json.encode(notice)
+            assert msgspec.json.decode(message.notice) == msgspec.json.decode(row["payload"])  # = what the view reads
             assert layout.decode_notice(message) == notice  # ... which is the Struct the gateway wrote
             assert row["sent_at_ms"] is not None
         wait_until(lambda: relay.metrics().get("ecard_outbox_pending_events") == 0, 10, "the pending gauge at 0")

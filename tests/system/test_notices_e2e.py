@@ -510,7 +510,16 @@ def test_exactly_once_under_sigkills_and_a_broker_restart_counted_at_the_peers(f
                 for r in fetch(dsn, EXPECTED, list(CHANNELS), "ecard/v1")}
     events = {r["event_id"] for r in fetch(dsn, "SELECT event_id FROM outbox_events")}
     kinds = {r["kind"]: r["n"] for r in fetch(dsn, "SELECT kind, count(*) AS n FROM outbox_events GROUP BY kind")}
-    assert kinds.get("purchase", 0) >= MIN_PURCHASES and kinds.get("entry", 0) and kinds.get("low_balance", 0) == 2, kinds
+    assert kinds.get("purchase", 0) >= MIN_PURCHASES and kinds.get("entry", 0), kinds
+    # Exactly one low-balance alert per pupil below the threshold now (the stream tops nobody up,
+    # so each crossed once): the two lunchers, and on a slow machine whoever else the longer
+    # stream's baskets took below it.
+    lows = {r["account_id"]: r["n"] for r in fetch(
+        dsn, "SELECT account_id, count(*) AS n FROM outbox_events WHERE kind = 'low_balance' GROUP BY account_id")}
+    below = {r["id"] for r in fetch(dsn, """
+        SELECT a.id FROM accounts AS a LEFT JOIN school_policies AS p ON p.school_id = a.school_id
+        WHERE a.kind = 1 AND a.balance_kopecks < coalesce(p.low_balance_threshold_kopecks, 10000)""")}
+    assert len(below) >= 2 and lows == dict.fromkeys(below, 1), (lows, below)
 
     def sent_everywhere() -> bool:
         rows = fetch(dsn, "SELECT count(*) AS n, count(*) FILTER (WHERE status = 'sent') AS sent FROM deliveries")[0]

@@ -6,8 +6,11 @@ Since migration 0024 the journal writer stores a commit's events as outbox rows 
 again (rendering each event back to text) on every read of the relay, for data that only
 the relay takes apart and only MQTT consumers read.
 
-- ``batch_events`` (bytea, stored out of line uncompressed like ``payload``): a batch row's
-  events, msgspec's JSON of the OutboxEvent array exactly as the gateway encoded it. Its
+- ``batch_events`` (bytea): a batch row's events, msgspec's JSON of the OutboxEvent array
+  exactly as the gateway encoded it, compressed with lz4 where the server has it (a 35-event
+  batch: 7,431 -> 1,597 bytes; 5.6 -> 4.4 us of backend CPU per journaled decision, fewer
+  TOAST chunks to insert; pglz took 5.9), else stored out of line uncompressed (EXTERNAL,
+  as 0024 found best without lz4; the embedded PostgreSQL of ``make run`` has no lz4). Its
   ``payload`` is NULL; the rows the staff and parents' APIs write (one event each) keep their
   jsonb ``payload`` and have no ``batch_events``. A CHECK holds each row to one of the two.
 - ``outbox_batch``: a composite type, one batch row as the writer sends it: (the first
@@ -76,9 +79,23 @@ ALTER TABLE outbox ALTER COLUMN payload SET NOT NULL;
 """
 
 
+# One block, not split into statements: lz4 where the server was built with it.
+LZ4 = """
+DO $$
+BEGIN
+    ALTER TABLE outbox ALTER COLUMN batch_events SET COMPRESSION lz4;
+    ALTER TABLE outbox ALTER COLUMN batch_events SET STORAGE EXTENDED;
+EXCEPTION WHEN feature_not_supported THEN
+    RAISE NOTICE 'outbox.batch_events stays uncompressed: this server has no lz4';
+END
+$$
+"""
+
+
 def upgrade() -> None:
     for statement in split_statements(UP):
         op.execute(statement)
+    op.execute(LZ4)
 
 
 def downgrade() -> None:
