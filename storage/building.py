@@ -17,11 +17,10 @@ from ledger.records import AccessEvent, AccountCounters
 from ledger.state import MINUTE_MS, presence_at
 from protocol import Direction
 
+from .snapshot import decode_counters
+
 # An access-log page: a school's busiest day has a few thousand events.
 ACCESS_EVENTS_PAGE_MAX = 1_000
-
-_counters = msgspec.json.Decoder(AccountCounters)
-
 
 class PupilPresence(msgspec.Struct, frozen=True):
     account_id: int
@@ -56,7 +55,7 @@ async def presence(conn: asyncpg.Connection, school_id: int, at_ms: int) -> list
     )
     out = []
     for r in rows:
-        c = _counters.decode(r["counters"]) if r["counters"] else AccountCounters()
+        c = decode_counters(r["counters"]) or AccountCounters()
         where = presence_at(c.presence, c.passage_ms, reset_ms, offset_ms, at_ms)
         out.append(PupilPresence(r["account_id"], r["full_name"], r["grade"], r["class_name"], where,
                                  c.passage_ms if where != Presence.UNKNOWN else 0))

@@ -63,9 +63,10 @@ NOTIFY_SEQS_MAX = 500
 #   where the server has it). As one jsonb array of rows the outbox's INSERT cost the backend
 #   12.6 / 13.3 against 7.8 / 7.4 us per journaled decision (the gateway's own batches of 50,
 #   side by side, two pairs); lz4 took it to 4.4 (5.6 uncompressed, in another pair of runs).
-# - The rest ($3 command results, $5 AccessEvent arrays) travels as JSON (encoded in C by msgspec from the ledger's records) that PostgreSQL
-#   unpacks as jsonb: parsed once per batch, then ``->>N`` is an index into a parsed array.
-#   (As ``json`` every ``->>`` re-scanned the element's text.)
+# - The rest ($3 command results, $5 AccessEvent arrays, few and mostly empty) travels as
+#   JSON (encoded in C by msgspec from the ledger's records) that PostgreSQL unpacks as jsonb:
+#   parsed once per batch, then ``->>N`` is an index into a parsed array. (As ``json`` every
+#   ``->>`` re-scanned the element's text.)
 # The journal rows of a batch ($1, an array of journal_row) into the journal: its columns are
 # JournalRow's fields, in order, as the composite type's are (migration 0023).
 JOURNAL_INSERT = (
@@ -158,6 +159,7 @@ _FLUSH = _flush_statement(retry=False)
 _FLUSH_RETRY = _flush_statement(retry=True)
 _encode = msgspec.json.Encoder().encode
 _astuple = msgspec.structs.astuple
+
 
 def _outbox_rows(events: list[OutboxEvent]) -> list[tuple[str, int, int, bytes]]:
     """A batch's events as ``outbox_batch`` rows of up to ROW_EVENTS_MAX, in decision order:

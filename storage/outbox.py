@@ -63,7 +63,8 @@ class PendingEvent(msgspec.Struct, frozen=True, gc=False):
     event_id: str  # unique; consumers de-duplicate by it
     kind: str  # OutboxKind value, the notice's tag
     account_id: int
-    school_id: int  # the notice's school_id (else the account's school; 0 if neither is known)
+    school_id: int  # the notice's school_id (else, for a single row, its account's school; else 0:
+    # the journal writer's notices always carry it)
     created_at_ms: int
     notice: msgspec.Raw  # the notice's JSON text (a single row's jsonb as PostgreSQL renders it)
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from protocol import TXN_FLAG_ADVICE, Decision, DenyReason, DeviceKind, Nak, NakReason
 from tests.support import TcpProxy, async_wait_until, pg_upstream, proxied_dsn
 from tests.gateway.test_gateway import TILL, balance, device, fetch, purchase, running_gateway, wait_durable
@@ -271,6 +273,14 @@ def test_a_commits_events_for_parents_go_in_rows_of_at_most_row_events_max_and_a
                 and msgspec.json.decode(p.notice, type=EntryNotice) == e.payload
                 for p, e in zip(pending, events)
             )
+            # A row holds its events one way: a batch row as bytes, a single row as jsonb, never both or neither.
+            for kind, payload, batch in (("batch", '{"school_id": 1}', None), ("batch", '{"school_id": 1}', b"[]"),
+                                         ("entry", None, b"[]"), ("entry", '{"school_id": 1}', b"[]"),
+                                         ("entry", None, None), ("batch", None, None)):
+                with pytest.raises(asyncpg.CheckViolationError):
+                    await conn.execute(
+                        "INSERT INTO outbox (event_id, kind, account_id, payload, batch_events, created_at_ms) "
+                        "VALUES ('check', $1, 30, $2::jsonb, $3, 0)", kind, payload, batch)
             # The same batch again, as the writer retries one whose COMMIT it did not hear of.
             assert await conn.fetchval(_FLUSH_RETRY, *args) == 0
             assert await conn.fetchval("SELECT count(*) FROM outbox") == 3

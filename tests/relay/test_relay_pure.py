@@ -36,6 +36,19 @@ def test_an_outbox_row_is_sent_only_when_every_event_it_holds_is():
         sent_rows(events, [True])  # one verdict per event
 
 
+def test_the_relay_routes_by_the_notices_school_else_the_rows_account_school():
+    """A notice's school_id when it is a number; otherwise the fallback given (a single row's
+    account's school; 0 for a batch row, whose notices the journal writer always gives one)."""
+    from storage.outbox import _school_of
+
+    assert _school_of(b'{"kind":"entry","school_id":7,"account_id":5}', 3) == 7
+    assert _school_of(msgspec.Raw(b'{"school_id":7}'), 3) == 7
+    assert _school_of(b'{"kind":"card_blocked","account_id":5}', 3) == 3  # written before notices had it
+    assert _school_of(b'{"school_id":"7"}', 3) == 3  # not a number: not trusted for a topic
+    assert _school_of(b'{"school_id":true}', 3) == 3
+    assert _school_of(b'{"school_id":null}', 0) == 0
+
+
 def test_every_outbox_kind_is_a_valid_topic_level():
     for kind in OutboxKind:
         topic = layout.event_topic(PREFIX, 3, kind.value, 42)
