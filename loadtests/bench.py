@@ -25,7 +25,8 @@ Phases (each server and the load generator run in their own processes):
   machine  the pure ledger machine alone (``python -m loadtests.machine``): decisions/s, CPU and,
            under ``valgrind --tool=callgrind``, instructions per decision (not with --quick)
   journal  PostgreSQL's backend CPU per journaled decision by part (``python -m loadtests.journal_cost``):
-           journal row, accounts' checkpoints, outbox events, the rest, and three secondary indexes
+           journal row, accounts' checkpoints, outbox events, the rest, three secondary indexes, and two
+           floors: journal rows with no index, and one log row per batch (no index entry per decision)
 
 PostgreSQL: ECARD_PG_DSN's server (databases created and dropped here) or an
 embedded one in a temporary directory. ``--quick`` shortens every phase to a
@@ -998,6 +999,10 @@ def table(res: dict) -> str:
             f"journal (python -m loadtests.journal_cost): PostgreSQL backend CPU per journaled decision, the statement "
             f"alone, batches of {jc['batch_entries']}: "
             + "; ".join(f"{part} {us}" for part, us in jc["split_us_per_row"].items()) + " us"
+        )
+        lines.append(
+            "  floors (what PostgreSQL would cost if the gateway wrote less; target 8 us): "
+            + "; ".join(f"{part} {us}" for part, us in jc["floor_us_per_row"].items()) + " us"
         )
     nt = res.get("notices")
     if nt and "error" not in nt:

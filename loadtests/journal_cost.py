@@ -20,7 +20,11 @@ alike), and the differences are the parts' costs:
 - ``+outbox``: and the parents' events (no accounts);
 - ``all``: everything, as the gateway sends it;
 - ``all, no journal_account_time`` / ``no journal_command_*`` / ``no outbox_unsent``: the
-  same without one secondary index (what that index costs per row).
+  same without one secondary index (what that index costs per row);
+- two floors, what PostgreSQL would cost if the gateway wrote less: ``floor: journal rows, no
+  index`` (the rows alone into a journal with neither its key nor any index: a row per decision
+  at the least), and ``floor: one log row per batch`` (the batch's journal rows as ONE row of
+  msgpack bytes keyed by the batch's number: no index entry per decision, nothing else written).
 
 ``--per-commit`` measures instead what a group commit costs PostgreSQL whatever its size, one
 statement kind after another on one connection (``PER_COMMIT_CALLS`` calls each, two rounds):
@@ -41,24 +45,48 @@ import asyncio
 import json
 import sys
 import time
+from typing import NamedTuple
 
 import asyncpg
+import msgspec
 import psutil
 
 from storage.journal import _FLUSH, JOURNAL_INSERT
 
 from . import gateway_path, procs
 
-# What each variant sends: which of the statement's parameters keep their values
-# ($1 rows, $2 accounts, $3 commands, $4 outbox, $5 access events), and which index it drops.
-VARIANTS: tuple[tuple[str, tuple[int, ...], str | None], ...] = (
-    ("journal", (0,), None),
-    ("+accounts", (0, 1), None),
-    ("+outbox", (0, 3), None),
-    ("all", (0, 1, 2, 3, 4), None),
-    ("all, no journal_account_time", (0, 1, 2, 3, 4), "DROP INDEX journal_account_time"),
-    ("all, no journal_command_*", (0, 1, 2, 3, 4), "DROP INDEX journal_command_debit; DROP INDEX journal_command_credit"),
-    ("all, no outbox_unsent", (0, 1, 2, 3, 4), "DROP INDEX outbox_unsent"),
+class Variant(NamedTuple):
+    """What a variant sends: which of the statement's parameters keep their values ($1 rows,
+    $2 accounts, $3 commands, $4 outbox, $5 access events), what it changes in its database
+    first, and whether it sends the journal rows as one log row instead of the statement."""
+
+    name: str
+    keep: tuple[int, ...]
+    setup: str | None = None
+    log_row: bool = False
+
+
+_DROP_JOURNAL_INDEXES = (
+    "ALTER TABLE journal DROP CONSTRAINT journal_pkey; DROP INDEX journal_account_time; "
+    "DROP INDEX journal_command_debit; DROP INDEX journal_command_credit"
+)
+# The log-structured floor: a batch's journal rows as one row of bytes, keyed by the batch's number.
+# Not compressed (EXTERNAL): migration 0024 found that cheapest where the server has no lz4.
+_LOG_TABLE = (
+    "CREATE TABLE journal_log (seq bigint PRIMARY KEY, entries integer NOT NULL, rows bytea NOT NULL); "
+    "ALTER TABLE journal_log ALTER COLUMN rows SET STORAGE EXTERNAL"
+)
+_LOG_INSERT = "INSERT INTO journal_log VALUES ($1, $2, $3)"
+VARIANTS: tuple[Variant, ...] = (
+    Variant("journal", (0,)),
+    Variant("+accounts", (0, 1)),
+    Variant("+outbox", (0, 3)),
+    Variant("all", (0, 1, 2, 3, 4)),
+    Variant("all, no journal_account_time", (0, 1, 2, 3, 4), "DROP INDEX journal_account_time"),
+    Variant("all, no journal_command_*", (0, 1, 2, 3, 4), "DROP INDEX journal_command_debit; DROP INDEX journal_command_credit"),
+    Variant("all, no outbox_unsent", (0, 1, 2, 3, 4), "DROP INDEX outbox_unsent"),
+    Variant("floor: journal rows, no index", (0,), _DROP_JOURNAL_INDEXES),
+    Variant("floor: one log row per batch", (0,), _LOG_TABLE, log_row=True),
 )
 # The bench's dataset (loadtests.bench phase c): the account ids of the recorded batches exist.
 DATASET = {"pupils": gateway_path.PUPILS, "turnstiles": 600, "tills": 400}
@@ -66,6 +94,15 @@ _EMPTY_JSON = "[]"
 # The parameters that travel as arrays of a composite type ($1 journal_row, $2 account_checkpoint,
 # $4 outbox_batch).
 _BINARY_ARRAYS = (0, 1, 3)
+
+
+_pack = msgspec.msgpack.Encoder().encode
+
+
+def _log_row(seq: int, rows: list[tuple]) -> tuple[int, int, bytes]:
+    """A batch's journal rows as the log-structured floor's one row: the batch's sequence
+    number (a log's key), how many rows, and their msgpack bytes."""
+    return (seq, len(rows), _pack(rows))
 
 
 def _cpu_s(backend: psutil.Process) -> float:
@@ -80,23 +117,27 @@ async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[d
     conns = [await asyncpg.connect(dsn) for dsn in dsns]
     try:
         backends = []
-        for conn, (_, _, setup) in zip(conns, VARIANTS):
-            if setup:
-                await conn.execute(setup)
+        for conn, variant in zip(conns, VARIANTS):
+            if variant.setup:
+                await conn.execute(variant.setup)
             pid = await conn.fetchval("SELECT pg_backend_pid()")
             try:
                 backends.append(psutil.Process(pid))
             except psutil.NoSuchProcess:
                 raise RuntimeError("PostgreSQL does not run on this machine: its backend's CPU cannot be read") from None
         params = [
-            [tuple(arg if i in keep else [] if i in _BINARY_ARRAYS else _EMPTY_JSON for i, arg in enumerate(args)) for args in batches]
-            for _, keep, _ in VARIANTS
+            [_log_row(seq, args[0]) for seq, args in enumerate(batches)]
+            if variant.log_row
+            else [tuple(arg if i in variant.keep else [] if i in _BINARY_ARRAYS else _EMPTY_JSON for i, arg in enumerate(args))
+                  for args in batches]
+            for variant in VARIANTS
         ]
+        statements = [_LOG_INSERT if variant.log_row else _FLUSH for variant in VARIANTS]
         # The first batches plan the statement and warm the caches; they are not measured.
         warm = max(1, len(batches) // 10)
-        for conn, variant in zip(conns, params):
+        for conn, statement, variant in zip(conns, statements, params):
             for args in variant[:warm]:
-                await conn.fetchval(_FLUSH, *args)
+                await conn.fetchval(statement, *args)
         measured = len(batches) - warm
         rows = sum(len(args[0]) for args in batches[warm:])
         cpu = [0.0] * len(conns)
@@ -110,7 +151,7 @@ async def _measure(dsns: list[str], batches: list[tuple], rounds: int) -> list[d
                 wal0 = await conn.fetchval("SELECT pg_current_wal_insert_lsn()")
                 cpu0, wall0 = _cpu_s(backends[v]), time.perf_counter()
                 for args in params[v][lo:hi]:
-                    await conn.fetchval(_FLUSH, *args)
+                    await conn.fetchval(statements[v], *args)
                 wall[v] += time.perf_counter() - wall0
                 used = _cpu_s(backends[v]) - cpu0
                 cpu[v] += used
@@ -155,7 +196,7 @@ def run(decisions: int, batch: int, rounds: int = 10, dbs: procs.Databases | Non
             dbs.drop(dsn)
         if own:
             dbs.close()
-    for (name, _, _), r in zip(VARIANTS, results):
+    for (name, *_), r in zip(VARIANTS, results):
         out["variants"][name] = r
         lo, hi = r["round_cpu_us_per_row_min_max"]
         log(f"journal cost: {name:<30} {r['backend_cpu_us_per_row']:>6} us CPU/row ({lo}..{hi} over the rounds) "
@@ -170,6 +211,11 @@ def run(decisions: int, batch: int, rounds: int = 10, dbs: procs.Databases | Non
         "index journal_account_time": round(v["all"] - v["all, no journal_account_time"], 2),
         "indexes journal_command_*": round(v["all"] - v["all, no journal_command_*"], 2),
         "index outbox_unsent": round(v["all"] - v["all, no outbox_unsent"], 2),
+    }
+    # What the statement would cost if the gateway wrote less (the target is 8 us for everything)
+    out["floor_us_per_row"] = {
+        "a journal row with no index": v["floor: journal rows, no index"],
+        "one log row per batch": v["floor: one log row per batch"],
     }
     return out
 
