@@ -47,20 +47,6 @@ START_BALANCE = 50_000  # storage.demo_dataset.DEMO_OPENING_BALANCE_KOPECKS
 WAIT_S = 10.0
 
 
-def gateway_applies_commands() -> bool:
-    """True once the gateway LISTENs for commands (the processor is being built)."""
-    try:
-        return "COMMANDS_CHANNEL" in (ROOT / "gateway" / "commands.py").read_text() and \
-            "CommandProcessor" in (ROOT / "gateway" / "app.py").read_text()
-    except OSError:
-        return False
-
-
-needs_gateway = pytest.mark.xfail(
-    not gateway_applies_commands(), reason="the gateway does not apply commands yet", strict=False
-)
-
-
 # ---------------------------------------------------------------- waits and servers
 
 

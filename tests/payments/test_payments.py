@@ -28,7 +28,7 @@ from payments.sandbox import CARD_DECLINED, CARD_OK
 from payments.webhook import TOPUP_KOPECKS_MAX
 from payments_support import (  # noqa: F401  (sandbox, sandbox_url, return_pages, ecard, ecard_url: fixtures)
     PUPIL, SECRET, START_BALANCE, Ecard, acked, acks_at_least, balance, balance_is, command_done, commands_of,
-    deliveries, ecard, ecard_url, eventually, journal_balanced, needs_gateway, payment_status, q, refused,
+    deliveries, ecard, ecard_url, eventually, journal_balanced, payment_status, q, refused,
     return_pages, running_gateway, sandbox, sandbox_url, signed_post, token_of, topup, topup_view,
 )
 from simulators.bank import pay_hosted
@@ -227,7 +227,6 @@ def test_refund_before_capture_is_retried_until_it_applies(ecard: Ecard, sandbox
 # ---------------------------------------------------------------- money (needs the gateway)
 
 
-@needs_gateway
 def test_money_topup_once_declined_and_canceled_nothing(ecard: Ecard, sandbox_url, demo_dsn):
     async def main() -> None:
         token7, token8 = await token_of(demo_dsn, PUPIL), await token_of(demo_dsn, PUPIL + 1)
@@ -259,7 +258,6 @@ def test_money_topup_once_declined_and_canceled_nothing(ecard: Ecard, sandbox_ur
     asyncio.run(main())
 
 
-@needs_gateway
 def test_money_refund_and_reordered_callbacks(ecard: Ecard, sandbox_url, demo_dsn):
     async def main() -> None:
         acq = SandboxAcquirerClient(sandbox_url)
@@ -312,7 +310,6 @@ async def _refund_commands(dsn: str, pid: str) -> list[int]:
     return [r[0] for r in rows]
 
 
-@needs_gateway
 def test_refunds_never_exceed_the_captured_amount(ecard_url, demo_dsn):
     """A refund larger than its payment, a negative one, or a second partial one that would
     take the sum above the capture is refused (4xx, JSON) and moves nothing; the first valid

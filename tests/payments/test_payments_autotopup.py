@@ -16,7 +16,7 @@ from payments import autotopup
 from payments.acquirer import SandboxAcquirerClient
 from payments.sandbox import CARD_DECLINES_LATER, CARD_OK
 from payments_support import (  # noqa: F401  (sandbox, sandbox_url, return_pages, ecard: fixtures)
-    OTHER_PUPIL, PUPIL, START_BALANCE, Ecard, balance_is, bearer, command_done, ecard, eventually, needs_gateway, q,
+    OTHER_PUPIL, PUPIL, START_BALANCE, Ecard, balance_is, bearer, command_done, ecard, eventually, q,
     refused, return_pages, running_gateway, sandbox, sandbox_url, status_is, token_of, topup,
 )
 
@@ -250,7 +250,6 @@ def test_autotopup_stops_when_the_card_or_its_parent_goes(ecard: Ecard, sandbox_
     asyncio.run(main())
 
 
-@needs_gateway
 def test_money_autotopup_credits_once(ecard: Ecard, sandbox_url, demo_dsn):
     async def main() -> None:
         acq = SandboxAcquirerClient(sandbox_url)
