@@ -39,7 +39,11 @@ the decision (``journal.decided_at_ms``) to ``deliveries.sent_at_ms`` (the SMTP 
 (journal key) and ``processed_events``/``outbox``. For SMS, ``sent_at_ms`` is the SMSC's
 submit_sm_resp for the message's last part (the aggregator has it; the phone's receipt comes
 later and is not waited for). Also the notifier's own metric ``ecard_notifier_delivery_seconds``
-(outbox row -> peer), bucket bounds.
+(outbox row -> peer), bucket bounds. And PostgreSQL's CPU over the rush and its drain (this
+database's backends and the shared auxiliary processes: the gateway's group commits, the relay's
+reads and marks, the notifier's take-in, claims and outcomes) per decision, per event and per
+delivery: at the rush's low rate (a few hundred deliveries a second) every statement carries
+few rows, so this is mostly what a statement costs whatever its size.
 """
 
 from __future__ import annotations
@@ -595,6 +599,11 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
             out["profile_file"] = str(logs / "pyspy-notifier.speedscope.json")
             spy = pyspy.start(nt.pid, plan.notices_window_s + 20, Path(out["profile_file"]))
         cpu0 = {name: p.cpu_seconds() for name, p in (("gateway", gw), ("notifier", nt), ("relay", rl))}
+        # PostgreSQL's whole work for a tap whose parents are told: the gateway's group commits,
+        # the relay's reads and marks, the notifier's deliveries (None where the server's
+        # processes are not on this machine)
+        pg = dbs.postgres_cpu()
+        pg0 = pg.snapshot([procs.database_name(dsn)]) if pg is not None else None
         out["rush"] = asyncio.run(drive(
             gw.port, sim_dir, schools=schools, pupils=pupils, turnstiles=turnstiles, tills=tills,
             window_s=plan.notices_window_s, purchase_rate=plan.notices_purchase_rate, seed=7,
@@ -605,6 +614,10 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
             out["profile"] = pyspy.finish(spy, Path(out["profile_file"]))
         cpu1 = {name: p.cpu_seconds() for name, p in (("gateway", gw), ("notifier", nt), ("relay", rl))}
         out["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 3) for k in cpu0}
+        if pg is not None and pg0 is not None:
+            split = pg.by_class(pg0, pg.snapshot([procs.database_name(dsn)]))
+            # this database's backends and the shared auxiliary processes (as the held phase's "pg own")
+            out["pg_cpu_s"] = round(split["db"] + split["shared"], 3)
         gm = gw.metrics()
         out["gateway"] = {
             "server_latency_us": procs.quantiles(gm, "ecard_decision_latency_quantile_us"),
@@ -623,6 +636,13 @@ def phase_notices(plan, logs: Path, dbs: procs.Databases) -> dict:
         run_s = (out["rush"] or {}).get("run_s") or 0
         out["events_per_s"] = round(state["outbox"] / run_s, 1) if run_s else None
         out["taps_per_s"] = round(out["rush"]["requests"] / run_s, 1) if run_s else None
+        if "pg_cpu_s" in out:
+            journaled = out["gateway"]["decisions"]
+            out["pg_cpu_us"] = {
+                "per_decision": round(out["pg_cpu_s"] / journaled * 1e6, 1) if journaled else None,
+                "per_event": round(out["pg_cpu_s"] / state["processed"] * 1e6, 1) if state["processed"] else None,
+                "per_delivery": round(out["pg_cpu_s"] / len(rows) * 1e6, 1) if rows else None,
+            }
         if not state["drained"]:
             out["warning"] = f"not everything was delivered within {DRAIN_TIMEOUT_S:g} s: {state}"
     finally:
@@ -688,6 +708,13 @@ def render(n: dict) -> list[str]:
         f"{(n.get('cpu_s') or {}).get('gateway')}/{(n.get('cpu_s') or {}).get('relay')}/{(n.get('cpu_s') or {}).get('notifier')}; "
         f"notifier's ecard_notifier_delivery_seconds p99 <= {(n.get('notifier_metric_delivery_s') or {}).get('0.99')} s"
     )
+    pgu = n.get("pg_cpu_us") or {}
+    if pgu:
+        lines.append(
+            f"  PostgreSQL meanwhile, the gateway's commits, the relay's reads and marks and the notifier's deliveries: "
+            f"{n.get('pg_cpu_s')} s CPU; per decision {pgu.get('per_decision')} us, per event {pgu.get('per_event')} us, "
+            f"per delivery {pgu.get('per_delivery')} us"
+        )
     alone = n.get("gateway_alone") or {}
     if alone:
         lines.append(

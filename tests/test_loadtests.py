@@ -475,6 +475,8 @@ def test_bench_quick_runs_every_phase(tmp_path):
     assert positive(notices["events_per_s"]) and positive(notices["deliveries_per_s"])
     assert notices["rush"]["errors"] == [] and positive(notices["rush"]["accepts"])
     assert notices["sms_subscribers"]["parents"] > 0 and notices["sms_subscribers"]["quiet_hours"] is None
+    # PostgreSQL's CPU over the rush and its drain (the server runs on this machine here, embedded or not)
+    assert positive(notices["pg_cpu_s"]) and positive(notices["pg_cpu_us"]["per_delivery"])
     for channel in ("all", "email", "app_push", "sms"):
         t = notices["tap_to_channel_ms"][channel]
         assert positive(t["count"]), channel
