@@ -270,6 +270,9 @@ def measure(
         # databases' backends and processes that exited in the window; non-zero on a shared server).
         result["pg_cpu_by_class_s"] = {k: round(v, 4) for k, v in split.items()}
         result["pg_processes_at_end"] = len(marks["pg1"]["procs"])
+        busiest = procs.PostgresCPU.busiest_backend(marks["pg0"], marks["pg1"])
+        if busiest is not None:
+            result["pg_busiest_backend_ms_per_s"] = busiest
         if journals:
             journaled = accepted(result)
             result["window_journaled"] = journaled
@@ -402,6 +405,12 @@ def measure_paced(
     w = r.pop("window_metrics", None) or m
     window_s = r.pop("window_metrics_s", 0)
     r["journal"] = journal_stats(w)
+    bb = r.get("pg_busiest_backend_ms_per_s")
+    flushes = r["journal"].get("flushes")
+    if bb and flushes and window_s:
+        # what a group commit spends in the journal writer's backend: its CPU and its wait for one
+        bb["per_commit_on_cpu_ms"] = round(bb["on_cpu_ms_per_s"] / (flushes / window_s), 2)
+        bb["per_commit_waiting_ms"] = round(bb["waiting_for_cpu_ms_per_s"] / (flushes / window_s), 2)
     # How late the gateway's event-loop timers fire: the queueing a tap meets before
     # data_received runs, which the server-side latency does not see (bucket bound, ms).
     r["event_loop_lag_ms"] = {
@@ -941,6 +950,17 @@ def table(res: dict) -> str:
                 f"  ecard group commit: {jr.get('flushes', '-'):,} flushes in the window, mean {jr.get('mean_batch_events', '-')} events, "
                 f"mean {jr.get('mean_flush_ms', '-')} ms each (p99 <= {_fmt(jr.get('flush_ms_p99'))} ms, "
                 f"p99.9 <= {_fmt(jr.get('flush_ms_p999'))} ms)"
+            )
+        bb = (h.get("ecard") or {}).get("pg_busiest_backend_ms_per_s") or {}
+        if bb:
+            per_commit = (
+                f"; per group commit {_fmt(bb['per_commit_on_cpu_ms'], 2)} and {_fmt(bb['per_commit_waiting_ms'], 2)} ms"
+                if "per_commit_on_cpu_ms" in bb else ""
+            )
+            lines.append(
+                f"  PostgreSQL's busiest backend (the journal writer's), per second of the window: "
+                f"{_fmt(bb['on_cpu_ms_per_s'], 1)} ms on a CPU, {_fmt(bb['waiting_for_cpu_ms_per_s'], 1)} ms ready but "
+                f"waiting for one{per_commit}"
             )
         for name in ("ecard", "ceiling"):
             if h.get(name):

@@ -345,6 +345,7 @@ class PostgresCPU:
         """CPU seconds of every live process of the server, keyed by (pid, start time), and their class."""
         procs: dict[tuple[int, float], float] = {}
         classes: dict[tuple[int, float], str] = {}
+        sched: dict[tuple[int, float], tuple[int, int]] = {}  # the measured databases' backends
         databases = set(databases)
         reaped = 0.0
         for root in self.roots:
@@ -366,8 +367,25 @@ class PostgresCPU:
                         procs[key] = t.user + t.system
                     classes[key] = _pg_class(child, databases)
                 except psutil.Error:  # exited meanwhile: the postmaster's reaped time has it
-                    pass
-        return {"procs": procs, "classes": classes, "reaped": reaped, "t": time.perf_counter()}
+                    continue
+                if classes[key] == "db":
+                    run_wait = _schedstat_ns(child.pid)
+                    if run_wait is not None:
+                        sched[key] = run_wait
+        return {"procs": procs, "classes": classes, "reaped": reaped, "sched": sched, "t": time.perf_counter()}
+
+    @staticmethod
+    def busiest_backend(s0: dict, s1: dict) -> dict | None:
+        """The measured database's backend that ran the most between two snapshots (in a held
+        window, the journal writer's), per second: ms on a CPU and ms ready but waiting for one
+        (Linux's schedstat). None without schedstat or without a backend alive in both."""
+        dt = s1["t"] - s0["t"]
+        a, b = s0.get("sched", {}), s1.get("sched", {})
+        deltas = [(b[k][0] - a[k][0], b[k][1] - a[k][1]) for k in b if k in a]
+        if not deltas or dt <= 0:
+            return None
+        run_ns, wait_ns = max(deltas)
+        return {"on_cpu_ms_per_s": round(run_ns / dt / 1e6, 1), "waiting_for_cpu_ms_per_s": round(wait_ns / dt / 1e6, 1)}
 
     @staticmethod
     def seconds(s0: dict, s1: dict) -> float:
@@ -404,6 +422,17 @@ _PG_SHARED_TITLES = (
     "startup",
     "io worker",
 )
+
+
+def _schedstat_ns(pid: int) -> tuple[int, int] | None:
+    """(ns on a CPU, ns ready but waiting for one) of a process's main thread, from Linux's
+    /proc/<pid>/schedstat (None elsewhere, or once it exited)."""
+    try:
+        with open(f"/proc/{pid}/schedstat") as f:
+            run_ns, wait_ns, _slices = f.read().split()
+        return int(run_ns), int(wait_ns)
+    except (OSError, ValueError):
+        return None
 
 
 def _pg_class(proc: psutil.Process, databases: set[str]) -> str:

@@ -5,12 +5,14 @@ No timing assertions: these check that the tools work, not how fast anything is.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import json
 import socket
 import subprocess
 import sys
 
+import asyncpg
 import psutil
 import pytest
 
@@ -240,11 +242,42 @@ def test_postgres_cpu_counts_processes_that_come_and_go():
     assert procs.PostgresCPU.seconds(s0, s1) == pytest.approx(0.5 + 1.0 + 0.25 + 0.5)
 
 
+def test_busiest_backend_is_the_one_that_ran_most_of_those_alive_in_both_snapshots():
+    # (pid, start time) -> (ns on a CPU, ns waiting for one), over two seconds
+    s0 = {"sched": {(1, 0.0): (10_000_000, 0), (2, 0.0): (0, 0), (3, 0.0): (0, 0)}, "t": 0.0}
+    # pid 3 exited; pid 4 started (its whole time is not the window's); pid 2 ran 400 ms, pid 1 300 ms
+    s1 = {"sched": {(1, 0.0): (310_000_000, 50_000_000), (2, 0.0): (400_000_000, 100_000_000),
+                    (4, 9.0): (900_000_000, 0)}, "t": 2.0}
+    assert procs.PostgresCPU.busiest_backend(s0, s1) == {"on_cpu_ms_per_s": 200.0, "waiting_for_cpu_ms_per_s": 50.0}
+    assert procs.PostgresCPU.busiest_backend({"sched": {}, "t": 0.0}, s1) is None
+
+
 def test_postgres_cpu_finds_the_server(pg_admin_dsn):
     pg = procs.PostgresCPU.find(pg_admin_dsn)
     assert pg is not None and pg.scope in ("server", "machine") and pg.pids
     s0 = pg.snapshot()
     assert s0["procs"] and procs.PostgresCPU.seconds(s0, pg.snapshot()) >= 0.0
+
+
+@pytest.mark.pg
+def test_snapshots_read_the_schedstat_of_the_measured_databases_backends(pg_admin_dsn):
+    pg = procs.PostgresCPU.find(pg_admin_dsn)
+    assert pg is not None
+
+    async def main() -> None:
+        conn = await asyncpg.connect(pg_admin_dsn)
+        try:
+            pid = await conn.fetchval("SELECT pg_backend_pid()")
+            s0 = pg.snapshot([procs.database_name(pg_admin_dsn)])
+            await conn.fetchval("SELECT count(*) FROM generate_series(1, 3000000)")  # some CPU
+            s1 = pg.snapshot([procs.database_name(pg_admin_dsn)])
+        finally:
+            await conn.close()
+        assert any(key[0] == pid for key in s1["sched"])
+        busiest = procs.PostgresCPU.busiest_backend(s0, s1)
+        assert busiest is not None and busiest["on_cpu_ms_per_s"] > 0
+
+    asyncio.run(main())
 
 
 @pytest.mark.pg
