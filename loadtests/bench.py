@@ -13,7 +13,9 @@ Phases (each server and the load generator run in their own processes):
   c. ecard     the same loads against ``python -m gateway run``
   h. held      ecard AND the ceiling paced at the same rate, one this machine holds: half of ecard's
                closed-loop throughput at 1,000 devices measured in c (same run): CPU per decision
-               like for like, latencies without queueing
+               like for like, latencies without queueing; for ecard also the event loop's lag and
+               thread CPU, GC pauses, the group commits' tail and the journal writer's backend's
+               CPU and wait for one (Linux schedstat)
   d. paced     ecard at 20,000 taps/s over 1,000 devices: server p99, client p99, tap->durable p99,
                and whether it saturated (achieved < 95 %, late taps > 1 %, gateway > 0.9 core, ...)
   e. storm     19,000 devices connect and HELLO at once to one gateway; time to all HELLO_ACKs, held
