@@ -11,12 +11,17 @@ import sys
 import tempfile
 from pathlib import Path
 
+# Every scenario drives the demo's same devices (turnstiles 1000001.., tills 2000001..), so they all
+# keep their logs in one place: a device's txn counter grows over its whole life (docs/protocol.md
+# 10.1), whichever scenario drives it. A second directory would be a second life of the same device,
+# with its counter back at 1: what the gateway had decided for those txns would answer it.
+LOG_DIR_HELP = "directory of the per-device JSON-lines logs (one per device, shared by every scenario)"
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pupils", type=int, default=1000, help="pupils taking part (demo accounts 1..N)")
     p.add_argument("--seed", type=int, default=7, help="seed of everything the devices decide to send")
     p.add_argument("--gateway", default="127.0.0.1:7700", help="gateway device port, host:port")
-    p.add_argument("--log-dir", default="var/sim", help="directory of the per-device JSON-lines logs")
+    p.add_argument("--log-dir", default="var/sim", help=LOG_DIR_HELP)
     p.add_argument("--window-s", type=float, default=30.0, help="compressed length of the scenario, seconds")
     p.add_argument("--disconnect-rate", type=float, default=0.0, help="probability per request to drop the TCP connection")
     p.add_argument("--progress-s", type=float, default=2.0, help="seconds between progress lines (0: none)")
@@ -47,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     fire.add_argument("--offline", type=int, default=1, help="turnstiles cut off the network during the alarm")
     fire.add_argument("--seed", type=int, default=7)
     fire.add_argument("--gateway", default="127.0.0.1:7700", help="gateway device port, host:port")
-    fire.add_argument("--log-dir", default="var/sim-fire", help="directory of the per-device JSON-lines logs")
+    fire.add_argument("--log-dir", default="var/sim", help=LOG_DIR_HELP)
     fire.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
                       help="if set, check the journaled muster against the simulated presence (exit 1 on mismatch)")
     offline = sub.add_parser("offline", help="a turnstile loses the gateway, lets pupils in from its list, replays")
@@ -55,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     offline.add_argument("--entering", type=int, default=30, help="pupils who come in while it is cut off")
     offline.add_argument("--seed", type=int, default=7)
     offline.add_argument("--gateway", default="127.0.0.1:7700", help="gateway device port, host:port")
-    offline.add_argument("--log-dir", default="var/sim-offline", help="directory of the device's JSON-lines log")
+    offline.add_argument("--log-dir", default="var/sim", help=LOG_DIR_HELP)
     offline.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
                          help="if set, check that every offline event is journaled once at its own time")
     tills = sub.add_parser("tills", help="both demo tills lose the gateway and sell alone within the school's floor")
@@ -64,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     tills.add_argument("--gateway", default="127.0.0.1:7700", help="gateway device port, host:port")
     tills.add_argument("--staff-api", default="http://127.0.0.1:8800", help="the staff API (to set the floor)")
     tills.add_argument("--token-file", default="var/operator-token.txt", help="an operator's token (make run writes it)")
-    tills.add_argument("--log-dir", default="var/sim-tills", help="directory of the tills' JSON-lines logs")
+    tills.add_argument("--log-dir", default="var/sim", help=LOG_DIR_HELP)
     tills.add_argument("--pg-dsn", default=os.environ.get("ECARD_PG_DSN", ""),
                        help="if set, check that every offline sale is journaled once at its own time")
     crash = sub.add_parser("crash", help="SIGKILL the gateway under load, restart it, verify the journal exactly")

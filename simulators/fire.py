@@ -38,6 +38,7 @@ class FireReport:
     offline_released_by_wire: bool = True
     offline_reported_normal: bool = True
     reset_ms: dict[int, float] = field(default_factory=dict)
+    inside_already: set[int] = field(default_factory=set)  # the drill's pupils refused at the door as inside
     muster: set[int] | None = None  # from the journal (--pg-dsn)
     evacuated_journaled: set[int] | None = None
     errors: list[str] = field(default_factory=list)
@@ -57,7 +58,8 @@ class FireReport:
         worst = max(self.release_ms.values(), default=0.0)
         lines = [
             f"fire drill (seed {self.seed}): {len(self.inside_expected)} pupils inside at the alarm, "
-            f"{len(self.evacuated)} tapped out during the evacuation",
+            f"{len(self.evacuated)} tapped out during the evacuation"
+            + (f" ({len(self.inside_already)} of the drill's pupils were inside already)" if self.inside_already else ""),
             f"released: {len(self.release_ms)} turnstiles online, slowest {worst:.1f} ms after the panel's alarm "
             f"(limit {RELEASE_MS_MAX} ms); offline during the alarm: {self.offline or 'none'} "
             f"(released by the wired input: {'yes' if self.offline_released_by_wire else 'NO'})",
@@ -75,14 +77,15 @@ class FireReport:
         return "\n".join(lines)
 
 
-async def _walk(turnstile: Device, pupil: int, direction: int) -> bool:
+async def _walk(turnstile: Device, pupil: int, direction: int) -> DenyReason:
+    """A tap and, when granted, the passage: OK, or the reason of the step that refused."""
     card = demo_card_uid(pupil)
     turnstile.register_card(card, pupil)
     granted = await turnstile.card_presented(card, direction)
     if granted.reason != DenyReason.OK:
-        return False
+        return DenyReason(granted.reason)
     through = await turnstile.passage(card, direction, granted.txn)
-    return through.reason == DenyReason.OK
+    return DenyReason(through.reason)
 
 
 async def _wait_mode(devices: list[Device], mode: int, timeout_s: float, since: float) -> dict[int, float]:
@@ -124,14 +127,22 @@ async def run_fire(
         for d in devices.values():
             await d.start()
         await panel.start()
-        # The morning: in through any turnstile; a few leave again.
+        # Who is inside already (an earlier simulator's morning, with --pg-dsn): the muster counts
+        # them too. Without the database the drill knows only its own pupils.
+        before = await _inside(pg_dsn) if pg_dsn else set()
+        # The morning: in through any turnstile; a few leave again. A pupil inside already is
+        # refused by the school's anti-passback, and is inside all the same.
         for n, pupil in enumerate(entering):
-            if not await _walk(devices[ids[n % len(ids)]], pupil, IN):
-                report.errors.append(f"pupil {pupil} was not let in")
+            reason = await _walk(devices[ids[n % len(ids)]], pupil, IN)
+            if reason == DenyReason.ANTI_PASSBACK and (pupil in before or not pg_dsn):
+                report.inside_already.add(pupil)
+            elif reason != DenyReason.OK:
+                report.errors.append(f"pupil {pupil} was not let in: {reason.name}")
         for n, pupil in enumerate(sorted(leaving_early)):
-            if not await _walk(devices[ids[n % len(ids)]], pupil, OUT):
-                report.errors.append(f"pupil {pupil} was not let out")
-        report.inside_expected = set(entering) - leaving_early
+            reason = await _walk(devices[ids[n % len(ids)]], pupil, OUT)
+            if reason != DenyReason.OK:
+                report.errors.append(f"pupil {pupil} was not let out: {reason.name}")
+        report.inside_expected = (before | set(entering)) - leaving_early
         for d in offline_ids:  # the network to these turnstiles is cut before the alarm
             await devices[d].close()
         # The alarm. The panel's wire reaches every turnstile, online or not.
@@ -147,12 +158,14 @@ async def run_fire(
                 report.errors.append(f"turnstile {d.device_id} was never told to release")
         report.offline_released_by_wire = all(devices[d].released for d in offline_ids)
         # The evacuation: some pupils tap out through the released arms (the rest just run).
-        evacuating = sorted(rng.sample(sorted(report.inside_expected), int(len(report.inside_expected) * exit_share)))
+        drill_inside = sorted(set(entering) - leaving_early)  # the drill's own pupils tap out, as before
+        evacuating = sorted(rng.sample(drill_inside, int(len(drill_inside) * exit_share)))
         for n, pupil in enumerate(evacuating):
-            if await _walk(online[n % len(online)], pupil, OUT):
+            reason = await _walk(online[n % len(online)], pupil, OUT)
+            if reason == DenyReason.OK:
                 report.evacuated.add(pupil)
             else:
-                report.errors.append(f"pupil {pupil} could not tap out during the alarm")
+                report.errors.append(f"pupil {pupil} could not tap out during the alarm: {reason.name}")
         # The reset at the panel: the wire opens, the gateway returns every turnstile to normal.
         for d in devices.values():
             d.fire_input = False
@@ -180,6 +193,22 @@ async def run_fire(
             await d.close()
     report.errors += stats.errors
     return report
+
+
+async def _inside(dsn: str) -> set[int]:
+    """The pupils of the demo school the gateway's checkpoints have inside now."""
+    import asyncpg
+
+    from ledger.codes import Presence
+    from storage import building
+    from storage.demo_dataset import DEMO_SCHOOL_ID
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        rows = await building.presence(conn, DEMO_SCHOOL_ID, int(time.time() * 1000))
+    finally:
+        await conn.close()
+    return {r.account_id for r in rows if r.presence == Presence.INSIDE}
 
 
 async def _journaled(dsn: str, *, answered_txn: int) -> tuple[set[int], set[int]]:

@@ -22,6 +22,9 @@ from .device import Device, DeviceConfig, log_path
 IN = 1
 # Bytes one read of the proxy moves: a frame is at most 1 KiB, a burst a few.
 PROXY_READ_BYTES_MAX = 65_536
+# How long close() waits for the open connections' handlers to see their transports aborted:
+# they end within a turn of the loop or two; this only bounds a stuck one.
+PROXY_CLOSE_WAIT_S = 1.0
 
 
 class CuttableProxy:
@@ -33,6 +36,7 @@ class CuttableProxy:
         self.cut = False
         self.port = 0
         self._writers: set[asyncio.StreamWriter] = set()
+        self._handlers: set[asyncio.Task] = set()
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> "CuttableProxy":
@@ -61,8 +65,20 @@ class CuttableProxy:
             finally:
                 dst.transport.abort()
 
-        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
-        self._writers.difference_update((writer, up_writer))
+        handler = asyncio.current_task()
+        assert handler is not None
+        self._handlers.add(handler)
+        try:
+            await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+        except asyncio.CancelledError:
+            # The drill ended while this connection was open (asyncio.run cancels what is left).
+            # Ending quietly: a connection handler of Python 3.11's start_server that ends
+            # cancelled has its callback log "Exception in callback ... CancelledError".
+            writer.transport.abort()
+            up_writer.transport.abort()
+        finally:
+            self._writers.difference_update((writer, up_writer))
+            self._handlers.discard(handler)
 
     def set_cut(self, cut: bool) -> None:
         self.cut = cut
@@ -72,7 +88,9 @@ class CuttableProxy:
             self._writers.clear()
 
     async def close(self) -> None:
-        self.set_cut(True)
+        self.set_cut(True)  # every pipe sees its transport aborted and its handler ends
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=PROXY_CLOSE_WAIT_S)
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()

@@ -57,7 +57,7 @@ def _logged_rows(log_dir: Path) -> dict[tuple[int, int], tuple]:
             items = rec["items"] or None
             rows[(device_id, txn)] = (
                 rec["kind"],
-                rec["account_id"],
+                rec["account_id"] or 0,  # a fire panel's row names no pupil: the journal's account 0
                 rec["identifier"],
                 rec["amount_kopecks"],
                 rec["direction"],
