@@ -94,7 +94,7 @@ from .rules import (
     authorize_topup,
     commit,
 )
-from .state import Alarm, DeviceState, Grant, LedgerState
+from .state import Alarm, DeviceState, Grant, LedgerState, RequestFingerprint, same_request
 
 ACCEPT, DENY = 1, 0
 TRY_AGAIN_LATER = int(DenyReason.TRY_AGAIN_LATER)
@@ -140,10 +140,11 @@ class SecurityEvent:
     ADVICE_TOPUP_ABOVE_CAP = "advice_topup_above_cap"
     HELLO_WATERMARK_AHEAD = "hello_watermark_ahead"
     TXN_OUT_OF_RANGE = "txn_out_of_range"
+    TXN_REUSED = "txn_reused"
     PASSAGE_WITHOUT_GRANT = "passage_without_grant"
     GRANT_EXPIRY_UNRECORDED = "grant_expiry_unrecorded"
 
-    ALL = (ADVICE_TOPUP_ABOVE_CAP, HELLO_WATERMARK_AHEAD, TXN_OUT_OF_RANGE, PASSAGE_WITHOUT_GRANT,
+    ALL = (ADVICE_TOPUP_ABOVE_CAP, HELLO_WATERMARK_AHEAD, TXN_OUT_OF_RANGE, TXN_REUSED, PASSAGE_WITHOUT_GRANT,
            GRANT_EXPIRY_UNRECORDED)
 
 
@@ -192,6 +193,18 @@ def stored_decision(row: JournalRow) -> Decision:
     shown = row.balance_after_kopecks if kind == KIND_PURCHASE or kind == KIND_TOPUP else 0
     template, params = accept_template(kind, row.direction or 0, row.amount_kopecks, shown)
     return Decision(row.device_txn, ACCEPT, OK, 0, shown, NO_ITEM_INDEX, template, params)
+
+
+def _fingerprint(request) -> RequestFingerprint:
+    """What the device asked under its txn (ledger.state.RequestFingerprint)."""
+    return (_KIND_OF[type(request)], getattr(request, "identifier", b""), request.reader_time_ms)
+
+
+def stored_fingerprint(row: JournalRow) -> RequestFingerprint:
+    """The same of a journal row, after a restart: a trusted person's entry was a CARD_PRESENTED
+    too, and the reader's time is None where the row kept none (then any matches)."""
+    kind = KIND_ENTRY if row.kind == KIND_ESCORT else row.kind
+    return (kind, bytes(row.identifier), row.device_time_ms)
 
 
 class Machine:
@@ -329,6 +342,15 @@ class Machine:
         tally = self.tally
         previous = device.recent.get(txn)
         if previous is not None:
+            if not same_request(device.recent_requests[txn], kind, getattr(request, "identifier", b""),
+                                request.reader_time_ms):
+                # Another request under a txn this device used already: its counter went back
+                # (its storage lost or restored, a spare with its id). The stored decision is
+                # not this request's: answering it with DUPLICATE would open a turnstile for
+                # someone else's grant, or swallow a fire alarm. Nothing decided; the txn does
+                # not count as sent: the device moves its counter and sends it again (10.1).
+                tally.security[SecurityEvent.TXN_REUSED] += 1
+                return self._nak(NakReason.TXN_REUSED, f"txn {txn} was another request of this device")
             device.session_last_txn = txn
             tally.decisions[kind][previous.reason] += 1
             if previous.outcome and txn <= device.durable_txn:
@@ -371,12 +393,13 @@ class Machine:
         else:
             verdict = authorize_topup(state, device, request, at_ms, self.limits.topup_kopecks_max)
         if verdict.reason != OK:
-            return self._deny(device, kind, txn, verdict, advice, at_ms, frame_ns)
+            return self._deny(device, kind, request, verdict, advice, at_ms, frame_ns)
         return self._accept(device, kind, request, verdict, now_ms, at_ms, reader_ms, frame_ns, advice)
 
     def _deny(
-        self, device: DeviceState, kind: int, txn: int, verdict: Verdict, advice: bool, at_ms: int, frame_ns: int
+        self, device: DeviceState, kind: int, request, verdict: Verdict, advice: bool, at_ms: int, frame_ns: int
     ) -> Decision:
+        txn = request.txn
         reason = verdict.reason
         self.tally.decisions[kind][reason] += 1
         if advice and reason == AMOUNT_INVALID:
@@ -391,7 +414,7 @@ class Machine:
             # Only once the card and school checks passed (an advice skips them).
             balance = self.state.accounts.balance[verdict.account_id]
         decision = Decision(txn, DENY, reason, 0, balance, verdict.item_index, reason, verdict.params)
-        device.remember(txn, decision, self._window)
+        device.remember(txn, decision, self._window, _fingerprint(request))
         if reason == ANTI_PASSBACK:
             # Refused at the door: the guard's log keeps it (a retransmit is answered from
             # the window; after a restart its record is not written twice: same key).
@@ -460,7 +483,7 @@ class Machine:
         template, params = accept_template(kind, direction or 0, amount, shown)
         decision = Decision(txn, ACCEPT, OK, 0, shown, NO_ITEM_INDEX, template, params)
         device.undurable.add(txn)
-        device.remember(txn, decision, self._window)
+        device.remember(txn, decision, self._window, _fingerprint(request))
         if kind == KIND_ENTRY:
             escort = relation = ""
             if verdict.escort_id:
@@ -550,7 +573,7 @@ class Machine:
         it until durable), the alarm judged at the gateway's time (it is happening now)."""
         txn = request.txn
         if device.kind != _FIRE_PANEL:
-            return self._deny(device, kind, txn, Verdict(_WRONG_DEVICE_KIND, kind), request.advice, now_ms, frame_ns)
+            return self._deny(device, kind, request, Verdict(_WRONG_DEVICE_KIND, kind), request.advice, now_ms, frame_ns)
         access = self._fire(kind, device.school_id, device.device_id, txn, f"panel {device.device_id}", now_ms)
         row = JournalRow(device.device_id, txn, kind, 0, b"", None, None, None, 0, 0, request.advice,
                          request.reader_time_ms, now_ms, now_ms, None, None)
@@ -559,7 +582,7 @@ class Machine:
         template, params = accept_template(kind, 0, 0, 0)
         decision = Decision(txn, ACCEPT, OK, 0, 0, NO_ITEM_INDEX, template, params)
         device.undurable.add(txn)
-        device.remember(txn, decision, self._window)
+        device.remember(txn, decision, self._window, _fingerprint(request))
         return decision
 
     def mode_of(self, school_id: int) -> Mode:
@@ -769,7 +792,7 @@ class Machine:
             device = devices.get(row.device_id)
             if device is None:
                 continue
-            device.remember(row.device_txn, stored_decision(row), window)
+            device.remember(row.device_txn, stored_decision(row), window, stored_fingerprint(row))
             if row.kind == KIND_ENTRY or row.kind == KIND_ESCORT:
                 reader_ms = row.device_time_ms if row.device_time_ms is not None else row.happened_at_ms
                 grant = Grant(bytes(row.identifier), row.account_id, row.direction or 0, reader_ms, row.decided_at_ms)

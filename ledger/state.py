@@ -273,6 +273,21 @@ class Alarm:
         return f"{self.device_id}:{self.device_txn}"
 
 
+# What a remembered txn was: (the request's kind, ledger.rules KIND_* of its type; the card's
+# identifier, b"" for a fire panel's request; the reader's clock, None where the journal row kept
+# none because the reader's clock was outside the trusted window). A resend of a kept request
+# carries the same three (docs/protocol.md 10.5: same txn, same payload); another request under
+# the same txn does not.
+RequestFingerprint = tuple[int, bytes, "int | None"]
+
+
+def same_request(stored: RequestFingerprint, kind: int, identifier: bytes, reader_time_ms: int) -> bool:
+    """Whether a request is the one remembered under its txn (a None reader time matches any)."""
+    stored_kind, stored_identifier, stored_time_ms = stored
+    return (stored_kind == kind and stored_identifier == identifier
+            and (stored_time_ms is None or stored_time_ms == reader_time_ms))
+
+
 class DeviceState:
     """A registered device: its identity, its durable watermark, its decided txns."""
 
@@ -292,6 +307,7 @@ class DeviceState:
         "txn_seen_max",
         "session_last_txn",
         "recent",
+        "recent_requests",
         "recent_order",
         "grants",
         "grants_order",
@@ -320,6 +336,10 @@ class DeviceState:
         # most recent others up to the window. Txns at or below forgotten_txn_max may
         # have been decided and forgotten: they can no longer be answered.
         self.recent: dict[int, Decision] = {}
+        # What each remembered txn was (``request_fingerprint``): a resend of the same request
+        # gets the stored decision; another request under a txn already used (the device's
+        # counter went back: its storage lost or restored) must not (NAK TXN_REUSED).
+        self.recent_requests: dict[int, RequestFingerprint] = {}
         # The txns of ``recent`` oldest first. A dict emptied from its front makes
         # next(iter(d)) walk every deleted slot until it is resized: a deque does not.
         self.recent_order: deque[int] = deque()
@@ -334,11 +354,12 @@ class DeviceState:
         # (gateway ms): the child's card that follows within ESCORT_WINDOW_MS goes with them.
         self.escort: tuple[Escort, int] | None = None
 
-    def remember(self, txn: int, decision: Decision, window: int) -> None:
+    def remember(self, txn: int, decision: Decision, window: int, fingerprint: "RequestFingerprint") -> None:
         recent = self.recent
         if txn not in recent:
             self.recent_order.append(txn)
         recent[txn] = decision
+        self.recent_requests[txn] = fingerprint
         if len(recent) <= window:
             return
         order = self.recent_order
@@ -351,6 +372,7 @@ class DeviceState:
                 break
             order.popleft()
             del recent[oldest]
+            del self.recent_requests[oldest]
             if oldest > self.forgotten_txn_max:
                 self.forgotten_txn_max = oldest
 

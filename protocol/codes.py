@@ -147,6 +147,9 @@ class NakReason(enum.IntEnum):
     MAC_INVALID = 19
     # HELLO of a device the staff API revoked. Closes.
     DEVICE_REVOKED = 20
+    # A transaction under a txn the gateway remembers for ANOTHER request of this device (its
+    # counter went back: storage lost or restored). Nothing decided; the txn does not count as sent.
+    TXN_REUSED = 21
 
 
 # Flags of the frame header (byte 2).

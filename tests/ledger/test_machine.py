@@ -306,3 +306,68 @@ def test_a_school_without_a_revenue_account_sells_nothing():
         denied = machine.request(till, lunch(txn, 3, LUNCH, flags=flags), LUNCH, 0)
         assert denied.reason == DenyReason.WRONG_SCHOOL
     assert machine.state.accounts.balance[0] == 0 and machine.state.accounts.balance[3] == 20_000
+
+
+# -- a counter that went back (docs/protocol.md 10.15) -----------------------------------------
+
+
+def test_another_request_under_a_remembered_txn_is_refused_not_answered_with_the_stored_decision():
+    """A till whose counter went back (storage lost): its txn 1 is another pupil's lunch now. The
+    stored ACCEPT is not sent for it (the food would go without a debit): NAK TXN_REUSED, nothing
+    applied or remembered, counted; the txn does not count as sent, so the same session goes on."""
+    machine, journal = new_machine()
+    till = machine.state.devices[TILL_ID]
+    hello(machine, TILL_ID, LUNCH)
+    assert machine.request(till, lunch(1, 1, LUNCH), LUNCH, 0).outcome == 1
+    rows = len(journal.queue)
+    balance_2 = machine.state.accounts.balance[2]
+    hello(machine, TILL_ID, LUNCH + 60_000)  # the till came back without its log
+    reused = machine.request(till, lunch(1, 2, LUNCH + 60_000), LUNCH + 60_000, 0)
+    assert type(reused) is Nak and reused.reason == NakReason.TXN_REUSED
+    assert machine.tally.security[SecurityEvent.TXN_REUSED] == 1
+    assert len(journal.queue) == rows and machine.state.accounts.balance[2] == balance_2
+    # the same request again (a replay: same card, same reader time, ADVICE set) is a DUPLICATE
+    replay = machine.request(till, lunch(1, 1, LUNCH, TXN_FLAG_ADVICE), LUNCH + 60_000, 0)
+    assert type(replay) is Decision and replay.flags == 1 and replay.outcome == 1
+    # a later txn, still in the same session, is decided
+    assert machine.request(till, lunch(2, 2, LUNCH + 60_000), LUNCH + 60_000, 0).outcome == 1
+    assert machine.state.accounts.balance[2] == balance_2 - 15_000
+
+
+def test_a_fire_alarm_under_a_txn_the_panel_used_before_is_not_swallowed_as_a_duplicate():
+    from ledger.state import DeviceState
+    from protocol import DeviceKind, FireAlarm, FireReset
+
+    machine, _ = new_machine()
+    panel = machine.state.devices[3_000_001] = DeviceState(3_000_001, 1, DeviceKind.FIRE_PANEL, b"k" * 16, 0, 0)
+    hello(machine, 3_000_001, LUNCH)
+    machine.request(panel, FireAlarm(1, 0, LUNCH), LUNCH, 0)
+    machine.request(panel, FireReset(2, 0, LUNCH + 1_000), LUNCH + 1_000, 0)
+    assert 1 not in machine.state.alarms
+    later = LUNCH + 3_600_000
+    hello(machine, 3_000_001, later)  # the panel's storage was lost: it counts from 1 again
+    again = machine.request(panel, FireAlarm(1, 0, later), later, 0)
+    assert type(again) is Nak and again.reason == NakReason.TXN_REUSED
+    raised = machine.request(panel, FireAlarm(3, 0, later), later, 0)  # moved past it: raised
+    assert raised.outcome == 1 and 1 in machine.state.alarms
+
+
+def test_after_a_restart_the_journal_tells_which_request_a_txn_was():
+    """The window reloaded from the journal keeps the kind and card of each txn (and the reader's
+    time where the row has it): another card under a journaled txn is refused, the same request
+    is a DUPLICATE."""
+    store = Store()
+    machine, journal = new_machine()
+    till = machine.state.devices[TILL_ID]
+    hello(machine, TILL_ID, LUNCH)
+    machine.request(till, lunch(1, 1, LUNCH), LUNCH, 0)
+    store.commit(machine, journal)
+    machine, journal = store.reload()
+    till = machine.state.devices[TILL_ID]
+    hello(machine, TILL_ID, LUNCH + 60_000, durable_txn=1)
+    reused = machine.request(till, lunch(1, 3, LUNCH + 60_000), LUNCH + 60_000, 0)
+    assert type(reused) is Nak and reused.reason == NakReason.TXN_REUSED
+    other_time = machine.request(till, lunch(1, 1, LUNCH + 5_000, TXN_FLAG_ADVICE), LUNCH + 60_000, 0)
+    assert type(other_time) is Nak and other_time.reason == NakReason.TXN_REUSED  # the same card, another sale
+    replay = machine.request(till, lunch(1, 1, LUNCH, TXN_FLAG_ADVICE), LUNCH + 60_000, 0)
+    assert type(replay) is Decision and replay.flags == 1 and replay.outcome == 1 and not journal.queue
