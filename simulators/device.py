@@ -20,6 +20,10 @@ It is the reference device of docs/protocol.md section 10 (the durability contra
 - NAK TXN_OUT_OF_RANGE: the counter is corrupt; it moves to one above the
   greater of this session's HELLO_ACK durable_txn and the highest txn used, and
   the request goes again with the new txn in the same session (10.1);
+- a counter that went back (10.15): a device with no log at all starts its counter at its
+  first HELLO_ACK's durable_txn; a new request answered NAK TXN_REUSED or DENY TXN_TOO_OLD
+  moves the counter above the greater of that watermark, the highest txn used and the refused
+  txn, and goes again in the same session (``counter`` record, ``counter_caught_up``);
 - a HELLO_ACK below the highest watermark ever seen (a restored database) is
   logged and counted; nothing else changes (10.6);
 - one request in flight; on a reply timeout the last frame is retransmitted
@@ -39,7 +43,9 @@ Every device keeps a JSON-lines log (one object a line, field ``t``):
 - ``answered``: a DENY of the request in flight;
 - ``durable``: a higher watermark seen (what the next HELLO reports);
 - ``dropped``: kept txns confirmed durable (or ended by the gateway's DENY);
-- ``counter``: the counter moved after TXN_OUT_OF_RANGE (``refused``: the corrupt txn);
+- ``counter``: the counter moved after TXN_OUT_OF_RANGE (``refused``: the corrupt txn), after
+  TXN_REUSED or TXN_TOO_OLD of a new request (``refused``: that txn) or at a first start
+  (``refused``: null);
 - ``watermark_back``: a HELLO_ACK below the highest watermark seen.
 
 ``read_log`` turns it back into the counter, the accepted set and what is still kept.
@@ -139,6 +145,10 @@ class _GoOffline(Exception):
 # 1,500-pupil school's turnstile sees at most ~4 events per pupil a day (in, out, their
 # passages), 6,000 a day: this is over two weeks offline. When full it refuses (fails secure).
 OFFLINE_EVENTS_MAX = 100_000
+# A counter that went back (10.15) moves past each refused txn; the gateway remembers at most its
+# idempotency window (256 by default) above what it forgot, so more moves than this mean
+# something else is wrong.
+CATCH_UP_MOVES_MAX = 1_024
 
 
 def now_ms() -> int:
@@ -164,6 +174,7 @@ class Stats:
     replays_deferred: int = 0  # advices answered NAK SERVER_BUSY (kept, sent again after a pause)
     replays_too_old: int = 0  # replayed accepted txns answered TXN_TOO_OLD: durable and forgotten, dropped
     renumbered: int = 0  # requests sent again with a new txn after NAK TXN_OUT_OF_RANGE
+    counter_caught_up: int = 0  # moves of a counter that went back (NAK TXN_REUSED, TXN_TOO_OLD of a new request)
     watermark_regressions: int = 0  # HELLO_ACKs below the highest watermark seen (restored database)
     backoff_waits: int = 0  # reconnect attempts that waited first (section 10.12)
     errors: list[str] = field(default_factory=list)  # contract violations seen from the gateway
@@ -206,7 +217,7 @@ class Stats:
             f"replays_applied={self.replays_applied} replays_deferred={self.replays_deferred} "
             f"replays_too_old={self.replays_too_old} resends={self.resends} retransmits={self.retransmits} "
             f"injected_disconnects={self.injected_disconnects} heartbeats={self.heartbeats} "
-            f"backoff_waits={self.backoff_waits} renumbered={self.renumbered} "
+            f"backoff_waits={self.backoff_waits} renumbered={self.renumbered} counter_caught_up={self.counter_caught_up} "
             f"watermark_regressions={self.watermark_regressions}\n"
             f"latency_ms p50={self.quantile_ms(0.5):.2f} p99={self.quantile_ms(0.99):.2f} "
             f"max={max(self.latencies_ms, default=0.0):.2f}"
@@ -402,6 +413,10 @@ class Device:
         self.log_path = log_path(log_dir, device_id)
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         state = read_log(self.log_path)
+        # No persisted state at all (a first start, or the log lost): the counter starts at the
+        # first HELLO_ACK's watermark (10.15).
+        self._first_life_start = not (state.txn_high or state.kept or state.sent or state.durable_txn)
+        self._fresh_txn = 0  # the txn a request of this call was given (a TXN_TOO_OLD for it: 10.15)
         self.txn_high = state.txn_high  # the counter: the last txn handed out
         self.txn_used = state.used_high  # the highest txn answered with a DECISION
         self.watermark = state.durable_txn  # the highest watermark ever seen (reported in HELLO)
@@ -816,6 +831,7 @@ class Device:
             # Persisted (txn and payload) before the first byte leaves (10.1).
             self._write({"t": "txn", "txn": event.txn, "event": event_to_json(event)})
             self.pending = event
+            self._fresh_txn = event.txn
             return await self._request(event, kind=KIND_OF[type(event)])
 
     async def _request(self, event: Any, kind: int | None) -> Decision:
@@ -852,11 +868,18 @@ class Device:
         session after a jittered pause (before anything with a higher txn). NAK TXN_OUT_OF_RANGE:
         renumber and go again. Any other NAK, or a broken connection: ``_Dropped``.
         """
-        busy = renumbered = 0
+        busy = renumbered = caught_up = 0
         while True:
             reply = await self._roundtrip(event, inject=inject)
             inject = False
             if type(reply) is Decision:
+                if (reply.reason == DenyReason.TXN_TOO_OLD and kind is not None and event is self.pending
+                        and event.txn == self._fresh_txn):
+                    # A new request below what the gateway has forgotten: the counter went back.
+                    caught_up = self._catch_up(caught_up, event)
+                    event = self._renumber(event, above=event.txn)
+                    self._fresh_txn = event.txn
+                    continue
                 if kind is not None:
                     if (type(event) is Purchase and reply.outcome == Outcome.ACCEPT and event.txn not in self.logged
                             and event.identifier in self.allowances):
@@ -884,13 +907,27 @@ class Device:
                 renumbered += 1
                 event = self._renumber(event)
                 continue
+            if reply.reason == NakReason.TXN_REUSED and kind is not None and event is self.pending:
+                # The gateway remembers this txn for another request: the counter went back.
+                caught_up = self._catch_up(caught_up, event)
+                event = self._renumber(event, above=event.txn)
+                self._fresh_txn = event.txn
+                continue
             raise _Dropped(f"request refused: {_nak_name(reply.reason)} {reply.detail}")
 
-    def _renumber(self, event: Any) -> Any:
+    def _catch_up(self, moves: int, event: Any) -> int:
+        """One more move of a counter that went back (10.15); each passes the refused txn."""
+        if moves >= CATCH_UP_MOVES_MAX:
+            raise _Dropped(f"txn {event.txn} still behind the gateway after {moves} moves")
+        self.stats.counter_caught_up += 1
+        return moves + 1
+
+    def _renumber(self, event: Any, above: int = 0) -> Any:
         """NAK TXN_OUT_OF_RANGE: the counter is corrupt. Move it to one above the greater of this
         session's HELLO_ACK durable_txn and the highest txn used, persist it, and return the same
-        request with the new txn (it goes again in this session: the refused txn did not count)."""
-        base = max(self._session_watermark, self.txn_used, max(self.kept, default=0))
+        request with the new txn (it goes again in this session: the refused txn did not count).
+        NAK TXN_REUSED or TXN_TOO_OLD for a new request (10.15): the same, and above the refused txn."""
+        base = max(self._session_watermark, self.txn_used, max(self.kept, default=0), above)
         self._write({"t": "counter", "txn": base, "refused": event.txn})
         self.txn_high = base + 1
         renumbered = msgspec.structs.replace(event, txn=self.txn_high)
@@ -979,6 +1016,13 @@ class Device:
         self._session_up_at = time.monotonic()
         # HELLO_ACK confirms nothing (10.4, 10.6): remember the watermark, drop nothing.
         self._session_watermark = reply.durable_txn
+        if self._first_life_start:
+            self._first_life_start = False
+            if reply.durable_txn > self.txn_high:
+                # Nothing persisted, and the gateway has made txns of this id durable: numbering
+                # from 1 would meet them (TXN_TOO_OLD, TXN_REUSED). Start above them (10.15).
+                self._write({"t": "counter", "txn": reply.durable_txn, "refused": None})
+                self.txn_high = reply.durable_txn
         if reply.durable_txn < self.watermark:
             # The gateway is behind what we saw (a restored database): keep everything, replay it,
             # keep our counter; the operator has to look at it.
