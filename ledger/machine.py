@@ -94,7 +94,7 @@ from .rules import (
     authorize_topup,
     commit,
 )
-from .state import Alarm, DeviceState, Grant, LedgerState, RequestFingerprint, same_request
+from .state import Alarm, DeviceState, Grant, LedgerState, RequestFingerprint, request_fingerprint, same_request
 
 ACCEPT, DENY = 1, 0
 TRY_AGAIN_LATER = int(DenyReason.TRY_AGAIN_LATER)
@@ -197,14 +197,14 @@ def stored_decision(row: JournalRow) -> Decision:
 
 def _fingerprint(request) -> RequestFingerprint:
     """What the device asked under its txn (ledger.state.RequestFingerprint)."""
-    return (_KIND_OF[type(request)], getattr(request, "identifier", b""), request.reader_time_ms)
+    return hash((_KIND_OF[type(request)], getattr(request, "identifier", b""), request.reader_time_ms))
 
 
 def stored_fingerprint(row: JournalRow) -> RequestFingerprint:
     """The same of a journal row, after a restart: a trusted person's entry was a CARD_PRESENTED
     too, and the reader's time is None where the row kept none (then any matches)."""
     kind = KIND_ENTRY if row.kind == KIND_ESCORT else row.kind
-    return (kind, bytes(row.identifier), row.device_time_ms)
+    return request_fingerprint(kind, bytes(row.identifier), row.device_time_ms)
 
 
 class Machine:
