@@ -197,7 +197,7 @@ def stored_decision(row: JournalRow) -> Decision:
 
 def _fingerprint(request) -> RequestFingerprint:
     """What the device asked under its txn (ledger.state.RequestFingerprint)."""
-    return hash((_KIND_OF[type(request)], getattr(request, "identifier", b""), request.reader_time_ms))
+    return request_fingerprint(_KIND_OF[type(request)], getattr(request, "identifier", b""), request.reader_time_ms)
 
 
 def stored_fingerprint(row: JournalRow) -> RequestFingerprint:
@@ -348,7 +348,7 @@ class Machine:
                 # (its storage lost or restored, a spare with its id). The stored decision is
                 # not this request's: answering it with DUPLICATE would open a turnstile for
                 # someone else's grant, or swallow a fire alarm. Nothing decided; the txn does
-                # not count as sent: the device moves its counter and sends it again (10.1).
+                # not count as sent: the device moves its counter and sends it again (10.15).
                 tally.security[SecurityEvent.TXN_REUSED] += 1
                 return self._nak(NakReason.TXN_REUSED, f"txn {txn} was another request of this device")
             device.session_last_txn = txn

@@ -876,9 +876,7 @@ class Device:
                 if (reply.reason == DenyReason.TXN_TOO_OLD and kind is not None and event is self.pending
                         and event.txn == self._fresh_txn):
                     # A new request below what the gateway has forgotten: the counter went back.
-                    caught_up = self._catch_up(caught_up, event)
-                    event = self._renumber(event, above=event.txn)
-                    self._fresh_txn = event.txn
+                    caught_up, event = self._catch_up(caught_up, event)
                     continue
                 if kind is not None:
                     if (type(event) is Purchase and reply.outcome == Outcome.ACCEPT and event.txn not in self.logged
@@ -909,18 +907,19 @@ class Device:
                 continue
             if reply.reason == NakReason.TXN_REUSED and kind is not None and event is self.pending:
                 # The gateway remembers this txn for another request: the counter went back.
-                caught_up = self._catch_up(caught_up, event)
-                event = self._renumber(event, above=event.txn)
-                self._fresh_txn = event.txn
+                caught_up, event = self._catch_up(caught_up, event)
                 continue
             raise _Dropped(f"request refused: {_nak_name(reply.reason)} {reply.detail}")
 
-    def _catch_up(self, moves: int, event: Any) -> int:
-        """One more move of a counter that went back (10.15); each passes the refused txn."""
+    def _catch_up(self, moves: int, event: Any) -> tuple[int, Any]:
+        """A counter that went back (10.15): one more move, past the refused txn. Returns the
+        moves so far and the request with its new txn (it goes again in this session)."""
         if moves >= CATCH_UP_MOVES_MAX:
             raise _Dropped(f"txn {event.txn} still behind the gateway after {moves} moves")
         self.stats.counter_caught_up += 1
-        return moves + 1
+        event = self._renumber(event, above=event.txn)
+        self._fresh_txn = event.txn
+        return moves + 1, event
 
     def _renumber(self, event: Any, above: int = 0) -> Any:
         """NAK TXN_OUT_OF_RANGE: the counter is corrupt. Move it to one above the greater of this
